@@ -1,0 +1,3 @@
+from sv_engine.cli import main
+
+main()

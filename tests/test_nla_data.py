@@ -1,0 +1,100 @@
+"""NLA networks, data-folder loading and the per-pixel maps cache, against the original's formulas."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from sv_engine.errors import SvEngineError
+from sv_engine.stablevideo.data import load_video_data
+from sv_engine.stablevideo.maps import compute_maps, load_or_compute_maps
+from sv_engine.stablevideo.nla import NLAField, NLAModel, normalize_xyt, positional_encoding
+
+
+def original_encoding(x: torch.Tensor, freqs: torch.Tensor) -> torch.Tensor:
+    """NLA's positionalEncoding_vec, written as in the original (einsum, cat, transpose, view)."""
+    proj = torch.einsum("ij, k -> ijk", x, freqs)
+    mapped = torch.cat((torch.sin(proj), torch.cos(proj)), dim=1)
+    return mapped.transpose(2, 1).contiguous().view(mapped.size(0), -1)
+
+
+def test_checkpoint_layout_is_the_original() -> None:
+    state = NLAModel.random().state_dict()
+    assert set(state) == {"model_F_mapping1_state_dict", "model_F_mapping2_state_dict", "F_atlas_state_dict", "model_F_alpha_state_dict"}
+    atlas = state["F_atlas_state_dict"]
+    assert atlas["hidden.0.weight"].shape == (256, 40)  # 2 dims · 2 · 10 freqs, no raw x
+    assert atlas["hidden.4.weight"].shape == (256, 296) and atlas["hidden.7.weight"].shape == (3, 296)
+    assert len([k for k in state["model_F_mapping1_state_dict"] if k.endswith("weight")]) == 6
+    assert len([k for k in state["model_F_mapping2_state_dict"] if k.endswith("weight")]) == 4
+    assert state["model_F_alpha_state_dict"]["hidden.0.weight"].shape == (256, 30)
+
+
+def test_positional_encoding_matches_original_order() -> None:
+    x = torch.randn(7, 3)
+    freqs = torch.tensor([(2.0**j) * math.pi for j in range(5)])
+    torch.testing.assert_close(positional_encoding(x, freqs), original_encoding(x, freqs))
+
+
+def test_normalisation_formula() -> None:
+    xyt = torch.tensor([[0.0, 0.0, 0.0], [768.0, 432.0, 70.0]])
+    out = normalize_xyt(xyt, 768, 432, 70)
+    torch.testing.assert_close(out, torch.tensor([[-1.0, -1.0, -1.0], [1.0, 432 / 384 - 1, 1.0]]))
+
+
+def test_load_data_folder_strict(random_data_dir: Path) -> None:
+    video = load_video_data(random_data_dir)
+    assert video.frames.shape == (4, 3, 32, 48) and 0 <= float(video.frames.min()) and float(video.frames.max()) <= 1
+    assert len(video.checkpoint_sha256) == 64
+
+
+@pytest.mark.parametrize(
+    "breakage, message",
+    [
+        (lambda d: (d / "checkpoint").unlink(), "checkpoint not found"),
+        (lambda d: (d / "checkpoint").write_bytes(b"not a checkpoint"), "Cannot read NLA checkpoint"),
+        (lambda d: (d / "config.json").write_text("{"), "not a valid StableVideo config"),
+        (lambda d: (d / "config.json").write_text(json.dumps({"resx": 48, "resy": 32, "number_of_frames": 9})), "holds 4 jpg/png frames"),
+        (lambda d: (d / d.name / "00001.jpg").write_bytes(b"garbage"), "Cannot read frame"),
+    ],
+)
+def test_bad_data_folder_errors(random_data_dir: Path, breakage, message: str) -> None:
+    breakage(random_data_dir)
+    with pytest.raises(SvEngineError, match=message):
+        load_video_data(random_data_dir)
+
+
+def test_checkpoint_of_another_architecture_is_refused(random_data_dir: Path) -> None:
+    state = NLAModel.random().state_dict()
+    state["F_atlas_state_dict"].pop("hidden.7.bias")
+    torch.save(state, random_data_dir / "checkpoint")
+    with pytest.raises(SvEngineError, match="does not match the original architecture"):
+        load_video_data(random_data_dir)
+
+
+def test_maps_match_pointwise_evaluation(random_data_dir: Path) -> None:
+    video = load_video_data(random_data_dir)
+    maps = compute_maps(NLAField(video.nla), video.config, chunk_size=100, progress=False)
+    x, y, t = 17, 9, 2
+    point = normalize_xyt(torch.tensor([[float(x), float(y), float(t)]]), 48, 32, 4)
+    with torch.no_grad():
+        fg = video.nla.fg_mapping(point)[0] * 0.5 + 0.5
+        bg = video.nla.bg_mapping(point)[0] * 0.5 - 0.5
+        alpha = 0.99 * (video.nla.alpha(point)[0, 0] + 1) / 2 + 0.001
+    torch.testing.assert_close(maps.fg_uv[t, y, x], fg)
+    torch.testing.assert_close(maps.bg_uv[t, y, x], bg)
+    torch.testing.assert_close(maps.alpha[t, y, x], alpha)
+
+
+def test_maps_cache_is_keyed_by_checkpoint(random_data_dir: Path, isolated_cache: Path) -> None:
+    first = load_or_compute_maps(load_video_data(random_data_dir))
+    assert len(list((isolated_cache / "maps").glob("*.pt"))) == 1
+    again = load_or_compute_maps(load_video_data(random_data_dir))
+    torch.testing.assert_close(first.fg_uv, again.fg_uv)
+    torch.save(NLAModel.random(seed=5).state_dict(), random_data_dir / "checkpoint")
+    changed = load_or_compute_maps(load_video_data(random_data_dir))
+    assert len(list((isolated_cache / "maps").glob("*.pt"))) == 2
+    assert not torch.allclose(changed.fg_uv, first.fg_uv)
