@@ -51,13 +51,16 @@ def sample_keyframe_crops(data: AtlasData, keyframes: list[int], rng: random.Ran
     """Per keyframe, a 95–100 % random crop (at least 129 px) of its mask boundary."""
     crops = []
     min_size = 2**7 + 1
+    frame_h, frame_w = data.alpha.shape[-2:]
     for t in keyframes:
         y0, x0, bh, bw = data.boundaries[t].tolist()
         th = max(rng.randint(round(CROP_MIN_COVER * bh), bh), min_size)
         tw = max(rng.randint(round(CROP_MIN_COVER * bw), bw), min_size)
         dy = int(torch.randint(0, max(bh - th, 0) + 1, (1,), generator=generator))
         dx = int(torch.randint(0, max(bw - tw, 0) + 1, (1,), generator=generator))
-        y, x = y0 + dy, x0 + dx
+        # Frames smaller than the 129 px minimum crash the original; we keep the crop inside the frame.
+        th, tw = min(th, frame_h), min(tw, frame_w)
+        y, x = min(max(y0 + dy, 0), frame_h - th), min(max(x0 + dx, 0), frame_w - tw)
         sl = (slice(y, y + th), slice(x, x + tw))
         crops.append(KeyframeCrop(t, y, x, th, tw, data.fg.uv_pix[t][sl], data.alpha[t][sl], data.fg_reconstruction(t)[:, sl[0], sl[1]]))
     return crops

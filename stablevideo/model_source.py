@@ -1,0 +1,48 @@
+"""Where an edit's models come from: tiny random (tests, demo), full-size random (benchmarks) or user weights."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+
+from sv_engine.errors import SvEngineError
+from sv_engine.stablevideo.models.components import SDComponents
+
+log = logging.getLogger(__name__)
+
+PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16}
+
+
+def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
+    if precision not in PRECISIONS:
+        raise SvEngineError(f"Unknown precision {precision!r}.", "use --precision fp32 or fp16.")
+    if precision == "fp16" and device.type == "cpu":
+        raise SvEngineError("fp16 needs a CUDA GPU (CPU kernels for half precision are slow or missing).", "use --precision fp32 on CPU.")
+    return PRECISIONS[precision]
+
+
+def load_components(device: torch.device, tiny: bool = False, weights: Path | None = None, random_full: bool = False, precision: str = "fp32", seed: int = 0) -> SDComponents:
+    """Exactly one source: ``tiny`` random models, ``random_full`` SD1.5-size random models, or ``weights``."""
+    dtype = resolve_precision(precision, device)
+    if sum([tiny, random_full, weights is not None]) != 1:
+        raise SvEngineError("No model weights given.", "pass --weights DIR (see README: weight formats) or --tiny for small random models.")
+    if tiny:
+        from sv_engine.stablevideo.models.tiny import build_tiny_components
+
+        components = build_tiny_components(seed)
+        log.warning("Using TINY RANDOM-WEIGHT models: the edit shows the pipeline working, not a meaningful image.")
+    elif random_full:
+        from sv_engine.stablevideo.models.tiny import build_random_components
+
+        components = build_random_components(seed)
+        log.warning("Using FULL-SIZE RANDOM-WEIGHT models (for latency only; outputs are noise).")
+    else:
+        from sv_engine.stablevideo.models.loaders import load_weights
+
+        components = load_weights(Path(weights))
+    components.to(device=device, dtype=dtype)
+    if components.depth_model is not None:
+        components.depth_model.float()  # depth is estimated once per edit; fp32 avoids DPT overflow
+    return components.eval()

@@ -1,0 +1,48 @@
+"""The knobs of one StableVideo edit, with StableVideo's UI defaults."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from sv_engine.errors import SvEngineError
+
+FG_ADDED_PROMPT = "best quality, extremely detailed, no background"
+FG_NEGATIVE_PROMPT = "lowres, bad anatomy, bad hands, missing fingers, extra digit, fewer digits, cropped, worst quality, low quality"
+BG_ADDED_PROMPT = "best quality, extremely detailed"
+BG_NEGATIVE_PROMPT = "longbody, lowres, bad anatomy, bad hands, missing fingers, extra digit, fewer digits, cropped, worst quality, low quality"
+
+
+@dataclass
+class EditParams:
+    fg_prompt: str
+    bg_prompt: str
+    keyframes: list[int] | None = None  # None: default_keyframes(T)
+    strength: float = 0.8
+    steps: int = 20
+    cfg: float = 9.0
+    control_scale: float = 1.0
+    seed: int = -1  # -1: random, as SV
+    image_resolution: int = 512
+    depth_resolution: int = 512
+    canny_low: int = 100
+    canny_high: int = 200
+    aggregation: str = "median"  # or "net"
+    aggregation_iterations: int = 500
+    fg_added_prompt: str = FG_ADDED_PROMPT
+    fg_negative_prompt: str = FG_NEGATIVE_PROMPT
+    bg_added_prompt: str = BG_ADDED_PROMPT
+    bg_negative_prompt: str = BG_NEGATIVE_PROMPT
+    edit_background: bool = True
+    extra: dict = field(default_factory=dict)
+
+    def validate(self) -> None:
+        if not 0.0 < self.strength <= 1.0:
+            raise SvEngineError(f"strength {self.strength} is outside (0, 1].", "use e.g. --strength 0.8.")
+        if not 1 <= self.steps <= 1000:
+            raise SvEngineError(f"steps {self.steps} is outside 1..1000.", "use e.g. --steps 20.")
+        if int(self.steps * self.strength) < 1:
+            raise SvEngineError(f"steps·strength = {self.steps * self.strength:.2f} leaves no denoising step for keyframes after the first.", "raise --steps or --strength.")
+        if self.aggregation not in ("median", "net"):
+            raise SvEngineError(f"Unknown aggregation {self.aggregation!r}.", "use --aggregation median or net.")
+        if self.image_resolution % 64 or self.image_resolution < 64:
+            raise SvEngineError(f"image resolution {self.image_resolution} is not a positive multiple of 64.", "use 512 (SD 1.5's native size).")

@@ -1,0 +1,86 @@
+"""``sv-engine edit``: text-driven edit of a video with a layered atlas."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from sv_engine.cli.app import app
+from sv_engine.cli.options import DataDir, Device, Force
+
+log = logging.getLogger(__name__)
+
+
+def run_edit(
+    data_dir: Path,
+    fg_prompt: str,
+    bg_prompt: str,
+    out: Path,
+    *,
+    keyframes: str | None = None,
+    strength: float = 0.8,
+    steps: int = 20,
+    seed: int = -1,
+    weights: Path | None = None,
+    tiny: bool = False,
+    device: str = "auto",
+    precision: str = "fp32",
+    aggregation: str = "median",
+    frames_dir: Path | None = None,
+    force: bool = False,
+) -> None:
+    """Shared by ``edit`` and ``demo``: checks outputs first, then loads models, edits and writes."""
+    from PIL import Image
+
+    from sv_engine.stablevideo.data import read_config
+    from sv_engine.stablevideo.device import resolve_device
+    from sv_engine.stablevideo.keyframes import parse_keyframes
+    from sv_engine.stablevideo.model_source import load_components
+    from sv_engine.stablevideo.params import EditParams
+    from sv_engine.stablevideo.pipeline import StableVideoPipeline
+    from sv_engine.stablevideo.video_io import check_writable, write_mp4, write_png_frames
+
+    preview = out.with_name(f"{out.stem}_preview.png")
+    report = out.with_name(f"{out.stem}_report.json")
+    for path in (out, preview, report) + ((frames_dir,) if frames_dir else ()):
+        check_writable(path, force)
+    torch_device = resolve_device(device)
+    # Validate cheap inputs before the (slow) model load.
+    config = read_config(Path(data_dir).expanduser().resolve())
+    frames = parse_keyframes(keyframes, config.num_frames) if keyframes else None
+    params = EditParams(fg_prompt, bg_prompt, keyframes=frames, strength=strength, steps=steps, seed=seed, aggregation=aggregation)
+    params.validate()
+    components = load_components(torch_device, tiny=tiny, weights=weights, precision=precision)
+    result = StableVideoPipeline(components, torch_device).edit(data_dir, params)
+    write_mp4(out, result.frames)
+    Image.fromarray(result.preview()).save(preview)
+    if frames_dir:
+        write_png_frames(frames_dir, result.frames)
+    report.write_text(json.dumps({"seed": result.seed, "keyframes": result.keyframes, "models": components.description, "random_weights": components.is_random, "seconds_per_stage": result.timings}, indent=2))
+    log.info("done: %s, preview %s, report %s", out, preview, report)
+
+
+@app.command("edit")
+def edit(
+    data_dir: DataDir,
+    fg_prompt: Annotated[str, typer.Option("--fg-prompt", help="Prompt for the foreground object.")],
+    bg_prompt: Annotated[str, typer.Option("--bg-prompt", help="Prompt for the background.")],
+    keyframes: Annotated[str | None, typer.Option("--keyframes", help="Comma-separated frame indices (default: three evenly spaced, SV's 20,40,60 for 70 frames).")] = None,
+    strength: Annotated[float, typer.Option(help="Noise strength for keyframes after the first.")] = 0.8,
+    steps: Annotated[int, typer.Option(help="DDIM steps.")] = 20,
+    seed: Annotated[int, typer.Option(help="Random seed (-1: random); the same seed gives the same video.")] = -1,
+    weights: Annotated[Path | None, typer.Option("--weights", help="Model weights folder (see README: weight formats).")] = None,
+    tiny: Annotated[bool, typer.Option("--tiny", help="Tiny random-weight models (testing the pipeline without weights).")] = False,
+    precision: Annotated[str, typer.Option(help="fp32 or fp16 (GPU).")] = "fp32",
+    aggregation: Annotated[str, typer.Option(help="median or net (train the aggregation network).")] = "median",
+    out: Annotated[Path, typer.Option("--out", help="Output mp4; a _preview.png and _report.json are written beside it.")] = Path("edit.mp4"),
+    frames_dir: Annotated[Path | None, typer.Option("--frames-dir", help="Also write PNG frames here.")] = None,
+    device: Device = "auto",
+    force: Force = False,
+) -> None:
+    """Edit a video: foreground keyframes with canny ControlNet propagated through the atlas, background with depth ControlNet."""
+    run_edit(data_dir, fg_prompt, bg_prompt, out, keyframes=keyframes, strength=strength, steps=steps, seed=seed, weights=weights, tiny=tiny, device=device, precision=precision, aggregation=aggregation, frames_dir=frames_dir, force=force)
