@@ -30,6 +30,7 @@ def run_edit(
     device: str = "auto",
     precision: str = "fp32",
     aggregation: str = "median",
+    image_resolution: int = 512,
     frames_dir: Path | None = None,
     force: bool = False,
 ) -> None:
@@ -52,7 +53,7 @@ def run_edit(
     # Validate cheap inputs before the (slow) model load.
     config = read_config(Path(data_dir).expanduser().resolve())
     frames = parse_keyframes(keyframes, config.num_frames) if keyframes else None
-    params = EditParams(fg_prompt, bg_prompt, keyframes=frames, strength=strength, steps=steps, seed=seed, aggregation=aggregation)
+    params = EditParams(fg_prompt, bg_prompt, keyframes=frames, strength=strength, steps=steps, seed=seed, aggregation=aggregation, image_resolution=image_resolution)
     params.validate()
     components = load_components(torch_device, tiny=tiny, weights=weights, precision=precision)
     result = StableVideoPipeline(components, torch_device).edit(data_dir, params)
@@ -77,10 +78,11 @@ def edit(
     tiny: Annotated[bool, typer.Option("--tiny", help="Tiny random-weight models (testing the pipeline without weights).")] = False,
     precision: Annotated[str, typer.Option(help="fp32 or fp16 (GPU).")] = "fp32",
     aggregation: Annotated[str, typer.Option(help="median or net (train the aggregation network).")] = "median",
+    image_resolution: Annotated[int, typer.Option(help="Short side of the diffusion images (multiple of 64).")] = 512,
     out: Annotated[Path, typer.Option("--out", help="Output mp4; a _preview.png and _report.json are written beside it.")] = Path("edit.mp4"),
     frames_dir: Annotated[Path | None, typer.Option("--frames-dir", help="Also write PNG frames here.")] = None,
     device: Device = "auto",
     force: Force = False,
 ) -> None:
     """Edit a video: foreground keyframes with canny ControlNet propagated through the atlas, background with depth ControlNet."""
-    run_edit(data_dir, fg_prompt, bg_prompt, out, keyframes=keyframes, strength=strength, steps=steps, seed=seed, weights=weights, tiny=tiny, device=device, precision=precision, aggregation=aggregation, frames_dir=frames_dir, force=force)
+    run_edit(data_dir, fg_prompt, bg_prompt, out, keyframes=keyframes, strength=strength, steps=steps, seed=seed, weights=weights, tiny=tiny, device=device, precision=precision, aggregation=aggregation, image_resolution=image_resolution, frames_dir=frames_dir, force=force)
