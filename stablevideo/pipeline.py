@@ -8,6 +8,7 @@ render service all use this one implementation.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -59,16 +60,19 @@ class EditResult:
 class StableVideoPipeline:
     """Models + devices for StableVideo edits; reuse one instance for many edits (models stay warm).
 
-    ``unet_controlnet_factory`` lets an inference backend (ONNX Runtime, TensorRT, torch.compile) take
-    the UNet+ControlNet step: called with the ControlNet name ("canny"/"depth"), it returns the
-    ``unet_controlnet`` callable of :class:`ControlledDenoiser` (None = torch modules).
+    An inference backend (ONNX Runtime, TensorRT, torch.compile) takes over the networks through
+    ``unet_controlnet`` ({"canny"|"depth": callable}) and ``denoiser_overrides`` (text_encode,
+    vae_encode, vae_decode), with :class:`ControlledDenoiser`'s contracts; absent entries run the
+    torch modules.
     """
 
-    def __init__(self, components: SDComponents, device: torch.device, unet_controlnet_factory=None) -> None:
+    def __init__(self, components: SDComponents, device: torch.device, unet_controlnet: dict[str, Callable] | None = None, denoiser_overrides: dict[str, Callable] | None = None) -> None:
         self.components = components.eval()
         self.device = device
-        self.fg_denoiser = ControlledDenoiser(components, "canny", unet_controlnet=unet_controlnet_factory("canny") if unet_controlnet_factory else None)
-        self.bg_denoiser = ControlledDenoiser(components, "depth", unet_controlnet=unet_controlnet_factory("depth") if unet_controlnet_factory else None)
+        unet_controlnet = unet_controlnet or {}
+        overrides = denoiser_overrides or {}
+        self.fg_denoiser = ControlledDenoiser(components, "canny", unet_controlnet=unet_controlnet.get("canny"), **overrides)
+        self.bg_denoiser = ControlledDenoiser(components, "depth", unet_controlnet=unet_controlnet.get("depth"), **overrides)
 
     def edit(self, data_dir: str | Path, params: EditParams) -> EditResult:
         params.validate()

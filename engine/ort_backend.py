@@ -1,0 +1,225 @@
+"""ONNX Runtime backend.
+
+* CPU: ``CPUExecutionProvider``; torch CPU tensors are shared with ORT through numpy (no copies).
+* CUDA: ``CUDAExecutionProvider`` with **IO binding**: inputs are bound by their torch
+  ``data_ptr()``, outputs are preallocated torch tensors (shapes from the manifest's symbolic
+  output shapes, or one probe run per new input-shape signature), ORT runs on torch's current
+  stream (``user_compute_stream``) so nothing goes through the host.
+* Optional CUDA graphs (``enable_cuda_graph=True``) for fixed shapes: inputs are copied into static
+  buffers and the captured graph is replayed; outputs are cloned out of the static buffers.
+
+Options: ``enable_cuda_graph`` (False), ``graph_optimization`` ("all"), ``intra_op_threads``,
+``save_optimized`` (write the optimised model into the cache dir), ``provider_options`` (extra CUDA EP
+options).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from sv_engine.engine.backend import Backend, CompiledModel, ModelSource, torch_dtype
+from sv_engine.errors import SvEngineError
+
+logger = logging.getLogger(__name__)
+
+_ORT_TYPES = {
+    "tensor(float)": "float32",
+    "tensor(float16)": "float16",
+    "tensor(bfloat16)": "bfloat16",
+    "tensor(int32)": "int32",
+    "tensor(int64)": "int64",
+    "tensor(bool)": "bool",
+    "tensor(uint8)": "uint8",
+    "tensor(int8)": "int8",
+}
+_NP_TYPES = {
+    torch.float32: np.float32,
+    torch.float16: np.float16,
+    torch.int32: np.int32,
+    torch.int64: np.int64,
+    torch.bool: np.bool_,
+    torch.uint8: np.uint8,
+    torch.int8: np.int8,
+}
+
+
+def _import_ort():
+    try:
+        import onnxruntime as ort
+    except ImportError as exc:
+        raise SvEngineError("onnxruntime is not installed.",
+                            "pip install onnxruntime (CPU) or onnxruntime-gpu (CUDA).") from exc
+    return ort
+
+
+class OrtModel(CompiledModel):
+    def __init__(self, source: ModelSource, device: torch.device, session: Any, enable_cuda_graph: bool) -> None:
+        super().__init__(source, device)
+        self.session = session
+        self.cuda_graph = enable_cuda_graph
+        self._graph_ort_inputs = {i.name: _ORT_TYPES.get(i.type) for i in session.get_inputs()}
+        self._graph_ort_outputs = {o.name: _ORT_TYPES.get(o.type) for o in session.get_outputs()}
+        self._shape_cache: dict[tuple, dict[str, tuple[int, ...]]] = {}
+        self._static: dict[str, torch.Tensor] | None = None
+        self._static_out: dict[str, torch.Tensor] | None = None
+        self._binding = None
+
+    # ---- CPU ------------------------------------------------------------------------------------
+    def _run_cpu(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        feeds = {n: t.detach().numpy() for n, t in inputs.items()}
+        outs = self.session.run(self.source.output_names, feeds)
+        return {n: torch.from_numpy(np.ascontiguousarray(o)) for n, o in zip(self.source.output_names, outs)}
+
+    # ---- CUDA -----------------------------------------------------------------------------------
+    def _out_dtype(self, name: str) -> torch.dtype:
+        return torch_dtype(self._graph_ort_outputs.get(name) or self.source.output_dtypes.get(name, "float32"))
+
+    def _output_shapes(self, inputs: dict[str, torch.Tensor]) -> dict[str, tuple[int, ...]]:
+        key = tuple((n, tuple(t.shape)) for n, t in inputs.items())
+        if key in self._shape_cache:
+            return self._shape_cache[key]
+        shapes = self.source.resolve_output_shapes(inputs)
+        if shapes is None:
+            # Probe: let ORT allocate the outputs on the device once, read their shapes.
+            binding = self.session.io_binding()
+            self._bind_inputs(binding, inputs)
+            for n in self.source.output_names:
+                binding.bind_output(n, "cuda", self.device.index or 0)
+            self.session.run_with_iobinding(binding)
+            shapes = {n: tuple(v.shape()) for n, v in zip(self.source.output_names, binding.get_outputs())}
+        self._shape_cache[key] = shapes
+        return shapes
+
+    def _bind_inputs(self, binding, inputs: dict[str, torch.Tensor]) -> None:
+        for n, t in inputs.items():
+            binding.bind_input(n, "cuda", self.device.index or 0, _NP_TYPES[t.dtype], list(t.shape), t.data_ptr())
+
+    def _bind_outputs(self, binding, outs: dict[str, torch.Tensor]) -> None:
+        for n, t in outs.items():
+            binding.bind_output(n, "cuda", self.device.index or 0, _NP_TYPES[t.dtype], list(t.shape), t.data_ptr())
+
+    def _alloc_outputs(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        shapes = self._output_shapes(inputs)
+        return {n: torch.empty(shapes[n], dtype=self._out_dtype(n), device=self.device) for n in self.source.output_names}
+
+    def _run_cuda(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        if self.cuda_graph:
+            return self._run_cuda_graph(inputs)
+        outs = self._alloc_outputs(inputs)
+        binding = self.session.io_binding()
+        self._bind_inputs(binding, inputs)
+        self._bind_outputs(binding, outs)
+        binding.synchronize_inputs()
+        self.session.run_with_iobinding(binding)
+        binding.synchronize_outputs()
+        return outs
+
+    def _run_cuda_graph(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        if self._static is None:
+            self._static = {n: t.clone() for n, t in inputs.items()}
+            self._static_out = self._alloc_outputs(self._static)
+            self._binding = self.session.io_binding()
+            self._bind_inputs(self._binding, self._static)
+            self._bind_outputs(self._binding, self._static_out)
+        else:
+            for n, t in inputs.items():
+                if t.shape != self._static[n].shape:
+                    raise SvEngineError(
+                        f"{self.name!r} runs with an ONNX Runtime CUDA graph captured for {n} shape "
+                        f"{tuple(self._static[n].shape)}; got {tuple(t.shape)}.",
+                        "Create one session per shape, or disable enable_cuda_graph for dynamic shapes.",
+                    )
+                self._static[n].copy_(t)
+        torch.cuda.current_stream(self.device).synchronize()
+        self.session.run_with_iobinding(self._binding)
+        return {n: t.clone() for n, t in self._static_out.items()}
+
+    def _run(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        if self.device.type == "cuda":
+            return self._run_cuda(inputs)
+        return self._run_cpu(inputs)
+
+
+class OrtBackend(Backend):
+    """ONNX Runtime: CPU EP on cpu devices, CUDA EP (IO binding) on cuda devices."""
+
+    name = "ort"
+    pip_package = "onnxruntime (CPU) / onnxruntime-gpu (CUDA)"
+    needs = "onnx"
+    speed_rank = (20, 20)
+
+    @classmethod
+    def availability(cls, device=None):
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            return False, "onnxruntime is not installed"
+        dev = torch.device(device) if device is not None else torch.device("cpu")
+        if dev.type == "cuda":
+            if "CUDAExecutionProvider" not in ort.get_available_providers():
+                return False, "onnxruntime has no CUDAExecutionProvider (install onnxruntime-gpu)"
+            if not torch.cuda.is_available():
+                return False, "no CUDA GPU"
+        return True, ""
+
+    def session_options(self, source: ModelSource):
+        ort = _import_ort()
+        so = ort.SessionOptions()
+        level = self.options.get("graph_optimization", "all")
+        so.graph_optimization_level = {
+            "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+            "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+            "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+            "none": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+        }[level]
+        if self.options.get("intra_op_threads"):
+            so.intra_op_num_threads = int(self.options["intra_op_threads"])
+        so.log_severity_level = 3
+        if self.options.get("save_optimized") and self.cache_dir is not None:
+            self.cache_dir.mkdir(parents=True, exist_ok=True)
+            so.optimized_model_filepath = str(self.cache_dir / f"{source.name}.{self.device.type}.ort.onnx")
+        return so
+
+    def providers(self, source: ModelSource | None = None) -> list:
+        if self.device.type != "cuda":
+            return ["CPUExecutionProvider"]
+        opts: dict[str, Any] = {
+            "device_id": self.device.index or 0,
+            "has_user_compute_stream": "1",
+            "user_compute_stream": str(torch.cuda.current_stream(self.device).cuda_stream),
+            "cudnn_conv_algo_search": self.options.get("cudnn_conv_algo_search", "EXHAUSTIVE"),
+            "do_copy_in_default_stream": "1",
+        }
+        if source is not None and source.precision == "fp32":
+            opts["use_tf32"] = "0"  # fp32 means fp32: TF32 convs/matmuls would cost ~1e-3 relative
+        if self.options.get("enable_cuda_graph"):
+            opts["enable_cuda_graph"] = "1"
+            del opts["user_compute_stream"], opts["has_user_compute_stream"]  # ORT captures on its own stream
+        opts.update(self.options.get("provider_options", {}))
+        return [("CUDAExecutionProvider", opts), "CPUExecutionProvider"]
+
+    def compile(self, source: ModelSource) -> CompiledModel:
+        ort = _import_ort()
+        path = self._require_onnx(source)
+        try:
+            session = ort.InferenceSession(str(path), sess_options=self.session_options(source),
+                                           providers=self.providers(source))
+        except Exception as exc:  # noqa: BLE001 - ORT raises its own exception types
+            raise SvEngineError(f"ONNX Runtime could not load {path}: {exc}",
+                                "Re-export the model (`sv-engine export --force`) and check the file is complete.") from exc
+        self.check_graph_io(source, [i.name for i in session.get_inputs()], [o.name for o in session.get_outputs()])
+        if self.device.type == "cuda" and "CUDAExecutionProvider" not in session.get_providers():
+            raise SvEngineError("ONNX Runtime did not enable the CUDA execution provider.",
+                                "Install onnxruntime-gpu matching your CUDA version.")
+        # The graph's own input dtypes win over the manifest (inputs are cast to them).
+        source = dataclasses.replace(source)
+        source.input_dtypes = {**source.input_dtypes,
+                               **{i.name: _ORT_TYPES[i.type] for i in session.get_inputs() if i.type in _ORT_TYPES}}
+        logger.info("ORT session %s on %s (%s)", source.name, self.device, session.get_providers()[0])
+        return OrtModel(source, self.device, session, bool(self.options.get("enable_cuda_graph")))

@@ -1,0 +1,106 @@
+"""Parity of a backend vs the PyTorch fp32 reference, per exported component (CLI + device script).
+
+For each model: build the fp32 spec (the reference) and the spec in the requested precision, export
+it to ONNX (ONNX backends) or take its torch module (torch backends), run both on the same seeded
+sample inputs, and report :func:`sv_engine.engine.parity.compare` metrics + pass/fail against
+:data:`sv_engine.engine.parity.THRESHOLDS`.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from sv_engine.engine.backend import backend_class, get_backend, load_manifest
+from sv_engine.engine.parity import THRESHOLDS, compare_outputs
+from sv_engine.export.onnx_export import export_onnx, write_manifest
+from sv_engine.export.registry import build_specs
+from sv_engine.export.spec import DEFAULT_SHAPES, ShapeRange
+
+logger = logging.getLogger(__name__)
+
+
+def run_parity(components: Any, nla: Any, backend: str = "ort", precision: str = "fp32",
+               models: list[str] | None = None, shapes: ShapeRange = DEFAULT_SHAPES, device: str | None = None,
+               onnx_dir: str | Path | None = None, backend_options: dict[str, Any] | None = None,
+               symbols: dict[str, dict[str, int]] | None = None,
+               progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Returns ``{"backend", "precision", "device", "thresholds", "models": {name: result}, "ok"}``.
+
+    ``onnx_dir``: reuse/keep the exported ONNX there (default: a temporary directory). ``symbols``:
+    per-model symbol overrides of the sample inputs (default: the profile's opt point).
+    """
+    dev = torch.device(device) if device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    ref_specs = build_specs(components, nla, names=models, precision="fp32", shapes=shapes, device=dev)
+    test_specs = build_specs(components, nla, names=models, precision=precision, shapes=shapes, device=dev)
+    be = get_backend(backend, device=dev, **(backend_options or {}))
+    needs_onnx = backend_class(backend).needs == "onnx"
+    tmp = None
+    if needs_onnx and onnx_dir is None:
+        tmp = tempfile.TemporaryDirectory(prefix="sv-parity-")
+        onnx_dir = tmp.name
+    report: dict[str, Any] = {"backend": backend, "precision": precision, "device": str(dev),
+                              "thresholds": {precision: vars(THRESHOLDS[precision])}, "models": {}, "ok": True}
+    try:
+        existing = {}
+        if needs_onnx and onnx_dir is not None and (Path(onnx_dir) / "manifest.json").exists():
+            existing = load_manifest(onnx_dir)
+        exported = dict(existing)
+        for name, spec in test_specs.items():
+            if progress:
+                progress(name)
+            entry: dict[str, Any] = {}
+            try:
+                ref_spec = ref_specs[name]
+                over = (symbols or {}).get(name, ref_spec.export_symbols())
+                inputs = ref_spec.sample_inputs("opt", seed=0, device=dev, **over)
+                with torch.inference_mode():
+                    ref_out = ref_spec.torch_module()(*[inputs[n] for n in ref_spec.input_names()])
+                ref = dict(zip(ref_spec.output_names(), ref_out))
+                t0 = time.perf_counter()
+                if needs_onnx:
+                    src = existing.get(name)
+                    if src is None or src.precision != spec.precision:
+                        src = export_onnx(spec, onnx_dir)
+                        exported[name] = src
+                    entry["export_or_load_s"] = round(time.perf_counter() - t0, 3)
+                else:
+                    src = spec.model_source()
+                t1 = time.perf_counter()
+                model = be.compile(src)
+                entry["compile_s"] = round(time.perf_counter() - t1, 3)
+                out = model(**inputs)
+                if dev.type == "cuda":
+                    torch.cuda.synchronize(dev)
+                entry.update(compare_outputs(ref, out, "fp32" if spec.precision == "fp32" else precision))
+                entry["precision"] = spec.precision
+                entry["input_shapes"] = {n: list(t.shape) for n, t in inputs.items()}
+            except Exception as exc:  # noqa: BLE001 - one failing model must not hide the others
+                logger.exception("parity of %s failed", name)
+                entry.update(ok=False, error=f"{type(exc).__name__}: {exc}")
+            report["models"][name] = entry
+            report["ok"] = report["ok"] and bool(entry.get("ok"))
+        if needs_onnx and exported and tmp is None:
+            write_manifest(onnx_dir, exported.values())
+    finally:
+        if tmp is not None:
+            tmp.cleanup()
+    return report
+
+
+def summary_rows(report: dict[str, Any]) -> list[tuple[str, str, str, str, str, str]]:
+    """``(model, output, max_abs, max_rel, cosine, status)`` rows for a table."""
+    rows = []
+    for name, entry in report["models"].items():
+        if "error" in entry:
+            rows.append((name, "-", "-", "-", "-", f"ERROR {entry['error'][:80]}"))
+            continue
+        for out, m in entry["outputs"].items():
+            rows.append((name, out, f"{m['max_abs']:.3e}", f"{m['max_rel']:.3e}", f"{m['cosine']:.6f}",
+                         "ok" if m["ok"] else f"FAIL {m['why']}"))
+    return rows

@@ -1,0 +1,148 @@
+"""The pipeline's heavy models on an inference backend.
+
+Export (ONNX, cached on disk per model fingerprint and precision) -> compile with a backend of
+:mod:`sv_engine.engine` -> the callables :class:`~sv_engine.stablevideo.models.diffusion.ControlledDenoiser`
+accepts (UNet+ControlNet step per ControlNet, VAE encode/decode, text encoder). The pipeline stays
+backend-agnostic; this module is the only glue between export specs, engines and the pipeline.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from sv_engine.engine.backend import CompiledModel, backend_class, get_backend, load_manifest
+from sv_engine.export.onnx_export import export_onnx, write_manifest
+from sv_engine.export.registry import build_specs
+from sv_engine.export.spec import DEFAULT_SHAPES, ShapeRange
+from sv_engine.stablevideo.models.components import SDComponents
+
+log = logging.getLogger(__name__)
+
+#: What runs on the backend: the UNet+ControlNet steps dominate an edit; the VAE and text encoder follow.
+ACCELERATED_MODELS = ("unet_controlnet_canny", "unet_controlnet_depth", "vae_encoder", "vae_decoder", "text_encoder")
+
+
+@dataclass
+class AcceleratedModels:
+    """Callables with ControlledDenoiser's contracts; a missing entry means "use the torch module"."""
+
+    backend: str
+    unet_controlnet: dict[str, Callable] = field(default_factory=dict)  # "canny" / "depth"
+    text_encode: Callable | None = None
+    vae_encode: Callable | None = None
+    vae_decode: Callable | None = None
+
+    def unet_controlnet_factory(self, controlnet: str) -> Callable | None:
+        return self.unet_controlnet.get(controlnet)
+
+    def denoiser_overrides(self) -> dict[str, Callable]:
+        return {k: v for k, v in (("text_encode", self.text_encode), ("vae_encode", self.vae_encode), ("vae_decode", self.vae_decode)) if v is not None}
+
+
+def model_fingerprint(components: SDComponents) -> str:
+    """A cheap content hash of the weights (a slice of every parameter tensor) that keys the ONNX cache."""
+    digest = hashlib.sha256(components.description.encode())
+    for name, module in components.modules().items():
+        digest.update(name.encode())
+        for param in module.parameters():
+            digest.update(param.detach().reshape(-1)[:64].float().cpu().numpy().tobytes())
+    return digest.hexdigest()[:20]
+
+
+def default_onnx_dir(components: SDComponents, precision: str) -> Path:
+    root = os.environ.get("SV_ENGINE_CACHE") or os.path.join(os.environ.get("XDG_CACHE_HOME", str(Path.home() / ".cache")), "sv-engine")
+    return Path(root) / "onnx" / f"{model_fingerprint(components)}-{precision}"
+
+
+def _unet_controlnet_call(model: CompiledModel) -> Callable:
+    def call(latent: torch.Tensor, t: torch.Tensor, emb: torch.Tensor, control: torch.Tensor, scale: float) -> torch.Tensor:
+        # The graph takes one timestep for the batch and the control scale as a runtime input.
+        timestep = t.reshape(-1)[:1].float()
+        scale_t = torch.full((1,), float(scale), device=latent.device, dtype=torch.float32)
+        out = model(sample=latent, timestep=timestep, encoder_hidden_states=emb, controlnet_cond=control, control_scale=scale_t)
+        return out["noise_pred"].to(latent.dtype)
+
+    return call
+
+
+def _vae_encode_call(model: CompiledModel) -> Callable:
+    def call(image: torch.Tensor) -> torch.Tensor:
+        out = model(image=image)
+        return torch.cat([out["mean"], out["logvar"]], dim=1).to(image.dtype)
+
+    return call
+
+
+def _vae_decode_call(model: CompiledModel) -> Callable:
+    def call(latent: torch.Tensor) -> torch.Tensor:
+        return model(latent=latent)["image"].to(latent.dtype)
+
+    return call
+
+
+def _text_encode_call(model: CompiledModel) -> Callable:
+    def call(ids: torch.Tensor) -> torch.Tensor:
+        return model(input_ids=ids.to(torch.int32))["text_embeddings"]
+
+    return call
+
+
+def accelerate(
+    components: SDComponents,
+    backend: str,
+    precision: str,
+    device: torch.device,
+    onnx_dir: Path | None = None,
+    shapes: ShapeRange = DEFAULT_SHAPES,
+    models: tuple[str, ...] = ACCELERATED_MODELS,
+    backend_options: dict | None = None,
+) -> AcceleratedModels:
+    """Compile ``models`` with ``backend``; "torch" returns no overrides (the modules run as they are)."""
+    result = AcceleratedModels(backend)
+    if backend == "torch":
+        return result
+    engine = get_backend(backend, device=device, **(backend_options or {}))
+    specs = build_specs(components, None, names=[m for m in models if _has_model(components, m)], precision=precision, shapes=shapes, device=device)
+    sources = {}
+    if backend_class(backend).needs == "onnx":
+        onnx_dir = onnx_dir or default_onnx_dir(components, precision)
+        onnx_dir.mkdir(parents=True, exist_ok=True)
+        cached = load_manifest(onnx_dir) if (onnx_dir / "manifest.json").exists() else {}
+        for name, spec in specs.items():
+            source = cached.get(name)
+            if source is None or source.precision != spec.precision:
+                log.info("exporting %s (%s) to %s", name, spec.precision, onnx_dir)
+                source = export_onnx(spec, onnx_dir)
+            sources[name] = source
+        write_manifest(onnx_dir, sources.values())
+    else:
+        sources = {name: spec.model_source() for name, spec in specs.items()}
+    compiled = {}
+    for name, source in sources.items():
+        log.info("compiling %s with %s", name, backend)
+        compiled[name] = engine.compile(source)
+    for controlnet in ("canny", "depth"):
+        if f"unet_controlnet_{controlnet}" in compiled:
+            result.unet_controlnet[controlnet] = _unet_controlnet_call(compiled[f"unet_controlnet_{controlnet}"])
+    if "vae_encoder" in compiled:
+        result.vae_encode = _vae_encode_call(compiled["vae_encoder"])
+    if "vae_decoder" in compiled:
+        result.vae_decode = _vae_decode_call(compiled["vae_decoder"])
+    if "text_encoder" in compiled:
+        result.text_encode = _text_encode_call(compiled["text_encoder"])
+    return result
+
+
+def _has_model(components: SDComponents, name: str) -> bool:
+    if name.endswith("canny"):
+        return components.controlnet_canny is not None
+    if name.endswith("depth"):
+        return components.controlnet_depth is not None
+    return True

@@ -1,0 +1,219 @@
+"""UNet + ControlNet, fused in one graph and split in two graphs.
+
+Fused (:class:`UNetControlNetSpec`): inputs ``sample`` (B,4,h,w), ``timestep`` (1,) fp32,
+``encoder_hidden_states`` (B,77,D), ``controlnet_cond`` (B,3,8h,8w), ``control_scale`` (1,) fp32 ->
+``noise_pred`` (B,4,h,w). The control scale is a *runtime input* multiplying every residual inside
+the graph (ControlNet 1.0's ``control_scales = [strength] * 13``), so changing it never re-exports or
+rebuilds. One fused engine per ControlNet (canny, depth).
+
+Split: :class:`ControlNetSpec` (same inputs -> ``down_res_0..down_res_{N-2}``, ``mid_res``; N = 13 for
+SD 1.5, already multiplied by the scale) and :class:`UNetSpec` (``sample``, ``timestep``,
+``encoder_hidden_states`` + the N residuals -> ``noise_pred``), so one UNet engine serves both
+ControlNets.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from sv_engine.export.spec import DEFAULT_SHAPES, ExportSpec, ShapeRange, latent_ranges
+
+#: Names of the UNet inputs shared by the three specs.
+BASE_INPUTS = ["sample", "timestep", "encoder_hidden_states"]
+CONTROL_INPUTS = ["controlnet_cond", "control_scale"]
+
+
+def _dim(sym: str, factor: int) -> str:
+    return sym if factor == 1 else f"({sym}+{factor - 1})//{factor}"
+
+
+def residual_layout(unet_or_controlnet: nn.Module) -> list[tuple[str, int, int]]:
+    """``[(name, channels, spatial factor)]`` of the ControlNet residuals, from the config.
+
+    conv_in, then per down block ``layers_per_block`` resnets and a downsampler (not the last block),
+    then the mid block — 12 + 1 = 13 for SD 1.5.
+    """
+    cfg = unet_or_controlnet.config
+    channels = list(cfg.block_out_channels)
+    lpb = cfg.layers_per_block
+    lpb = [lpb] * len(channels) if isinstance(lpb, int) else list(lpb)
+    layout = [(channels[0], 1)]
+    for i, ch in enumerate(channels):
+        layout += [(ch, 2**i)] * lpb[i]
+        if i < len(channels) - 1:
+            layout.append((ch, 2 ** (i + 1)))
+    out = [(f"down_res_{i}", ch, f) for i, (ch, f) in enumerate(layout)]
+    out.append(("mid_res", channels[-1], 2 ** (len(channels) - 1)))
+    return out
+
+
+class _FusedUNetControlNet(nn.Module):
+    def __init__(self, unet: nn.Module, controlnet: nn.Module) -> None:
+        super().__init__()
+        self.unet = unet
+        self.controlnet = controlnet
+
+    def forward(self, sample, timestep, encoder_hidden_states, controlnet_cond, control_scale):
+        scale = control_scale.to(sample.dtype)
+        down, mid = self.controlnet(sample, timestep, encoder_hidden_states, controlnet_cond=controlnet_cond,
+                                    conditioning_scale=1.0, return_dict=False)
+        down = [d * scale for d in down]
+        mid = mid * scale
+        out = self.unet(sample, timestep, encoder_hidden_states, down_block_additional_residuals=down,
+                        mid_block_additional_residual=mid, return_dict=False)[0]
+        return (out,)
+
+
+class _ControlNetOnly(nn.Module):
+    def __init__(self, controlnet: nn.Module) -> None:
+        super().__init__()
+        self.controlnet = controlnet
+
+    def forward(self, sample, timestep, encoder_hidden_states, controlnet_cond, control_scale):
+        scale = control_scale.to(sample.dtype)
+        down, mid = self.controlnet(sample, timestep, encoder_hidden_states, controlnet_cond=controlnet_cond,
+                                    conditioning_scale=1.0, return_dict=False)
+        return tuple(d * scale for d in down) + (mid * scale,)
+
+
+class _UNetWithResiduals(nn.Module):
+    def __init__(self, unet: nn.Module, n_down: int) -> None:
+        super().__init__()
+        self.unet = unet
+        self.n_down = n_down
+
+    def forward(self, sample, timestep, encoder_hidden_states, *residuals):
+        down, mid = list(residuals[: self.n_down]), residuals[self.n_down]
+        out = self.unet(sample, timestep, encoder_hidden_states, down_block_additional_residuals=down,
+                        mid_block_additional_residual=mid, return_dict=False)[0]
+        return (out,)
+
+
+class _UNetBase(ExportSpec):
+    """Shared I/O of the three UNet-family specs."""
+
+    def __init__(self, unet: nn.Module, precision: str = "fp32", shapes: ShapeRange = DEFAULT_SHAPES,
+                 device="cpu", seq_len: int = 77) -> None:
+        super().__init__(precision, shapes, device)
+        self.unet = unet
+        self.seq_len = seq_len
+        self.context_dim = int(unet.config.cross_attention_dim)
+        self.latent_channels = int(unet.config.in_channels)
+        self.out_channels = int(getattr(unet.config, "out_channels", unet.config.in_channels))
+
+    def symbol_ranges(self):
+        return latent_ranges(self.shapes)
+
+    def _base_shapes(self):
+        return {"sample": ["B", self.latent_channels, "h", "w"], "timestep": [1],
+                "encoder_hidden_states": ["B", self.seq_len, self.context_dim]}
+
+    def _control_shapes(self):
+        return {"controlnet_cond": ["B", 3, "h*8", "w*8"], "control_scale": [1]}
+
+    def input_dtypes(self):
+        d = {n: self.dtype for n in self.input_names()}
+        d["timestep"] = torch.float32  # timesteps up to 999 and the sinusoid need fp32
+        if "control_scale" in d:
+            d["control_scale"] = torch.float32
+        return d
+
+    def sample_input(self, name, shape, dtype, gen):
+        if name == "timestep":
+            return torch.tensor([501.0], dtype=dtype)
+        if name == "control_scale":
+            return torch.tensor([1.0], dtype=dtype)
+        if name == "controlnet_cond":
+            return torch.rand(shape, generator=gen).to(dtype)  # control images are in [0, 1]
+        return super().sample_input(name, shape, dtype, gen)
+
+
+class UNetControlNetSpec(_UNetBase):
+    """UNet and one ControlNet in one graph with a runtime control scale."""
+
+    name = "unet_controlnet"
+
+    def __init__(self, unet: nn.Module, controlnet: nn.Module, precision: str = "fp32",
+                 shapes: ShapeRange = DEFAULT_SHAPES, device="cpu", name: str | None = None, seq_len: int = 77) -> None:
+        if name:
+            self.name = name
+        super().__init__(unet, precision, shapes, device, seq_len)
+        self.controlnet = controlnet
+
+    def build_module(self):
+        return _FusedUNetControlNet(self.unet, self.controlnet)
+
+    def input_names(self):
+        return BASE_INPUTS + CONTROL_INPUTS
+
+    def output_names(self):
+        return ["noise_pred"]
+
+    def input_shapes(self):
+        return {**self._base_shapes(), **self._control_shapes()}
+
+    def output_shapes(self):
+        return {"noise_pred": ["B", self.out_channels, "h", "w"]}
+
+
+class ControlNetSpec(_UNetBase):
+    """ControlNet alone: -> the scaled residuals (13 for SD 1.5)."""
+
+    name = "controlnet"
+
+    def __init__(self, controlnet: nn.Module, precision: str = "fp32", shapes: ShapeRange = DEFAULT_SHAPES,
+                 device="cpu", name: str | None = None, seq_len: int = 77) -> None:
+        if name:
+            self.name = name
+        super().__init__(controlnet, precision, shapes, device, seq_len)
+        self.controlnet = controlnet
+        self.layout = residual_layout(controlnet)
+        self.out_channels = self.latent_channels
+
+    def build_module(self):
+        return _ControlNetOnly(self.controlnet)
+
+    def input_names(self):
+        return BASE_INPUTS + CONTROL_INPUTS
+
+    def output_names(self):
+        return [n for n, _, _ in self.layout]
+
+    def input_shapes(self):
+        return {**self._base_shapes(), **self._control_shapes()}
+
+    def output_shapes(self):
+        return {n: ["B", ch, _dim("h", f), _dim("w", f)] for n, ch, f in self.layout}
+
+
+class UNetSpec(_UNetBase):
+    """UNet taking the ControlNet residuals as inputs (serves every ControlNet)."""
+
+    name = "unet"
+
+    def __init__(self, unet: nn.Module, precision: str = "fp32", shapes: ShapeRange = DEFAULT_SHAPES,
+                 device="cpu", seq_len: int = 77) -> None:
+        super().__init__(unet, precision, shapes, device, seq_len)
+        self.layout = residual_layout(unet)
+
+    def build_module(self):
+        return _UNetWithResiduals(self.unet, len(self.layout) - 1)
+
+    def input_names(self):
+        return BASE_INPUTS + [n for n, _, _ in self.layout]
+
+    def output_names(self):
+        return ["noise_pred"]
+
+    def input_shapes(self):
+        res = {n: ["B", ch, _dim("h", f), _dim("w", f)] for n, ch, f in self.layout}
+        return {**self._base_shapes(), **res}
+
+    def output_shapes(self):
+        return {"noise_pred": ["B", self.out_channels, "h", "w"]}
+
+    def sample_input(self, name, shape, dtype, gen):
+        if "_res" in name:
+            return (torch.randn(shape, generator=gen) * 0.1).to(dtype)
+        return super().sample_input(name, shape, dtype, gen)

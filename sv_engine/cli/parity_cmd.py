@@ -1,0 +1,56 @@
+"""``sv-engine parity``: per-component error of a backend vs the PyTorch fp32 reference."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from sv_engine.cli.app import app
+
+log = logging.getLogger("sv_engine.cli.parity")
+
+
+@app.command("parity")
+def parity_command(
+    backend: str = typer.Option("ort", "--backend", help="torch, torch_compile, ort or trt."),
+    tiny: bool = typer.Option(False, "--tiny", help="Tiny random models (CPU)."),
+    random_full: bool = typer.Option(False, "--random", help="Full-size random-weight models (GPU)."),
+    weights: Optional[Path] = typer.Option(None, "--weights", help="Directory with the real model weights."),
+    precision: str = typer.Option("fp32", "--precision", help="fp32 or fp16 engines/graphs."),
+    models: str = typer.Option("all", "--models", help="Comma list of models (default: all)."),
+    device: Optional[str] = typer.Option(None, "--device", help="cuda or cpu (default: cuda when present)."),
+    onnx_dir: Optional[Path] = typer.Option(None, "--onnx-dir", help="Keep/reuse the ONNX here (default: temp)."),
+    json_path: Optional[Path] = typer.Option(None, "--json", help="Write the full report as JSON here."),
+    seed: int = typer.Option(0, "--seed"),
+) -> None:
+    """Max abs / max relative error and cosine similarity per model output; exit 1 if any fails."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from sv_engine.cli.export_cmd import load_bundle, shape_range
+    from sv_engine.export.parity_run import run_parity, summary_rows
+    from sv_engine.export.registry import parse_model_list
+
+    names = parse_model_list(models)
+    if not (tiny or random_full or weights):
+        tiny = True  # the only source that needs nothing
+    components, nla, _ = load_bundle(tiny, weights, random_full, seed)
+    report = run_parity(components, nla, backend=backend, precision=precision,
+                        models=None if models == "all" else names, shapes=shape_range(tiny), device=device,
+                        onnx_dir=onnx_dir)
+    table = Table(title=f"parity {backend} {precision} vs torch fp32 ({report['device']})")
+    for col in ("model", "output", "max abs", "max rel", "cosine", "status"):
+        table.add_column(col)
+    for row in summary_rows(report):
+        table.add_row(*row)
+    Console().print(table)
+    if json_path:
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(json.dumps(report, indent=1, default=str))
+        log.info("wrote %s", json_path)
+    if not report["ok"]:
+        raise typer.Exit(1)

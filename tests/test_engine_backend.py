@@ -1,0 +1,166 @@
+"""Backend registry, the CompiledModel contract and its errors, parity metrics."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from sv_engine.engine.backend import (
+    Backend,
+    CompiledModel,
+    available_backends,
+    backend_status,
+    default_backend,
+    get_backend,
+    load_manifest,
+)
+from sv_engine.engine.parity import THRESHOLDS, compare, compare_outputs, passes, psnr
+from sv_engine.errors import SvEngineError
+from sv_engine.export.onnx_export import export_all
+from sv_engine.export.registry import build_specs
+from sv_engine.export.spec import TINY_SHAPES
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory):
+    """Two cheap exports: the NLA field (3 MLPs) and the atlas net."""
+    from sv_engine.stablevideo.nla import NLAModel
+
+    nla = NLAModel.random(1)
+    specs = build_specs(None, nla, names=["nla_field", "nla_atlas"], shapes=TINY_SHAPES)
+    for spec in specs.values():
+        spec.points = (1, 256, 4096)  # a small profile so "too large" is cheap to provoke
+    out = tmp_path_factory.mktemp("small")
+    export_all(specs, out)
+    return specs, load_manifest(out)
+
+
+def test_unknown_backend():
+    with pytest.raises(SvEngineError) as err:
+        get_backend("tensorflow")
+    assert "Unknown backend" in err.value.what and "ort" in err.value.fix
+
+
+def test_missing_backend_names_pip_package(monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_ort(name, *args, **kwargs):
+        if name == "onnxruntime" or name.startswith("onnxruntime."):
+            raise ImportError("no onnxruntime")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_ort)
+    with pytest.raises(SvEngineError) as err:
+        get_backend("ort", device="cpu")
+    assert "pip install onnxruntime" in err.value.fix
+
+
+def test_trt_not_usable_on_cpu_is_explained():
+    with pytest.raises(SvEngineError) as err:
+        get_backend("trt", device="cpu")
+    assert "tensorrt" in err.value.fix
+
+
+def test_available_and_default_backend(caplog):
+    names = available_backends("cpu")
+    assert "torch" in names and "ort" in names and "trt" not in names
+    with caplog.at_level("INFO", logger="sv_engine.engine.backend"):
+        assert default_backend("cpu") == "ort"
+    assert "default backend: ort" in caplog.text
+    status = backend_status("cpu")
+    assert status["ort"] == "ok" and status["trt"] != "ok"
+
+
+def test_backend_is_abstract():
+    with pytest.raises(TypeError):
+        Backend()  # type: ignore[abstract]
+    with pytest.raises(TypeError):
+        CompiledModel(None, torch.device("cpu"))  # type: ignore[abstract]
+
+
+def test_missing_onnx(small, tmp_path):
+    _, sources = small
+    src = dataclasses.replace(sources["nla_atlas"], onnx_path=tmp_path / "gone.onnx")
+    with pytest.raises(SvEngineError) as err:
+        get_backend("ort", device="cpu").compile(src)
+    assert "missing" in err.value.what and "sv-engine export" in err.value.fix
+
+
+def test_onnx_of_another_model(small):
+    _, sources = small
+    wrong = dataclasses.replace(sources["nla_atlas"], onnx_path=sources["nla_field"].onnx_path)
+    with pytest.raises(SvEngineError) as err:
+        get_backend("ort", device="cpu").compile(wrong)
+    assert "does not match" in err.value.what and "xyt" in err.value.what
+
+
+def test_profile_too_small(small):
+    specs, sources = small
+    model = get_backend("ort", device="cpu").compile(sources["nla_field"])
+    with pytest.raises(SvEngineError) as err:
+        model(xyt=torch.zeros(5000, 3))
+    assert "outside the engine profile" in err.value.what and "Re-export" in err.value.fix
+    with pytest.raises(SvEngineError, match="missing"):
+        model(uv=torch.zeros(10, 2))
+
+
+@pytest.mark.parametrize("backend", ["torch", "ort"])
+def test_backends_agree_with_reference(small, backend):
+    specs, sources = small
+    spec = specs["nla_field"]
+    src = spec.model_source() if backend == "torch" else sources["nla_field"]
+    model = get_backend(backend, device="cpu").compile(src)
+    x = spec.sample_inputs("opt", seed=3)
+    with torch.inference_mode():
+        ref = dict(zip(spec.output_names(), spec.torch_module()(x["xyt"])))
+    out = model(xyt=x["xyt"].double())  # dtype is cast to the graph's
+    result = compare_outputs(ref, out, "fp32")
+    assert result["ok"], result
+    # SV's formulas: fg uv in [0, 1], bg uv in [-1, 0], alpha in [0.001, 0.991]
+    assert out["fg_uv"].min() >= 0 and out["bg_uv"].max() <= 0
+    assert out["alpha"].min() >= 0.001 - 1e-6 and out["alpha"].max() <= 0.991 + 1e-6
+
+
+@pytest.mark.slow
+def test_torch_compile_backend(small):
+    from sv_engine.engine.torch_compile_backend import TorchCompileBackend
+
+    ok, reason = TorchCompileBackend.availability(torch.device("cpu"))
+    if not ok:
+        pytest.skip(f"torch.compile unavailable on this CPU: {reason}")
+    specs, _ = small
+    spec = specs["nla_atlas"]
+    model = get_backend("torch_compile", device="cpu").compile(spec.model_source())
+    x = spec.sample_inputs("opt", seed=5)
+    with torch.inference_mode():
+        ref = spec.torch_module()(x["uv"])[0]
+    assert compare(ref, model(**x)["rgb"])["max_rel"] < THRESHOLDS["fp32"].max_rel
+
+
+def test_compare_metrics():
+    ref = torch.tensor([1.0, -2.0, 4.0], dtype=torch.float64)
+    m = compare(ref, ref + torch.tensor([0.0, 0.0, 0.004], dtype=torch.float64))
+    assert math.isclose(m["max_abs"], 0.004, rel_tol=1e-6) and math.isclose(m["max_rel"], 0.001, rel_tol=1e-6)
+    assert m["cosine"] > 0.9999 and m["finite"]
+    assert passes(m, "fp16")[0] and not passes(m, "fp32")[0]
+    nan = compare(ref, torch.tensor([1.0, float("nan"), 4.0]))
+    assert not passes(nan, "fp16")[0]
+    assert compare(ref, torch.zeros(2))["shape_mismatch"]
+    for precision, th in THRESHOLDS.items():
+        assert th.reason, precision
+
+
+def test_psnr_hook():
+    a = np.zeros((2, 4, 4, 3), np.uint8)
+    assert psnr(a, a) == math.inf
+    b = a.copy()
+    b[0, 0, 0, 0] = 255
+    assert math.isclose(psnr(a, b), 10 * math.log10(255**2 / (255**2 / a.size)), rel_tol=1e-9)
+    with pytest.raises(ValueError):
+        psnr(a, b[:1])

@@ -1,0 +1,34 @@
+"""`sv-engine export / build / parity` command modules (registered on the shared typer app)."""
+
+from __future__ import annotations
+
+import json
+
+from typer.testing import CliRunner
+
+import sv_engine.cli.build_cmd  # noqa: F401 - registers the commands
+import sv_engine.cli.export_cmd  # noqa: F401
+import sv_engine.cli.parity_cmd  # noqa: F401
+from sv_engine.cli.app import app
+from sv_engine.errors import SvEngineError
+
+
+def test_export_build_parity(tmp_path):
+    runner = CliRunner()
+    out = tmp_path / "onnx"
+    r = runner.invoke(app, ["export", "--tiny", "--out", str(out), "--models", "nla_atlas,vae_decoder"])
+    assert r.exit_code == 0, r.output
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert [m["name"] for m in manifest["models"]] == ["nla_atlas", "vae_decoder"]
+    r = runner.invoke(app, ["export", "--tiny", "--out", str(out), "--models", "nla_atlas"])
+    assert isinstance(r.exception, SvEngineError) and "--force" in str(r.exception)
+    r = runner.invoke(app, ["build", "--backend", "ort", "--device", "cpu", str(out)])
+    assert r.exit_code == 0, r.output
+    report = tmp_path / "parity.json"
+    r = runner.invoke(app, ["parity", "--tiny", "--backend", "ort", "--device", "cpu", "--models", "nla_atlas,vae_decoder",
+                            "--json", str(report)])
+    assert r.exit_code == 0, r.output
+    data = json.loads(report.read_text())
+    assert data["ok"] and set(data["models"]) == {"nla_atlas", "vae_decoder"}
+    m = data["models"]["vae_decoder"]["outputs"]["image"]
+    assert {"max_abs", "max_rel", "cosine"} <= set(m)

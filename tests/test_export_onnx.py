@@ -1,0 +1,184 @@
+"""Every tiny model exported to ONNX, run in ONNX Runtime (CPU) and compared with torch."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from sv_engine.engine.backend import get_backend, load_manifest
+from sv_engine.engine.engine_cache import file_sha256
+from sv_engine.engine.parity import compare
+from sv_engine.errors import SvEngineError
+from sv_engine.export.onnx_export import export_all, export_onnx, prepare_out_dir
+from sv_engine.export.registry import MODEL_NAMES, build_specs
+from sv_engine.export.spec import TINY_SHAPES, ExportSpec
+
+#: fp32 ORT vs torch: same math, different summation order / fused kernels -> ≈1e-6 relative on
+#: these tiny nets; 1e-4 (the production fp32 bound) leaves room for other CPUs/thread counts.
+FP32_MAX_REL = 1e-4
+#: fp16 graphs (GroupNorm/attention kept in fp32) vs the fp32 reference: direction must hold.
+FP16_MIN_COSINE = 0.999
+
+
+@pytest.fixture(scope="module")
+def bundle():
+    from sv_engine.stablevideo.models.tiny import build_tiny_components
+    from sv_engine.stablevideo.nla import NLAModel
+
+    return build_tiny_components(0), NLAModel.random(0)
+
+
+@pytest.fixture(scope="module")
+def exported(bundle, tmp_path_factory):
+    components, nla = bundle
+    out = tmp_path_factory.mktemp("onnx")
+    specs = build_specs(components, nla, precision="fp32", shapes=TINY_SHAPES)
+    export_all(specs, out)
+    return specs, load_manifest(out), out
+
+
+@pytest.fixture(scope="module")
+def ort_cpu():
+    return get_backend("ort", device="cpu")
+
+
+def _reference(spec, inputs):
+    with torch.inference_mode():
+        outs = spec.torch_module()(*[inputs[n] for n in spec.input_names()])
+    return dict(zip(spec.output_names(), outs))
+
+
+def _other_point(name):
+    """A second shape inside the profile (batch 1, non-square latent) to prove the axes are dynamic."""
+    if name.startswith("nla"):
+        return {"N": 77}
+    if name in ("depth", "text_encoder"):
+        return {"B": 1}
+    return {"B": 1, "h": 8, "w": 16}
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_ort_matches_torch(name, exported, ort_cpu):
+    specs, sources, _ = exported
+    spec = specs[name]
+    model = ort_cpu.compile(sources[name])
+    for point in ({**spec.export_symbols()}, _other_point(name)):
+        inputs = spec.sample_inputs("opt", **point)
+        ref = _reference(spec, inputs)
+        out = model(**inputs)
+        assert list(out) == spec.output_names()
+        for key, r in ref.items():
+            assert out[key].shape == r.shape, (name, key)
+            m = compare(r, out[key])
+            assert m["finite"] and m["max_rel"] <= FP32_MAX_REL, (name, key, point, m)
+
+
+def test_fused_control_scale_is_a_runtime_input(exported, ort_cpu):
+    specs, sources, _ = exported
+    spec = specs["unet_controlnet_canny"]
+    model = ort_cpu.compile(sources["unet_controlnet_canny"])  # one graph, one session
+    inputs = spec.sample_inputs("opt")
+    outs = {}
+    for scale in (0.3, 1.4):
+        inputs["control_scale"] = torch.tensor([scale])
+        ref = _reference(spec, inputs)["noise_pred"]
+        outs[scale] = model(**inputs)["noise_pred"]
+        assert compare(ref, outs[scale])["max_rel"] <= FP32_MAX_REL
+    assert (outs[0.3] - outs[1.4]).abs().max() > 1e-3, "the control scale has no effect"
+
+
+def test_split_controlnet_unet_equals_fused(exported, ort_cpu):
+    specs, sources, _ = exported
+    fused = ort_cpu.compile(sources["unet_controlnet_depth"])
+    cn = ort_cpu.compile(sources["controlnet_depth"])
+    unet = ort_cpu.compile(sources["unet"])
+    inputs = specs["controlnet_depth"].sample_inputs("opt", B=1, h=16, w=8)
+    inputs["control_scale"] = torch.tensor([0.7])
+    residuals = cn(**inputs)
+    assert len(residuals) == len(specs["unet"].input_names()) - 3
+    split = unet(**{k: inputs[k] for k in ("sample", "timestep", "encoder_hidden_states")}, **residuals)
+    m = compare(fused(**inputs)["noise_pred"], split["noise_pred"])
+    assert m["max_rel"] <= FP32_MAX_REL, m
+
+
+def test_manifest_describes_files(exported):
+    specs, sources, out = exported
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert [m["name"] for m in manifest["models"]] == list(specs)
+    for entry in manifest["models"]:
+        assert file_sha256([out / entry["file"]]) == entry["sha256"]
+        assert entry["precision"] == "fp32"
+        for inp in entry["inputs"]:
+            lo, opt, hi = inp["profile"]
+            assert all(a <= b <= c for a, b, c in zip(lo, opt, hi))
+    unet = sources["unet_controlnet_canny"]
+    assert unet.input_names == ["sample", "timestep", "encoder_hidden_states", "controlnet_cond", "control_scale"]
+    assert unet.profiles["sample"] == ((1, 4, 8, 8), (2, 4, 8, 8), (2, 4, 16, 16))
+
+
+def test_sd15_residual_count():
+    from types import SimpleNamespace
+
+    from sv_engine.export.unet_controlnet import residual_layout
+
+    cfg = SimpleNamespace(block_out_channels=(320, 640, 1280, 1280), layers_per_block=2)
+    layout = residual_layout(SimpleNamespace(config=cfg))
+    assert len(layout) == 13 and layout[-1] == ("mid_res", 1280, 8)
+    assert [f for _, _, f in layout[:12]] == [1, 1, 1, 2, 2, 2, 4, 4, 4, 8, 8, 8]
+
+
+def test_fp16_export_guards_and_parity(bundle, tmp_path, ort_cpu):
+    components, nla = bundle
+    specs16 = build_specs(components, nla, names=["vae_decoder", "nla_atlas"], precision="fp16", shapes=TINY_SHAPES)
+    specs32 = build_specs(components, nla, names=["vae_decoder", "nla_atlas"], precision="fp32", shapes=TINY_SHAPES)
+    assert specs16["nla_atlas"].precision == "fp32"  # coordinates stay fp32
+    src = export_onnx(specs16["vae_decoder"], tmp_path)
+    import onnx
+
+    graph = onnx.load(str(src.onnx_path)).graph
+    assert graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT16
+    model = ort_cpu.compile(src)
+    inputs = specs32["vae_decoder"].sample_inputs("opt")
+    out = model(**inputs)["image"]  # fp32 inputs are cast to the graph's fp16
+    assert out.dtype == torch.float16
+    m = compare(_reference(specs32["vae_decoder"], inputs)["image"], out)
+    assert m["finite"] and m["cosine"] >= FP16_MIN_COSINE, m
+
+
+def test_out_dir_refuses_overwrite(tmp_path):
+    (tmp_path / "x.onnx").write_bytes(b"1")
+    with pytest.raises(SvEngineError, match="--force"):
+        prepare_out_dir(tmp_path, force=False)
+    prepare_out_dir(tmp_path, force=True)
+    assert not any(tmp_path.iterdir())
+
+
+def test_export_spec_fails_loudly():
+    with pytest.raises(TypeError):
+        ExportSpec()  # abstract
+
+    class Half(ExportSpec):
+        name = "half"
+
+        def build_module(self):
+            return super().build_module()
+
+        input_names = output_names = input_shapes = output_shapes = symbol_ranges = input_dtypes = build_module
+
+    with pytest.raises(NotImplementedError, match="Half must implement build_module"):
+        Half().build_module()
+
+    class NoName(Half):
+        name = ""
+
+    with pytest.raises(NotImplementedError, match="name"):
+        NoName()
+
+
+def test_unknown_model_name():
+    from sv_engine.export.registry import parse_model_list
+
+    with pytest.raises(SvEngineError, match="Unknown model"):
+        parse_model_list("unet,unicorn")
