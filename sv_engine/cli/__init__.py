@@ -23,6 +23,7 @@ COMMAND_MODULES = [
     "export_cmd",
     "build_cmd",
     "parity_cmd",
+    "bench",
 ]
 
 for _name in COMMAND_MODULES:

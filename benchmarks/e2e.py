@@ -1,0 +1,238 @@
+"""End-to-end timing of a whole StableVideo edit for ``sv-engine bench --e2e``.
+
+* warm: models loaded once, ``pipeline.edit`` called twice, the second timed (maps cached by the
+  first), with its per-stage breakdown (``EditResult.timings``) and peak GPU memory;
+* cold: process start to written video, as a subprocess ``python -m sv_engine.benchmarks.e2e`` — the
+  same steps as ``sv-engine edit`` (load models, edit, ``write_mp4``); ``edit`` itself has no
+  random-weights or generation-size option — run after the warm edit so maps and engines are cached.
+
+The data folder: the bundled demo clip with ``--tiny`` when it is present, else a synthesised one
+(random frames + random NLA weights via ``write_video_data``) of the benchmark's frames and size.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+log = logging.getLogger(__name__)
+
+FG_PROMPT = "a golden retriever, oil painting"
+BG_PROMPT = "a snowy mountain road at sunset"
+
+
+def synth_data_dir(root: Path, frames: int, height: int, width: int, seed: int = 0) -> Path:
+    """A StableVideo data folder of ``frames`` random frames ``width``x``height`` with random NLA weights."""
+    from sv_engine.stablevideo.data import write_video_data
+    from sv_engine.stablevideo.nla import NLAModel
+
+    rng = np.random.default_rng(seed)
+    # Smooth-ish frames (a gradient plus noise) keep the JPEGs small and canny edges sparse.
+    ys, xs = np.mgrid[0:height, 0:width]
+    base = np.stack([xs * 255 // max(1, width - 1), ys * 255 // max(1, height - 1), (xs + ys) % 256], -1)
+    clip = np.empty((frames, height, width, 3), dtype=np.uint8)
+    for t in range(frames):
+        noise = rng.integers(0, 32, size=(height, width, 3))
+        clip[t] = ((base + 3 * t + noise) % 256).astype(np.uint8)
+    return write_video_data(root / "benchclip", clip, NLAModel.random(seed=seed + 1))
+
+
+def pick_data_dir(tmp: Path, tiny: bool, frames: int, height: int, width: int, data_dir: Path | None = None) -> tuple[Path, str]:
+    if data_dir is not None:
+        return Path(data_dir), "given"
+    if tiny:
+        try:
+            from sv_engine.stablevideo.demo import demo_data_dir
+
+            demo = demo_data_dir()
+            if (demo / "config.json").is_file() and (demo / "checkpoint").is_file():
+                return demo, "bundled demo clip"
+        except Exception:  # noqa: BLE001 - the demo clip is optional for the benchmark
+            pass
+    return synth_data_dir(tmp, frames, height, width), f"synthesised {frames} frames {width}x{height}, random NLA"
+
+
+def unet_controlnet_factory(backend: str, components, device: torch.device, tiny: bool, precision: str,
+                            engine_dir: Path | None = None):
+    """``factory("canny"|"depth")`` -> the pipeline's ``unet_controlnet`` callable running the fused
+    UNet+ControlNet on ``backend`` (exported + compiled via sv_engine.engine); None = torch modules."""
+    if backend in (None, "", "torch"):
+        return None
+    from sv_engine.engine.backend import get_backend
+    from sv_engine.export.registry import build_specs
+    from sv_engine.export.spec import DEFAULT_SHAPES, TINY_SHAPES
+
+    engine_name = {"torch-compile": "torch_compile"}.get(backend, backend)
+
+    def factory(which: str):
+        name = f"unet_controlnet_{which}"
+        spec = build_specs(components, None, [name], precision, TINY_SHAPES if tiny else DEFAULT_SHAPES, device)[name]
+        if engine_name == "torch_compile":
+            model = get_backend(engine_name, device).compile(spec.model_source())
+        else:
+            from sv_engine.export.onnx_export import export_onnx
+
+            folder = Path(tempfile.mkdtemp(prefix=f"sv-bench-{name}-"))
+            model = get_backend(engine_name, device, cache_dir=engine_dir).compile(export_onnx(spec, folder))
+
+        def call(latent, t_2b, emb, control, scale):
+            out = model(sample=latent, timestep=t_2b[:1].float(), encoder_hidden_states=emb, controlnet_cond=control,
+                        control_scale=torch.tensor([float(scale)], device=latent.device))
+            return out["noise_pred"].to(latent.dtype)
+
+        return call
+
+    return factory
+
+
+def edit_params(steps: int, strength: float, tiny: bool, seed: int = 0):
+    """3 default keyframes, background edit; tiny models generate at 64 px (SD's 512 is minutes on a CPU)."""
+    from sv_engine.stablevideo.params import EditParams
+
+    res = 64 if tiny else 512
+    return EditParams(FG_PROMPT, BG_PROMPT, steps=steps, strength=strength, seed=seed, edit_background=True,
+                      image_resolution=res, depth_resolution=res)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def warm_edit(data_dir: Path, device: torch.device, tiny: bool, steps: int, strength: float, backend: str = "torch",
+              engine_dir: Path | None = None) -> dict:
+    from sv_engine.stablevideo.model_source import load_components
+    from sv_engine.stablevideo.pipeline import StableVideoPipeline
+
+    precision = "fp16" if device.type == "cuda" else "fp32"
+    t0 = time.perf_counter()
+    components = load_components(device, tiny=tiny, random_full=not tiny, precision=precision)
+    load_s = time.perf_counter() - t0
+    factory = unet_controlnet_factory(backend, components, device, tiny, precision, engine_dir)
+    unet_controlnet = {which: factory(which) for which in ("canny", "depth")} if factory else None
+    pipeline = StableVideoPipeline(components, device, unet_controlnet=unet_controlnet)
+    params = edit_params(steps, strength, tiny)
+    _sync(device)
+    t0 = time.perf_counter()
+    first = pipeline.edit(data_dir, params)
+    _sync(device)
+    first_s = time.perf_counter() - t0
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    t0 = time.perf_counter()
+    result = pipeline.edit(data_dir, params)
+    _sync(device)
+    warm_s = time.perf_counter() - t0
+    out = {
+        "status": "ok",
+        "backend": backend,
+        "precision": precision,
+        "load_s": round(load_s, 3),
+        "first_edit_s": round(first_s, 4),
+        "first_timings": first.timings,
+        "warm_s": round(warm_s, 4),
+        "timings": result.timings,
+        "keyframes": result.keyframes,
+        "frames_shape": list(result.frames.shape),
+        "peak_mem_gb": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None,
+    }
+    del pipeline, components, result, first
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return out
+
+
+def cold_command(data_dir: Path, out: Path, device: torch.device, tiny: bool, steps: int, strength: float) -> list[str]:
+    # `sv-engine edit` has neither full-size random weights nor a generation-size option, so the cold
+    # run is this module's child: the same steps (load models, edit, write_mp4) in a fresh process.
+    return [sys.executable, "-m", "sv_engine.benchmarks.e2e", str(data_dir), "--steps", str(steps), "--strength",
+            str(strength), "--device", str(device), "--out", str(out), *(["--tiny"] if tiny else [])]
+
+
+def cold_edit(data_dir: Path, tmp: Path, device: torch.device, tiny: bool, steps: int, strength: float,
+              timeout: float) -> dict:
+    out = tmp / "cold.mp4"
+    cmd = cold_command(data_dir, out, device, tiny, steps, strength)
+    t0 = time.perf_counter()
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=max(1.0, timeout), env=os.environ.copy())
+    except subprocess.TimeoutExpired:
+        return {"status": "error", "error": f"timed out after {timeout:.0f} s", "command": cmd}
+    seconds = time.perf_counter() - t0
+    res = {"command": cmd, "returncode": proc.returncode, "seconds": round(seconds, 3), "video_written": out.is_file()}
+    if proc.returncode != 0 or not out.is_file():
+        tail = (proc.stderr or proc.stdout or "").strip().splitlines()[-5:]
+        return {**res, "status": "error", "error": " | ".join(tail) or f"exit code {proc.returncode}"}
+    return {**res, "status": "ok"}
+
+
+def run_e2e(device: torch.device, tiny: bool, frames: int, height: int, width: int, steps: int = 20,
+            strength: float = 0.8, cold: bool = True, backend: str = "torch", data_dir: Path | None = None,
+            deadline: float | None = None, engine_dir: Path | None = None) -> dict:
+    """Warm and cold whole-edit timings (each part's failure recorded, not raised)."""
+    from sv_engine.benchmarks.stages import error_string
+
+    result: dict = {"params": {"keyframes": 3, "steps": steps, "strength": strength, "edit_background": True,
+                               "image_resolution": 64 if tiny else 512,
+                               "backend": backend}}
+    with tempfile.TemporaryDirectory(prefix="sv-bench-e2e-") as tmp_name:
+        tmp = Path(tmp_name)
+        try:
+            data, how = pick_data_dir(tmp, tiny, frames, height, width, data_dir)
+            from sv_engine.stablevideo.data import read_config
+
+            c = read_config(data)
+            result["data"] = {"source": how, "frames": c.num_frames, "width": c.resx, "height": c.resy}
+        except Exception as exc:  # noqa: BLE001
+            result["warm"] = result["cold"] = {"status": "error", "error": error_string(exc)}
+            return result
+        try:
+            result["warm"] = warm_edit(data, device, tiny, steps, strength, backend, engine_dir)
+        except Exception as exc:  # noqa: BLE001
+            log.warning("warm edit failed: %s", error_string(exc))
+            result["warm"] = {"status": "error", "error": error_string(exc)}
+        if not cold:
+            result["cold"] = {"status": "skipped", "reason": "--no-cold"}
+        elif deadline is not None and deadline - time.monotonic() <= 0:
+            result["cold"] = {"status": "skipped", "reason": "time budget exceeded"}
+        else:
+            timeout = 600.0 if deadline is None else deadline - time.monotonic()
+            result["cold"] = cold_edit(data, tmp, device, tiny, steps, strength, timeout)
+    return result
+
+
+def _child(argv: list[str] | None = None) -> None:
+    """``python -m sv_engine.benchmarks.e2e DATA ...``: a cold full-size random-weight edit to an mp4."""
+    from sv_engine.stablevideo.device import resolve_device
+    from sv_engine.stablevideo.model_source import load_components
+    from sv_engine.stablevideo.pipeline import StableVideoPipeline
+    from sv_engine.stablevideo.video_io import write_mp4
+
+    p = argparse.ArgumentParser(description="cold full-size random-weight edit (used by sv-engine bench --e2e)")
+    p.add_argument("data_dir", type=Path)
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--strength", type=float, default=0.8)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--tiny", action="store_true")
+    a = p.parse_args(argv)
+    device = resolve_device(a.device)
+    components = load_components(device, tiny=a.tiny, random_full=not a.tiny, precision="fp16" if device.type == "cuda" else "fp32")
+    params = edit_params(a.steps, a.strength, a.tiny, a.seed)
+    result = StableVideoPipeline(components, device).edit(a.data_dir, params)
+    write_mp4(a.out, result.frames)
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.WARNING)
+    _child()

@@ -1,0 +1,182 @@
+"""`sv-engine bench` on the CPU with tiny sizes, the README table and the result file names."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from pathlib import Path
+
+import pytest
+
+from sv_engine.benchmarks import bench as bench_mod
+from sv_engine.benchmarks import stages as stages_mod
+from sv_engine.benchmarks.bench import BenchOptions, run_bench
+from sv_engine.benchmarks.readme_table import END, START, newest_result, render_table, replace_block, update_readme
+from sv_engine.benchmarks.timing import RANDOM_WEIGHTS_NOTE, result_filename, summarize
+from sv_engine.errors import SvEngineError
+
+CHEAP = "warp,splat,aggregation_median"
+TIMING_KEYS = {"status", "median_ms", "p90_ms", "min_ms", "mean_ms", "repeat", "warmup", "peak_mem_mb"}
+
+
+@pytest.fixture(scope="module")
+def tiny_result(tmp_path_factory) -> tuple[dict, Path]:
+    path = tmp_path_factory.mktemp("bench") / "out.json"
+    result = run_bench(BenchOptions(stages=CHEAP, backends="torch", tiny=True, repeat=2, warmup=1, device="cpu", json_path=path))
+    return result, path
+
+
+def test_tiny_bench_json_has_documented_keys_and_sane_numbers(tiny_result):
+    result, path = tiny_result
+    on_disk = json.loads(path.read_text())
+    assert on_disk["schema"] == "sv-engine-bench/1"
+    assert set(on_disk) >= {"schema", "environment", "options", "stages", "e2e", "targets", "total_seconds"}
+    assert list(on_disk["stages"]) == ["warp", "splat", "aggregation_median"]
+    assert on_disk["options"]["repeat"] == 2 and on_disk["options"]["tiny"] is True
+    assert on_disk["e2e"] is None
+    for name, stage in on_disk["stages"].items():
+        assert stage["status"] == "ok", (name, stage)
+        assert stage["seconds"] > 0
+        ref = stage["backends"][stage["reference"]]
+        assert TIMING_KEYS <= set(ref)
+        assert ref["repeat"] == 2
+        assert 0 < ref["min_ms"] <= ref["median_ms"] <= ref["p90_ms"]
+        assert ref["peak_mem_mb"] is None  # CPU run
+        assert ref["speedup"] == pytest.approx(1.0)
+    splat = on_disk["stages"]["splat"]
+    assert splat["reference"] == "scipy"  # StableVideo's griddata is the reference column
+    assert splat["backends"]["torch"]["speedup"] == pytest.approx(
+        splat["backends"]["scipy"]["median_ms"] / splat["backends"]["torch"]["median_ms"])
+    assert splat["backends"]["cuda"] == {"status": "skipped", "reason": "the CUDA kernel needs a GPU"}
+    assert splat["target_ms"] == 2.0 and splat["target_met"] is None  # tiny: never judged against the H100 target
+    assert on_disk["stages"]["warp"]["shape"] == {"keyframes": 3, "height": 64, "width": 96, "atlas": 256}
+
+
+def test_environment_fields(tiny_result):
+    env = tiny_result[0]["environment"]
+    for key in ("gpu", "driver", "cuda", "torch", "onnxruntime", "tensorrt", "git_commit", "date", "note"):
+        assert key in env
+    assert env["note"] == RANDOM_WEIGHTS_NOTE
+    assert env["device"] == "cpu" and env["gpu"] is None
+    dt.date.fromisoformat(env["date"])
+    assert env["git_commit"] == "unknown" or len(env["git_commit"]) >= 4
+
+
+def test_failing_stage_is_recorded_and_others_survive(monkeypatch):
+    def boom(ctx):
+        raise RuntimeError("kaboom")
+
+    monkeypatch.setitem(stages_mod.STAGES, "warp", boom)
+    monkeypatch.setattr(bench_mod, "STAGES", stages_mod.STAGES)
+    result = run_bench(BenchOptions(stages="warp,aggregation_median", tiny=True, repeat=1, warmup=0, device="cpu"))
+    assert result["stages"]["warp"]["status"] == "error"
+    assert result["stages"]["warp"]["error"] == "RuntimeError: kaboom"
+    assert result["stages"]["aggregation_median"]["status"] == "ok"
+
+
+def test_time_budget_skips_remaining_stages():
+    result = run_bench(BenchOptions(stages="warp,aggregation_median", tiny=True, repeat=1, warmup=0, device="cpu",
+                                    time_budget=1e-9))
+    for stage in result["stages"].values():
+        assert stage["status"] == "skipped" and stage["reason"] == "time budget exceeded"
+
+
+def test_bad_options_raise_clear_errors():
+    with pytest.raises(SvEngineError, match="Unknown benchmark stage 'unett'"):
+        run_bench(BenchOptions(stages="unett", tiny=True, device="cpu"))
+    with pytest.raises(SvEngineError, match="Unknown backend 'tensorflow'"):
+        run_bench(BenchOptions(stages="warp", backends="tensorflow", tiny=True, device="cpu"))
+    assert stages_mod.parse_stages("vae,warp") == ["vae_encode", "vae_decode", "warp"]
+    assert bench_mod.parse_size("768x432") == (768, 432)
+
+
+def test_cli_bench_writes_json_and_prints_table(tmp_path):
+    from typer.testing import CliRunner
+
+    import sv_engine.cli.bench  # noqa: F401 - registers the command
+    from sv_engine.cli.app import app
+
+    out = tmp_path / "cli.json"
+    res = CliRunner().invoke(app, ["bench", "--tiny", "--stages", "aggregation_median", "--repeat", "2",
+                                   "--device", "cpu", "--json", str(out)])
+    assert res.exit_code == 0, res.output
+    assert "aggregation_median" in res.output and "reference" in res.output
+    data = json.loads(out.read_text())
+    assert data["stages"]["aggregation_median"]["backends"]["reference"]["repeat"] == 2
+
+
+def test_summarize_percentiles():
+    stats = summarize([5.0, 1.0, 3.0, 2.0, 4.0, 6.0, 7.0, 8.0, 9.0, 10.0])
+    assert stats["median_ms"] == 5.5 and stats["p90_ms"] == 9.0 and stats["min_ms"] == 1.0 and stats["repeat"] == 10
+
+
+def test_result_filename_format():
+    env = {"gpu": "NVIDIA H100 80GB HBM3", "date": "2026-11-25", "git_commit": "9c320d1"}
+    assert result_filename(env) == "nvidia-h100-80gb-hbm3-2026-11-25-9c320d1.json"
+    assert result_filename({"gpu": None, "date": "2026-01-02", "git_commit": "unknown"}) == "cpu-2026-01-02-unknown.json"
+
+
+SAMPLE = {
+    "schema": "sv-engine-bench/1",
+    "environment": {"gpu": "NVIDIA H100 80GB HBM3", "date": "2026-11-25", "datetime": "2026-11-25T10:00:00+00:00",
+                    "git_commit": "abc1234", "torch": "2.13.0", "cuda": "12.8", "tensorrt": "10.9", "onnxruntime": "1.22",
+                    "note": RANDOM_WEIGHTS_NOTE},
+    "stages": {
+        "unet_step": {"status": "ok", "reference": "reference", "best": "trt", "target_ms": 6.0, "target_met": False,
+                      "backends": {"reference": {"status": "ok", "median_ms": 120.0, "speedup": 1.0},
+                                   "trt": {"status": "ok", "median_ms": 10.0, "speedup": 12.0},
+                                   "ort": {"status": "skipped", "reason": "no onnxruntime-gpu"}}},
+        "render": {"status": "ok", "reference": "reference", "best": "cuda", "target_ms": 1.0, "target_met": True,
+                   "backends": {"reference": {"status": "ok", "median_ms": 12.0, "speedup": 1.0},
+                                "cuda": {"status": "ok", "median_ms": 0.5, "speedup": 24.0}}},
+        "depth": {"status": "error", "error": "RuntimeError: boom", "backends": {}},
+    },
+    "e2e": {"warm": {"status": "ok", "warm_s": 0.5, "backend": "trt", "peak_mem_gb": 9.5},
+            "cold": {"status": "ok", "seconds": 3.5},
+            "targets": {"warm_met": True, "cold_met": True, "peak_mem_met": False}},
+}
+
+
+def test_readme_table_renders_rows_with_targets():
+    table = render_table(SAMPLE)
+    assert "| ControlNet+UNet CFG step, 512² | 120.0 ms (reference) | 10.0 ms (trt) | 12.0× | 42–65 ms | 11.5 ms | ≤ 6 ms | missed |" in table
+    assert "| render 70 frames | 12.0 ms (reference) | 0.50 ms (cuda) | 24.0× | 12.2 ms grid_sample | – | ≤ 1 ms | met |" in table
+    assert "| depth | RuntimeError: boom |" in table
+    assert "| whole edit, warm | – | 0.50 s (trt) |" in table and "| ≤ 0.6 s | met |" in table
+    assert "| peak GPU memory, whole edit | – | 9.50 GB | – | 14–29 GB | – | ≤ 8 GB | missed |" in table
+    assert "NVIDIA H100 80GB HBM3" in table and "abc1234" in table
+
+
+def test_readme_block_replaced_and_rest_kept(tmp_path):
+    readme = tmp_path / "README.md"
+    before, after = "# Title\n\nintro text\n\n", "\n\n## Later section\nkeep me\n"
+    readme.write_text(f"{before}{START}\nold table\n{END}{after}")
+    results = tmp_path / "results"
+    results.mkdir()
+    (results / "kernels.json").write_text(json.dumps({"render": {}}))  # not a bench result: ignored
+    older = json.loads(json.dumps(SAMPLE))
+    older["environment"].update(date="2026-01-01", datetime="2026-01-01T00:00:00+00:00", git_commit="old0001")
+    (results / "a-old.json").write_text(json.dumps(older))
+    (results / "b-new.json").write_text(json.dumps(SAMPLE))
+    assert newest_result(results).name == "b-new.json"
+    update_readme(readme, newest_result(results))
+    text = readme.read_text()
+    assert text.startswith(before + START + "\n") and text.endswith(END + after)
+    assert "old table" not in text and "abc1234" in text and "old0001" not in text
+    # Idempotent: a second run gives the same file.
+    update_readme(readme, newest_result(results))
+    assert readme.read_text() == text
+    with pytest.raises(SvEngineError, match="bench-table"):
+        replace_block("no markers here", "x")
+
+
+def test_e2e_cold_command_and_tiny_params():
+    from sv_engine.benchmarks.e2e import cold_command, edit_params
+
+    import torch
+
+    cmd = cold_command(Path("/data/clip"), Path("/tmp/out.mp4"), torch.device("cpu"), True, 2, 0.8)
+    assert cmd[1:4] == ["-m", "sv_engine.benchmarks.e2e", "/data/clip"] and cmd[-1] == "--tiny"
+    params = edit_params(20, 0.8, tiny=True)
+    assert (params.steps, params.strength, params.image_resolution, params.edit_background) == (20, 0.8, 64, True)
+    assert edit_params(20, 0.8, tiny=False).image_resolution == 512
