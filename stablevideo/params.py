@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from sv_engine.errors import SvEngineError
+from sv_engine.stablevideo.models.ddim import DDIMSampler
 
 FG_ADDED_PROMPT = "best quality, extremely detailed, no background"
 FG_NEGATIVE_PROMPT = "lowres, bad anatomy, bad hands, missing fingers, extra digit, fewer digits, cropped, worst quality, low quality"
@@ -36,12 +37,12 @@ class EditParams:
     extra: dict = field(default_factory=dict)
 
     def validate(self) -> None:
-        if not 0.0 < self.strength <= 1.0:
-            raise SvEngineError(f"strength {self.strength} is outside (0, 1].", "use e.g. --strength 0.8.")
         if not 1 <= self.steps <= 1000:
             raise SvEngineError(f"steps {self.steps} is outside 1..1000.", "use e.g. --steps 20.")
-        if int(self.steps * self.strength) < 1:
-            raise SvEngineError(f"steps·strength = {self.steps * self.strength:.2f} leaves no denoising step for keyframes after the first.", "raise --steps or --strength.")
+        DDIMSampler().make_schedule(self.steps)  # LDM's schedule rejects counts like 3 (timestep 1000)
+        # Keyframes after the first are noised to DDIM index int(steps·strength), which must be a real step.
+        if not 1 <= int(self.steps * self.strength) < self.steps:
+            raise SvEngineError(f"strength {self.strength} with {self.steps} steps gives no valid img2img start (int(steps·strength) must be in 1..steps−1).", "use a strength in (0, 1), e.g. --strength 0.8.")
         if self.aggregation not in ("median", "net"):
             raise SvEngineError(f"Unknown aggregation {self.aggregation!r}.", "use --aggregation median or net.")
         if self.image_resolution % 64 or self.image_resolution < 64:

@@ -8,9 +8,17 @@ import numpy as np
 import pytest
 
 
-@pytest.fixture(autouse=True)
+def pytest_configure(config: pytest.Config) -> None:
+    """One sv-engine cache for the whole run (never the user's): the demo's NLA maps are computed once."""
+    import os
+    import tempfile
+
+    os.environ["SV_ENGINE_CACHE"] = tempfile.mkdtemp(prefix="sv-engine-test-cache-")
+
+
+@pytest.fixture
 def isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Every test gets its own sv-engine cache, so no test sees another's maps or engines."""
+    """A fresh, empty cache for tests of the cache itself."""
     cache = tmp_path_factory.mktemp("sv-cache")
     monkeypatch.setenv("SV_ENGINE_CACHE", str(cache))
     return cache

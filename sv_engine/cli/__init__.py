@@ -24,6 +24,8 @@ COMMAND_MODULES = [
     "build_cmd",
     "parity_cmd",
     "bench",
+    "serve",
+    "batch",
 ]
 
 for _name in COMMAND_MODULES:

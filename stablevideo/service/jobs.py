@@ -1,0 +1,206 @@
+"""The job schema shared by the render service and batch jobs, and safe data-folder resolution.
+
+A :class:`JobSpec` is what a client sends (``POST /jobs``) or what one entry of a batch YAML holds:
+the data folder *name* and the edit parameters, every one range-checked. :meth:`JobSpec.to_params`
+turns it into the pipeline's :class:`EditParams` (the pipeline itself is never re-implemented here).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from sv_engine.errors import SvEngineError
+
+MAX_PROMPT_CHARS = 1000
+MAX_KEYFRAMES = 64
+MAX_DATA_NAME_CHARS = 255
+
+#: Job states. Terminal: done, failed, cancelled.
+QUEUED, RUNNING, DONE, FAILED, CANCELLED = "queued", "running", "done", "failed", "cancelled"
+TERMINAL = frozenset({DONE, FAILED, CANCELLED})
+
+#: Names of the files each job writes into its own output folder (named by the job id).
+VIDEO_NAME, PREVIEW_NAME, REPORT_NAME = "edit.mp4", "preview.png", "report.json"
+
+Prompt = Field(min_length=1, max_length=MAX_PROMPT_CHARS)
+ExtraPrompt = Field(default=None, max_length=MAX_PROMPT_CHARS)
+
+
+class JobSpec(BaseModel):
+    """One edit: which data folder (a name under the data root) and the edit's knobs (SV's UI defaults)."""
+
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=False)
+
+    data: str = Field(min_length=1, max_length=MAX_DATA_NAME_CHARS, description="Data folder name (relative path) under the service's --data-root.")
+    fg_prompt: str = Prompt
+    bg_prompt: str = Prompt
+    keyframes: list[int] | None = Field(default=None, max_length=MAX_KEYFRAMES, description="Frame indices (default: three evenly spaced).")
+    strength: float = Field(default=0.8, gt=0.0, le=1.0)
+    steps: int = Field(default=20, ge=1, le=200)
+    cfg: float = Field(default=9.0, ge=0.0, le=30.0)
+    control_scale: float = Field(default=1.0, ge=0.0, le=2.0)
+    seed: int = Field(default=-1, ge=-1, le=2**31 - 1)
+    image_resolution: int = Field(default=512, ge=64, le=1024)
+    depth_resolution: int = Field(default=512, ge=64, le=1024)
+    canny_low: int = Field(default=100, ge=0, le=255)
+    canny_high: int = Field(default=200, ge=0, le=255)
+    aggregation: Literal["median", "net"] = "median"
+    aggregation_iterations: int = Field(default=500, ge=1, le=5000)
+    edit_background: bool = True
+    fg_added_prompt: str | None = ExtraPrompt
+    fg_negative_prompt: str | None = ExtraPrompt
+    bg_added_prompt: str | None = ExtraPrompt
+    bg_negative_prompt: str | None = ExtraPrompt
+
+    @field_validator("data")
+    @classmethod
+    def _relative_name(cls, value: str) -> str:
+        check_data_name(value)
+        return value
+
+    @field_validator("keyframes")
+    @classmethod
+    def _keyframes(cls, value: list[int] | None) -> list[int] | None:
+        if value is not None:
+            if not value:
+                raise ValueError("keyframes must be a non-empty list of frame indices (or omitted for the default).")
+            if any(k < 0 or k > 100_000 for k in value):
+                raise ValueError("keyframes must be frame indices >= 0.")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "JobSpec":
+        if self.image_resolution % 64:
+            raise ValueError(f"image_resolution {self.image_resolution} is not a multiple of 64 (use 512, SD 1.5's native size).")
+        if self.canny_low > self.canny_high:
+            raise ValueError("canny_low must be <= canny_high.")
+        if int(self.steps * self.strength) >= self.steps and (self.keyframes is None or len(self.keyframes) > 1):
+            raise ValueError("strength 1.0 leaves no DDIM step to noise keyframes after the first; use a strength < 1 (e.g. 0.8).")
+        try:
+            self.to_params().validate()
+        except SvEngineError as err:
+            raise ValueError(str(err)) from None
+        return self
+
+    def to_params(self):
+        """The pipeline's :class:`EditParams` (optional prompt add-ons keep SV's defaults when omitted)."""
+        from sv_engine.stablevideo.params import EditParams
+
+        extras = {k: v for k, v in {
+            "fg_added_prompt": self.fg_added_prompt,
+            "fg_negative_prompt": self.fg_negative_prompt,
+            "bg_added_prompt": self.bg_added_prompt,
+            "bg_negative_prompt": self.bg_negative_prompt,
+        }.items() if v is not None}
+        return EditParams(
+            self.fg_prompt, self.bg_prompt, keyframes=list(self.keyframes) if self.keyframes else None,
+            strength=self.strength, steps=self.steps, cfg=self.cfg, control_scale=self.control_scale, seed=self.seed,
+            image_resolution=self.image_resolution, depth_resolution=self.depth_resolution, canny_low=self.canny_low,
+            canny_high=self.canny_high, aggregation=self.aggregation, aggregation_iterations=self.aggregation_iterations,
+            edit_background=self.edit_background, **extras,
+        )
+
+    def fingerprint(self) -> str:
+        """A stable hash of the whole spec (batch jobs without a name are keyed by it)."""
+        return hashlib.sha256(json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def check_data_name(name: str) -> None:
+    """Rejects names that are not a plain relative path: absolute, ``..``, backslashes, NUL, drive letters."""
+    if "\x00" in name or "\\" in name:
+        raise ValueError("data must be a folder name under the data root (no NUL or backslash characters).")
+    if name.startswith(("/", "~")) or (len(name) > 1 and name[1] == ":"):
+        raise ValueError("data must be a relative folder name under the data root, not an absolute path.")
+    parts = [p for p in name.split("/") if p not in ("", ".")]
+    if not parts or any(p == ".." for p in parts):
+        raise ValueError("data must be a folder name under the data root; '..' is not allowed.")
+
+
+def resolve_data_dir(data_root: str | Path, name: str) -> Path:
+    """``data_root/name`` resolved (symlinks followed) and checked to stay inside ``data_root``.
+
+    Raises :class:`SvEngineError` when the name escapes the root (``..``, absolute path, a symlink
+    pointing outside) or is not a StableVideo data folder (no config.json).
+    """
+    try:
+        check_data_name(name)
+    except ValueError as err:
+        raise SvEngineError(f"Data folder {name!r} rejected: {err}", "pass the name of a folder inside the data root.") from None
+    root = Path(data_root).expanduser().resolve(strict=True)
+    target = (root / name).resolve()
+    if not target.is_relative_to(root):
+        raise SvEngineError(f"Data folder {name!r} resolves outside the data root.", "pass the name of a folder inside the data root (symlinks must not point outside it).")
+    if not target.is_dir() or not (target / "config.json").is_file():
+        raise SvEngineError(f"Data folder {name!r} does not exist under the data root (or has no config.json).", "list the data root and pass one of its StableVideo data folders.")
+    return target
+
+
+def new_job_id() -> str:
+    return uuid.uuid4().hex
+
+
+@dataclass
+class JobRecord:
+    """A job's state as the scheduler tracks it (the service's ``GET /jobs/{id}``, a batch results line)."""
+
+    id: str
+    spec: JobSpec
+    data_dir: Path
+    out_dir: Path
+    status: str = QUEUED
+    attempts: int = 0
+    worker: int | None = None
+    error: str | None = None
+    created: float = field(default_factory=time.time)
+    started: float | None = None
+    finished: float | None = None
+    result: dict[str, Any] | None = None
+    expected_seconds: float | None = None  # the worker's recent edit time (progress estimate)
+    name: str | None = None  # batch job name
+
+    @property
+    def terminal(self) -> bool:
+        return self.status in TERMINAL
+
+    def progress(self) -> float:
+        """0 queued .. 1 done; while running, elapsed / the worker's recent edit time (capped at 0.95)."""
+        if self.status == DONE:
+            return 1.0
+        if self.status != RUNNING or self.started is None:
+            return 0.0
+        expected = self.expected_seconds or 0.0
+        if expected <= 0:
+            return 0.05
+        return round(min(0.95, max(0.05, (time.time() - self.started) / expected)), 3)
+
+    def public(self) -> dict[str, Any]:
+        """JSON-safe status (no server paths)."""
+        out: dict[str, Any] = {
+            "id": self.id,
+            "status": self.status,
+            "progress": self.progress(),
+            "attempts": self.attempts,
+            "worker": self.worker,
+            "data": self.spec.data,
+            "created": self.created,
+            "started": self.started,
+            "finished": self.finished,
+            "error": self.error,
+        }
+        if self.name is not None:
+            out["name"] = self.name
+        if self.result:
+            out.update({k: self.result[k] for k in ("seed", "keyframes", "seconds", "timings", "frames") if k in self.result})
+        if self.status == DONE:
+            out["video"] = f"/jobs/{self.id}/video"
+            out["preview"] = f"/jobs/{self.id}/preview"
+        return out
+

@@ -1,0 +1,200 @@
+"""Warm workers: one :class:`StableVideoPipeline` per GPU, kept loaded between edits.
+
+:class:`EditWorker` is a plain class (usable in-process) that Ray runs as an actor, one per GPU
+(one on a CPU-only cluster). The models are loaded once in ``__init__``; every ``edit`` call reuses
+them, runs the pipeline and writes ``edit.mp4``, ``preview.png`` and ``report.json`` into the job's
+own output folder (written under temporary names, then renamed: a retried job never leaves a
+half-written file). :class:`WorkerPool` starts the actors with ``max_restarts`` so a dead worker
+comes back (the scheduler resubmits its job).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from sv_engine.errors import SvEngineError
+from sv_engine.stablevideo.service.jobs import PREVIEW_NAME, REPORT_NAME, VIDEO_NAME
+
+log = logging.getLogger(__name__)
+
+BACKENDS = ("auto", "torch", "torch-compile", "ort", "trt")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Where the workers' models come from (exactly one of tiny / random_full / weights) and how they run."""
+
+    tiny: bool = False
+    weights: str | None = None
+    random_full: bool = False
+    precision: str = "fp32"
+    backend: str = "auto"  # auto: the fastest available on a GPU, torch on CPU (as `sv-engine edit`)
+    device: str = "auto"
+
+    def check(self) -> None:
+        if sum([self.tiny, self.random_full, self.weights is not None]) != 1:
+            raise SvEngineError("Exactly one model source is needed for the workers.", "pass --weights DIR (see README: weight formats) or --tiny for small random models.")
+        if self.weights is not None and not Path(self.weights).expanduser().is_dir():
+            raise SvEngineError(f"Weights folder {self.weights} does not exist.", "pass --weights with an existing folder (see README: weight formats).")
+        if self.backend not in BACKENDS:
+            raise SvEngineError(f"Backend {self.backend!r} is not available to the render service yet.", f"use --backend {' or '.join(BACKENDS)}.")
+
+
+def accelerate(components, cfg: ModelConfig, device):
+    """Compiles the heavy models on ``cfg.backend`` (as ``sv-engine edit --backend``): the
+    :class:`AcceleratedModels` whose callables the pipeline takes (none for torch)."""
+    from sv_engine.export.runtime import accelerate as compile_models
+    from sv_engine.export.spec import DEFAULT_SHAPES, ShapeRange
+
+    backend = cfg.backend
+    if backend == "auto":
+        if device.type == "cuda":
+            from sv_engine.engine.backend import default_backend
+
+            backend = default_backend(device)
+        else:
+            backend = "torch"
+    backend = backend.replace("-", "_")
+    # Tiny models run at small sizes on CPU; the production profile starts at SD's 512 px.
+    shapes = ShapeRange(height=(64, 256, 1024), width=(64, 256, 1536), multiple=64) if cfg.tiny else DEFAULT_SHAPES
+    return compile_models(components, backend, cfg.precision, device, shapes=shapes)
+
+
+class EditWorker:
+    """Holds one warm :class:`StableVideoPipeline`; ``edit`` runs one job and writes its outputs."""
+
+    def __init__(self, model: dict[str, Any] | ModelConfig) -> None:
+        from sv_engine.stablevideo.device import resolve_device
+        from sv_engine.stablevideo.model_source import load_components
+        from sv_engine.stablevideo.pipeline import StableVideoPipeline
+
+        if not logging.getLogger().handlers:
+            logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+        cfg = model if isinstance(model, ModelConfig) else ModelConfig(**model)
+        cfg.check()
+        start = time.perf_counter()
+        self.config = cfg
+        self.device = resolve_device(cfg.device)
+        self.components = load_components(self.device, tiny=cfg.tiny, weights=Path(cfg.weights).expanduser() if cfg.weights else None, random_full=cfg.random_full, precision=cfg.precision)
+        self.accelerated = accelerate(self.components, cfg, self.device)
+        self.pipeline = StableVideoPipeline(self.components, self.device, self.accelerated.unet_controlnet, self.accelerated.denoiser_overrides())
+        self.load_seconds = time.perf_counter() - start
+        self.edits = 0
+        log.info("worker %d ready on %s (%s backend) in %.1f s (%s)", os.getpid(), self.device, self.accelerated.backend, self.load_seconds, self.components.description)
+
+    def info(self) -> dict[str, Any]:
+        return {"pid": os.getpid(), "device": str(self.device), "edits": self.edits, "load_seconds": round(self.load_seconds, 3), "backend": self.accelerated.backend,
+                "models": self.components.description, "random_weights": self.components.is_random, "config": asdict(self.config)}
+
+    def pid(self) -> int:
+        return os.getpid()
+
+    def edit(self, job_id: str, spec: dict[str, Any], data_dir: str, out_dir: str) -> dict[str, Any]:
+        """Runs one edit with the warm pipeline; returns a JSON-safe summary (outputs are on disk)."""
+        from PIL import Image
+
+        from sv_engine.stablevideo.service.jobs import JobSpec
+        from sv_engine.stablevideo.video_io import write_mp4
+
+        start = time.perf_counter()
+        params = JobSpec.model_validate(spec).to_params()
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        result = self.pipeline.edit(data_dir, params)
+        write_mp4(out / VIDEO_NAME, result.frames)
+        tmp = out / f".{PREVIEW_NAME}.partial.png"
+        Image.fromarray(result.preview()).save(tmp)
+        tmp.replace(out / PREVIEW_NAME)
+        seconds = time.perf_counter() - start
+        self.edits += 1
+        summary = {
+            "job": job_id, "seed": result.seed, "keyframes": result.keyframes, "frames": int(result.frames.shape[0]),
+            "seconds": round(seconds, 3), "timings": result.timings, "pid": os.getpid(), "device": str(self.device), "backend": self.accelerated.backend,
+            "models": self.components.description, "random_weights": self.components.is_random,
+        }
+        tmp = out / f".{REPORT_NAME}.partial"
+        tmp.write_text(json.dumps(summary, indent=2))
+        tmp.replace(out / REPORT_NAME)  # written last: its presence marks the job's outputs complete
+        return summary
+
+
+class WorkerPool:
+    """One Ray actor per GPU (one on a CPU-only cluster), each an :class:`EditWorker`."""
+
+    def __init__(self, model: ModelConfig, num_workers: int | None = None, max_restarts: int = 3, cpus_per_worker: float = 1.0) -> None:
+        import ray
+
+        model.check()
+        if not ray.is_initialized():
+            raise SvEngineError("Ray is not initialised.", "call ray.init() (or sv_engine.stablevideo.service.workers.init_ray) first.")
+        gpus = int(ray.cluster_resources().get("GPU", 0))
+        self.num_gpus = gpus
+        if num_workers is None:
+            num_workers = max(1, gpus)
+        if num_workers < 1:
+            raise SvEngineError(f"{num_workers} workers requested.", "pass --workers 1 or more.")
+        if gpus and num_workers > gpus:
+            raise SvEngineError(f"{num_workers} workers requested but the Ray cluster has {gpus} GPU(s).", f"pass --workers {gpus} or fewer (one warm pipeline per GPU).")
+        options: dict[str, Any] = {"num_cpus": cpus_per_worker, "max_restarts": max_restarts, "max_task_retries": 0}
+        if gpus:
+            options["num_gpus"] = 1
+        actor_cls = ray.remote(EditWorker).options(**options)
+        self.model = model
+        self.actors = [actor_cls.remote(asdict(model))]
+        if num_workers > 1 and model.backend != "torch":
+            # The first worker exports/builds the ONNX and engine caches; the others then only load them.
+            self.wait_ready(actors=self.actors)
+        self.actors += [actor_cls.remote(asdict(model)) for _ in range(num_workers - 1)]
+        self.alive = [True] * num_workers
+
+    def __len__(self) -> int:
+        return len(self.actors)
+
+    def wait_ready(self, timeout: float | None = None, actors: list | None = None) -> list[dict[str, Any]]:
+        """Blocks until every worker has loaded its models; returns their :meth:`EditWorker.info`."""
+        import ray
+
+        try:
+            return ray.get([a.info.remote() for a in (actors or self.actors)], timeout=timeout)
+        except ray.exceptions.GetTimeoutError as err:
+            raise SvEngineError(f"Workers did not load their models within {timeout:.0f} s.", "check the worker logs (ray logs) and the --weights folder.") from err
+        except ray.exceptions.RayActorError as err:
+            raise SvEngineError(f"A worker failed to start: {_cause(err)}", "check --weights / --tiny and the worker logs.") from err
+
+    def shutdown(self) -> None:
+        import ray
+
+        for actor in self.actors:
+            try:
+                ray.kill(actor, no_restart=True)
+            except Exception:  # already gone
+                pass
+        self.alive = [False] * len(self.actors)
+
+
+def _cause(err: BaseException) -> str:
+    """The user-facing message of an error raised inside a Ray worker."""
+    cause = getattr(err, "cause", None)
+    if isinstance(cause, BaseException) and cause is not err:
+        return str(cause) or type(cause).__name__
+    text = str(err).strip().splitlines()
+    return text[-1] if text else type(err).__name__
+
+
+def init_ray(address: str = "local", num_cpus: int | None = None, num_gpus: int | None = None) -> bool:
+    """Starts (``local``) or joins (``auto`` / ``ray://…`` / host:port) a Ray cluster; returns True if this call started it."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    if address == "local":
+        ray.init(num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False, log_to_driver=True)
+    else:
+        ray.init(address=address, include_dashboard=False)
+    return True
