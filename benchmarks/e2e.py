@@ -61,37 +61,18 @@ def pick_data_dir(tmp: Path, tiny: bool, frames: int, height: int, width: int, d
     return synth_data_dir(tmp, frames, height, width), f"synthesised {frames} frames {width}x{height}, random NLA"
 
 
-def unet_controlnet_factory(backend: str, components, device: torch.device, tiny: bool, precision: str,
-                            engine_dir: Path | None = None):
-    """``factory("canny"|"depth")`` -> the pipeline's ``unet_controlnet`` callable running the fused
-    UNet+ControlNet on ``backend`` (exported + compiled via sv_engine.engine); None = torch modules."""
+def accelerated_unet_controlnet(backend: str, components, device: torch.device, tiny: bool, precision: str,
+                                engine_dir: Path | None = None) -> dict | None:
+    """The pipeline's ``unet_controlnet`` callables on ``backend`` (sv_engine.export.runtime); None = torch."""
     if backend in (None, "", "torch"):
         return None
-    from sv_engine.engine.backend import get_backend
-    from sv_engine.export.registry import build_specs
+    from sv_engine.export.runtime import accelerate
     from sv_engine.export.spec import DEFAULT_SHAPES, TINY_SHAPES
 
-    engine_name = {"torch-compile": "torch_compile"}.get(backend, backend)
-
-    def factory(which: str):
-        name = f"unet_controlnet_{which}"
-        spec = build_specs(components, None, [name], precision, TINY_SHAPES if tiny else DEFAULT_SHAPES, device)[name]
-        if engine_name == "torch_compile":
-            model = get_backend(engine_name, device).compile(spec.model_source())
-        else:
-            from sv_engine.export.onnx_export import export_onnx
-
-            folder = Path(tempfile.mkdtemp(prefix=f"sv-bench-{name}-"))
-            model = get_backend(engine_name, device, cache_dir=engine_dir).compile(export_onnx(spec, folder))
-
-        def call(latent, t_2b, emb, control, scale):
-            out = model(sample=latent, timestep=t_2b[:1].float(), encoder_hidden_states=emb, controlnet_cond=control,
-                        control_scale=torch.tensor([float(scale)], device=latent.device))
-            return out["noise_pred"].to(latent.dtype)
-
-        return call
-
-    return factory
+    options = {"cache_dir": engine_dir} if engine_dir is not None and backend == "trt" else {}
+    accelerated = accelerate(components, backend.replace("-", "_"), precision, device, shapes=TINY_SHAPES if tiny else DEFAULT_SHAPES,
+                             models=("unet_controlnet_canny", "unet_controlnet_depth"), backend_options=options)
+    return accelerated.unet_controlnet
 
 
 def edit_params(steps: int, strength: float, tiny: bool, seed: int = 0):
@@ -117,8 +98,7 @@ def warm_edit(data_dir: Path, device: torch.device, tiny: bool, steps: int, stre
     t0 = time.perf_counter()
     components = load_components(device, tiny=tiny, random_full=not tiny, precision=precision)
     load_s = time.perf_counter() - t0
-    factory = unet_controlnet_factory(backend, components, device, tiny, precision, engine_dir)
-    unet_controlnet = {which: factory(which) for which in ("canny", "depth")} if factory else None
+    unet_controlnet = accelerated_unet_controlnet(backend, components, device, tiny, precision, engine_dir)
     pipeline = StableVideoPipeline(components, device, unet_controlnet=unet_controlnet)
     params = edit_params(steps, strength, tiny)
     _sync(device)

@@ -1,0 +1,116 @@
+"""Whole-edit parity and latency per backend on a GPU (the lead's device run; CPU works with --tiny).
+
+    python -m sv_engine.benchmarks.e2e_parity --out e2e.json [--backends torch,ort,torch-compile]
+        [--onnx-dir DIR] [--frames 70 --size 768x432] [--tiny] [--budget-s 500]
+
+Full-size SD1.5 architectures with random weights (latency does not depend on weight values),
+fp16 on CUDA. For each backend: compile (export to ONNX first where needed), one edit, then a warm
+edit timed with its per-stage breakdown; the rendered frames are compared with the torch edit of the
+same seed by PSNR (engine.parity.PSNR_MIN_DB is the bar). Each backend in try/except: one failure
+never loses the others; the JSON is rewritten after each.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import tempfile
+import time
+import traceback
+from pathlib import Path
+
+import torch
+
+from sv_engine.benchmarks.e2e import edit_params, synth_data_dir
+from sv_engine.benchmarks.timing import environment
+from sv_engine.engine.parity import PSNR_MIN_DB, psnr
+from sv_engine.export.runtime import accelerate
+from sv_engine.export.spec import DEFAULT_SHAPES, TINY_SHAPES
+from sv_engine.stablevideo.model_source import load_components
+from sv_engine.stablevideo.pipeline import StableVideoPipeline
+
+log = logging.getLogger("sv_engine.benchmarks.e2e_parity")
+
+
+def _sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def run(args: argparse.Namespace) -> dict:
+    t_start = time.perf_counter()
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    precision = "fp16" if device.type == "cuda" else "fp32"
+    width, height = (int(v) for v in args.size.split("x"))
+    result: dict = {"environment": environment(device), "precision": precision, "frames": args.frames, "size": args.size, "backends": {}}
+
+    def save() -> None:
+        result["elapsed_s"] = round(time.perf_counter() - t_start, 1)
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(result, indent=1, default=str))
+
+    t0 = time.perf_counter()
+    components = load_components(device, tiny=args.tiny, random_full=not args.tiny, precision=precision)
+    result["load_s"] = round(time.perf_counter() - t0, 2)
+    data = synth_data_dir(Path(tempfile.mkdtemp(prefix="sv-e2e-")), args.frames, height, width)
+    params = edit_params(args.steps, 0.8, args.tiny, seed=0)
+    reference = None
+    for backend in args.backends.split(","):
+        if time.perf_counter() - t_start > args.budget_s:
+            result["backends"][backend] = {"status": "skipped", "reason": "time budget"}
+            continue
+        entry: dict = {}
+        try:
+            t0 = time.perf_counter()
+            accelerated = accelerate(components, backend.replace("-", "_"), precision, device, onnx_dir=args.onnx_dir, shapes=TINY_SHAPES if args.tiny else DEFAULT_SHAPES)
+            entry["compile_s"] = round(time.perf_counter() - t0, 2)
+            pipeline = StableVideoPipeline(components, device, accelerated.unet_controlnet, accelerated.denoiser_overrides())
+            _sync()
+            t0 = time.perf_counter()
+            first = pipeline.edit(data, params)
+            _sync()
+            entry["first_edit_s"] = round(time.perf_counter() - t0, 3)
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats()
+            t0 = time.perf_counter()
+            warm = pipeline.edit(data, params)
+            _sync()
+            entry.update(status="ok", warm_edit_s=round(time.perf_counter() - t0, 3), seconds_per_stage=warm.timings, first_edit_seconds_per_stage=first.timings)
+            if device.type == "cuda":
+                entry["peak_mem_gb"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
+            if reference is None:
+                reference = warm.frames
+                entry["psnr_vs_torch_db"] = None
+            else:
+                value = psnr(reference, warm.frames)
+                entry.update(psnr_vs_torch_db=round(value, 2), psnr_bar_db=PSNR_MIN_DB[precision], psnr_ok=value >= PSNR_MIN_DB[precision])
+            del pipeline, first, warm
+        except Exception as exc:  # noqa: BLE001 - record and go on with the next backend
+            entry.update(status="error", error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc()[-2500:])
+            log.error("%s failed: %s", backend, exc)
+        result["backends"][backend] = entry
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        save()
+    save()
+    return result
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--backends", default="torch,ort,torch-compile", help="the first one is the PSNR reference")
+    p.add_argument("--onnx-dir", type=Path, default=None, help="reuse/keep ONNX exports here")
+    p.add_argument("--frames", type=int, default=70)
+    p.add_argument("--size", default="768x432")
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--tiny", action="store_true")
+    p.add_argument("--budget-s", type=float, default=500.0)
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    run(args)
+
+
+if __name__ == "__main__":
+    main()
