@@ -80,7 +80,10 @@ def time_fn(fn: Callable[[], object], device: torch.device | str, repeat: int, w
 
 
 def git_commit(cwd: str | Path | None = None) -> str:
-    """``git rev-parse --short HEAD`` of the source tree, ``"unknown"`` without git."""
+    """``git rev-parse --short HEAD`` of the source tree; ``$SV_ENGINE_COMMIT`` where the tree has no .git
+    (a copy sent to a GPU machine); ``"unknown"`` otherwise."""
+    if os.environ.get("SV_ENGINE_COMMIT"):
+        return os.environ["SV_ENGINE_COMMIT"]
     try:
         out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10,
                              cwd=str(cwd or Path(__file__).resolve().parent))
