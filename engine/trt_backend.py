@@ -33,24 +33,35 @@ logger = logging.getLogger(__name__)
 
 
 def import_tensorrt() -> tuple[Any, str]:
-    """``(module, "tensorrt" | "tensorrt_rtx")``; raises :class:`SvEngineError` when neither imports."""
+    """``(module, "tensorrt" | "tensorrt_rtx")``; raises :class:`SvEngineError` when neither imports.
+
+    TensorRT-RTX's standalone per-CUDA wheels (``tensorrt-rtx-cu13-bindings``) install the module as
+    ``tensorrt_rtx_bindings``; the ``tensorrt-rtx`` meta package as ``tensorrt_rtx``. Same API.
+    """
     errors = []
-    for name in ("tensorrt", "tensorrt_rtx"):
+    for name, flavor in (("tensorrt", "tensorrt"), ("tensorrt_rtx", "tensorrt_rtx"), ("tensorrt_rtx_bindings", "tensorrt_rtx")):
         try:
-            return importlib.import_module(name), name
+            return importlib.import_module(name), flavor
         except Exception as exc:  # noqa: BLE001 - a broken install is as good as none
             errors.append(f"{name}: {type(exc).__name__}: {exc}")
     raise SvEngineError(f"Neither tensorrt nor tensorrt_rtx can be imported ({'; '.join(errors)}).",
                         "pip install tensorrt (datacenter/any NVIDIA GPU) or tensorrt-rtx (RTX GPUs).")
 
 
+#: Compute capabilities TensorRT-RTX engines run on (it builds on others, e.g. Hopper 9.0, but refuses to run).
+RTX_RUNNABLE_CAPABILITIES = {(8, 0), (8, 6), (8, 9)}
+
+
 def trt_available() -> tuple[bool, str]:
     try:
-        import_tensorrt()
+        _, flavor = import_tensorrt()
     except SvEngineError as exc:
         return False, exc.what
     if not torch.cuda.is_available():
         return False, "no CUDA GPU"
+    capability = torch.cuda.get_device_capability()
+    if flavor == "tensorrt_rtx" and capability not in RTX_RUNNABLE_CAPABILITIES and capability[0] < 12:
+        return False, f"TensorRT-RTX engines cannot run on compute capability {capability[0]}.{capability[1]} (they build there); use ort or torch-compile, or install full tensorrt"
     return True, ""
 
 

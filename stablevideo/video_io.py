@@ -28,8 +28,12 @@ def write_mp4(path: Path, frames: np.ndarray, fps: int = DEFAULT_FPS) -> None:
     import imageio.v2 as imageio
 
     tmp = path.with_name(f".{path.stem}.partial{path.suffix}")
-    # macro_block_size=1 keeps odd sizes exact instead of resizing (SV clips are 768x432 anyway).
-    imageio.mimwrite(tmp, list(frames), fps=fps, macro_block_size=1)
+    try:
+        # macro_block_size=1 keeps odd sizes exact instead of resizing (SV clips are 768x432 anyway).
+        imageio.mimwrite(tmp, list(frames), format="FFMPEG", fps=fps, macro_block_size=1)
+    except (ImportError, ValueError) as err:
+        tmp.unlink(missing_ok=True)
+        raise SvEngineError(f"Cannot write mp4 ({err}).", "pip install imageio-ffmpeg (it ships an ffmpeg binary).") from err
     tmp.replace(path)
     log.info("wrote %s (%d frames, %dx%d)", path, frames.shape[0], frames.shape[2], frames.shape[1])
 

@@ -127,9 +127,10 @@ def _randomize_zero_convs(controlnet: torch.nn.Module, generator: torch.Generato
                   controlnet.controlnet_cond_embedding.conv_out]
     with torch.no_grad():
         for conv in zero_convs:
-            conv.weight.copy_(torch.randn(conv.weight.shape, generator=generator) * std)
+            # Drawn on the generator's (CPU) device: the same values whatever device the model is built on.
+            conv.weight.copy_(torch.randn(conv.weight.shape, generator=generator, device="cpu") * std)
             if conv.bias is not None:
-                conv.bias.copy_(torch.randn(conv.bias.shape, generator=generator) * std)
+                conv.bias.copy_(torch.randn(conv.bias.shape, generator=generator, device="cpu") * std)
 
 
 def _make_controlnet(unet: torch.nn.Module, seed: int, cond_channels: tuple[int, ...], randomize_zero: bool,

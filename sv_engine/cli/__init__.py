@@ -20,6 +20,7 @@ COMMAND_MODULES = [
     "info",
     "atlas",
     "render",
+    "fit",
     "export_cmd",
     "build_cmd",
     "parity_cmd",
