@@ -43,7 +43,7 @@ from sv_engine.benchmarks.stages import (
     parse_backends,
     parse_stages,
 )
-from sv_engine.benchmarks.timing import environment, result_filename
+from sv_engine.benchmarks.timing import environment, format_ms, result_filename
 from sv_engine.errors import SvEngineError
 
 log = logging.getLogger(__name__)
@@ -241,16 +241,6 @@ def write_json(result: dict, path: Path) -> Path:
 # --------------------------------------------------------------------------------------------------
 
 
-def _fmt_ms(ms: float | None) -> str:
-    if ms is None:
-        return "–"
-    if ms >= 1000:
-        return f"{ms / 1000:.2f} s"
-    if ms >= 10:
-        return f"{ms:.1f} ms"
-    return f"{ms:.3f} ms"
-
-
 def columns(result: dict) -> list[str]:
     """Display columns: ``reference`` (each stage's own reference) then the other implementations."""
     seen: list[str] = []
@@ -272,7 +262,7 @@ def cell(stage: dict, impl: str) -> str:
         impl = reference_key(stage) or "reference"
         b = backends.get(impl)
         if b is not None and b.get("status") == "ok" and impl != "reference":
-            return f"{_fmt_ms(b.get('median_ms'))} ({impl})"
+            return f"{format_ms(b.get('median_ms'))} ({impl})"
     else:
         b = backends.get(impl)
     if b is None:
@@ -283,9 +273,9 @@ def cell(stage: dict, impl: str) -> str:
     if status == "error":
         return "error"
     if impl == stage.get("reference"):
-        return _fmt_ms(b.get("median_ms"))
+        return format_ms(b.get("median_ms"))
     sp = b.get("speedup")
-    return f"{_fmt_ms(b.get('median_ms'))} ({sp:.1f}×)" if sp is not None else _fmt_ms(b.get("median_ms"))
+    return f"{format_ms(b.get('median_ms'))} ({sp:.1f}×)" if sp is not None else format_ms(b.get("median_ms"))
 
 
 def build_table(result: dict):
@@ -311,7 +301,7 @@ def build_table(result: dict):
         peaks = [b.get("peak_mem_mb") for b in stage.get("backends", {}).values() if b.get("peak_mem_mb")]
         target = stage.get("target_ms")
         met = stage.get("target_met")
-        tcell = "" if target is None else f"≤ {_fmt_ms(target)}" + ("" if met is None else (" met" if met else " missed"))
+        tcell = "" if target is None else f"≤ {format_ms(target)}" + ("" if met is None else (" met" if met else " missed"))
         table.add_row(name, *[cell(stage, c) for c in cols], f"{max(peaks):.0f}" if peaks else "", tcell)
     return table
 

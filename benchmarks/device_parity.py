@@ -26,13 +26,14 @@ import argparse
 import json
 import logging
 import platform
-import statistics
 import time
 import traceback
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
+
+from sv_engine.benchmarks.timing import time_fn
 
 logger = logging.getLogger("sv_engine.benchmarks.device_parity")
 
@@ -83,23 +84,10 @@ class Runner:
         return value
 
 
-def time_cuda(fn: Callable[[], Any], warmup: int = 3, iters: int = 10, max_s: float = 60.0) -> dict[str, Any]:
-    """Median/min ms of ``fn`` with CUDA events after ``warmup`` calls."""
-    for _ in range(warmup):
-        fn()
-    torch.cuda.synchronize()
-    times = []
-    t_end = time.perf_counter() + max_s
-    for _ in range(iters):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
-        if time.perf_counter() > t_end:
-            break
-    return {"median_ms": round(statistics.median(times), 3), "min_ms": round(min(times), 3), "iters": len(times)}
+def time_cuda(fn: Callable[[], Any], iters: int = 10) -> dict[str, Any]:
+    """Median/min ms of ``fn`` with CUDA events after 3 warm-up calls (benchmarks.timing.time_fn)."""
+    stats = time_fn(fn, "cuda", iters, warmup=3)
+    return {"median_ms": round(stats["median_ms"], 3), "min_ms": round(stats["min_ms"], 3), "iters": stats["repeat"]}
 
 
 def env_info() -> dict[str, Any]:

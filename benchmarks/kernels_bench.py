@@ -22,14 +22,12 @@ import argparse
 import json
 import logging
 import math
-import statistics
-import subprocess
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
+from sv_engine.benchmarks.timing import git_commit, time_fn
 from sv_engine.kernels import (
     render_composite,
     render_composite_reference,
@@ -68,36 +66,8 @@ def copy_bandwidth(device: torch.device) -> float:
     """Device-to-device copy bandwidth in bytes/s (read + write counted), median of 10 copies of 1 GiB."""
     src = torch.empty(1 << 30, dtype=torch.uint8, device=device)
     dst = torch.empty_like(src)
-    stats = time_op(lambda: dst.copy_(src), device, 10, warmup=2)
+    stats = time_fn(lambda: dst.copy_(src), device, 10, warmup=2)
     return 2 * src.numel() / (stats["median_ms"] * 1e-3)
-
-
-def time_op(fn: Callable[[], object], device: torch.device, repeat: int, warmup: int = 3) -> dict:
-    """Per-call times in ms: CUDA events around each call on the GPU, perf_counter on the CPU."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        for _ in range(repeat):
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            end.synchronize()
-            times.append(start.elapsed_time(end))
-    else:
-        for _ in range(repeat):
-            t0 = time.perf_counter()
-            fn()
-            times.append((time.perf_counter() - t0) * 1e3)
-    times.sort()
-    return {
-        "median_ms": statistics.median(times),
-        "p90_ms": times[min(len(times) - 1, int(0.9 * len(times)))],
-        "min_ms": times[0],
-        "repeat": repeat,
-    }
 
 
 class _Rotate:
@@ -132,10 +102,10 @@ def bench_render(device: torch.device, repeat: int, bandwidth: float | None) -> 
     fg_grid, bg_grid = smooth_grid(t, h, w, device, 1), smooth_grid(t, h, w, device, 2, scale=0.45)
     alpha = torch.rand(t, h, w, generator=gen).to(device)
     args = (fg, bg, fg_grid, bg_grid, alpha)
-    baseline = time_op(lambda: render_composite_reference(*args, fg_padding="border"), device, max(3, repeat // 5))
+    baseline = time_fn(lambda: render_composite_reference(*args, fg_padding="border"), device, max(3, repeat // 5))
     kernel = None
     if device.type == "cuda":
-        kernel = time_op(lambda: render_composite(*args, fg_padding="border", backend="cuda"), device, repeat)
+        kernel = time_fn(lambda: render_composite(*args, fg_padding="border", backend="cuda"), device, repeat)
         diff = (render_composite(*args, fg_padding="border").int() - render_composite_reference(*args, fg_padding="border").int()).abs()
         kernel["max_abs_diff_lsb"] = int(diff.max())
         kernel["frac_pixels_differing"] = float((diff > 0).float().mean())
@@ -147,10 +117,10 @@ def bench_warp(device: torch.device, repeat: int, bandwidth: float | None) -> di
     k, h, w, r = WARP["keyframes"], WARP["height"], WARP["width"], WARP["atlas"]
     gen = torch.Generator().manual_seed(3)
     sets = [(torch.rand(r, r, 4, generator=gen).half().to(device), smooth_grid(k, h, w, device, 10 + i)) for i in range(_INPUT_SETS)]
-    baseline = time_op(_Rotate(warp_atlas_reference, sets), device, repeat)
+    baseline = time_fn(_Rotate(warp_atlas_reference, sets), device, repeat)
     kernel = None
     if device.type == "cuda":
-        kernel = time_op(_Rotate(lambda a, g: warp_atlas(a, g, backend="cuda"), sets), device, repeat)
+        kernel = time_fn(_Rotate(lambda a, g: warp_atlas(a, g, backend="cuda"), sets), device, repeat)
         (got, got_valid), (want, want_valid) = warp_atlas(*sets[0]), warp_atlas_reference(*sets[0])
         kernel["max_rel_diff"] = float(((got - want).abs() / want.abs().clamp(min=1e-6)).max())
         kernel["valid_equal"] = bool(torch.equal(got_valid, want_valid))
@@ -173,30 +143,22 @@ def bench_splat(device: torch.device, repeat: int, bandwidth: float | None) -> d
         points = ((g + 1) * 0.5 * r).contiguous()
         sets.append((points.to(device), torch.rand(c, h, w, generator=gen).to(device), r))
     reps = repeat if device.type == "cuda" else max(1, repeat // 10)
-    baseline = time_op(_Rotate(splat_to_atlas_reference, sets), device, reps, warmup=1)
+    baseline = time_fn(_Rotate(splat_to_atlas_reference, sets), device, reps, warmup=1)
     kernel = None
     if device.type == "cuda":
-        kernel = time_op(_Rotate(lambda p, v, s: splat_to_atlas(p, v, s, backend="cuda"), sets), device, repeat)
+        kernel = time_fn(_Rotate(lambda p, v, s: splat_to_atlas(p, v, s, backend="cuda"), sets), device, repeat)
         (got, got_cov), (want, want_cov) = splat_to_atlas(*sets[0]), splat_to_atlas_reference(*sets[0])
         kernel["coverage_equal"] = bool(torch.equal(got_cov, want_cov))
         kernel["max_abs_diff"] = float((got - want).abs().max())
         kernel["covered_points"] = int(got_cov.sum())
         cpu = [tuple(x.cpu() if isinstance(x, torch.Tensor) else x for x in sets[0])]
-        kernel["cpu_reference"] = time_op(_Rotate(splat_to_atlas_reference, cpu), torch.device("cpu"), 1, warmup=0)
+        kernel["cpu_reference"] = time_fn(_Rotate(splat_to_atlas_reference, cpu), torch.device("cpu"), 1, warmup=0)
     floor = h * w * (8 + 4 * c) + r * r * (4 * c + 1)
     return _report("splat", kernel, baseline, floor, bandwidth) | {"shape": SPLAT}
 
 
-def _git_commit() -> str:
-    try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10, cwd=Path(__file__).parent)
-        return out.stdout.strip() if out.returncode == 0 and out.stdout.strip() else "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-
-
 def _environment(device: torch.device) -> dict:
-    env = {"torch": torch.__version__, "cuda": torch.version.cuda, "git_commit": _git_commit(), "device": str(device)}
+    env = {"torch": torch.__version__, "cuda": torch.version.cuda, "git_commit": git_commit(), "device": str(device)}
     try:
         from cuda.bindings import nvrtc
 

@@ -13,6 +13,7 @@ import json
 import sys
 from pathlib import Path
 
+from sv_engine.benchmarks.timing import format_ms
 from sv_engine.errors import SvEngineError
 
 START = "<!-- bench-table:start -->"
@@ -59,16 +60,6 @@ def newest_result(results_dir: Path = RESULTS_DIR) -> Path:
     return max(candidates)[2]
 
 
-def _ms(ms: float | None) -> str:
-    if ms is None:
-        return "–"
-    if ms >= 1000:
-        return f"{ms / 1000:.2f} s"
-    if ms >= 10:
-        return f"{ms:.1f} ms"
-    return f"{ms:.2f} ms"
-
-
 def _met(met: bool | None) -> str:
     return "–" if met is None else ("met" if met else "missed")
 
@@ -97,10 +88,10 @@ def render_table(result: dict) -> str:
             why = stage.get("error") or stage.get("reason") or stage.get("status", "not run")
             lines.append(f"| {label} | {why} | – | – | {eager} | {compiled} | {target} | – |")
             continue
-        ref_cell = f"{_ms(ref.get('median_ms'))} ({ref_name})" if ref else "–"
+        ref_cell = f"{format_ms(ref.get('median_ms'), small_digits=2)} ({ref_name})" if ref else "–"
         speed = best.get("speedup")
         lines.append(
-            f"| {label} | {ref_cell} | {_ms(best.get('median_ms'))} ({best_name}) | "
+            f"| {label} | {ref_cell} | {format_ms(best.get('median_ms'), small_digits=2)} ({best_name}) | "
             f"{f'{speed:.1f}×' if speed else '–'} | {eager} | {compiled} | {target} | {_met(stage.get('target_met'))} |"
         )
     e2e = result.get("e2e")
@@ -122,7 +113,7 @@ def replace_block(text: str, table: str) -> str:
     start, end = text.find(START), text.find(END)
     if start < 0 or end < 0 or end < start:
         raise SvEngineError(f"README has no {START} ... {END} block (or they are out of order).",
-                            f"add the two marker lines where the benchmark table belongs.")
+                            "add the two marker lines where the benchmark table belongs.")
     return text[: start + len(START)] + "\n" + table.rstrip("\n") + "\n" + text[end:]
 
 

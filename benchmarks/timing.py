@@ -46,6 +46,17 @@ def summarize(times_ms: list[float]) -> dict:
     }
 
 
+def format_ms(ms: float | None, small_digits: int = 3) -> str:
+    """Human milliseconds: "1.24 s", "73.2 ms", "0.376 ms" (``small_digits`` decimals under 10 ms)."""
+    if ms is None:
+        return "–"
+    if ms >= 1000:
+        return f"{ms / 1000:.2f} s"
+    if ms >= 10:
+        return f"{ms:.1f} ms"
+    return f"{ms:.{small_digits}f} ms"
+
+
 def time_fn(fn: Callable[[], object], device: torch.device | str, repeat: int, warmup: int = 1) -> dict:
     """Times ``fn()``: ``warmup`` untimed calls, then ``repeat`` timed ones (CUDA events on a GPU).
 

@@ -6,7 +6,6 @@ to it (as MiDaS does) and back; a fixed size keeps the ViT position-embedding re
 
 from __future__ import annotations
 
-import torch
 from torch import nn
 
 from sv_engine.export.spec import DEFAULT_SHAPES, ExportSpec, ShapeRange
