@@ -40,8 +40,11 @@ class EditParams:
         if not 1 <= self.steps <= 1000:
             raise SvEngineError(f"steps {self.steps} is outside 1..1000.", "use e.g. --steps 20.")
         DDIMSampler().make_schedule(self.steps)  # LDM's schedule rejects counts like 3 (timestep 1000)
+        if not 0.0 < self.strength <= 1.0:
+            raise SvEngineError(f"strength {self.strength} is outside (0, 1].", "use e.g. --strength 0.8.")
         # Keyframes after the first are noised to DDIM index int(steps·strength), which must be a real step.
-        if not 1 <= int(self.steps * self.strength) < self.steps:
+        propagates = self.keyframes is None or len(self.keyframes) > 1
+        if propagates and not 1 <= int(self.steps * self.strength) < self.steps:
             raise SvEngineError(f"strength {self.strength} with {self.steps} steps gives no valid img2img start (int(steps·strength) must be in 1..steps−1).", "use a strength in (0, 1), e.g. --strength 0.8.")
         if self.aggregation not in ("median", "net"):
             raise SvEngineError(f"Unknown aggregation {self.aggregation!r}.", "use --aggregation median or net.")
