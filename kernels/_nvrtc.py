@@ -94,9 +94,11 @@ def compile_cubin(
         (compile_err,) = nvrtc.nvrtcCompileProgram(prog, len(opts), opts)
         err, log_size = nvrtc.nvrtcGetProgramLogSize(prog)
         _check_nvrtc(err, "nvrtcGetProgramLogSize")
-        log_buf = b" " * log_size
+        # NVRTC writes into these buffers: they must be fresh mutable objects. (`b" " * 1` is CPython's
+        # cached one-byte object; an empty log (size 1) written into it corrupts b" " process-wide.)
+        log_buf = bytearray(log_size)
         _check_nvrtc(nvrtc.nvrtcGetProgramLog(prog, log_buf)[0], "nvrtcGetProgramLog")
-        build_log = log_buf.rstrip(b"\x00 ").decode(errors="replace")
+        build_log = bytes(log_buf).rstrip(b"\x00 ").decode(errors="replace")
         if compile_err != nvrtc.nvrtcResult.NVRTC_SUCCESS:
             raise SvEngineError(
                 f"NVRTC could not compile {name} for {arch} ({compile_err}). Log:\n{build_log}",
@@ -107,9 +109,9 @@ def compile_cubin(
             log.debug("NVRTC log for %s (%s):\n%s", name, arch, build_log)
         err, size = nvrtc.nvrtcGetCUBINSize(prog)
         _check_nvrtc(err, "nvrtcGetCUBINSize")
-        cubin = b" " * size
+        cubin = bytearray(size)
         _check_nvrtc(nvrtc.nvrtcGetCUBIN(prog, cubin)[0], "nvrtcGetCUBIN")
-        return cubin
+        return bytes(cubin)
     finally:
         nvrtc.nvrtcDestroyProgram(prog)
 

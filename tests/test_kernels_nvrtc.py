@@ -30,3 +30,11 @@ def test_compile_error_carries_the_log():
     with pytest.raises(SvEngineError, match="broken.cu") as info:
         compile_cubin('extern "C" __global__ void k() { undeclared_name = 1; }', "broken.cu", "sm_90")
     assert "undeclared_name" in str(info.value)
+
+
+def test_compiling_leaves_python_objects_intact():
+    """Regression: NVRTC once wrote an empty log into CPython's cached b" ", turning every 32 read
+    back by pickle (tensor shapes from torch.load) into 0."""
+    compile_cubin('extern "C" __global__ void k() {}', "empty_log.cu", "sm_80")
+    assert b" " == bytes([32])
+    assert b" ".decode() == " "
