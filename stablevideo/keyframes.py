@@ -21,12 +21,18 @@ def default_keyframes(num_frames: int, count: int = 3) -> list[int]:
 
 
 def parse_keyframes(text: str | None, num_frames: int) -> list[int]:
+    """"20,40,60" -> [20, 40, 60] (checked against the video); empty -> :func:`default_keyframes`."""
     if not text:
         return default_keyframes(num_frames)
     try:
         frames = [int(part) for part in text.split(",") if part.strip()]
     except ValueError as err:
         raise SvEngineError(f"Keyframes must be comma-separated integers, got {text!r}.", "pass e.g. --keyframes 20,40,60.") from err
+    return check_keyframes(frames, num_frames)
+
+
+def check_keyframes(frames: list[int], num_frames: int) -> list[int]:
+    """``frames`` if every index is a frame of the video, else a clear error."""
     bad = [f for f in frames if not 0 <= f < num_frames]
     if not frames or bad:
         raise SvEngineError(f"Keyframe(s) {bad or frames} out of range for a {num_frames}-frame video.", f"use frame indices in 0..{num_frames - 1}.")

@@ -18,7 +18,7 @@ import torch
 from sv_engine.stablevideo.background import edit_background
 from sv_engine.stablevideo.foreground import ForegroundEdit, edit_foreground
 from sv_engine.stablevideo.images import tensor_to_image
-from sv_engine.stablevideo.keyframes import parse_keyframes
+from sv_engine.stablevideo.keyframes import check_keyframes, default_keyframes
 from sv_engine.stablevideo.models.components import SDComponents
 from sv_engine.stablevideo.models.diffusion import ControlledDenoiser, resolve_seed
 from sv_engine.stablevideo.params import EditParams
@@ -79,8 +79,8 @@ class StableVideoPipeline:
         timer = StageTimer()
         with timer("open video (maps, atlases)"):
             session = open_video(data_dir, self.device)
-        keyframes = params.keyframes if params.keyframes is not None else parse_keyframes(None, session.video.config.num_frames)
-        keyframes = parse_keyframes(",".join(map(str, keyframes)), session.video.config.num_frames)
+        num_frames = session.video.config.num_frames
+        keyframes = default_keyframes(num_frames) if params.keyframes is None else check_keyframes(params.keyframes, num_frames)
         seed = resolve_seed(params.seed)
         log.info("editing %s: keyframes %s, seed %d, %d steps, strength %.2f", session.video.name, keyframes, seed, params.steps, params.strength)
         with timer("foreground"):
