@@ -23,7 +23,7 @@ from sv_engine.stablevideo.models.components import SDComponents
 from sv_engine.stablevideo.models.diffusion import ControlledDenoiser, resolve_seed
 from sv_engine.stablevideo.params import EditParams
 from sv_engine.stablevideo.render import render_video
-from sv_engine.stablevideo.session import VideoSession, open_video
+from sv_engine.stablevideo.session import SessionCache, VideoSession
 from sv_engine.stablevideo.stage_timer import StageTimer
 from sv_engine.stablevideo.video_io import contact_sheet
 
@@ -69,6 +69,7 @@ class StableVideoPipeline:
     def __init__(self, components: SDComponents, device: torch.device, unet_controlnet: dict[str, Callable] | None = None, denoiser_overrides: dict[str, Callable] | None = None) -> None:
         self.components = components.eval()
         self.device = device
+        self.sessions = SessionCache(device)
         unet_controlnet = unet_controlnet or {}
         overrides = denoiser_overrides or {}
         self.fg_denoiser = ControlledDenoiser(components, "canny", unet_controlnet=unet_controlnet.get("canny"), **overrides)
@@ -78,7 +79,7 @@ class StableVideoPipeline:
         params.validate()
         timer = StageTimer()
         with timer("open video (maps, atlases)"):
-            session = open_video(data_dir, self.device)
+            session = self.sessions.open(data_dir)
         num_frames = session.video.config.num_frames
         keyframes = default_keyframes(num_frames) if params.keyframes is None else check_keyframes(params.keyframes, num_frames)
         seed = resolve_seed(params.seed)

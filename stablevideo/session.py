@@ -1,4 +1,4 @@
-"""Opening a video for editing: data folder -> NLA maps (cached) -> atlas data, on one device."""
+"""Opening a video for editing: data folder -> NLA maps (cached on disk) -> atlas data, on one device."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from pathlib import Path
 import torch
 
 from sv_engine.stablevideo.atlas import AtlasData, build_atlas_data
-from sv_engine.stablevideo.data import GRID_ATLAS_RESOLUTION, VideoData, load_video_data
-from sv_engine.stablevideo.maps import FieldFn, VideoMaps, load_or_compute_maps
+from sv_engine.stablevideo.data import VideoData, load_video_data
+from sv_engine.stablevideo.maps import VideoMaps, load_or_compute_maps
 
 log = logging.getLogger(__name__)
 
@@ -23,8 +23,38 @@ class VideoSession:
     device: torch.device
 
 
-def open_video(data_dir: str | Path, device: torch.device, field: FieldFn | None = None, use_cache: bool = True, resolution: int = GRID_ATLAS_RESOLUTION) -> VideoSession:
-    video = load_video_data(data_dir)
-    maps = load_or_compute_maps(video, device, field=field, use_cache=use_cache)
-    atlas = build_atlas_data(video, maps, device, resolution)
-    return VideoSession(video, maps, atlas, device)
+def open_video(data_dir: str | Path, device: torch.device) -> VideoSession:
+    return session_for(load_video_data(data_dir), device)
+
+
+def session_for(video: VideoData, device: torch.device) -> VideoSession:
+    """The maps (from the on-disk cache when the checkpoint matches) and atlas data of a loaded video."""
+    maps = load_or_compute_maps(video, device)
+    return VideoSession(video, maps, build_atlas_data(video, maps, device), device)
+
+
+class SessionCache:
+    """Keeps the last few opened videos of a warm pipeline, so repeated edits skip maps and atlases.
+
+    A video is reused only while its checkpoint (sha256), config and frames (the decoded pixels
+    themselves) are unchanged: loading the folder again is cheap, the maps and grid atlases are not.
+    """
+
+    def __init__(self, device: torch.device, capacity: int = 2) -> None:
+        self.device = device
+        self.capacity = capacity
+        self._sessions: dict[tuple, VideoSession] = {}
+
+    def open(self, data_dir: str | Path) -> VideoSession:
+        video = load_video_data(data_dir)
+        key = (str(video.root), video.checkpoint_sha256, video.config)
+        cached = self._sessions.pop(key, None)
+        if cached is not None and torch.equal(cached.video.frames, video.frames):
+            log.info("video %s: maps and atlases reused from this session", video.name)
+            self._sessions[key] = cached  # most recently used last
+            return cached
+        session = session_for(video, self.device)
+        self._sessions[key] = session
+        while len(self._sessions) > self.capacity:
+            self._sessions.pop(next(iter(self._sessions)))
+        return session

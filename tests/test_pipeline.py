@@ -36,8 +36,13 @@ def test_edit_shapes_and_timings(edit: EditResult) -> None:
 
 
 def test_edit_is_reproducible_with_a_seed(components, edit: EditResult) -> None:
-    again = StableVideoPipeline(components, torch.device("cpu")).edit(demo_data_dir(), EditParams("a red toy", "snowy hills", **FAST))
+    pipeline = StableVideoPipeline(components, torch.device("cpu"))
+    again = pipeline.edit(demo_data_dir(), EditParams("a red toy", "snowy hills", **FAST))
     assert np.array_equal(again.frames, edit.frames)
+    # A warm pipeline reuses the opened video (maps, atlases) for the next edit: same result.
+    warm = pipeline.edit(demo_data_dir(), EditParams("a red toy", "snowy hills", **FAST))
+    assert warm.session is again.session
+    assert np.array_equal(warm.frames, edit.frames)
 
 
 def test_temporal_consistency(edit: EditResult) -> None:
