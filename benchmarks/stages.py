@@ -19,7 +19,6 @@ import gc
 import hashlib
 import json
 import logging
-import os
 import tempfile
 import time
 import traceback
@@ -31,6 +30,7 @@ import numpy as np
 import torch
 
 from sv_engine.benchmarks.timing import time_fn
+from sv_engine.paths import cache_root
 from sv_engine.errors import SvEngineError
 
 log = logging.getLogger(__name__)
@@ -156,7 +156,7 @@ class BenchContext:
         self.deadline = deadline
         self.skip_slow_reference = skip_slow_reference
         self.seed = seed
-        root = Path(os.environ.get("SV_ENGINE_CACHE") or Path.home() / ".cache" / "sv-engine")
+        root = cache_root()
         self.export_dir = Path(export_dir) if export_dir else root / "bench-onnx"
         self.engine_dir = Path(engine_dir) if engine_dir else root / "bench-engines"
         self._components = None

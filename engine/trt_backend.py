@@ -28,6 +28,7 @@ import torch
 from sv_engine.engine.backend import Backend, CompiledModel, ModelSource
 from sv_engine.engine.engine_cache import EngineCache, engine_key, file_sha256
 from sv_engine.errors import SvEngineError
+from sv_engine.paths import cache_root
 
 logger = logging.getLogger(__name__)
 
@@ -234,7 +235,7 @@ class TrtModel(CompiledModel):
 
 class TrtBackend(Backend):
     """TensorRT. Options: ``precision`` ("fp16" default on GPU), ``cuda_graph`` (False),
-    ``workspace_gb``, ``builder_optimization_level``, ``cache_dir`` (default ``~/.cache/sv-engine/trt``)."""
+    ``workspace_gb``, ``builder_optimization_level``, ``cache_dir`` (default ``<sv-engine cache>/trt``)."""
 
     name = "trt"
     pip_package = "tensorrt (or tensorrt-rtx)"
@@ -252,7 +253,7 @@ class TrtBackend(Backend):
         super().__init__(device=device, cache_dir=cache_dir, **options)
         self.trt, self.flavor = import_tensorrt()
         if self.cache_dir is None:
-            self.cache_dir = Path.home() / ".cache" / "sv-engine" / "trt"
+            self.cache_dir = cache_root() / "trt"
         self.cache = EngineCache(self.cache_dir)
         self.last_build_s: float | None = None
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +20,7 @@ from sv_engine.engine.backend import CompiledModel, backend_class, get_backend, 
 from sv_engine.export.onnx_export import export_onnx, write_manifest
 from sv_engine.export.registry import build_specs
 from sv_engine.export.spec import DEFAULT_SHAPES, ShapeRange
+from sv_engine.paths import cache_root
 from sv_engine.stablevideo.models.components import SDComponents
 
 log = logging.getLogger(__name__)
@@ -57,8 +57,7 @@ def model_fingerprint(components: SDComponents) -> str:
 
 
 def default_onnx_dir(components: SDComponents, precision: str) -> Path:
-    root = os.environ.get("SV_ENGINE_CACHE") or os.path.join(os.environ.get("XDG_CACHE_HOME", str(Path.home() / ".cache")), "sv-engine")
-    return Path(root) / "onnx" / f"{model_fingerprint(components)}-{precision}"
+    return cache_root() / "onnx" / f"{model_fingerprint(components)}-{precision}"
 
 
 def _unet_controlnet_call(model: CompiledModel) -> Callable:

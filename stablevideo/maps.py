@@ -7,7 +7,6 @@ sha256 and the video shape, so a new checkpoint never reuses stale maps.
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +15,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from sv_engine.paths import cache_root
 from sv_engine.stablevideo.data import VideoConfig, VideoData
 from sv_engine.stablevideo.nla import NLAField, normalize_xyt
 
@@ -63,8 +63,7 @@ def compute_maps(field: FieldFn, config: VideoConfig, device: torch.device | str
 
 
 def cache_dir() -> Path:
-    root = os.environ.get("SV_ENGINE_CACHE") or os.path.join(os.environ.get("XDG_CACHE_HOME", str(Path.home() / ".cache")), "sv-engine")
-    return Path(root) / "maps"
+    return cache_root() / "maps"
 
 
 def load_or_compute_maps(video: VideoData, device: torch.device | str = "cpu", field: FieldFn | None = None, use_cache: bool = True) -> VideoMaps:
