@@ -67,7 +67,8 @@ class IMLP(nn.Module):
             return x
         return positional_encoding(x, self._freqs.to(device=x.device, dtype=x.dtype))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def pre_activation(self, x: torch.Tensor) -> torch.Tensor:
+        """The output before the final tanh (fitting code regresses it directly)."""
         encoded = self.encode(x)
         h = encoded
         for i, layer in enumerate(self.hidden):
@@ -76,7 +77,10 @@ class IMLP(nn.Module):
             if i in self.skip_layers:
                 h = torch.cat((h, encoded), dim=1)
             h = layer(h)
-        return torch.tanh(h)
+        return h
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(self.pre_activation(x))
 
 
 def fg_mapping_net() -> IMLP:

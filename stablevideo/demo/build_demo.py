@@ -42,19 +42,6 @@ LR = {"fg_mapping": 1e-3, "bg_mapping": 1e-3, "alpha": 1e-3, "atlas": 1e-3}
 FG_ATLAS_FRACTION = 0.35  # share of atlas samples drawn in the fg patch (the rest in the bg texture)
 
 
-def pre_tanh(net: IMLP, x: torch.Tensor) -> torch.Tensor:
-    """IMLP.forward without the final tanh (the same layers, skips and encoding)."""
-    encoded = net.encode(x)
-    h = encoded
-    for i, layer in enumerate(net.hidden):
-        if i > 0:
-            h = torch.relu(h)
-        if i in net.skip_layers:
-            h = torch.cat((h, encoded), dim=1)
-        h = layer(h)
-    return h
-
-
 def random_pixels(n: int, gen: torch.Generator) -> torch.Tensor:
     """Uniform continuous (x, y, t) over the video volume (pixel units, t in [0, T−1])."""
     r = torch.rand(n, 3, generator=gen, dtype=torch.float64)
@@ -142,7 +129,7 @@ def fit(steps: dict[str, int], seed: int = 0, progress: bool = True, nla: NLAMod
         return torch.mean((net(x) - target) ** 2)
 
     def mse_pre_tanh(net, x, target):
-        return torch.mean((pre_tanh(net, x) - target) ** 2)
+        return torch.mean((net.pre_activation(x) - target) ** 2)
 
     def mse_rgb(net, x, target):
         return torch.mean((atlas_rgb(net(x)) - target) ** 2)
