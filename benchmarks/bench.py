@@ -61,6 +61,7 @@ class BenchOptions:
     e2e_backend: str = "torch"
     e2e_steps: int = 20
     e2e_data: Path | None = None
+    profile: bool = False  # with e2e: one more warm edit under torch.profiler (where the time goes)
     frames: int | None = None
     size: str | None = None  # "WxH"
     tiny: bool = False
@@ -185,7 +186,8 @@ def run_bench(options: BenchOptions | dict | None = None, **overrides: Any) -> d
             try:
                 result["e2e"] = run_e2e(device, options.tiny, sizes.frames, sizes.height, sizes.width,
                                         steps=options.e2e_steps, cold=options.e2e_cold, backend=options.e2e_backend,
-                                        data_dir=options.e2e_data, deadline=deadline, engine_dir=ctx.engine_dir / "e2e")
+                                        data_dir=options.e2e_data, deadline=deadline, engine_dir=ctx.engine_dir / "e2e",
+                                        profile=options.profile)
             except Exception as exc:  # noqa: BLE001
                 result["e2e"] = {"warm": {"status": "error", "error": error_string(exc)}, "cold": {"status": "skipped", "reason": "warm failed"}}
         e2e = result["e2e"]
@@ -204,6 +206,30 @@ def run_bench(options: BenchOptions | dict | None = None, **overrides: Any) -> d
         write_json(result, path)
         result["saved_to"] = str(path)
     return result
+
+
+def merge_results(parts: list[dict]) -> dict:
+    """One result from runs of the same commit on the same kind of GPU that each timed some stages
+    (e.g. two lanes on the two GPUs of one machine); stages keep the canonical order, the e2e comes
+    from the run that has one, and ``merged_from`` records each part's argv and GPU index."""
+    from sv_engine.benchmarks.stages import STAGE_NAMES
+
+    if not parts:
+        raise SvEngineError("Nothing to merge.", "pass two or more bench JSON files.")
+    keys = {(p["environment"].get("gpu"), p["environment"].get("git_commit")) for p in parts}
+    if len(keys) > 1:
+        raise SvEngineError(f"Bench results from different GPUs or commits: {sorted(map(str, keys))}.",
+                            "merge only the parts of one device run.")
+    merged = json.loads(json.dumps(parts[0]))
+    stages = {name: stage for part in parts for name, stage in part["stages"].items()}
+    merged["stages"] = {name: stages[name] for name in STAGE_NAMES if name in stages}
+    merged["e2e"] = next((p["e2e"] for p in parts if p.get("e2e")), None)
+    merged["options"]["stages"] = list(merged["stages"])
+    merged["options"]["e2e"] = merged["e2e"] is not None
+    merged["total_seconds"] = max(p.get("total_seconds", 0) for p in parts)
+    merged["merged_from"] = [{"argv": p["environment"].get("argv"), "cuda_visible_devices": p["environment"].get("cuda_visible_devices"),
+                              "total_seconds": p.get("total_seconds")} for p in parts]
+    return merged
 
 
 def _json_default(obj: Any):
@@ -310,6 +336,9 @@ def notes(result: dict) -> list[str]:
     """Errors, skip reasons and the e2e summary as plain lines (printed under the table)."""
     lines = []
     for name, stage in result.get("stages", {}).items():
+        accuracy = [f"{impl} cos {b['cosine']:.6f}" for impl, b in stage.get("backends", {}).items() if b.get("cosine") is not None]
+        if accuracy:
+            lines.append(f"{name}: vs fp32 reference: " + ", ".join(accuracy))
         if stage.get("error"):
             lines.append(f"{name}: error: {stage['error']}")
         if stage.get("reason"):
@@ -326,6 +355,10 @@ def notes(result: dict) -> list[str]:
             peak = f", peak {warm['peak_mem_gb']:.2f} GB" if warm.get("peak_mem_gb") else ""
             lines.append(f"e2e warm: {warm['warm_s']:.3f} s (first edit {warm['first_edit_s']:.3f} s, model load {warm['load_s']:.2f} s{peak})")
             lines.append("  stages: " + ", ".join(f"{k} {v:.3f}s" for k, v in warm.get("timings", {}).items()))
+            prof = warm.get("profile")
+            if prof:
+                lines.append(f"  profile: GPU busy {prof['gpu_busy_s']:.3f} of {prof['wall_s']:.3f} s, kernels by category (ms): "
+                             + ", ".join(f"{k} {v:.0f}" for k, v in prof["kernel_ms_by_category"].items()))
         else:
             lines.append(f"e2e warm: {warm.get('status')}: {warm.get('error') or warm.get('reason')}")
         if cold.get("status") == "ok":
@@ -359,6 +392,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--e2e-backend", default="torch", help="UNet+ControlNet backend of the e2e edit")
     p.add_argument("--e2e-steps", type=int, default=20)
     p.add_argument("--e2e-data", type=Path, default=None, help="data folder for the e2e edit (default: synthesised / demo clip)")
+    p.add_argument("--profile", action="store_true", help="with --e2e: profile one more warm edit (kernel time by category, top kernels)")
     p.add_argument("--frames", type=int, default=None, help="clip frames (default 70; tiny 4)")
     p.add_argument("--size", default=None, help="clip WIDTHxHEIGHT (default 768x432; tiny 64x48)")
     p.add_argument("--tiny", action="store_true", help="tiny models and sizes (CPU smoke test)")
@@ -370,14 +404,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--time-budget", type=float, default=None, help="skip the remaining stages after this many seconds")
     p.add_argument("--skip-slow-reference", action="store_true", help="skip the ~20 s scipy griddata splat reference")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--merge", nargs="+", type=Path, default=None, metavar="JSON",
+                   help="merge bench JSONs of one device run (e.g. one per GPU lane) into --json or benchmarks/results/")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
+    if args.merge:
+        merged = merge_results([json.loads(Path(p).read_text()) for p in args.merge])
+        path = args.json_path or RESULTS_DIR / result_filename(merged["environment"])
+        write_json(merged, path)
+        print_report(merged)
+        print(f"wrote {path}")
+        return 0
     try:
-        result = run_bench(BenchOptions(**vars(args)))
+        result = run_bench(BenchOptions(**{k: v for k, v in vars(args).items() if k != "merge"}))
     except SvEngineError as err:
         log.error("%s", err)
         return 2

@@ -90,7 +90,7 @@ def _sync(device: torch.device) -> None:
 
 
 def warm_edit(data_dir: Path, device: torch.device, tiny: bool, steps: int, strength: float, backend: str = "torch",
-              engine_dir: Path | None = None) -> dict:
+              engine_dir: Path | None = None, profile: bool = False) -> dict:
     from sv_engine.stablevideo.model_source import load_components
     from sv_engine.stablevideo.pipeline import StableVideoPipeline
 
@@ -124,7 +124,12 @@ def warm_edit(data_dir: Path, device: torch.device, tiny: bool, steps: int, stre
         "keyframes": result.keyframes,
         "frames_shape": list(result.frames.shape),
         "peak_mem_gb": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None,
+        "overlapped_background": result.overlapped_background,
     }
+    if profile:
+        from sv_engine.benchmarks.profile import profile_call
+
+        out["profile"] = profile_call(lambda: pipeline.edit(data_dir, params), device)
     del pipeline, components, result, first
     if device.type == "cuda":
         torch.cuda.empty_cache()
@@ -157,7 +162,7 @@ def cold_edit(data_dir: Path, tmp: Path, device: torch.device, tiny: bool, steps
 
 def run_e2e(device: torch.device, tiny: bool, frames: int, height: int, width: int, steps: int = 20,
             strength: float = 0.8, cold: bool = True, backend: str = "torch", data_dir: Path | None = None,
-            deadline: float | None = None, engine_dir: Path | None = None) -> dict:
+            deadline: float | None = None, engine_dir: Path | None = None, profile: bool = False) -> dict:
     """Warm and cold whole-edit timings (each part's failure recorded, not raised)."""
     from sv_engine.benchmarks.stages import error_string
 
@@ -176,7 +181,7 @@ def run_e2e(device: torch.device, tiny: bool, frames: int, height: int, width: i
             result["warm"] = result["cold"] = {"status": "error", "error": error_string(exc)}
             return result
         try:
-            result["warm"] = warm_edit(data, device, tiny, steps, strength, backend, engine_dir)
+            result["warm"] = warm_edit(data, device, tiny, steps, strength, backend, engine_dir, profile)
         except Exception as exc:  # noqa: BLE001
             log.warning("warm edit failed: %s", error_string(exc))
             result["warm"] = {"status": "error", "error": error_string(exc)}

@@ -1,13 +1,18 @@
 """Whole-edit parity and latency per backend on a GPU (the lead's device run; CPU works with --tiny).
 
     python -m sv_engine.benchmarks.e2e_parity --out e2e.json [--backends torch,ort,torch-compile]
-        [--onnx-dir DIR] [--frames 70 --size 768x432] [--tiny] [--budget-s 500]
+        [--onnx-dir DIR] [--frames 70 --size 768x432] [--tiny] [--budget-s 500] [--profile]
 
 Full-size SD1.5 architectures with random weights (latency does not depend on weight values),
 fp16 on CUDA. For each backend: compile (export to ONNX first where needed), one edit, then a warm
-edit timed with its per-stage breakdown; the rendered frames are compared with the torch edit of the
-same seed by PSNR (engine.parity.PSNR_MIN_DB is the bar). Each backend in try/except: one failure
-never loses the others; the JSON is rewritten after each.
+edit timed with its per-stage breakdown; the rendered frames are compared with the first backend's
+edit of the same seed by PSNR (engine.parity.PSNR_MIN_DB is the bar). ``--profile`` adds one more
+edit under torch.profiler (:mod:`.profile`). Each backend in try/except: one failure never loses the
+others; the JSON is rewritten after each.
+
+A backend entry may carry options, ``name:key=value:...``: backend options (e.g.
+``ort:allow_spinning=1:intra_op_threads=0`` = ONNX Runtime's own thread defaults) and the pipeline's
+``overlap=0|1`` (background edit overlapped with the keyframe loop; default auto).
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from pathlib import Path
 import torch
 
 from sv_engine.benchmarks.e2e import edit_params, synth_data_dir
+from sv_engine.benchmarks.profile import profile_call
 from sv_engine.benchmarks.timing import environment
 from sv_engine.engine.parity import PSNR_MIN_DB, psnr
 from sv_engine.export.runtime import accelerate
@@ -36,6 +42,23 @@ log = logging.getLogger("sv_engine.benchmarks.e2e_parity")
 def _sync() -> None:
     if torch.cuda.is_available():
         torch.cuda.synchronize()
+
+
+def parse_variant(entry: str) -> tuple[str, dict, dict]:
+    """``"ort:allow_spinning=1:overlap=0"`` -> ("ort", backend options, pipeline options)."""
+    name, *pairs = entry.split(":")
+    backend_options: dict = {}
+    pipeline_options: dict = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep:
+            raise ValueError(f"backend option {pair!r} of {entry!r} is not key=value")
+        value = int(raw) if raw.lstrip("-").isdigit() else raw
+        if key == "overlap":
+            pipeline_options["overlap_background"] = bool(value)
+        else:
+            backend_options[key] = value
+    return name, backend_options, pipeline_options
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -56,16 +79,18 @@ def run(args: argparse.Namespace) -> dict:
     data = synth_data_dir(Path(tempfile.mkdtemp(prefix="sv-e2e-")), args.frames, height, width)
     params = edit_params(args.steps, 0.8, args.tiny, seed=0)
     reference = None
-    for backend in args.backends.split(","):
+    for variant in args.backends.split(","):
         if time.perf_counter() - t_start > args.budget_s:
-            result["backends"][backend] = {"status": "skipped", "reason": "time budget"}
+            result["backends"][variant] = {"status": "skipped", "reason": "time budget"}
             continue
         entry: dict = {}
         try:
+            backend, backend_options, pipeline_options = parse_variant(variant)
             t0 = time.perf_counter()
-            accelerated = accelerate(components, backend.replace("-", "_"), precision, device, onnx_dir=args.onnx_dir, shapes=TINY_SHAPES if args.tiny else DEFAULT_SHAPES)
+            accelerated = accelerate(components, backend.replace("-", "_"), precision, device, onnx_dir=args.onnx_dir,
+                                     shapes=TINY_SHAPES if args.tiny else DEFAULT_SHAPES, backend_options=backend_options)
             entry["compile_s"] = round(time.perf_counter() - t0, 2)
-            pipeline = StableVideoPipeline(components, device, accelerated.unet_controlnet, accelerated.denoiser_overrides())
+            pipeline = StableVideoPipeline(components, device, accelerated.unet_controlnet, accelerated.denoiser_overrides(), **pipeline_options)
             _sync()
             t0 = time.perf_counter()
             first = pipeline.edit(data, params)
@@ -76,9 +101,12 @@ def run(args: argparse.Namespace) -> dict:
             t0 = time.perf_counter()
             warm = pipeline.edit(data, params)
             _sync()
-            entry.update(status="ok", warm_edit_s=round(time.perf_counter() - t0, 3), seconds_per_stage=warm.timings, first_edit_seconds_per_stage=first.timings)
+            entry.update(status="ok", warm_edit_s=round(time.perf_counter() - t0, 3), seconds_per_stage=warm.timings,
+                         first_edit_seconds_per_stage=first.timings, overlapped_background=warm.overlapped_background)
             if device.type == "cuda":
                 entry["peak_mem_gb"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
+            if args.profile:
+                entry["profile"] = profile_call(lambda: pipeline.edit(data, params), device)
             if reference is None:
                 reference = warm.frames
                 entry["psnr_vs_torch_db"] = None
@@ -88,8 +116,8 @@ def run(args: argparse.Namespace) -> dict:
             del pipeline, first, warm
         except Exception as exc:  # noqa: BLE001 - record and go on with the next backend
             entry.update(status="error", error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc()[-2500:])
-            log.error("%s failed: %s", backend, exc)
-        result["backends"][backend] = entry
+            log.error("%s failed: %s", variant, exc)
+        result["backends"][variant] = entry
         if device.type == "cuda":
             torch.cuda.empty_cache()
         save()
@@ -107,6 +135,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--tiny", action="store_true")
     p.add_argument("--budget-s", type=float, default=500.0)
+    p.add_argument("--profile", action="store_true", help="profile one more warm edit per backend (torch.profiler summary)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     run(args)

@@ -301,8 +301,14 @@ def _backend_unavailable(ctx: BenchContext, backend: str) -> str | None:
 
 
 def model_stage(ctx: BenchContext, spec_name: str, symbols: dict[str, int], description: str) -> dict:
+    """Times every backend on the same seeded inputs; each column also reports its accuracy against the
+    fp32 reference's outputs (cosine, max relative error: engine.parity.compare), so a fast column is
+    never a wrong one."""
+    from sv_engine.engine.parity import compare
+
     results: dict[str, dict] = {}
     input_cache: dict[str, dict] = {}
+    reference_outputs: dict[str, torch.Tensor] = {}
 
     def variant(backend: str, precision: str) -> Callable[[], dict]:
         def fn() -> dict:
@@ -312,7 +318,14 @@ def model_stage(ctx: BenchContext, spec_name: str, symbols: dict[str, int], desc
             inputs = input_cache[precision]
             with torch.inference_mode():
                 out = ctx.time(lambda: model(**inputs))
-            return {**out, "precision": precision, "compile_s": round(compile_s, 3)}
+                outputs = model(**inputs)
+            accuracy = {}
+            if backend == "reference":
+                reference_outputs.update({k: v.float().cpu() for k, v in outputs.items()})
+            elif reference_outputs:
+                metrics = [compare(reference_outputs[k], outputs[k]) for k in reference_outputs]
+                accuracy = {"cosine": min(m["cosine"] for m in metrics), "max_rel": max(m["max_rel"] for m in metrics)}
+            return {**out, "precision": precision, "compile_s": round(compile_s, 3), **accuracy}
 
         return fn
 

@@ -144,6 +144,7 @@ def environment(device: torch.device | str, now: _dt.datetime | None = None) -> 
         "date": now.strftime("%Y-%m-%d"),
         "datetime": now.isoformat(timespec="seconds"),
         "argv": list(sys.argv),
+        "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
         "note": RANDOM_WEIGHTS_NOTE,
     }
     if device.type == "cuda" and torch.cuda.is_available():

@@ -238,7 +238,13 @@ class CompiledModel(ABC):
 
     Inputs are validated (names, profile) and float inputs are cast to the dtype the graph expects
     (so an fp16 engine accepts fp32 tensors); outputs keep the engine's dtype.
+
+    ``thread_safe``: whether two threads may call the model at once, each on its own CUDA stream
+    (the pipeline overlaps the background edit with the keyframe loop only then). Engines with
+    captured CUDA graphs, a fixed execution stream or one execution context set it to False.
     """
+
+    thread_safe: bool = True
 
     def __init__(self, source: ModelSource, device: torch.device) -> None:
         self.source = source

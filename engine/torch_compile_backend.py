@@ -35,7 +35,9 @@ def _probe_inductor(device_type: str) -> tuple[bool, str]:
 
 class TorchCompileBackend(Backend):
     """``torch.compile(module, mode=...)``; options: ``mode`` (default reduce-overhead on CUDA, None on
-    CPU), ``dynamic`` (default False: one specialisation per shape, as the pipeline uses fixed shapes)."""
+    CPU), ``dynamic`` (default None = torch's automatic dynamic shapes: the first shape compiles a
+    static graph, a second shape one graph with symbolic sizes that serves every later shape; the
+    keyframe crops of one clip come in several sizes, and a compile per size costs ~1.5 min at SD scale)."""
 
     name = "torch_compile"
     pip_package = "torch"
@@ -52,7 +54,7 @@ class TorchCompileBackend(Backend):
     def compile(self, source: ModelSource) -> CompiledModel:
         module = self._require_module(source).to(self.device).eval()
         mode = self.options.get("mode", "reduce-overhead" if self.device.type == "cuda" else None)
-        dynamic = self.options.get("dynamic", False)
+        dynamic = self.options.get("dynamic", None)
         logger.info("torch.compile %s (mode=%s, dynamic=%s)", source.name, mode, dynamic)
         compiled = torch.compile(module, mode=mode, dynamic=dynamic, fullgraph=False)
         if mode == "reduce-overhead":
@@ -63,5 +65,7 @@ class TorchCompileBackend(Backend):
                 outs = (outs,) if isinstance(outs, torch.Tensor) else outs
                 return tuple(o.clone() for o in outs)
 
-            return TorchModel(source, self.device, fn)
+            model = TorchModel(source, self.device, fn)
+            model.thread_safe = False  # CUDA-graph trees replay into shared static buffers
+            return model
         return TorchModel(source, self.device, compiled)

@@ -171,6 +171,8 @@ def build_serialized_engine(trt: Any, flavor: str, onnx_path: Path, source: Mode
 
 
 class TrtModel(CompiledModel):
+    thread_safe = False  # one execution context: its bound addresses/shapes are per call, not per thread
+
     def __init__(self, source: ModelSource, device: torch.device, trt: Any, engine: Any, cuda_graph: bool) -> None:
         super().__init__(source, device)
         self.trt = trt

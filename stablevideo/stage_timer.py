@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from collections import defaultdict
 from collections.abc import Iterator
@@ -11,16 +12,22 @@ import torch
 
 
 class StageTimer:
-    """Accumulates seconds per stage name; nested stages are counted in both."""
+    """Accumulates seconds per stage name; nested stages are counted in both.
+
+    Thread-safe: stages may be timed from several threads at once (the pipeline's overlapped
+    background edit). Each stage syncs only its thread's current CUDA stream, so a thread's timings
+    do not wait for the work another thread runs on its own stream.
+    """
 
     def __init__(self, enabled: bool = True, sync_cuda: bool = True) -> None:
         self.enabled = enabled
         self.sync_cuda = sync_cuda and torch.cuda.is_available()
         self.seconds: dict[str, float] = defaultdict(float)
+        self._lock = threading.Lock()
 
     def _sync(self) -> None:
         if self.sync_cuda:
-            torch.cuda.synchronize()
+            torch.cuda.current_stream().synchronize()
 
     @contextmanager
     def __call__(self, stage: str) -> Iterator[None]:
@@ -33,7 +40,10 @@ class StageTimer:
             yield
         finally:
             self._sync()
-            self.seconds[stage] += time.perf_counter() - start
+            elapsed = time.perf_counter() - start
+            with self._lock:
+                self.seconds[stage] += elapsed
 
     def as_dict(self) -> dict[str, float]:
-        return {k: round(v, 6) for k, v in self.seconds.items()}
+        with self._lock:
+            return {k: round(v, 6) for k, v in self.seconds.items()}

@@ -1,4 +1,4 @@
-"""Writing results: the mp4 (imageio/ffmpeg), optional PNG frames, and a preview contact sheet."""
+"""Writing results: the mp4 (imageio-ffmpeg, else OpenCV), optional PNG frames, and a preview contact sheet."""
 
 from __future__ import annotations
 
@@ -23,19 +23,46 @@ def check_writable(path: Path, force: bool) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
 
 
-def write_mp4(path: Path, frames: np.ndarray, fps: int = DEFAULT_FPS) -> None:
-    """frames: (T, H, W, 3) uint8. Written to a temporary name, then renamed (no half-written output)."""
-    import imageio.v2 as imageio
+def write_mp4(path: Path, frames: np.ndarray, fps: int = DEFAULT_FPS) -> str:
+    """frames: (T, H, W, 3) uint8. Written to a temporary name, then renamed (no half-written output).
 
+    H.264 through imageio-ffmpeg (what StableVideo writes); without it, MPEG-4 Part 2 through
+    OpenCV's bundled FFmpeg, with a warning. Returns the encoder used.
+    """
     tmp = path.with_name(f".{path.stem}.partial{path.suffix}")
     try:
+        import imageio.v2 as imageio
+        import imageio_ffmpeg  # noqa: F401 - without it imageio silently picks another plugin for .mp4
+
         # macro_block_size=1 keeps odd sizes exact instead of resizing (SV clips are 768x432 anyway).
         imageio.mimwrite(tmp, list(frames), format="FFMPEG", fps=fps, macro_block_size=1)
-    except (ImportError, ValueError) as err:
+        encoder = "h264 (imageio-ffmpeg)"
+    except (ImportError, ValueError, OSError) as err:
         tmp.unlink(missing_ok=True)
-        raise SvEngineError(f"Cannot write mp4 ({err}).", "pip install imageio-ffmpeg (it ships an ffmpeg binary).") from err
+        if not _write_mp4_opencv(tmp, frames, fps):
+            tmp.unlink(missing_ok=True)
+            raise SvEngineError(f"Cannot write mp4 ({err}).", "pip install imageio-ffmpeg (it ships an ffmpeg binary).") from err
+        encoder = "mpeg4 (OpenCV)"
+        log.warning("imageio-ffmpeg is unavailable (%s); wrote MPEG-4 Part 2 with OpenCV instead of H.264 "
+                    "(pip install imageio-ffmpeg for H.264)", err)
     tmp.replace(path)
-    log.info("wrote %s (%d frames, %dx%d)", path, frames.shape[0], frames.shape[2], frames.shape[1])
+    log.info("wrote %s (%d frames, %dx%d, %s)", path, frames.shape[0], frames.shape[2], frames.shape[1], encoder)
+    return encoder
+
+
+def _write_mp4_opencv(path: Path, frames: np.ndarray, fps: int) -> bool:
+    import cv2
+
+    height, width = frames.shape[1:3]
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), float(fps), (width, height))
+    if not writer.isOpened():
+        return False
+    try:
+        for frame in frames:
+            writer.write(cv2.cvtColor(np.ascontiguousarray(frame), cv2.COLOR_RGB2BGR))
+    finally:
+        writer.release()
+    return path.is_file() and path.stat().st_size > 0
 
 
 def write_png_frames(folder: Path, frames: np.ndarray) -> None:

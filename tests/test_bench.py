@@ -180,3 +180,89 @@ def test_e2e_cold_command_and_tiny_params():
     params = edit_params(20, 0.8, tiny=True)
     assert (params.steps, params.strength, params.image_resolution, params.edit_background) == (20, 0.8, 64, True)
     assert edit_params(20, 0.8, tiny=False).image_resolution == 512
+
+
+def test_model_stage_columns_report_accuracy_against_the_fp32_reference():
+    pytest.importorskip("onnxruntime")
+    result = run_bench(BenchOptions(stages="text_encoder", backends="ort", tiny=True, repeat=1, warmup=0, device="cpu"))
+    columns = result["stages"]["text_encoder"]["backends"]
+    assert "cosine" not in columns["reference"]
+    ort = columns["ort"]
+    assert ort["status"] == "ok", ort
+    # fp32 ORT on the CPU vs eager fp32 torch: the engine.parity fp32 bar (1e-4 of the output scale).
+    assert ort["cosine"] > 0.99999 and ort["max_rel"] < 1e-4
+
+
+def test_profile_summary_unions_streams_and_groups_kernels():
+    from types import SimpleNamespace
+
+    import torch
+
+    from sv_engine.benchmarks.profile import kernel_category, summarise
+
+    def event(name, start, end, cuda=True):
+        time_range = SimpleNamespace(start=start, end=end, elapsed_us=lambda: end - start)
+        device = torch.autograd.DeviceType.CUDA if cuda else torch.autograd.DeviceType.CPU
+        return SimpleNamespace(name=name, time_range=time_range, device_type=device, self_cpu_time_total=end - start)
+
+    events = [
+        event("sm90_xmma_fprop_implicit_gemm_f16", 0, 400),
+        event("flash_fwd_kernel", 300, 600),  # overlaps the conv on another stream
+        event("vectorized_elementwise_kernel<add>", 1000, 1100),
+        event("cudaLaunchKernel", 0, 50, cuda=False),
+        event("cudaStreamSynchronize", 600, 900, cuda=False),
+        event("aten::conv2d", 0, 70, cuda=False),
+    ]
+    s = summarise(events, wall_s=0.002)
+    assert s["gpu_kernel_s"] == pytest.approx(800e-6)
+    assert s["gpu_busy_s"] == pytest.approx(700e-6)  # the union, not the sum
+    assert s["gpu_busy_fraction"] == pytest.approx(0.35)
+    assert s["kernel_ms_by_category"] == {"convolution": 0.4, "attention": 0.3, "elementwise": 0.1}
+    assert s["host_sync_ms"] == pytest.approx(0.3) and s["host_launch_ms"] == pytest.approx(0.05)
+    assert s["top_aten_ops_self_cpu"][0]["name"] == "aten::conv2d"
+    assert kernel_category("ampere_fp16_s16816gemm_fp16_128x128") == "gemm"
+    assert kernel_category("some_unknown_thing") == "other"
+
+
+def test_profile_call_on_cpu_lists_host_ops():
+    import torch
+
+    from sv_engine.benchmarks.profile import profile_call
+
+    conv = torch.nn.Conv2d(3, 4, 3)
+    x = torch.randn(1, 3, 16, 16)
+    s = profile_call(lambda: conv(x).relu(), torch.device("cpu"))
+    assert s["wall_s"] > 0 and s["kernel_launches"] == 0
+    assert any(row["name"] == "aten::conv2d" for row in s["top_aten_ops_self_cpu"])
+
+
+def test_e2e_parity_backend_variants():
+    from sv_engine.benchmarks.e2e_parity import parse_variant
+
+    assert parse_variant("torch") == ("torch", {}, {})
+    assert parse_variant("ort:allow_spinning=1:intra_op_threads=0:overlap=0") == (
+        "ort", {"allow_spinning": 1, "intra_op_threads": 0}, {"overlap_background": False})
+    assert parse_variant("ort:cudnn_conv_algo_search=HEURISTIC")[1] == {"cudnn_conv_algo_search": "HEURISTIC"}
+    with pytest.raises(ValueError, match="key=value"):
+        parse_variant("ort:spin")
+
+
+def test_merge_lanes_of_one_device_run(tiny_result, tmp_path):
+    result, _ = tiny_result
+    other = json.loads(json.dumps(result))
+    other["stages"] = {"render": {"status": "ok", "backends": {}}}
+    other["e2e"] = {"warm": {"status": "ok", "warm_s": 1.0, "first_edit_s": 2.0, "load_s": 0.5},
+                    "cold": {"status": "skipped", "reason": "--no-cold"}}
+    merged = bench_mod.merge_results([other, result])
+    assert list(merged["stages"]) == ["warp", "splat", "aggregation_median", "render"]  # canonical order
+    assert merged["e2e"] == other["e2e"] and merged["options"]["e2e"] is True
+    assert len(merged["merged_from"]) == 2
+    foreign = json.loads(json.dumps(result))
+    foreign["environment"]["git_commit"] = "0000000"
+    with pytest.raises(SvEngineError, match="different GPUs or commits"):
+        bench_mod.merge_results([result, foreign])
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    a.write_text(json.dumps(result))
+    b.write_text(json.dumps(other))
+    assert bench_mod.main(["--merge", str(a), str(b), "--json", str(tmp_path / "m.json")]) == 0
+    assert list(json.loads((tmp_path / "m.json").read_text())["stages"]) == list(merged["stages"])

@@ -143,6 +143,47 @@ def test_torch_compile_backend(small):
     assert compare(ref, model(**x)["rgb"])["max_rel"] < THRESHOLDS["fp32"].max_rel
 
 
+@pytest.mark.slow
+def test_torch_compile_serves_several_shapes_with_one_dynamic_recompile(small):
+    """Keyframe crops come in several sizes: the default (automatic dynamic shapes) compiles the first
+    shape, then one symbolic graph for the rest, instead of a compile per size."""
+    from torch._dynamo.utils import counters
+
+    from sv_engine.engine.torch_compile_backend import TorchCompileBackend
+
+    ok, reason = TorchCompileBackend.availability(torch.device("cpu"))
+    if not ok:
+        pytest.skip(f"torch.compile unavailable on this CPU: {reason}")
+    specs, _ = small
+    spec = specs["nla_atlas"]
+    model = get_backend("torch_compile", device="cpu").compile(spec.model_source())
+    counters.clear()
+    for n in (256, 300, 384, 512):
+        x = torch.randn(n, 2, generator=torch.Generator().manual_seed(n)).clamp(-1, 1)
+        with torch.inference_mode():
+            ref = spec.torch_module()(x)[0]
+        assert compare(ref, model(uv=x)["rgb"])["max_rel"] < THRESHOLDS["fp32"].max_rel
+    assert counters["stats"]["unique_graphs"] <= 2, dict(counters["stats"])
+
+
+def test_ort_cuda_sessions_use_one_thread_without_spinning():
+    pytest.importorskip("onnxruntime")
+    from sv_engine.engine.ort_backend import OrtBackend
+
+    backend = OrtBackend(device="cpu")
+    cpu = backend.session_options(None)
+    assert cpu.get_session_config_entry("session.intra_op.allow_spinning") == "1"
+    backend.device = torch.device("cuda", 0)  # the options only; no session is created
+    cuda = backend.session_options(None)
+    assert cuda.intra_op_num_threads == 1
+    assert cuda.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    tuned = OrtBackend(device="cpu", allow_spinning=True, intra_op_threads=4)
+    tuned.device = torch.device("cuda", 0)
+    options = tuned.session_options(None)
+    assert options.intra_op_num_threads == 4
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "1"
+
+
 def test_compare_metrics():
     ref = torch.tensor([1.0, -2.0, 4.0], dtype=torch.float64)
     m = compare(ref, ref + torch.tensor([0.0, 0.0, 0.004], dtype=torch.float64))

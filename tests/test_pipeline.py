@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import threading
+import time
+
 import numpy as np
 import pytest
 import torch
 
 from sv_engine.engine.parity import psnr
+from sv_engine.stablevideo import pipeline as pipeline_module
 from sv_engine.stablevideo.demo import demo_data_dir
 from sv_engine.stablevideo.model_source import load_components
 from sv_engine.stablevideo.params import EditParams
-from sv_engine.stablevideo.pipeline import EditResult, StableVideoPipeline
+from sv_engine.stablevideo.pipeline import EditResult, StableVideoPipeline, _should_overlap
+from sv_engine.stablevideo.stage_timer import StageTimer
 
 # Small diffusion sizes keep a whole edit to seconds on a 2-core CPU; the atlas maths is full size.
 FAST = dict(steps=4, image_resolution=128, depth_resolution=128, keyframes=[5, 15, 25], seed=7)
@@ -32,6 +37,7 @@ def test_edit_shapes_and_timings(edit: EditResult) -> None:
     assert edit.fg_atlas.shape[0] == 3 and edit.bg_atlas.shape == edit.session.atlas.bg_grid_atlas.shape
     assert len(edit.foreground.keyframe_edits) == 3
     assert {"foreground", "background", "render", "splat"} <= set(edit.timings)
+    assert not edit.overlapped_background  # the default: sequential
     assert edit.preview().ndim == 3
 
 
@@ -43,6 +49,78 @@ def test_edit_is_reproducible_with_a_seed(components, edit: EditResult) -> None:
     warm = pipeline.edit(demo_data_dir(), EditParams("a red toy", "snowy hills", **FAST))
     assert warm.session is again.session
     assert np.array_equal(warm.frames, edit.frames)
+
+
+def test_overlapped_background_is_bit_identical(components, edit: EditResult) -> None:
+    """The background edit in a worker thread (forced on CPU) gives exactly the sequential frames."""
+    overlapped = StableVideoPipeline(components, torch.device("cpu"), overlap_background=True).edit(demo_data_dir(), EditParams("a red toy", "snowy hills", **FAST))
+    assert overlapped.overlapped_background
+    assert {"background", "depth", "background diffusion"} <= set(overlapped.timings)
+    assert np.array_equal(overlapped.frames, edit.frames)
+    assert torch.equal(overlapped.bg_atlas, edit.bg_atlas)
+
+
+def test_overlapped_background_errors_propagate_and_the_worker_is_joined(components, monkeypatch: pytest.MonkeyPatch) -> None:
+    pipeline = StableVideoPipeline(components, torch.device("cpu"), overlap_background=True)
+    params = EditParams("a red toy", "snowy hills", **FAST)
+    workers: list[threading.Thread] = []
+
+    def failing_background(*args, **kwargs):
+        workers.append(threading.current_thread())
+        raise ValueError("background failed")
+
+    monkeypatch.setattr(pipeline_module, "edit_foreground", lambda *args, **kwargs: None)
+    monkeypatch.setattr(pipeline_module, "edit_background", failing_background)
+    with pytest.raises(ValueError, match="background failed"):
+        pipeline.edit(demo_data_dir(), params)
+    assert workers[0] is not threading.main_thread()
+
+    # The foreground raising must still wait for the background worker to finish.
+    def slow_background(*args, **kwargs):
+        workers.append(threading.current_thread())
+        time.sleep(0.2)
+        return None, None  # render is never reached
+
+    def failing_foreground(*args, **kwargs):
+        raise RuntimeError("foreground failed")
+
+    monkeypatch.setattr(pipeline_module, "edit_foreground", failing_foreground)
+    monkeypatch.setattr(pipeline_module, "edit_background", slow_background)
+    with pytest.raises(RuntimeError, match="foreground failed"):
+        pipeline.edit(demo_data_dir(), params)
+    assert not workers[1].is_alive()
+
+
+def test_overlap_decision() -> None:
+    def safe(*args):
+        return None
+
+    def graphed(*args):
+        return None
+
+    graphed.thread_safe = False
+    assert _should_overlap([safe], True)
+    assert not _should_overlap([safe], False)
+    assert not _should_overlap([safe, graphed], True)  # e.g. CUDA-graph replay: unsafe wins over a request
+
+
+def test_stage_timer_accumulates_across_threads() -> None:
+    timer = StageTimer()
+    both_inside = threading.Barrier(2)
+
+    def work(name: str) -> None:
+        with timer("shared"), timer(name):
+            both_inside.wait()  # the two stages are open at the same time
+            time.sleep(0.05)
+
+    threads = [threading.Thread(target=work, args=(name,)) for name in ("a", "b")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    seconds = timer.as_dict()
+    assert seconds["a"] >= 0.05 and seconds["b"] >= 0.05
+    assert seconds["shared"] >= 0.1
 
 
 def test_temporal_consistency(edit: EditResult) -> None:
@@ -97,6 +175,8 @@ def test_ort_backend_edit_matches_torch(components, edit: EditResult, tmp_path) 
 
     shapes = ShapeRange(height=(64, 128, 512), width=(64, 128, 1024), multiple=64)
     accelerated = accelerate(components, "ort", "fp32", torch.device("cpu"), onnx_dir=tmp_path / "onnx", shapes=shapes)
+    # ORT on the CPU runs on the calling thread: safe beside an overlapped background edit.
+    assert all(fn.thread_safe for fn in [*accelerated.unet_controlnet.values(), *accelerated.denoiser_overrides().values()])
     pipeline = StableVideoPipeline(components, torch.device("cpu"), accelerated.unet_controlnet, accelerated.denoiser_overrides())
     ort_edit = pipeline.edit(demo_data_dir(), EditParams("a red toy", "snowy hills", **FAST))
     assert psnr(edit.frames, ort_edit.frames) >= 40.0

@@ -20,6 +20,7 @@ def bench(
     e2e_backend: Annotated[str, typer.Option("--e2e-backend", help="UNet+ControlNet backend of the e2e edit.")] = "torch",
     e2e_steps: Annotated[int, typer.Option("--e2e-steps", help="DDIM steps of the e2e edit.")] = 20,
     e2e_data: Annotated[Path | None, typer.Option("--e2e-data", help="Data folder for the e2e edit (default: synthesised, or the demo clip with --tiny).")] = None,
+    profile: Annotated[bool, typer.Option("--profile", help="With --e2e: profile one more warm edit (GPU busy time, kernels by category, top kernels).")] = False,
     frames: Annotated[int | None, typer.Option("--frames", help="Clip frames (default 70; --tiny 4).")] = None,
     size: Annotated[str | None, typer.Option("--size", help="Clip WIDTHxHEIGHT (default 768x432; --tiny 64x48).")] = None,
     tiny: Annotated[bool, typer.Option("--tiny", help="Tiny random models and sizes (CPU smoke test).")] = False,
@@ -37,7 +38,7 @@ def bench(
 
     result = run_bench(BenchOptions(
         stages=stages, backends=backends, e2e=e2e, e2e_cold=not no_cold, e2e_backend=e2e_backend, e2e_steps=e2e_steps,
-        e2e_data=e2e_data, frames=frames, size=size, tiny=tiny, repeat=repeat, warmup=warmup, device=device,
+        e2e_data=e2e_data, profile=profile, frames=frames, size=size, tiny=tiny, repeat=repeat, warmup=warmup, device=device,
         json_path=json_path, save_result=save_result, time_budget=time_budget, skip_slow_reference=skip_slow_reference,
         seed=seed,
     ))
