@@ -170,6 +170,8 @@ def run_bench(options: BenchOptions | dict | None = None, **overrides: Any) -> d
         stage["seconds"] = round(time.monotonic() - t0, 3)
         result["stages"][name] = _finish_stage(name, stage, options.tiny)
         ctx.release()
+        if options.json_path:  # a run cut off by a time limit keeps the stages it finished
+            write_json({**result, "partial": True}, Path(options.json_path))
     if ctx.load_seconds is not None:
         result["options"]["model_build_s"] = round(ctx.load_seconds, 3)
     ctx._components = None

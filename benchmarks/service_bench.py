@@ -159,7 +159,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--verbose", action="store_true")
     p.add_argument("--single-edit", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.single_edit:
         single_edit(args)
         return
@@ -176,6 +176,12 @@ def main(argv: list[str] | None = None) -> None:
     model = _model(args)
     report: dict = {"device": torch.cuda.get_device_name(0) if gpus else "cpu", "gpus": gpus, "model": asdict(model), "data": str(data_dir),
                     "steps": args.steps, "strength": args.strength, "keyframes": args.keyframes, "torch": torch.__version__, "ray": ray.__version__}
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+
+    def save() -> None:  # after every phase: a run cut off by a time limit keeps what it measured
+        out.write_text(json.dumps(report, indent=2))
+
     ray.init(num_gpus=gpus, include_dashboard=False, log_to_driver=args.verbose)
     try:
         # 1. warm service latency
@@ -189,6 +195,7 @@ def main(argv: list[str] | None = None) -> None:
         lat, inner, _ = _run_jobs(pool, args, data_dir, scratch / "warm", args.edits, sequential=True)
         report["warm"] = {**_stats(lat), "worker_edit": _stats(inner), "overhead_mean_s": round(statistics.fmean(lat) - statistics.fmean(inner), 3)}
         log.info("warm: %s", report["warm"])
+        save()
         pool.shutdown()
         # 2. fresh process per edit
         fresh, cmd = [], None
@@ -199,6 +206,7 @@ def main(argv: list[str] | None = None) -> None:
         if fresh:
             report["warm_speedup"] = round(statistics.fmean(fresh) / statistics.fmean(lat), 2)
         log.info("fresh: %s", report["fresh_process"])
+        save()
         # 3. batch throughput 1 vs 2 GPUs
         if gpus >= 2:
             batch = {}
@@ -209,6 +217,8 @@ def main(argv: list[str] | None = None) -> None:
                 _, inner, total = _run_jobs(pool, args, data_dir, scratch / f"batch{n}", args.batch, sequential=False, offset=100)
                 batch[f"{n}_gpu"] = {"edits": args.batch, "wall_s": round(total, 3), "edits_per_min": round(60 * args.batch / total, 2), "worker_edit": _stats(inner)}
                 pool.shutdown()
+                report["batch"] = batch
+                save()
             batch["scaling"] = round(batch["2_gpu"]["edits_per_min"] / batch["1_gpu"]["edits_per_min"], 2)
             report["batch"] = batch
             log.info("batch: %s", batch)
@@ -216,9 +226,7 @@ def main(argv: list[str] | None = None) -> None:
             report["batch"] = {"skipped": f"{gpus} GPU(s): the 1-vs-2-GPU batch needs 2"}
     finally:
         ray.shutdown()
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2))
+    save()
     print(json.dumps(report, indent=2))
 
 

@@ -310,7 +310,10 @@ class Backend(ABC):
     pip_package: ClassVar[str] = ""
     #: Which source field the backend needs: ``"onnx"`` or ``"module"``.
     needs: ClassVar[str] = "onnx"
-    #: Speed rank for :func:`default_backend` (higher is faster) on (cuda, cpu).
+    #: Rank of a whole edit's latency for :func:`default_backend` (higher is faster) on (cuda, cpu),
+    #: from the committed H100 runs (benchmarks/results/): eager torch fp16 edits in ~7 s; ONNX
+    #: Runtime's faster steps are outweighed by ~5 s of re-planning at every keyframe-shape change;
+    #: torch.compile first compiles for minutes (94 s per UNet shape). TensorRT ranks first unmeasured.
     speed_rank: ClassVar[tuple[int, int]] = (0, 0)
 
     def __init__(self, device: str | torch.device | None = None, cache_dir: str | Path | None = None,

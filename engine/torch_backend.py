@@ -33,7 +33,7 @@ class TorchBackend(Backend):
     name = "torch"
     pip_package = "torch"
     needs = "module"
-    speed_rank = (10, 10)
+    speed_rank = (30, 10)
 
     @classmethod
     def availability(cls, device=None):

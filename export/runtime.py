@@ -27,9 +27,9 @@ log = logging.getLogger(__name__)
 
 #: What runs on the backend: the UNet+ControlNet steps dominate an edit; the VAE and text encoder follow.
 ACCELERATED_MODELS = ("unet_controlnet_canny", "unet_controlnet_depth", "vae_encoder", "vae_decoder", "text_encoder")
-#: torch.compile pays its compile in the first edit of every process (about 1.5 min per graph and
-#: shape signature at SD scale), so by default it takes only the UNet+ControlNet steps (~95% of the
-#: diffusion time); the VAE and text encoder run a handful of times per edit and stay eager.
+#: torch.compile pays its compile in the first edit of every process (~94 s per graph and shape on
+#: an H100 for the fused UNet+ControlNet), so by default it takes only the UNet+ControlNet steps
+#: (~95% of the diffusion time); the VAE and text encoder run a handful of times per edit and stay eager.
 DEFAULT_MODELS = {"torch_compile": ("unet_controlnet_canny", "unet_controlnet_depth")}
 
 

@@ -34,6 +34,7 @@ def test_tiny_bench_json_has_documented_keys_and_sane_numbers(tiny_result):
     assert list(on_disk["stages"]) == ["warp", "splat", "aggregation_median"]
     assert on_disk["options"]["repeat"] == 2 and on_disk["options"]["tiny"] is True
     assert on_disk["e2e"] is None
+    assert "partial" not in on_disk  # only the per-stage snapshots written during the run say partial
     for name, stage in on_disk["stages"].items():
         assert stage["status"] == "ok", (name, stage)
         assert stage["seconds"] > 0
@@ -266,3 +267,28 @@ def test_merge_lanes_of_one_device_run(tiny_result, tmp_path):
     b.write_text(json.dumps(other))
     assert bench_mod.main(["--merge", str(a), str(b), "--json", str(tmp_path / "m.json")]) == 0
     assert list(json.loads((tmp_path / "m.json").read_text())["stages"]) == list(merged["stages"])
+
+
+def test_readme_rows_come_from_the_newest_run_that_measured_them(tmp_path):
+    from sv_engine.benchmarks.readme_table import combine_newest, results_newest_first
+
+    newer = json.loads(json.dumps(SAMPLE))
+    newer["environment"].update(date="2099-01-01", datetime="2099-01-01T00:00:00+00:00", git_commit="new0002")
+    del newer["stages"]["unet_step"]  # a partial run: it did not time the UNet
+    newer["stages"]["render"]["backends"]["cuda"]["median_ms"] = 0.25
+    results = tmp_path / "results"
+    results.mkdir()
+    (results / "old.json").write_text(json.dumps(SAMPLE))
+    (results / "new.json").write_text(json.dumps(newer))
+    ordered = results_newest_first(results)
+    assert [p.name for p in ordered] == ["new.json", "old.json"]
+    combined = combine_newest([json.loads(p.read_text()) for p in ordered])
+    assert combined["stages"]["unet_step"]["run"] == "abc1234"  # only the old run has it
+    assert combined["stages"]["render"]["run"] == "new0002"
+    table = render_table(combined)
+    assert "| ControlNet+UNet CFG step, 512² | 120.0 ms (reference) | 10.0 ms (trt) |" in table and "| abc1234 |" in table
+    assert "0.25 ms (cuda)" in table and "Run new0002:" in table and "Run abc1234:" in table
+    readme = tmp_path / "README.md"
+    readme.write_text(f"{START}\n{END}\n")
+    update_readme(readme, ordered)
+    assert "| new0002 |" in readme.read_text()
