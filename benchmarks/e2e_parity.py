@@ -11,8 +11,9 @@ edit under torch.profiler (:mod:`.profile`). Each backend in try/except: one fai
 others; the JSON is rewritten after each.
 
 A backend entry may carry options, ``name:key=value:...``: backend options (e.g.
-``ort:allow_spinning=1:intra_op_threads=0`` = ONNX Runtime's own thread defaults) and the pipeline's
-``overlap=0|1`` (background edit overlapped with the keyframe loop; default auto).
+``ort:allow_spinning=1:intra_op_threads=0`` = ONNX Runtime's own thread defaults, ``torch:cuda_graph=1``
+= eager torch replayed from CUDA graphs) and the pipeline's ``overlap=0|1`` (background edit
+overlapped with the keyframe loop; default off).
 """
 
 from __future__ import annotations

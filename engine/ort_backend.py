@@ -15,8 +15,15 @@ CPU: ORT's default), ``allow_spinning`` (CUDA: False, CPU: True), ``cudnn_conv_a
 
 Why one thread and no spinning on CUDA: the graph runs on the GPU, the CPU only launches kernels
 and evaluates a few shape ops. Every session otherwise owns a pool of one thread per core whose
-workers busy-wait after each run; with the pipeline's five sessions that is ~5× the cores spinning
-against the one thread that launches the kernels.
+workers busy-wait after each run: five sessions per pipeline, and one pipeline per GPU on a host.
+On the H100 a whole edit took the same time either way (26.7 s before, 27.3 s after); the cores
+are simply left to the other workers.
+
+Known cost on CUDA (H100 log of run 26909ec): each change of a session's input shape costs ~5 s in
+its next run (cuDNN algorithm search with ``EXHAUSTIVE``; only the last shape's plan is kept), and
+the exported attention is not fused (MatMul-Softmax-MatMul), so ORT's whole edit loses to eager
+torch. Next steps: ``cudnn_conv_algo_search="HEURISTIC"`` and ORT's transformer optimizer
+(MultiHeadAttention / GroupNorm fusions) on the UNet graph.
 """
 
 from __future__ import annotations

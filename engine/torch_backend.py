@@ -1,10 +1,17 @@
-"""Eager PyTorch backend: runs the export spec's torch module as is (the reference path)."""
+"""Eager PyTorch backend: runs the export spec's torch module as is (the reference path).
+
+Option ``cuda_graph=True`` (CUDA only) replays each call from a CUDA graph captured once per input
+shape: an edit's UNet steps are ~136 k kernel launches, and the H100 profile shows the GPU busy only
+~20 % of a warm edit while the host launches them. Capture costs a few warm-up calls per shape, not
+a compile.
+"""
 
 from __future__ import annotations
 
 import torch
 
 from sv_engine.engine.backend import Backend, CompiledModel, ModelSource
+from sv_engine.errors import SvEngineError
 
 
 class TorchModel(CompiledModel):
@@ -20,6 +27,52 @@ class TorchModel(CompiledModel):
         return dict(zip(self.source.output_names, outs))
 
 
+class CudaGraphModel(CompiledModel):
+    """The eager module replayed from one CUDA graph per input-shape signature.
+
+    Inputs are copied into the graph's static buffers and outputs cloned out of it right after the
+    replay; that is also why all graphs may share one memory pool: no graph's static outputs are
+    needed once the next graph runs.
+    """
+
+    thread_safe = False  # static buffers are shared by every caller
+    WARMUP_CALLS = 2  # outside the capture: cuDNN/cuBLAS choose algorithms and allocate workspaces
+
+    def __init__(self, source: ModelSource, device: torch.device, module: torch.nn.Module) -> None:
+        super().__init__(source, device)
+        self._module = module
+        self._pool = torch.cuda.graph_pool_handle()
+        self._graphs: dict[tuple, tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], torch.cuda.CUDAGraph]] = {}
+
+    def _capture(self, inputs: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], torch.cuda.CUDAGraph]:
+        static_in = {n: t.clone() for n, t in inputs.items()}
+        args = [static_in[n] for n in self.source.input_names]
+        current = torch.cuda.current_stream(self.device)
+        side = torch.cuda.Stream(self.device)
+        side.wait_stream(current)
+        with torch.cuda.stream(side):
+            for _ in range(self.WARMUP_CALLS):
+                self._module(*args)
+        current.wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=self._pool):
+            outs = self._module(*args)
+        outs = (outs,) if isinstance(outs, torch.Tensor) else outs
+        return static_in, dict(zip(self.source.output_names, outs)), graph
+
+    def _run(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        key = tuple((n, tuple(t.shape), t.dtype) for n, t in inputs.items())
+        # Inference mode throughout, as TorchModel: the static buffers are inference tensors.
+        with torch.inference_mode():
+            if key not in self._graphs:
+                self._graphs[key] = self._capture(inputs)
+            static_in, static_out, graph = self._graphs[key]
+            for n, t in inputs.items():
+                static_in[n].copy_(t)
+            graph.replay()
+            return {n: t.clone() for n, t in static_out.items()}
+
+
 def _module_dtype(module: torch.nn.Module) -> torch.dtype | None:
     for p in module.parameters():
         if p.is_floating_point():
@@ -28,7 +81,8 @@ def _module_dtype(module: torch.nn.Module) -> torch.dtype | None:
 
 
 class TorchBackend(Backend):
-    """Eager torch; the module is moved to the backend device (its dtype is kept)."""
+    """Eager torch; the module is moved to the backend device (its dtype is kept). Option
+    ``cuda_graph`` (default False): replay per-shape CUDA graphs (:class:`CudaGraphModel`)."""
 
     name = "torch"
     pip_package = "torch"
@@ -44,4 +98,9 @@ class TorchBackend(Backend):
         return module
 
     def compile(self, source: ModelSource) -> CompiledModel:
+        if self.options.get("cuda_graph"):
+            if self.device.type != "cuda":
+                raise SvEngineError(f"CUDA graphs need a CUDA device; {source.name!r} is on {self.device}.",
+                                    "drop the cuda_graph option on the CPU, or run on a GPU (--device cuda).")
+            return CudaGraphModel(source, self.device, self._prepare(source))
         return TorchModel(source, self.device, self._prepare(source))

@@ -28,9 +28,11 @@ log = logging.getLogger(__name__)
 #: What runs on the backend: the UNet+ControlNet steps dominate an edit; the VAE and text encoder follow.
 ACCELERATED_MODELS = ("unet_controlnet_canny", "unet_controlnet_depth", "vae_encoder", "vae_decoder", "text_encoder")
 #: torch.compile pays its compile in the first edit of every process (~94 s per graph and shape on
-#: an H100 for the fused UNet+ControlNet), so by default it takes only the UNet+ControlNet steps
-#: (~95% of the diffusion time); the VAE and text encoder run a handful of times per edit and stay eager.
-DEFAULT_MODELS = {"torch_compile": ("unet_controlnet_canny", "unet_controlnet_depth")}
+#: an H100 for the fused UNet+ControlNet), and eager torch's CUDA graphs a capture per shape, so both
+#: take only the UNet+ControlNet steps (~95% of the diffusion time) by default; the VAE and text
+#: encoder run a handful of times per edit and stay eager.
+DEFAULT_MODELS = {"torch_compile": ("unet_controlnet_canny", "unet_controlnet_depth"),
+                  "torch": ("unet_controlnet_canny", "unet_controlnet_depth")}
 
 
 @dataclass
@@ -113,9 +115,10 @@ def accelerate(
     backend_options: dict | None = None,
 ) -> AcceleratedModels:
     """Compile ``models`` (default: the backend's :data:`DEFAULT_MODELS`, else :data:`ACCELERATED_MODELS`)
-    with ``backend``; "torch" returns no overrides (the modules run as they are)."""
+    with ``backend``; plain "torch" returns no overrides (the modules run as they are), "torch" with
+    ``backend_options={"cuda_graph": True}`` replays the UNet+ControlNet steps from CUDA graphs."""
     result = AcceleratedModels(backend)
-    if backend == "torch":
+    if backend == "torch" and not (backend_options or {}).get("cuda_graph"):
         return result
     models = models or DEFAULT_MODELS.get(backend, ACCELERATED_MODELS)
     engine = get_backend(backend, device=device, **(backend_options or {}))

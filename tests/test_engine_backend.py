@@ -167,6 +167,12 @@ def test_torch_compile_compiles_one_static_graph_per_shape(small):
     assert counters["stats"]["unique_graphs"] == 3, dict(counters["stats"])  # 256 is reused, not recompiled
 
 
+def test_torch_cuda_graph_needs_a_gpu(small):
+    specs, _ = small
+    with pytest.raises(SvEngineError, match="CUDA graphs need a CUDA device"):
+        get_backend("torch", device="cpu", cuda_graph=True).compile(specs["nla_atlas"].model_source())
+
+
 def test_ort_cuda_sessions_use_one_thread_without_spinning():
     pytest.importorskip("onnxruntime")
     from sv_engine.engine.ort_backend import OrtBackend
