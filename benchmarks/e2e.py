@@ -2,9 +2,9 @@
 
 * warm: models loaded once, ``pipeline.edit`` called twice, the second timed (maps cached by the
   first), with its per-stage breakdown (``EditResult.timings``) and peak GPU memory;
-* cold: process start to written video, as a subprocess ``python -m sv_engine.benchmarks.e2e`` — the
-  same steps as ``sv-engine edit`` (load models, edit, ``write_mp4``); ``edit`` itself has no
-  random-weights or generation-size option — run after the warm edit so maps and engines are cached.
+* cold: process start to written video: the real ``python -m sv_engine edit --weights DIR`` in a
+  fresh process, on the warm run's models saved in the diffusers folder layout (what a user's
+  weights look like; fp16 on a GPU), after the warm edit so the maps and engines are cached.
 
 The data folder: the bundled demo clip with ``--tiny`` when it is present, else a synthesised one
 (random frames + random NLA weights via ``write_video_data``) of the benchmark's frames and size.
@@ -12,7 +12,6 @@ The data folder: the bundled demo clip with ``--tiny`` when it is present, else 
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import subprocess
@@ -90,7 +89,8 @@ def _sync(device: torch.device) -> None:
 
 
 def warm_edit(data_dir: Path, device: torch.device, tiny: bool, steps: int, strength: float, backend: str = "torch",
-              engine_dir: Path | None = None, profile: bool = False) -> dict:
+              engine_dir: Path | None = None, profile: bool = False, save_weights: Path | None = None) -> dict:
+    """The warm timing; ``save_weights``: also write the models there (diffusers layout) for the cold run."""
     from sv_engine.stablevideo.model_source import load_components
     from sv_engine.stablevideo.pipeline import StableVideoPipeline
 
@@ -130,23 +130,31 @@ def warm_edit(data_dir: Path, device: torch.device, tiny: bool, steps: int, stre
         from sv_engine.benchmarks.profile import profile_call
 
         out["profile"] = profile_call(lambda: pipeline.edit(data_dir, params), device)
+    if save_weights is not None:
+        from sv_engine.stablevideo.models.loaders import save_components
+
+        save_components(components, save_weights)
     del pipeline, components, result, first
     if device.type == "cuda":
         torch.cuda.empty_cache()
     return out
 
 
-def cold_command(data_dir: Path, out: Path, device: torch.device, tiny: bool, steps: int, strength: float) -> list[str]:
-    # `sv-engine edit` has neither full-size random weights nor a generation-size option, so the cold
-    # run is this module's child: the same steps (load models, edit, write_mp4) in a fresh process.
-    return [sys.executable, "-m", "sv_engine.benchmarks.e2e", str(data_dir), "--steps", str(steps), "--strength",
-            str(strength), "--device", str(device), "--out", str(out), *(["--tiny"] if tiny else [])]
+def cold_command(data_dir: Path, weights: Path, out: Path, device: torch.device, tiny: bool, steps: int, strength: float,
+                 backend: str = "torch") -> list[str]:
+    """``sv-engine edit`` with the warm run's parameters (seed 0, fp16 on a GPU) on saved weights."""
+    params = edit_params(steps, strength, tiny)
+    return [sys.executable, "-m", "sv_engine", "edit", str(data_dir), "--weights", str(weights),
+            "--fg-prompt", params.fg_prompt, "--bg-prompt", params.bg_prompt, "--steps", str(steps),
+            "--strength", str(strength), "--seed", str(params.seed), "--image-resolution", str(params.image_resolution),
+            "--precision", "fp16" if device.type == "cuda" else "fp32", "--backend", backend,
+            "--device", device.type, "--out", str(out), "--force"]
 
 
-def cold_edit(data_dir: Path, tmp: Path, device: torch.device, tiny: bool, steps: int, strength: float,
-              timeout: float) -> dict:
+def cold_edit(data_dir: Path, weights: Path, tmp: Path, device: torch.device, tiny: bool, steps: int, strength: float,
+              timeout: float, backend: str = "torch") -> dict:
     out = tmp / "cold.mp4"
-    cmd = cold_command(data_dir, out, device, tiny, steps, strength)
+    cmd = cold_command(data_dir, weights, out, device, tiny, steps, strength, backend)
     t0 = time.perf_counter()
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=max(1.0, timeout), env=os.environ.copy())
@@ -181,43 +189,18 @@ def run_e2e(device: torch.device, tiny: bool, frames: int, height: int, width: i
             result["warm"] = result["cold"] = {"status": "error", "error": error_string(exc)}
             return result
         try:
-            result["warm"] = warm_edit(data, device, tiny, steps, strength, backend, engine_dir, profile)
+            result["warm"] = warm_edit(data, device, tiny, steps, strength, backend, engine_dir, profile,
+                                       save_weights=tmp / "weights" if cold else None)
         except Exception as exc:  # noqa: BLE001
             log.warning("warm edit failed: %s", error_string(exc))
             result["warm"] = {"status": "error", "error": error_string(exc)}
         if not cold:
             result["cold"] = {"status": "skipped", "reason": "--no-cold"}
+        elif result["warm"].get("status") != "ok":
+            result["cold"] = {"status": "skipped", "reason": "the warm edit (which saves the weights) failed"}
         elif deadline is not None and deadline - time.monotonic() <= 0:
             result["cold"] = {"status": "skipped", "reason": "time budget exceeded"}
         else:
             timeout = 600.0 if deadline is None else deadline - time.monotonic()
-            result["cold"] = cold_edit(data, tmp, device, tiny, steps, strength, timeout)
+            result["cold"] = cold_edit(data, tmp / "weights", tmp, device, tiny, steps, strength, timeout, backend)
     return result
-
-
-def _child(argv: list[str] | None = None) -> None:
-    """``python -m sv_engine.benchmarks.e2e DATA ...``: a cold full-size random-weight edit to an mp4."""
-    from sv_engine.stablevideo.device import resolve_device
-    from sv_engine.stablevideo.model_source import load_components
-    from sv_engine.stablevideo.pipeline import StableVideoPipeline
-    from sv_engine.stablevideo.video_io import write_mp4
-
-    p = argparse.ArgumentParser(description="cold full-size random-weight edit (used by sv-engine bench --e2e)")
-    p.add_argument("data_dir", type=Path)
-    p.add_argument("--steps", type=int, default=20)
-    p.add_argument("--strength", type=float, default=0.8)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--tiny", action="store_true")
-    a = p.parse_args(argv)
-    device = resolve_device(a.device)
-    components = load_components(device, tiny=a.tiny, random_full=not a.tiny, precision="fp16" if device.type == "cuda" else "fp32")
-    params = edit_params(a.steps, a.strength, a.tiny, a.seed)
-    result = StableVideoPipeline(components, device).edit(a.data_dir, params)
-    write_mp4(a.out, result.frames)
-
-
-if __name__ == "__main__":
-    logging.basicConfig(level=logging.WARNING)
-    _child()

@@ -176,11 +176,29 @@ def test_e2e_cold_command_and_tiny_params():
 
     import torch
 
-    cmd = cold_command(Path("/data/clip"), Path("/tmp/out.mp4"), torch.device("cpu"), True, 2, 0.8)
-    assert cmd[1:4] == ["-m", "sv_engine.benchmarks.e2e", "/data/clip"] and cmd[-1] == "--tiny"
+    cmd = cold_command(Path("/data/clip"), Path("/w"), Path("/tmp/out.mp4"), torch.device("cuda"), False, 20, 0.8)
+    assert cmd[1:5] == ["-m", "sv_engine", "edit", "/data/clip"]  # the real CLI, not a benchmark-only path
+    flags = dict(zip(cmd[5::2], cmd[6::2]))
+    assert flags["--weights"] == "/w" and flags["--precision"] == "fp16" and flags["--image-resolution"] == "512"
+    assert flags["--seed"] == "0" and flags["--backend"] == "torch" and cmd[-1] == "--force"
     params = edit_params(20, 0.8, tiny=True)
     assert (params.steps, params.strength, params.image_resolution, params.edit_background) == (20, 0.8, 64, True)
     assert edit_params(20, 0.8, tiny=False).image_resolution == 512
+
+
+@pytest.mark.slow
+def test_tiny_e2e_warm_and_cold_through_the_cli(tmp_path):
+    """Warm (in process) and cold (``sv-engine edit --weights`` on the saved models, a fresh process)."""
+    import torch
+
+    from sv_engine.benchmarks.e2e import run_e2e
+
+    result = run_e2e(torch.device("cpu"), tiny=True, frames=4, height=48, width=64, steps=2)
+    warm, cold = result["warm"], result["cold"]
+    assert warm["status"] == "ok", warm
+    assert warm["warm_s"] > 0 and {"foreground", "background", "render"} <= set(warm["timings"])
+    assert cold["status"] == "ok", cold
+    assert cold["video_written"] and cold["seconds"] > 0
 
 
 def test_model_stage_columns_report_accuracy_against_the_fp32_reference():
