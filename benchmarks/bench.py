@@ -3,12 +3,13 @@
 Library: :func:`run_bench` (``BenchOptions`` -> JSON-ready dict). Command line:
 ``sv-engine bench ...`` (typer, :mod:`sv_engine.cli.bench`) or, on the GPU machine,
 ``python -m sv_engine.benchmarks.bench [--stages all|LIST] [--backends torch,torch-compile,ort,trt]
-[--e2e] [--frames 70 --size 768x432] [--tiny] [--repeat N] [--json PATH] [--time-budget S]``.
+[--e2e] [--frames 70 --size 768x432] [--tiny] [--weights DIR] [--repeat N] [--json PATH] [--time-budget S]``.
 
 Every stage runs its reference (the way StableVideo does it: eager fp32 torch, scipy griddata on
 the CPU, F.grid_sample) and the faster implementations in the same process; the table shows the
 reference median and each other column as a speed-up. Full-size SD 1.5 architectures with random
-weights on a GPU by default; ``--tiny`` = tiny models and sizes (CPU smoke test).
+weights on a GPU by default; ``--weights DIR`` = the user's models (diffusers layout, as ``edit``);
+``--tiny`` = tiny sizes, with tiny random models unless ``--weights`` (CPU smoke test).
 
 JSON (``schema`` ``sv-engine-bench/1``): ``environment`` (gpu, driver, cuda, torch, onnxruntime,
 tensorrt, git_commit, date, note ...), ``options``, ``stages`` ({name: {status, description, shape,
@@ -65,6 +66,7 @@ class BenchOptions:
     frames: int | None = None
     size: str | None = None  # "WxH"
     tiny: bool = False
+    weights: Path | None = None  # the user's models (diffusers folder layout) instead of random ones
     repeat: int | None = None  # default 20 on a GPU, 3 on the CPU
     warmup: int | None = None  # default 3 on a GPU, 1 on the CPU
     device: str = "auto"
@@ -138,6 +140,12 @@ def run_bench(options: BenchOptions | dict | None = None, **overrides: Any) -> d
         raise SvEngineError(f"--repeat {repeat} / warm-up {warmup} out of range.", "use --repeat 1 or more.")
     if not options.tiny and not cuda:
         log.warning("full-size SD 1.5 models on the CPU are very slow; pass --tiny for a smoke test")
+    if options.weights is not None and not Path(options.weights).expanduser().is_dir():
+        raise SvEngineError(f"Weights folder {options.weights} does not exist.", "pass --weights with a folder in the diffusers layout (README: weight formats).")
+    if options.weights is not None:
+        models = f"weights from {options.weights}"
+    else:
+        models = "tiny random SD1.5+ControlNet+DPT" if options.tiny else "full-size SD1.5 / ControlNet 1.0 / DPT-hybrid, random weights"
 
     result: dict[str, Any] = {
         "schema": SCHEMA,
@@ -146,14 +154,16 @@ def run_bench(options: BenchOptions | dict | None = None, **overrides: Any) -> d
             "stages": stage_list, "backends": backends, "tiny": options.tiny, "repeat": repeat, "warmup": warmup,
             "device": str(device), "e2e": options.e2e, "time_budget": options.time_budget,
             "skip_slow_reference": options.skip_slow_reference, "seed": options.seed,
-            "models": "tiny random SD1.5+ControlNet+DPT" if options.tiny else "full-size SD1.5 / ControlNet 1.0 / DPT-hybrid, random weights",
+            "models": models,
             "sizes": dataclasses.asdict(sizes),
         },
         "stages": {},
         "e2e": None,
         "targets": {"stages_ms": dict(TARGETS_MS), "e2e": dict(E2E_TARGETS), "device": "H100, fp16"},
     }
-    ctx = BenchContext(device, sizes, tiny=options.tiny, repeat=repeat, warmup=warmup, backends=backends,
+    if options.weights is not None:
+        result["environment"]["note"] = f"models: {options.weights}"
+    ctx = BenchContext(device, sizes, tiny=options.tiny, weights=options.weights, repeat=repeat, warmup=warmup, backends=backends,
                        deadline=deadline, skip_slow_reference=options.skip_slow_reference, seed=options.seed)
     for name in stage_list:
         if deadline is not None and time.monotonic() >= deadline:
@@ -189,7 +199,7 @@ def run_bench(options: BenchOptions | dict | None = None, **overrides: Any) -> d
                 result["e2e"] = run_e2e(device, options.tiny, sizes.frames, sizes.height, sizes.width,
                                         steps=options.e2e_steps, cold=options.e2e_cold, backend=options.e2e_backend,
                                         data_dir=options.e2e_data, deadline=deadline, engine_dir=ctx.engine_dir / "e2e",
-                                        profile=options.profile)
+                                        profile=options.profile, weights=options.weights)
             except Exception as exc:  # noqa: BLE001
                 result["e2e"] = {"warm": {"status": "error", "error": error_string(exc)}, "cold": {"status": "skipped", "reason": "warm failed"}}
         e2e = result["e2e"]
@@ -397,7 +407,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--profile", action="store_true", help="with --e2e: profile one more warm edit (kernel time by category, top kernels)")
     p.add_argument("--frames", type=int, default=None, help="clip frames (default 70; tiny 4)")
     p.add_argument("--size", default=None, help="clip WIDTHxHEIGHT (default 768x432; tiny 64x48)")
-    p.add_argument("--tiny", action="store_true", help="tiny models and sizes (CPU smoke test)")
+    p.add_argument("--tiny", action="store_true", help="tiny sizes, and tiny random models unless --weights (CPU smoke test)")
+    p.add_argument("--weights", type=Path, default=None, help="benchmark these models (diffusers folder layout) instead of random ones")
     p.add_argument("--repeat", type=int, default=None, help="timed repeats (default 20 GPU / 3 CPU)")
     p.add_argument("--warmup", type=int, default=None, help="untimed warm-up calls (default 3 GPU / 1 CPU)")
     p.add_argument("--device", default="auto")

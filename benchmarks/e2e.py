@@ -89,14 +89,19 @@ def _sync(device: torch.device) -> None:
 
 
 def warm_edit(data_dir: Path, device: torch.device, tiny: bool, steps: int, strength: float, backend: str = "torch",
-              engine_dir: Path | None = None, profile: bool = False, save_weights: Path | None = None) -> dict:
-    """The warm timing; ``save_weights``: also write the models there (diffusers layout) for the cold run."""
+              engine_dir: Path | None = None, profile: bool = False, save_weights: Path | None = None,
+              weights: Path | None = None) -> dict:
+    """The warm timing on ``weights`` (else random models); ``save_weights``: also write the models
+    there (diffusers layout) for the cold run."""
     from sv_engine.stablevideo.model_source import load_components
     from sv_engine.stablevideo.pipeline import StableVideoPipeline
 
     precision = "fp16" if device.type == "cuda" else "fp32"
     t0 = time.perf_counter()
-    components = load_components(device, tiny=tiny, random_full=not tiny, precision=precision)
+    if weights is not None:
+        components = load_components(device, weights=weights, precision=precision)
+    else:
+        components = load_components(device, tiny=tiny, random_full=not tiny, precision=precision)
     load_s = time.perf_counter() - t0
     unet_controlnet = accelerated_unet_controlnet(backend, components, device, tiny, precision, engine_dir)
     pipeline = StableVideoPipeline(components, device, unet_controlnet=unet_controlnet)
@@ -170,8 +175,10 @@ def cold_edit(data_dir: Path, weights: Path, tmp: Path, device: torch.device, ti
 
 def run_e2e(device: torch.device, tiny: bool, frames: int, height: int, width: int, steps: int = 20,
             strength: float = 0.8, cold: bool = True, backend: str = "torch", data_dir: Path | None = None,
-            deadline: float | None = None, engine_dir: Path | None = None, profile: bool = False) -> dict:
-    """Warm and cold whole-edit timings (each part's failure recorded, not raised)."""
+            deadline: float | None = None, engine_dir: Path | None = None, profile: bool = False,
+            weights: Path | None = None) -> dict:
+    """Warm and cold whole-edit timings (each part's failure recorded, not raised); ``weights``: the
+    user's models for both (else random ones, saved after the warm edit for the cold one)."""
     from sv_engine.benchmarks.stages import error_string
 
     result: dict = {"params": {"keyframes": 3, "steps": steps, "strength": strength, "edit_background": True,
@@ -190,7 +197,7 @@ def run_e2e(device: torch.device, tiny: bool, frames: int, height: int, width: i
             return result
         try:
             result["warm"] = warm_edit(data, device, tiny, steps, strength, backend, engine_dir, profile,
-                                       save_weights=tmp / "weights" if cold else None)
+                                       save_weights=tmp / "weights" if cold and weights is None else None, weights=weights)
         except Exception as exc:  # noqa: BLE001
             log.warning("warm edit failed: %s", error_string(exc))
             result["warm"] = {"status": "error", "error": error_string(exc)}
@@ -202,5 +209,5 @@ def run_e2e(device: torch.device, tiny: bool, frames: int, height: int, width: i
             result["cold"] = {"status": "skipped", "reason": "time budget exceeded"}
         else:
             timeout = 600.0 if deadline is None else deadline - time.monotonic()
-            result["cold"] = cold_edit(data, tmp / "weights", tmp, device, tiny, steps, strength, timeout, backend)
+            result["cold"] = cold_edit(data, weights or tmp / "weights", tmp, device, tiny, steps, strength, timeout, backend)
     return result

@@ -145,11 +145,13 @@ class BenchContext:
     """Device, sizes, options, the time budget and the lazily loaded models shared by the stages."""
 
     def __init__(self, device: torch.device, sizes: Sizes, *, tiny: bool, repeat: int, warmup: int,
+                 weights: Path | None = None,
                  backends: list[str], deadline: float | None, skip_slow_reference: bool, seed: int = 0,
                  export_dir: Path | None = None, engine_dir: Path | None = None) -> None:
         self.device = device
         self.sizes = sizes
         self.tiny = tiny
+        self.weights = weights
         self.repeat = repeat
         self.warmup = warmup
         self.backends = backends
@@ -189,7 +191,11 @@ class BenchContext:
             from sv_engine.stablevideo.models.tiny import build_random_components, build_tiny_components
 
             t0 = time.perf_counter()
-            if self.tiny:
+            if self.weights is not None:
+                from sv_engine.stablevideo.models.loaders import load_weights
+
+                self._components = load_weights(Path(self.weights))
+            elif self.tiny:
                 self._components = build_tiny_components(self.seed)
             else:
                 self._components = build_random_components(self.seed, "full", device=self.device if self.cuda else None)

@@ -310,3 +310,24 @@ def test_readme_rows_come_from_the_newest_run_that_measured_them(tmp_path):
     readme.write_text(f"{START}\n{END}\n")
     update_readme(readme, ordered)
     assert "| new0002 |" in readme.read_text()
+
+
+def test_bench_on_user_weights(tmp_path):
+    """--weights benchmarks the models in the folder (diffusers layout), not random ones."""
+    import torch
+
+    from sv_engine.stablevideo.models.loaders import save_components
+    from sv_engine.stablevideo.models.tiny import build_tiny_components
+
+    saved = build_tiny_components(5)  # a seed the bench's own random models (seed 0) do not use
+    folder = save_components(saved, tmp_path / "weights")
+    ctx = stages_mod.BenchContext(torch.device("cpu"), stages_mod.TINY, tiny=True, weights=folder, repeat=1, warmup=0,
+                                  backends=["torch"], deadline=None, skip_slow_reference=False)
+    loaded = dict(ctx.components.unet.named_parameters())
+    for name, param in saved.unet.named_parameters():
+        assert torch.equal(loaded[name].cpu(), param.detach()), name
+    result = run_bench(BenchOptions(stages="text_encoder", backends="torch", tiny=True, repeat=1, warmup=0, device="cpu", weights=folder))
+    assert result["stages"]["text_encoder"]["status"] == "ok"
+    assert result["options"]["models"] == f"weights from {folder}" and str(folder) in result["environment"]["note"]
+    with pytest.raises(SvEngineError, match="does not exist"):
+        run_bench(BenchOptions(stages="warp", tiny=True, device="cpu", weights=tmp_path / "missing"))

@@ -23,7 +23,8 @@ def bench(
     profile: Annotated[bool, typer.Option("--profile", help="With --e2e: profile one more warm edit (GPU busy time, kernels by category, top kernels).")] = False,
     frames: Annotated[int | None, typer.Option("--frames", help="Clip frames (default 70; --tiny 4).")] = None,
     size: Annotated[str | None, typer.Option("--size", help="Clip WIDTHxHEIGHT (default 768x432; --tiny 64x48).")] = None,
-    tiny: Annotated[bool, typer.Option("--tiny", help="Tiny random models and sizes (CPU smoke test).")] = False,
+    tiny: Annotated[bool, typer.Option("--tiny", help="Tiny sizes, and tiny random models unless --weights (CPU smoke test).")] = False,
+    weights: Annotated[Path | None, typer.Option("--weights", help="Benchmark these models (diffusers folder layout, see README: weight formats) instead of random ones.")] = None,
     repeat: Annotated[int | None, typer.Option("--repeat", help="Timed repeats per implementation (default 20 GPU / 3 CPU).")] = None,
     warmup: Annotated[int | None, typer.Option("--warmup", help="Untimed warm-up calls (default 3 GPU / 1 CPU).")] = None,
     json_path: Annotated[Path | None, typer.Option("--json", help="Write the JSON result here.")] = None,
@@ -38,7 +39,7 @@ def bench(
 
     result = run_bench(BenchOptions(
         stages=stages, backends=backends, e2e=e2e, e2e_cold=not no_cold, e2e_backend=e2e_backend, e2e_steps=e2e_steps,
-        e2e_data=e2e_data, profile=profile, frames=frames, size=size, tiny=tiny, repeat=repeat, warmup=warmup, device=device,
+        e2e_data=e2e_data, profile=profile, frames=frames, size=size, tiny=tiny, weights=weights, repeat=repeat, warmup=warmup, device=device,
         json_path=json_path, save_result=save_result, time_budget=time_budget, skip_slow_reference=skip_slow_reference,
         seed=seed,
     ))
