@@ -22,8 +22,10 @@ are simply left to the other workers.
 Known cost on CUDA (H100 log of run 26909ec): each change of a session's input shape costs ~5 s in
 its next run (cuDNN algorithm search with ``EXHAUSTIVE``; only the last shape's plan is kept), and
 the exported attention is not fused (MatMul-Softmax-MatMul), so ORT's whole edit loses to eager
-torch. Next steps: ``cudnn_conv_algo_search="HEURISTIC"`` and ORT's transformer optimizer
-(MultiHeadAttention / GroupNorm fusions) on the UNet graph.
+torch. Next steps: ``cudnn_conv_algo_search="HEURISTIC"``, and fused attention: ORT's transformer
+optimizer (``optimize_model(model_type="unet")``, MultiHeadAttention / GroupNorm fusions) does not
+take this graph yet: its attention fusion stops with a TypeError in ``get_num_heads`` (ORT 1.32,
+tiny UNet+ControlNet on CPU), as the exported Reshape's head count is not the constant it expects.
 """
 
 from __future__ import annotations
