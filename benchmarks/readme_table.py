@@ -62,10 +62,6 @@ def results_newest_first(results_dir: Path = RESULTS_DIR) -> list[Path]:
     return [c[2] for c in sorted(candidates, reverse=True)]
 
 
-def newest_result(results_dir: Path = RESULTS_DIR) -> Path:
-    return results_newest_first(results_dir)[0]
-
-
 def combine_newest(results: list[dict]) -> dict:
     """One result whose every stage (and the e2e) comes from the newest of ``results`` (newest first)
     that measured it; each carries ``run`` = that result's commit."""

@@ -209,7 +209,7 @@ def main(argv: list[str] | None = None) -> None:
         save()
         # 3. batch throughput 1 vs 2 GPUs
         if gpus >= 2:
-            batch = {}
+            batch = report["batch"] = {}
             for n in (1, 2):
                 pool = WorkerPool(model, num_workers=n)
                 pool.wait_ready()
@@ -217,10 +217,8 @@ def main(argv: list[str] | None = None) -> None:
                 _, inner, total = _run_jobs(pool, args, data_dir, scratch / f"batch{n}", args.batch, sequential=False, offset=100)
                 batch[f"{n}_gpu"] = {"edits": args.batch, "wall_s": round(total, 3), "edits_per_min": round(60 * args.batch / total, 2), "worker_edit": _stats(inner)}
                 pool.shutdown()
-                report["batch"] = batch
                 save()
             batch["scaling"] = round(batch["2_gpu"]["edits_per_min"] / batch["1_gpu"]["edits_per_min"], 2)
-            report["batch"] = batch
             log.info("batch: %s", batch)
         else:
             report["batch"] = {"skipped": f"{gpus} GPU(s): the 1-vs-2-GPU batch needs 2"}

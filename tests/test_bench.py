@@ -11,7 +11,7 @@ import pytest
 from sv_engine.benchmarks import bench as bench_mod
 from sv_engine.benchmarks import stages as stages_mod
 from sv_engine.benchmarks.bench import BenchOptions, run_bench
-from sv_engine.benchmarks.readme_table import END, START, newest_result, render_table, replace_block, update_readme
+from sv_engine.benchmarks.readme_table import END, START, render_table, replace_block, results_newest_first, update_readme
 from sv_engine.benchmarks.timing import RANDOM_WEIGHTS_NOTE, result_filename, summarize
 from sv_engine.errors import SvEngineError
 
@@ -159,13 +159,13 @@ def test_readme_block_replaced_and_rest_kept(tmp_path):
     older["environment"].update(date="2026-01-01", datetime="2026-01-01T00:00:00+00:00", git_commit="old0001")
     (results / "a-old.json").write_text(json.dumps(older))
     (results / "b-new.json").write_text(json.dumps(SAMPLE))
-    assert newest_result(results).name == "b-new.json"
-    update_readme(readme, newest_result(results))
+    assert results_newest_first(results)[0].name == "b-new.json"
+    update_readme(readme, results_newest_first(results)[0])
     text = readme.read_text()
     assert text.startswith(before + START + "\n") and text.endswith(END + after)
     assert "old table" not in text and "abc1234" in text and "old0001" not in text
     # Idempotent: a second run gives the same file.
-    update_readme(readme, newest_result(results))
+    update_readme(readme, results_newest_first(results)[0])
     assert readme.read_text() == text
     with pytest.raises(SvEngineError, match="bench-table"):
         replace_block("no markers here", "x")
@@ -288,7 +288,7 @@ def test_merge_lanes_of_one_device_run(tiny_result, tmp_path):
 
 
 def test_readme_rows_come_from_the_newest_run_that_measured_them(tmp_path):
-    from sv_engine.benchmarks.readme_table import combine_newest, results_newest_first
+    from sv_engine.benchmarks.readme_table import combine_newest
 
     newer = json.loads(json.dumps(SAMPLE))
     newer["environment"].update(date="2099-01-01", datetime="2099-01-01T00:00:00+00:00", git_commit="new0002")
