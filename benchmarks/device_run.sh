@@ -17,10 +17,16 @@ case ${1:?phase: models, e2e or service} in
   models)  # model stages on every backend, split over the two GPUs (torch.compile: ~94 s per UNet shape)
     lane 0 bench-models python3 -m sv_engine.benchmarks.bench --stages text_encoder,unet_step,vae_encode,vae_decode \
       --backends torch,torch-compile,ort --repeat 10 --json "$OUT/bench-models.json" &
-    lane 1 bench-models-wide python3 -m sv_engine.benchmarks.bench --stages unet_step_wide,depth \
-      --backends torch,torch-compile,ort --repeat 10 --json "$OUT/bench-models-wide.json" &
+    (  # GPU 1: the wide step and depth, then the whole edit warm + cold (the CLI on saved weights), then the GPU tests
+      lane 1 bench-models-wide python3 -m sv_engine.benchmarks.bench --stages unet_step_wide,depth \
+        --backends torch,torch-compile,ort --repeat 10 --json "$OUT/bench-models-wide.json"
+      LANE_TIMEOUT=200 lane 1 bench-e2e python3 -m sv_engine.benchmarks.bench --stages nla_maps --backends torch --e2e \
+        --json "$OUT/bench-e2e.json"
+      LANE_TIMEOUT=90 lane 1 pytest-gpu python3 -m pytest -q -m gpu tests
+    ) &
     wait
-    python3 -m sv_engine.benchmarks.bench --merge "$OUT/bench-models.json" "$OUT/bench-models-wide.json" --json "$OUT/bench-merged.json" | tail -n 30 ;;
+    python3 -m sv_engine.benchmarks.bench --merge "$OUT"/bench-models.json "$OUT"/bench-models-wide.json "$OUT"/bench-e2e.json \
+      --json "$OUT/bench-merged.json" | tail -n 30 ;;
   rest)  # the other stages + whole edit warm/cold with a profile (run 26909ec has them)
     lane 0 bench-rest python3 -m sv_engine.benchmarks.bench --stages nla_maps,kernels,aggregation,video_encode \
       --backends torch,ort --e2e --profile --json "$OUT/bench-rest.json" ;;
@@ -32,5 +38,5 @@ case ${1:?phase: models, e2e or service} in
     wait ;;
   service)  # warm Ray service vs a fresh process per edit, and 8 edits on 1 vs 2 GPUs
     LANE_TIMEOUT=570 lane 0,1 service python3 -m sv_engine.benchmarks.service_bench --out "$OUT/service.json" --random-full \
-      --precision fp16 --backend torch --edits 2 --fresh 1 --batch 8 ;;
+      --precision fp16 --backend torch --edits 2 --fresh 0 --batch 8 ;;  # fresh process per edit: run 26909ec
 esac
