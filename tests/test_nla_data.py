@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import threading
 from pathlib import Path
 
 import pytest
@@ -98,3 +99,37 @@ def test_maps_cache_is_keyed_by_checkpoint(random_data_dir: Path, isolated_cache
     changed = load_or_compute_maps(load_video_data(random_data_dir))
     assert len(list((isolated_cache / "maps").glob("*.pt"))) == 2
     assert not torch.allclose(changed.fg_uv, first.fg_uv)
+
+
+def test_maps_cache_survives_concurrent_writers(random_data_dir: Path, isolated_cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two writers of one cache entry (the GPUs of a batch open the same clip) both finish, and the
+    entry is whole. The barrier holds both between writing and renaming: with one shared temporary
+    name, the second rename found its file already moved (seen on the H100 run e6a5af2)."""
+    barrier = threading.Barrier(2, timeout=30)
+    real_save = torch.save
+
+    def save_then_wait(obj, f, *args, **kwargs):
+        real_save(obj, f, *args, **kwargs)
+        barrier.wait()
+
+    monkeypatch.setattr(torch, "save", save_then_wait)
+    results: list = []
+    errors: list = []
+
+    def open_clip() -> None:
+        try:
+            results.append(load_or_compute_maps(load_video_data(random_data_dir)))
+        except Exception as exc:  # noqa: BLE001 - the assertion below reports it
+            errors.append(exc)
+
+    threads = [threading.Thread(target=open_clip) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert not errors, errors
+    assert len(results) == 2
+    monkeypatch.setattr(torch, "save", real_save)
+    assert [p.suffix for p in (isolated_cache / "maps").iterdir()] == [".pt"]
+    cached = load_or_compute_maps(load_video_data(random_data_dir))
+    torch.testing.assert_close(cached.fg_uv, results[0].fg_uv)
