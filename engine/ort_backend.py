@@ -11,7 +11,9 @@
 Options: ``enable_cuda_graph`` (False), ``graph_optimization`` ("all"), ``intra_op_threads`` (CUDA: 1,
 CPU: ORT's default), ``allow_spinning`` (CUDA: False, CPU: True), ``cudnn_conv_algo_search``
 ("EXHAUSTIVE"), ``save_optimized`` (write the optimised model into the cache dir),
-``provider_options`` (extra CUDA EP options).
+``provider_options`` (extra CUDA EP options), ``free_dimensions`` ({ONNX dim name: value}: fixes
+symbolic dims, which ORT's CUDA graphs need: with symbolic dims ORT keeps the shape arithmetic on the
+CPU EP and refuses to capture, as the H100 run e6a5af2 showed for the UNet+ControlNet graphs).
 
 Why one thread and no spinning on CUDA: the graph runs on the GPU, the CPU only launches kernels
 and evaluates a few shape ops. Every session otherwise owns a pool of one thread per core whose
@@ -203,6 +205,8 @@ class OrtBackend(Backend):
         so.add_session_config_entry("session.intra_op.allow_spinning", spinning)
         so.add_session_config_entry("session.inter_op.allow_spinning", spinning)
         so.log_severity_level = 3
+        for dim, value in self.options.get("free_dimensions", {}).items():
+            so.add_free_dimension_override_by_name(dim, int(value))
         if self.options.get("save_optimized") and self.cache_dir is not None:
             self.cache_dir.mkdir(parents=True, exist_ok=True)
             so.optimized_model_filepath = str(self.cache_dir / f"{source.name}.{self.device.type}.ort.onnx")
@@ -233,6 +237,12 @@ class OrtBackend(Backend):
             session = ort.InferenceSession(str(path), sess_options=self.session_options(source),
                                            providers=self.providers(source))
         except Exception as exc:  # noqa: BLE001 - ORT raises its own exception types
+            if self.options.get("enable_cuda_graph") and "graph capture" in str(exc):
+                raise SvEngineError(
+                    f"ONNX Runtime cannot capture a CUDA graph of {source.name}: some of its nodes run on the CPU "
+                    "(the shape arithmetic of symbolic dimensions).",
+                    "Fix every symbolic dimension with the free_dimensions option ({ONNX dim name: value}), "
+                    "or drop enable_cuda_graph.") from exc
             raise SvEngineError(f"ONNX Runtime could not load {path}: {exc}",
                                 "Re-export the model (`sv-engine export --force`) and check the file is complete.") from exc
         self.check_graph_io(source, [i.name for i in session.get_inputs()], [o.name for o in session.get_outputs()])

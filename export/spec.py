@@ -77,12 +77,17 @@ def _fp32_forward(norm: nn.Module):
     return types.MethodType(forward, norm)
 
 
-def prepare_for_precision(module: nn.Module, precision: str) -> nn.Module:
+def prepare_for_precision(module: nn.Module, precision: str, fused_attention: bool = False) -> nn.Module:
     """A copy of ``module`` in ``precision`` with fp16 overflow guards.
 
     fp16: weights in half, but GroupNorm/LayerNorm compute in fp32 (variance of large activations
     overflows 65504), and diffusers attention computes QKᵀ and softmax in fp32 (``upcast_attention``
     / ``upcast_softmax`` with the classic processor) — the two places SD 1.5 overflows in fp16.
+    ``fused_attention=True`` keeps diffusers' fused processor (``scaled_dot_product_attention``) for
+    modules that torch runs: its kernels accumulate QKᵀ and softmax in fp32 internally, so the guard
+    is built in, while the classic processor materialises every fp32 score matrix (on the H100 it made
+    attention 6× and the GEMMs 6.5× slower over a whole edit, run e6a5af2). Exported graphs keep the
+    classic form: the ONNX decomposition of SDPA runs its softmax in fp16.
     """
     if precision not in PRECISIONS:
         raise SvEngineError(f"Unknown precision {precision!r}.", f"Use one of {PRECISIONS}.")
@@ -97,7 +102,7 @@ def prepare_for_precision(module: nn.Module, precision: str) -> nn.Module:
         if isinstance(sub, (nn.GroupNorm, nn.LayerNorm)):
             sub.float()
             sub.forward = _fp32_forward(sub)
-        elif Attention is not None and isinstance(sub, Attention):
+        elif Attention is not None and isinstance(sub, Attention) and not fused_attention:
             sub.upcast_attention = True
             sub.upcast_softmax = True
             sub.set_processor(AttnProcessor())
@@ -132,7 +137,7 @@ class ExportSpec(ABC):
         self.precision = precision
         self.shapes = shapes
         self.device = torch.device(device)
-        self._module: nn.Module | None = None
+        self._modules: dict[bool, nn.Module] = {}  # by fused_attention
 
     # ---- to implement ---------------------------------------------------------------------------
     @abstractmethod
@@ -176,13 +181,15 @@ class ExportSpec(ABC):
     def output_dtypes(self) -> dict[str, torch.dtype]:
         return {n: self.dtype for n in self.output_names()}
 
-    def torch_module(self) -> nn.Module:
-        """The module in :attr:`precision` on :attr:`device` (fp16: a guarded copy), in eval mode."""
-        if self._module is None:
+    def torch_module(self, fused_attention: bool = False) -> nn.Module:
+        """The module in :attr:`precision` on :attr:`device` (fp16: a guarded copy), in eval mode: the
+        export form, or with ``fused_attention`` the form the torch backends run (see
+        :func:`prepare_for_precision`)."""
+        if fused_attention not in self._modules:
             module = self.build_module().eval()
             module.requires_grad_(False)
-            self._module = prepare_for_precision(module, self.precision).to(self.device).eval()
-        return self._module
+            self._modules[fused_attention] = prepare_for_precision(module, self.precision, fused_attention).to(self.device).eval()
+        return self._modules[fused_attention]
 
     def dynamic_axes(self) -> dict[str, dict[int, str]]:
         """``torch.onnx.export`` dynamic axes for inputs and outputs (symbolic dims only)."""
@@ -192,6 +199,11 @@ class ExportSpec(ABC):
             if dyn:
                 axes[name] = dyn
         return axes
+
+    def onnx_dim_values(self, symbols: dict[str, int]) -> dict[str, int]:
+        """Each symbolic ONNX dim name of the inputs at these symbol values (ORT's ``free_dimensions``)."""
+        return {dim: eval_dim(expr, symbols) for shape in self.input_shapes().values() for expr in shape
+                if isinstance(expr, str) for dim in [axis_name(expr)]}
 
     def concrete_shape(self, name: str, symbols: dict[str, int]) -> tuple[int, ...]:
         shapes = {**self.input_shapes(), **self.output_shapes()}
@@ -239,7 +251,7 @@ class ExportSpec(ABC):
             input_names=self.input_names(),
             output_names=self.output_names(),
             onnx_path=onnx_path,
-            module=self.torch_module() if with_module else None,
+            module=self.torch_module(fused_attention=True) if with_module else None,
             input_shapes=self.input_shapes(),
             output_shapes=self.output_shapes(),
             input_dtypes={n: dtype_name(d) for n, d in self.input_dtypes().items()},

@@ -331,3 +331,16 @@ def test_bench_on_user_weights(tmp_path):
     assert result["options"]["models"] == f"weights from {folder}" and str(folder) in result["environment"]["note"]
     with pytest.raises(SvEngineError, match="does not exist"):
         run_bench(BenchOptions(stages="warp", tiny=True, device="cpu", weights=tmp_path / "missing"))
+
+
+def test_e2e_parity_never_compares_against_a_stand_in(tmp_path):
+    """The first variant is the PSNR reference; when it fails, the others are not compared with
+    whichever variant happened to succeed next (run e6a5af2 labelled such a PSNR "vs torch")."""
+    from sv_engine.benchmarks.e2e_parity import main
+
+    out = tmp_path / "e2e.json"
+    main(["--out", str(out), "--tiny", "--frames", "4", "--size", "64x48", "--steps", "2", "--backends", "no-such-backend,torch"])
+    result = json.loads(out.read_text())
+    assert result["psnr_reference"] == "no-such-backend"
+    assert result["backends"]["no-such-backend"]["status"] == "error"
+    assert result["backends"]["torch"]["status"] == "ok" and result["backends"]["torch"]["psnr_db"] is None

@@ -212,3 +212,35 @@ def test_psnr_hook():
     assert math.isclose(psnr(a, b), 10 * math.log10(255**2 / (255**2 / a.size)), rel_tol=1e-9)
     with pytest.raises(ValueError):
         psnr(a, b[:1])
+
+
+def test_ort_free_dimensions_fix_the_symbolic_dims(small):
+    """``free_dimensions`` turns the graph's symbolic dims into fixed ones (what ORT CUDA graphs need),
+    and the fixed session still gives the dynamic session's answer at that size."""
+    specs, sources = small
+    spec = specs["nla_field"]
+    (dim,) = spec.dynamic_axes()["xyt"].values()
+    assert spec.onnx_dim_values(spec.symbols("opt", N=300)) == {dim: 300}
+    fixed = get_backend("ort", device="cpu", free_dimensions={dim: 300}).compile(sources["nla_field"])
+    assert fixed.session.get_inputs()[0].shape == [300, 3]
+    dynamic = get_backend("ort", device="cpu").compile(sources["nla_field"])
+    assert dynamic.session.get_inputs()[0].shape[0] == dim
+    x = spec.sample_inputs("opt", N=300)
+    for key, ref in dynamic(**x).items():
+        torch.testing.assert_close(fixed(**x)[key], ref)
+
+
+def test_ort_cuda_graph_refusal_names_the_fix(small, monkeypatch):
+    """ORT refuses graph capture when shape ops stay on the CPU (H100 run e6a5af2): the error says why
+    and how to fix it, instead of suggesting a re-export."""
+    import onnxruntime as ort
+
+    def refuse(*args, **kwargs):
+        raise RuntimeError("This session cannot use the graph capture feature as requested by the user as all compute "
+                           "graph nodes have not been partitioned to the CUDAExecutionProvider")
+
+    monkeypatch.setattr(ort, "InferenceSession", refuse)
+    _, sources = small
+    with pytest.raises(SvEngineError) as err:
+        get_backend("ort", device="cpu", enable_cuda_graph=True).compile(sources["nla_field"])
+    assert "CUDA graph" in err.value.what and "free_dimensions" in err.value.fix

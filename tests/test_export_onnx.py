@@ -182,3 +182,30 @@ def test_unknown_model_name():
 
     with pytest.raises(SvEngineError, match="Unknown model"):
         parse_model_list("unet,unicorn")
+
+
+def test_fp16_attention_forms(bundle):
+    """Export form: classic attention with fp32 QKᵀ/softmax (the ONNX graph's softmax would run in
+    fp16). Torch-backend form: diffusers' fused SDPA processor, whose kernels accumulate in fp32; both
+    keep GroupNorm in fp32. In fp32 the two forms are the same computation."""
+    from diffusers.models.attention_processor import Attention, AttnProcessor
+
+    components, _ = bundle
+    spec = build_specs(components, None, names=["unet_controlnet_canny"], precision="fp16", shapes=TINY_SHAPES)["unet_controlnet_canny"]
+    classic, fused = spec.torch_module(), spec.torch_module(fused_attention=True)
+    assert spec.model_source().module is fused
+    attention = [m for m in classic.modules() if isinstance(m, Attention)]
+    assert attention and all(type(m.processor) is AttnProcessor and m.upcast_softmax for m in attention)
+    fused_attention = [m for m in fused.modules() if isinstance(m, Attention)]
+    assert fused_attention and all(type(m.processor) is not AttnProcessor and not m.upcast_softmax for m in fused_attention)
+    assert all(m.weight.dtype == torch.float32 for m in fused.modules() if isinstance(m, torch.nn.GroupNorm))
+
+    spec32 = build_specs(components, None, names=["unet_controlnet_canny"], precision="fp32", shapes=TINY_SHAPES)["unet_controlnet_canny"]
+    inputs = spec32.sample_inputs("opt")
+    with torch.inference_mode():
+        ref = spec32.torch_module()(*[inputs[n] for n in spec32.input_names()])[0]
+        half = {n: t.to(spec.input_dtypes()[n]) for n, t in inputs.items()}
+        for module in (classic, fused):
+            out = module(*[half[n] for n in spec.input_names()])[0]
+            m = compare(ref, out)
+            assert m["finite"] and m["cosine"] >= FP16_MIN_COSINE, m
