@@ -108,8 +108,6 @@ def run(args: argparse.Namespace) -> dict:
                          first_edit_seconds_per_stage=first.timings, overlapped_background=warm.overlapped_background)
             if device.type == "cuda":
                 entry["peak_mem_gb"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
-            if args.profile:
-                entry["profile"] = profile_call(lambda: pipeline.edit(data, params), device)
             if index == 0:
                 reference = warm.frames
             elif reference is not None:
@@ -117,6 +115,10 @@ def run(args: argparse.Namespace) -> dict:
                 entry.update(psnr_db=round(value, 2), psnr_bar_db=PSNR_MIN_DB[precision], psnr_ok=value >= PSNR_MIN_DB[precision])
             else:
                 entry["psnr_db"] = None  # the reference variant failed
+            if args.profile:
+                result["backends"][variant] = entry
+                save()  # a profile cut off by a time limit keeps the timing and PSNR
+                entry["profile"] = profile_call(lambda: pipeline.edit(data, params), device)
             del pipeline, first, warm
         except Exception as exc:  # noqa: BLE001 - record and go on with the next backend
             entry.update(status="error", error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc()[-2500:])
