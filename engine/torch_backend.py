@@ -101,6 +101,6 @@ class TorchBackend(Backend):
         if self.options.get("cuda_graph"):
             if self.device.type != "cuda":
                 raise SvEngineError(f"CUDA graphs need a CUDA device; {source.name!r} is on {self.device}.",
-                                    "drop the cuda_graph option on the CPU, or run on a GPU (--device cuda).")
+                                    "run on a GPU (--device cuda), or drop the CUDA-graph option (--cuda-graphs) on the CPU.")
             return CudaGraphModel(source, self.device, self._prepare(source))
         return TorchModel(source, self.device, self._prepare(source))

@@ -30,6 +30,10 @@ def run_cli(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, *
         (["edit", "{data}", "--fg-prompt", "a", "--bg-prompt", "b", "--tiny", "--device", "tpu", "--out", "{tmp}/o.mp4"], "Unknown device"),
         (["edit", "{data}", "--fg-prompt", "a", "--bg-prompt", "b", "--out", "{tmp}/o.mp4"], "No model weights given"),
         (["edit", "{data}", "--fg-prompt", "a", "--bg-prompt", "b", "--tiny", "--strength", "1.5", "--out", "{tmp}/o.mp4"], "strength"),
+        (["edit", "{data}", "--fg-prompt", "a", "--bg-prompt", "b", "--tiny", "--backend", "ort", "--cuda-graphs", "--out", "{tmp}/o.mp4"],
+         "option of the torch backend"),
+        (["edit", "{data}", "--fg-prompt", "a", "--bg-prompt", "b", "--tiny", "--device", "cpu", "--cuda-graphs", "--out", "{tmp}/o.mp4"],
+         "CUDA graphs need a CUDA device"),
     ],
 )
 def test_bad_input_is_one_clear_error(monkeypatch, caplog, tmp_path: Path, random_data_dir: Path, args: list[str], message: str) -> None:

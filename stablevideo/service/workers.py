@@ -49,21 +49,9 @@ class ModelConfig:
 def accelerate(components, cfg: ModelConfig, device):
     """Compiles the heavy models on ``cfg.backend`` (as ``sv-engine edit --backend``): the
     :class:`AcceleratedModels` whose callables the pipeline takes (none for torch)."""
-    from sv_engine.export.runtime import accelerate as compile_models
-    from sv_engine.export.spec import DEFAULT_SHAPES, ShapeRange
+    from sv_engine.export.runtime import accelerate_for_edit
 
-    backend = cfg.backend
-    if backend == "auto":
-        if device.type == "cuda":
-            from sv_engine.engine.backend import default_backend
-
-            backend = default_backend(device)
-        else:
-            backend = "torch"
-    backend = backend.replace("-", "_")
-    # Tiny models run at small sizes on CPU; the production profile starts at SD's 512 px.
-    shapes = ShapeRange(height=(64, 256, 1024), width=(64, 256, 1536), multiple=64) if cfg.tiny else DEFAULT_SHAPES
-    return compile_models(components, backend, cfg.precision, device, shapes=shapes)
+    return accelerate_for_edit(components, cfg.backend, cfg.precision, device, tiny=cfg.tiny)
 
 
 class EditWorker:

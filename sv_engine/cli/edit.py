@@ -32,12 +32,14 @@ def run_edit(
     aggregation: str = "median",
     image_resolution: int = 512,
     backend: str = "auto",
+    cuda_graphs: bool = False,
     frames_dir: Path | None = None,
     force: bool = False,
 ) -> None:
     """Shared by ``edit`` and ``demo``: checks outputs first, then loads models, edits and writes."""
     from PIL import Image
 
+    from sv_engine.export.runtime import accelerate_for_edit
     from sv_engine.stablevideo.data import read_config
     from sv_engine.stablevideo.device import resolve_device
     from sv_engine.stablevideo.keyframes import parse_keyframes
@@ -57,33 +59,15 @@ def run_edit(
     params = EditParams(fg_prompt, bg_prompt, keyframes=frames, strength=strength, steps=steps, seed=seed, aggregation=aggregation, image_resolution=image_resolution)
     params.validate()
     components = load_components(torch_device, tiny=tiny, weights=weights, precision=precision)
-    accelerated = accelerate_for_cli(components, backend, precision, torch_device, tiny)
+    accelerated = accelerate_for_edit(components, backend, precision, torch_device, tiny, cuda_graphs)
     pipeline = StableVideoPipeline(components, torch_device, accelerated.unet_controlnet, accelerated.denoiser_overrides())
     result = pipeline.edit(data_dir, params)
     write_mp4(out, result.frames)
     Image.fromarray(result.preview()).save(preview)
     if frames_dir:
         write_png_frames(frames_dir, result.frames)
-    report.write_text(json.dumps({"backend": accelerated.backend, "precision": precision, "seed": result.seed, "keyframes": result.keyframes, "models": components.description, "random_weights": components.is_random, "seconds_per_stage": result.timings}, indent=2))
+    report.write_text(json.dumps({"backend": accelerated.backend, "cuda_graphs": cuda_graphs, "precision": precision, "seed": result.seed, "keyframes": result.keyframes, "models": components.description, "random_weights": components.is_random, "seconds_per_stage": result.timings}, indent=2))
     log.info("done: %s, preview %s, report %s", out, preview, report)
-
-
-def accelerate_for_cli(components, backend: str, precision: str, device, tiny: bool):
-    """Resolves ``--backend`` (auto: the fastest available on a GPU, announced; torch on CPU) and compiles."""
-    from sv_engine.engine.backend import default_backend
-    from sv_engine.export.runtime import accelerate
-    from sv_engine.export.spec import DEFAULT_SHAPES, ShapeRange
-
-    if backend == "auto":
-        if device.type == "cuda":
-            backend = default_backend(device)
-        else:
-            backend = "torch"
-        log.info("backend: %s (pass --backend to choose)", backend)
-    backend = backend.replace("-", "_")
-    # Tiny models run the CPU demo at small sizes; the production profile starts at SD's 512 px.
-    shapes = ShapeRange(height=(64, 256, 1024), width=(64, 256, 1536), multiple=64) if tiny else DEFAULT_SHAPES
-    return accelerate(components, backend, precision, device, shapes=shapes)
 
 
 @app.command("edit")
@@ -101,10 +85,11 @@ def edit(
     aggregation: Annotated[str, typer.Option(help="median or net (train the aggregation network).")] = "median",
     image_resolution: Annotated[int, typer.Option(help="Short side of the diffusion images (multiple of 64).")] = 512,
     backend: Annotated[str, typer.Option(help="torch, torch-compile, ort or trt (auto: fastest available on GPU, torch on CPU).")] = "auto",
+    cuda_graphs: Annotated[bool, typer.Option("--cuda-graphs", help="torch on a GPU: replay the UNet+ControlNet steps from CUDA graphs (faster, more GPU memory).")] = False,
     out: Annotated[Path, typer.Option("--out", help="Output mp4; a _preview.png and _report.json are written beside it.")] = Path("edit.mp4"),
     frames_dir: Annotated[Path | None, typer.Option("--frames-dir", help="Also write PNG frames here.")] = None,
     device: Device = "auto",
     force: Force = False,
 ) -> None:
     """Edit a video: foreground keyframes with canny ControlNet propagated through the atlas, background with depth ControlNet."""
-    run_edit(data_dir, fg_prompt, bg_prompt, out, keyframes=keyframes, strength=strength, steps=steps, seed=seed, weights=weights, tiny=tiny, device=device, precision=precision, aggregation=aggregation, image_resolution=image_resolution, backend=backend, frames_dir=frames_dir, force=force)
+    run_edit(data_dir, fg_prompt, bg_prompt, out, keyframes=keyframes, strength=strength, steps=steps, seed=seed, weights=weights, tiny=tiny, device=device, precision=precision, aggregation=aggregation, image_resolution=image_resolution, backend=backend, cuda_graphs=cuda_graphs, frames_dir=frames_dir, force=force)
