@@ -56,7 +56,7 @@ RESULTS_DIR = Path(__file__).resolve().parent / "results"
 @dataclasses.dataclass
 class BenchOptions:
     stages: str | list[str] = "all"
-    backends: str | list[str] = "torch,torch-compile,ort,trt"
+    backends: str | list[str] = "torch,torch-cuda-graph,torch-compile,ort,trt"
     e2e: bool = False
     e2e_cold: bool = True
     e2e_backend: str = "torch"
@@ -398,10 +398,10 @@ def print_report(result: dict, console=None) -> None:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m sv_engine.benchmarks.bench", description=__doc__.splitlines()[0])
     p.add_argument("--stages", default="all", help="all, or a comma list of stages/groups (unet, vae, aggregation, kernels, models)")
-    p.add_argument("--backends", default="torch,torch-compile,ort,trt", help="comma list of torch,torch-compile,ort,trt")
+    p.add_argument("--backends", default="torch,torch-cuda-graph,torch-compile,ort,trt", help="comma list of torch,torch-cuda-graph,torch-compile,ort,trt")
     p.add_argument("--e2e", action="store_true", help="also time a whole edit (warm and cold)")
     p.add_argument("--no-cold", dest="e2e_cold", action="store_false", help="with --e2e: skip the cold subprocess edit")
-    p.add_argument("--e2e-backend", default="torch", help="UNet+ControlNet backend of the e2e edit")
+    p.add_argument("--e2e-backend", default="torch", help="UNet+ControlNet backend of the e2e edit (torch, torch-cuda-graph, torch-compile, ort, trt)")
     p.add_argument("--e2e-steps", type=int, default=20)
     p.add_argument("--e2e-data", type=Path, default=None, help="data folder for the e2e edit (default: synthesised / demo clip)")
     p.add_argument("--profile", action="store_true", help="with --e2e: profile one more warm edit (kernel time by category, top kernels)")

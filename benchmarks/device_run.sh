@@ -16,10 +16,10 @@ lane() {  # lane GPU NAME COMMAND...
 case ${1:?phase: models, e2e or service} in
   models)  # model stages on every backend, split over the two GPUs (torch.compile: ~94 s per UNet shape)
     lane 0 bench-models python3 -m sv_engine.benchmarks.bench --stages text_encoder,unet_step,vae_encode,vae_decode \
-      --backends torch,torch-compile,ort --repeat 10 --json "$OUT/bench-models.json" &
+      --backends torch,torch-cuda-graph,torch-compile,ort --repeat 10 --json "$OUT/bench-models.json" &
     (  # GPU 1: the wide step and depth, then the whole edit warm + cold (the CLI on saved weights), then the GPU tests
       lane 1 bench-models-wide python3 -m sv_engine.benchmarks.bench --stages unet_step_wide,depth \
-        --backends torch,torch-compile,ort --repeat 10 --json "$OUT/bench-models-wide.json"
+        --backends torch,torch-cuda-graph,torch-compile,ort --repeat 10 --json "$OUT/bench-models-wide.json"
       LANE_TIMEOUT=200 lane 1 bench-e2e python3 -m sv_engine.benchmarks.bench --stages nla_maps --backends torch --e2e \
         --json "$OUT/bench-e2e.json"
       LANE_TIMEOUT=90 lane 1 pytest-gpu python3 -m pytest -q -m gpu tests
@@ -32,9 +32,9 @@ case ${1:?phase: models, e2e or service} in
       --backends torch,ort --e2e --profile --json "$OUT/bench-rest.json" ;;
   e2e)  # whole edit per backend vs eager torch (PSNR, per-stage seconds, profile)
     lane 0 e2e-graphs python3 -m sv_engine.benchmarks.e2e_parity --out "$OUT/e2e-graphs.json" --profile --budget-s 480 \
-      --backends torch,torch:cuda_graph=1,torch-compile &
+      --backends torch,torch-compile &
     lane 1 e2e-ort python3 -m sv_engine.benchmarks.e2e_parity --out "$OUT/e2e-ort.json" --profile --budget-s 480 \
-      --backends torch,ort,ort:cudnn_conv_algo_search=HEURISTIC &
+      --backends torch,torch:cuda_graph=1,ort:cudnn_conv_algo_search=HEURISTIC &
     wait ;;
   service)  # warm Ray service vs a fresh process per edit, and 8 edits on 1 vs 2 GPUs
     LANE_TIMEOUT=570 lane 0,1 service python3 -m sv_engine.benchmarks.service_bench --out "$OUT/service.json" --random-full \

@@ -62,13 +62,16 @@ def pick_data_dir(tmp: Path, tiny: bool, frames: int, height: int, width: int, d
 
 def accelerated_unet_controlnet(backend: str, components, device: torch.device, tiny: bool, precision: str,
                                 engine_dir: Path | None = None) -> dict | None:
-    """The pipeline's ``unet_controlnet`` callables on ``backend`` (sv_engine.export.runtime); None = torch."""
+    """The pipeline's ``unet_controlnet`` callables on ``backend`` (sv_engine.export.runtime); None = torch.
+    ``torch-cuda-graph`` is eager torch replayed from CUDA graphs (``sv-engine edit --cuda-graphs``)."""
     if backend in (None, "", "torch"):
         return None
     from sv_engine.export.runtime import accelerate
     from sv_engine.export.spec import DEFAULT_SHAPES, TINY_SHAPES
 
     options = {"cache_dir": engine_dir} if engine_dir is not None and backend == "trt" else {}
+    if backend == "torch-cuda-graph":
+        backend, options = "torch", {"cuda_graph": True}
     accelerated = accelerate(components, backend.replace("-", "_"), precision, device, shapes=TINY_SHAPES if tiny else DEFAULT_SHAPES,
                              models=("unet_controlnet_canny", "unet_controlnet_depth"), backend_options=options)
     return accelerated.unet_controlnet
@@ -152,8 +155,12 @@ def cold_command(data_dir: Path, weights: Path, out: Path, device: torch.device,
     return [sys.executable, "-m", "sv_engine", "edit", str(data_dir), "--weights", str(weights),
             "--fg-prompt", params.fg_prompt, "--bg-prompt", params.bg_prompt, "--steps", str(steps),
             "--strength", str(strength), "--seed", str(params.seed), "--image-resolution", str(params.image_resolution),
-            "--precision", "fp16" if device.type == "cuda" else "fp32", "--backend", backend,
+            "--precision", "fp16" if device.type == "cuda" else "fp32", *_backend_flags(backend),
             "--device", device.type, "--out", str(out), "--force"]
+
+
+def _backend_flags(backend: str) -> list[str]:
+    return ["--backend", "torch", "--cuda-graphs"] if backend == "torch-cuda-graph" else ["--backend", backend]
 
 
 def cold_edit(data_dir: Path, weights: Path, tmp: Path, device: torch.device, tiny: bool, steps: int, strength: float,

@@ -68,7 +68,8 @@ def _spec(args, data_dir: Path, i: int):
 def _model(args):
     from sv_engine.stablevideo.service.workers import ModelConfig
 
-    return ModelConfig(tiny=args.tiny, random_full=args.random_full, weights=args.weights, precision=args.precision, backend=args.backend)
+    return ModelConfig(tiny=args.tiny, random_full=args.random_full, weights=args.weights, precision=args.precision, backend=args.backend,
+                       cuda_graphs=args.cuda_graphs)
 
 
 def _run_jobs(pool, args, data_dir: Path, out_root: Path, n: int, sequential: bool, offset: int = 0) -> tuple[list[float], list[float], float]:
@@ -113,6 +114,8 @@ def _fresh(args, data_dir: Path, scratch: Path, i: int) -> tuple[float, list[str
         cmd += ["--tiny"] if args.tiny else ["--weights", args.weights]
         if args.keyframes:
             cmd += ["--keyframes", args.keyframes]
+    if args.cuda_graphs:
+        cmd += ["--cuda-graphs"]  # both commands take it
     t0 = time.perf_counter()
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL if not args.verbose else None)
     return time.perf_counter() - t0, cmd
@@ -155,6 +158,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--keyframes", help="Comma-separated keyframes (default: the pipeline's).")
     p.add_argument("--precision", default="fp32")
     p.add_argument("--backend", default="auto", help="auto, torch, torch-compile, ort or trt (same for warm and fresh runs).")
+    p.add_argument("--cuda-graphs", action="store_true", help="torch: UNet+ControlNet steps replayed from CUDA graphs (as `edit --cuda-graphs`).")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--verbose", action="store_true")
     p.add_argument("--single-edit", help=argparse.SUPPRESS)

@@ -7,8 +7,9 @@ where ``backends`` maps an implementation name to its timing (:func:`~.timing.ti
 scipy ``griddata`` on the CPU, ``F.grid_sample``); the other columns get a ``speedup`` against it.
 
 Model stages (text encoder, UNet+ControlNet CFG step, VAE, depth) run the export specs' modules:
-``reference`` = eager fp32 torch, ``torch-fp16`` = eager fp16 torch (GPU), ``torch-compile``,
-``ort`` and ``trt`` (ONNX exported once into a cache folder, compiled by ``sv_engine.engine``).
+``reference`` = eager fp32 torch, ``torch-fp16`` = eager fp16 torch (GPU), ``torch-cuda-graph`` = the
+same replayed from a CUDA graph (GPU), ``torch-compile``, ``ort`` and ``trt`` (ONNX exported once into
+a cache folder, compiled by ``sv_engine.engine``).
 """
 
 from __future__ import annotations
@@ -38,7 +39,10 @@ log = logging.getLogger(__name__)
 #: Which column a stage's speed-ups are measured against (first one that ran).
 REFERENCE_ORDER = ("reference", "scipy", "torch")
 #: Engine backends a user can ask for (``--backends``); "torch" means eager fp16 on the GPU.
-MODEL_BACKENDS = ("torch", "torch-compile", "ort", "trt")
+MODEL_BACKENDS = ("torch", "torch-cuda-graph", "torch-compile", "ort", "trt")
+#: Eager fp16 columns that need a GPU (the CPU's eager column is the fp32 reference).
+_EAGER_GPU = {"torch": "eager fp16 needs a CUDA GPU (the fp32 reference is the CPU's eager torch)",
+              "torch-cuda-graph": "CUDA graphs need a CUDA GPU"}
 _ENGINE_NAME = {"torch-compile": "torch_compile", "ort": "ort", "trt": "trt"}
 
 
@@ -247,6 +251,8 @@ class BenchContext:
         t0 = time.perf_counter()
         if backend in ("reference", "torch-fp16"):
             model = get_backend("torch", self.device).compile(spec.model_source())
+        elif backend == "torch-cuda-graph":
+            model = get_backend("torch", self.device, cuda_graph=True).compile(spec.model_source())
         elif backend == "torch-compile":
             model = get_backend("torch_compile", self.device).compile(spec.model_source())
         else:
@@ -290,8 +296,8 @@ def skipped(reason: str) -> dict:
 
 
 def _backend_unavailable(ctx: BenchContext, backend: str) -> str | None:
-    if backend == "torch":
-        return None if ctx.cuda else "eager fp16 needs a CUDA GPU (the fp32 reference is the CPU's eager torch)"
+    if backend in _EAGER_GPU:
+        return None if ctx.cuda else _EAGER_GPU[backend]
     from sv_engine.engine.backend import backend_class
 
     try:
@@ -342,7 +348,7 @@ def model_stage(ctx: BenchContext, spec_name: str, symbols: dict[str, int], desc
         if reason:
             results[name] = skipped(reason)
             continue
-        run_variant(ctx, results, name, variant(name, "fp16" if backend == "torch" else ctx.fast_precision))
+        run_variant(ctx, results, name, variant(name, "fp16" if backend in _EAGER_GPU else ctx.fast_precision))
     spec = ctx.spec(spec_name, "fp32")
     shape = {n: list(spec.concrete_shape(n, spec.symbols("opt", **symbols))) for n in spec.input_names()}
     return {"description": description, "shape": shape, "backends": results}
@@ -415,8 +421,8 @@ def stage_nla_maps(ctx: BenchContext) -> dict:
         else:
             results[name] = skipped("autocast variants are timed on a GPU only")
     for backend in ctx.backends:
-        if backend == "torch":
-            continue  # eager fp16 = the autocast variants above
+        if backend in _EAGER_GPU:
+            continue  # eager fp16 = the autocast variants above; the field's chunks leave nothing for a graph to save
         reason = _backend_unavailable(ctx, backend)
         if reason:
             results[backend] = skipped(reason)

@@ -76,6 +76,15 @@ def test_load_jobs_validates_each_job(tmp_path: Path) -> None:
         load_jobs(tmp_path / "bad.yaml")
 
 
+def test_worker_model_config_is_checked_before_any_worker_starts() -> None:
+    """A bad model choice stops the batch/service with one clear error, not a failing Ray actor."""
+    with pytest.raises(SvEngineError, match="option of the torch backend"):
+        ModelConfig(tiny=True, backend="ort", cuda_graphs=True).check()
+    with pytest.raises(SvEngineError, match="not available to the render service"):
+        ModelConfig(tiny=True, backend="tensorflow").check()
+    ModelConfig(tiny=True, cuda_graphs=True).check()  # auto resolves to torch with CUDA graphs
+
+
 def test_batch_runs_records_failures_and_resumes(tmp_path: Path, pool: WorkerPool) -> None:
     make_clip(tmp_path / "data" / "clip-a", seed=0)
     make_clip(tmp_path / "data" / "clip-b", seed=1)

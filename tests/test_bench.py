@@ -181,6 +181,8 @@ def test_e2e_cold_command_and_tiny_params():
     flags = dict(zip(cmd[5::2], cmd[6::2]))
     assert flags["--weights"] == "/w" and flags["--precision"] == "fp16" and flags["--image-resolution"] == "512"
     assert flags["--seed"] == "0" and flags["--backend"] == "torch" and cmd[-1] == "--force"
+    graphs = cold_command(Path("/data/clip"), Path("/w"), Path("/tmp/out.mp4"), torch.device("cuda"), False, 20, 0.8, "torch-cuda-graph")
+    assert graphs[graphs.index("--backend") + 1] == "torch" and "--cuda-graphs" in graphs
     params = edit_params(20, 0.8, tiny=True)
     assert (params.steps, params.strength, params.image_resolution, params.edit_background) == (20, 0.8, 64, True)
     assert edit_params(20, 0.8, tiny=False).image_resolution == 512
@@ -203,9 +205,10 @@ def test_tiny_e2e_warm_and_cold_through_the_cli(tmp_path):
 
 def test_model_stage_columns_report_accuracy_against_the_fp32_reference():
     pytest.importorskip("onnxruntime")
-    result = run_bench(BenchOptions(stages="text_encoder", backends="ort", tiny=True, repeat=1, warmup=0, device="cpu"))
+    result = run_bench(BenchOptions(stages="text_encoder", backends="ort,torch-cuda-graph", tiny=True, repeat=1, warmup=0, device="cpu"))
     columns = result["stages"]["text_encoder"]["backends"]
     assert "cosine" not in columns["reference"]
+    assert columns["torch-cuda-graph"] == {"status": "skipped", "reason": "CUDA graphs need a CUDA GPU"}
     ort = columns["ort"]
     assert ort["status"] == "ok", ort
     # fp32 ORT on the CPU vs eager fp32 torch: the engine.parity fp32 bar (1e-4 of the output scale).

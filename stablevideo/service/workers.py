@@ -36,6 +36,7 @@ class ModelConfig:
     precision: str = "fp32"
     backend: str = "auto"  # auto: the fastest available on a GPU, torch on CPU (as `sv-engine edit`)
     device: str = "auto"
+    cuda_graphs: bool = False  # torch on a GPU: UNet+ControlNet steps replayed from CUDA graphs (`edit --cuda-graphs`)
 
     def check(self) -> None:
         if sum([self.tiny, self.random_full, self.weights is not None]) != 1:
@@ -44,6 +45,9 @@ class ModelConfig:
             raise SvEngineError(f"Weights folder {self.weights} does not exist.", "pass --weights with an existing folder (see README: weight formats).")
         if self.backend not in BACKENDS:
             raise SvEngineError(f"Backend {self.backend!r} is not available to the render service yet.", f"use --backend {' or '.join(BACKENDS)}.")
+        if self.cuda_graphs and self.backend not in ("auto", "torch"):
+            raise SvEngineError(f"--cuda-graphs is an option of the torch backend, not {self.backend!r}.",
+                                "drop --cuda-graphs (torch-compile captures its own graphs), or use --backend torch.")
 
 
 def accelerate(components, cfg: ModelConfig, device):
@@ -51,7 +55,7 @@ def accelerate(components, cfg: ModelConfig, device):
     :class:`AcceleratedModels` whose callables the pipeline takes (none for torch)."""
     from sv_engine.export.runtime import accelerate_for_edit
 
-    return accelerate_for_edit(components, cfg.backend, cfg.precision, device, tiny=cfg.tiny)
+    return accelerate_for_edit(components, cfg.backend, cfg.precision, device, tiny=cfg.tiny, cuda_graphs=cfg.cuda_graphs)
 
 
 class EditWorker:

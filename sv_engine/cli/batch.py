@@ -25,6 +25,7 @@ def batch(
     random_full: Annotated[bool, typer.Option("--random-full", help="Full-size random-weight models (throughput tests).")] = False,
     precision: Annotated[str, typer.Option(help="fp32 or fp16 (GPU).")] = "fp32",
     backend: Annotated[str, typer.Option("--backend", help="torch, torch-compile, ort or trt for the heavy models (auto: fastest available on GPU, torch on CPU).")] = "auto",
+    cuda_graphs: Annotated[bool, typer.Option("--cuda-graphs", help="torch on a GPU: replay the UNet+ControlNet steps from CUDA graphs (faster, more GPU memory).")] = False,
     workers: Annotated[int | None, typer.Option("--workers", min=1, help="Warm workers (default: one per GPU, one on CPU).")] = None,
     max_retries: Annotated[int, typer.Option("--max-retries", min=0, help="Resubmissions of a job whose worker died.")] = 2,
 ) -> None:
@@ -32,7 +33,7 @@ def batch(
     from sv_engine.stablevideo.service.batch import run_batch
     from sv_engine.stablevideo.service.workers import ModelConfig
 
-    model = ModelConfig(tiny=tiny, weights=str(weights) if weights else None, random_full=random_full, precision=precision, backend=backend)
+    model = ModelConfig(tiny=tiny, weights=str(weights) if weights else None, random_full=random_full, precision=precision, backend=backend, cuda_graphs=cuda_graphs)
     summary = run_batch(jobs_file, out, model=model, data_root=data_root, ray_address=ray_address, workers=workers, max_retries=max_retries)
     typer.echo(json.dumps(summary.as_dict(), indent=2))
     if summary.failed:

@@ -14,10 +14,10 @@ from sv_engine.cli.options import Device
 @app.command("bench")
 def bench(
     stages: Annotated[str, typer.Option("--stages", help="all, or a comma list of stages/groups (unet, vae, aggregation, kernels, models).")] = "all",
-    backends: Annotated[str, typer.Option("--backends", help="Comma list of torch, torch-compile, ort, trt (unavailable ones are recorded as skipped).")] = "torch,torch-compile,ort,trt",
+    backends: Annotated[str, typer.Option("--backends", help="Comma list of torch, torch-cuda-graph, torch-compile, ort, trt (unavailable ones are recorded as skipped).")] = "torch,torch-cuda-graph,torch-compile,ort,trt",
     e2e: Annotated[bool, typer.Option("--e2e", help="Also time a whole edit: warm (second edit in-process) and cold (a fresh process).")] = False,
     no_cold: Annotated[bool, typer.Option("--no-cold", help="With --e2e: skip the cold subprocess edit.")] = False,
-    e2e_backend: Annotated[str, typer.Option("--e2e-backend", help="UNet+ControlNet backend of the e2e edit.")] = "torch",
+    e2e_backend: Annotated[str, typer.Option("--e2e-backend", help="UNet+ControlNet backend of the e2e edit: torch, torch-cuda-graph, torch-compile, ort or trt.")] = "torch",
     e2e_steps: Annotated[int, typer.Option("--e2e-steps", help="DDIM steps of the e2e edit.")] = 20,
     e2e_data: Annotated[Path | None, typer.Option("--e2e-data", help="Data folder for the e2e edit (default: synthesised, or the demo clip with --tiny).")] = None,
     profile: Annotated[bool, typer.Option("--profile", help="With --e2e: profile one more warm edit (GPU busy time, kernels by category, top kernels).")] = False,

@@ -21,6 +21,7 @@ def serve(
     data_root: Annotated[Path, typer.Option("--data-root", help="Folder holding the StableVideo data folders jobs may name.")] = Path("data"),
     out_root: Annotated[Path, typer.Option("--out-root", help="Outputs go to OUT_ROOT/<job id>/ (edit.mp4, preview.png, report.json).")] = Path("sv-jobs"),
     backend: Annotated[str, typer.Option("--backend", help="torch, torch-compile, ort or trt for the heavy models (auto: fastest available on GPU, torch on CPU).")] = "auto",
+    cuda_graphs: Annotated[bool, typer.Option("--cuda-graphs", help="torch on a GPU: replay the UNet+ControlNet steps from CUDA graphs (faster, more GPU memory).")] = False,
     weights: Annotated[Path | None, typer.Option("--weights", help="Model weights folder (see README: weight formats).")] = None,
     tiny: Annotated[bool, typer.Option("--tiny", help="Tiny random-weight models (testing without weights).")] = False,
     random_full: Annotated[bool, typer.Option("--random-full", help="Full-size random-weight models (latency tests).")] = False,
@@ -42,7 +43,7 @@ def serve(
     check_bind(host, token)
     if not data_root.expanduser().is_dir():
         raise SvEngineError(f"Data root {data_root} is not a folder.", "pass --data-root with the folder that holds your StableVideo data folders.")
-    model = ModelConfig(tiny=tiny, weights=str(weights) if weights else None, random_full=random_full, precision=precision, backend=backend)
+    model = ModelConfig(tiny=tiny, weights=str(weights) if weights else None, random_full=random_full, precision=precision, backend=backend, cuda_graphs=cuda_graphs)
     model.check()
     started = init_ray(ray_address)
     pool = WorkerPool(model, num_workers=workers)
