@@ -16,7 +16,8 @@ from pathlib import Path
 
 import torch
 
-from sv_engine.engine.backend import CompiledModel, backend_class, get_backend, load_manifest
+from sv_engine.engine.backend import CompiledModel, backend_class, default_backend, get_backend, load_manifest
+from sv_engine.errors import SvEngineError
 from sv_engine.export.onnx_export import export_onnx, write_manifest
 from sv_engine.export.registry import build_specs
 from sv_engine.export.spec import DEFAULT_SHAPES, ShapeRange
@@ -165,6 +166,13 @@ def _has_model(components: SDComponents, name: str) -> bool:
 TINY_MODEL_SHAPES = ShapeRange(height=(64, 256, 1024), width=(64, 256, 1536), multiple=64)
 
 
+def check_cuda_graphs(backend: str, cuda_graphs: bool) -> None:
+    """``--cuda-graphs`` goes with eager torch only (also checked before the service starts workers)."""
+    if cuda_graphs and backend not in ("auto", "torch"):
+        raise SvEngineError(f"--cuda-graphs is an option of the torch backend, not {backend!r}.",
+                            "drop --cuda-graphs (torch-compile captures its own graphs), or use --backend torch.")
+
+
 def accelerate_for_edit(components: SDComponents, backend: str, precision: str, device: torch.device, tiny: bool = False,
                         cuda_graphs: bool = False) -> AcceleratedModels:
     """What ``sv-engine edit --backend B [--cuda-graphs]`` and the render service's workers run.
@@ -172,16 +180,9 @@ def accelerate_for_edit(components: SDComponents, backend: str, precision: str, 
     ``auto`` is the fastest backend available on a GPU (announced) and eager torch on the CPU;
     ``cuda_graphs`` replays eager torch's UNet+ControlNet steps from per-shape CUDA graphs (1.6x
     faster warm edit on an H100, at ~4.7 GB more peak memory: run 829f95e)."""
-    from sv_engine.engine.backend import default_backend
-    from sv_engine.errors import SvEngineError
-
+    check_cuda_graphs(backend, cuda_graphs)
     if backend == "auto":
         backend = "torch" if cuda_graphs or device.type != "cuda" else default_backend(device)
         log.info("backend: %s (pass --backend to choose)", backend)
-    backend = backend.replace("-", "_")
-    if cuda_graphs and backend != "torch":
-        raise SvEngineError(f"--cuda-graphs is an option of the torch backend, not {backend!r}.",
-                            "drop --cuda-graphs (torch-compile captures its own graphs), or use --backend torch.")
-    return accelerate(components, backend, precision, device, shapes=TINY_MODEL_SHAPES if tiny else DEFAULT_SHAPES,
+    return accelerate(components, backend.replace("-", "_"), precision, device, shapes=TINY_MODEL_SHAPES if tiny else DEFAULT_SHAPES,
                       backend_options={"cuda_graph": True} if cuda_graphs else None)
-

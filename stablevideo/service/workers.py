@@ -45,9 +45,9 @@ class ModelConfig:
             raise SvEngineError(f"Weights folder {self.weights} does not exist.", "pass --weights with an existing folder (see README: weight formats).")
         if self.backend not in BACKENDS:
             raise SvEngineError(f"Backend {self.backend!r} is not available to the render service yet.", f"use --backend {' or '.join(BACKENDS)}.")
-        if self.cuda_graphs and self.backend not in ("auto", "torch"):
-            raise SvEngineError(f"--cuda-graphs is an option of the torch backend, not {self.backend!r}.",
-                                "drop --cuda-graphs (torch-compile captures its own graphs), or use --backend torch.")
+        from sv_engine.export.runtime import check_cuda_graphs
+
+        check_cuda_graphs(self.backend, self.cuda_graphs)
 
 
 def accelerate(components, cfg: ModelConfig, device):
