@@ -77,6 +77,17 @@ def _fp32_forward(norm: nn.Module):
     return types.MethodType(forward, norm)
 
 
+def _half_copy(module: nn.Module) -> nn.Module:
+    """``module`` copied in fp16, sharing the tensors that are fp16 already: the pipeline's fp16 UNet
+    is not held twice on the GPU (the two fused UNet+ControlNet specs held 4.9 GB of copies, H100 run
+    829f95e). Norm layers get tensors of their own, as they turn fp32 in the copy."""
+    norm_tensors = {id(t) for sub in module.modules() if isinstance(sub, (nn.GroupNorm, nn.LayerNorm))
+                    for t in (*sub.parameters(recurse=False), *sub.buffers(recurse=False))}
+    shared = {id(t): t for t in (*module.parameters(), *module.buffers())
+              if t.dtype == torch.float16 and id(t) not in norm_tensors}
+    return copy.deepcopy(module, shared).half()
+
+
 def prepare_for_precision(module: nn.Module, precision: str, fused_attention: bool = False) -> nn.Module:
     """A copy of ``module`` in ``precision`` with fp16 overflow guards.
 
@@ -93,7 +104,7 @@ def prepare_for_precision(module: nn.Module, precision: str, fused_attention: bo
         raise SvEngineError(f"Unknown precision {precision!r}.", f"Use one of {PRECISIONS}.")
     if precision == "fp32":
         return module.float()
-    module = copy.deepcopy(module).half()
+    module = _half_copy(module)
     try:
         from diffusers.models.attention_processor import Attention, AttnProcessor
     except ImportError:  # pragma: no cover - diffusers is a dependency

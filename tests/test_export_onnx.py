@@ -209,3 +209,27 @@ def test_fp16_attention_forms(bundle):
             out = module(*[half[n] for n in spec.input_names()])[0]
             m = compare(ref, out)
             assert m["finite"] and m["cosine"] >= FP16_MIN_COSINE, m
+
+
+def test_fp16_spec_modules_share_the_pipelines_fp16_weights():
+    """The specs' fp16 modules reuse the pipeline's fp16 tensors (no second UNet on the GPU) and leave
+    the pipeline's own modules untouched: its norms stay fp16 with their own forward."""
+    from sv_engine.stablevideo.models.tiny import build_tiny_components
+
+    components = build_tiny_components(0)
+    components.to(dtype=torch.float16)
+    spec = build_specs(components, None, names=["unet_controlnet_canny"], precision="fp16", shapes=TINY_SHAPES)["unet_controlnet_canny"]
+    module = spec.torch_module(fused_attention=True)
+    conv_in = components.unet.conv_in.weight
+    assert any(p.data_ptr() == conv_in.data_ptr() for p in module.parameters())
+    norm = next(m for m in components.unet.modules() if isinstance(m, torch.nn.GroupNorm))
+    assert norm.weight.dtype == torch.float16 and "forward" not in vars(norm)
+    copied_norms = [m for m in module.modules() if isinstance(m, torch.nn.GroupNorm)]
+    assert copied_norms and all(m.weight.dtype == torch.float32 for m in copied_norms)
+    own = {p.data_ptr() for p in components.unet.parameters()} | {p.data_ptr() for p in components.controlnet_canny.parameters()}
+    copied = sum(p.numel() for p in module.parameters() if p.data_ptr() not in own)
+    assert copied < 0.05 * sum(p.numel() for p in module.parameters())  # only the norms were copied
+    inputs = spec.sample_inputs("opt")
+    with torch.inference_mode():
+        out = module(*[inputs[n] for n in spec.input_names()])[0]
+    assert torch.isfinite(out).all()
