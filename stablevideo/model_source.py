@@ -41,7 +41,7 @@ def load_components(device: torch.device, tiny: bool = False, weights: Path | No
     else:
         from sv_engine.stablevideo.models.loaders import load_weights
 
-        components = load_weights(Path(weights))
+        components = load_weights(Path(weights), dtype=dtype)
     components.to(device=device, dtype=dtype)
     if components.depth_model is not None:
         components.depth_model.float()  # depth is estimated once per edit; fp32 avoids DPT overflow

@@ -513,7 +513,7 @@ def _find_one(root: Path, patterns: Iterable[str]) -> Path | None:
 
 
 def load_weights(path: str | os.PathLike, need: Iterable[str] = ("canny", "depth"),
-                 configs: Mapping[str, Mapping[str, Any]] | None = None) -> SDComponents:
+                 configs: Mapping[str, Mapping[str, Any]] | None = None, dtype: torch.dtype | None = None) -> SDComponents:
     """Load user weights from one path, detecting the format:
 
     * a folder in layout (a) (has ``unet/``): :func:`load_diffusers_folder`; if it has no ``dpt/`` but a
@@ -524,6 +524,8 @@ def load_weights(path: str | os.PathLike, need: Iterable[str] = ("canny", "depth
     * a single ``control_sd15_{canny,depth}*.pth`` file: that ControlNet only.
 
     ``configs``: architecture overrides for the original files (tests); default the shipped SD 1.5 configs.
+    ``dtype``: the folder layout loads straight into it (fp16 files for an fp16 edit are never widened to
+    fp32 and back); the original checkpoints load as stored.
     """
     root = Path(path)
     layout_help = ("Pass a folder in the sv-engine layout (text_encoder/, unet/, vae/, controlnet_canny/, "
@@ -541,7 +543,7 @@ def load_weights(path: str | os.PathLike, need: Iterable[str] = ("canny", "depth
     if (root / "unet").is_dir():
         need = set(need)
         midas = None if (root / "dpt").is_dir() else _find_one(root, ["dpt_hybrid-midas*.pt", "dpt_hybrid*.pt"])
-        return load_components(root, dpt_ckpt=midas, need=need)
+        return load_components(root, dpt_ckpt=midas, need=need, dtype=dtype)
     canny = _find_one(root, ["control_sd15_canny*.pth", "control_sd15_canny*.safetensors"])
     depth = _find_one(root, ["control_sd15_depth*.pth", "control_sd15_depth*.safetensors"])
     midas = _find_one(root, ["dpt_hybrid-midas*.pt", "dpt_hybrid*.pt"])
