@@ -34,7 +34,7 @@ case ${1:?phase: models, e2e or service} in
     lane 0 e2e-graphs python3 -m sv_engine.benchmarks.e2e_parity --out "$OUT/e2e-graphs.json" --profile --budget-s 480 \
       --backends torch,torch-compile &
     lane 1 e2e-ort python3 -m sv_engine.benchmarks.e2e_parity --out "$OUT/e2e-ort.json" --profile --budget-s 480 \
-      --backends torch,torch:cuda_graph=1,ort:cudnn_conv_algo_search=HEURISTIC &
+      --backends torch,torch:cuda_graph=1,torch:cuda_graph=1:channels_last=1,ort:cudnn_conv_algo_search=HEURISTIC &
     wait ;;
   service)  # warm Ray service vs a fresh process per edit, and 8 edits on 1 vs 2 GPUs
     LANE_TIMEOUT=570 lane 0,1 service python3 -m sv_engine.benchmarks.service_bench --out "$OUT/service.json" --random-full \

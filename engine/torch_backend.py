@@ -81,8 +81,11 @@ def _module_dtype(module: torch.nn.Module) -> torch.dtype | None:
 
 
 class TorchBackend(Backend):
-    """Eager torch; the module is moved to the backend device (its dtype is kept). Option
-    ``cuda_graph`` (default False): replay per-shape CUDA graphs (:class:`CudaGraphModel`)."""
+    """Eager torch; the module is moved to the backend device (its dtype is kept). Options:
+    ``cuda_graph`` (default False): replay per-shape CUDA graphs (:class:`CudaGraphModel`);
+    ``channels_last`` (default False): convolution weights in NHWC, the layout of cuDNN's fast fp16
+    kernels (the H100 profile of a warm edit spent 0.34 s of 2.1 s of kernels converting NCHW to NHWC;
+    not yet measured with this option)."""
 
     name = "torch"
     pip_package = "torch"
@@ -95,6 +98,8 @@ class TorchBackend(Backend):
 
     def _prepare(self, source: ModelSource) -> torch.nn.Module:
         module = self._require_module(source).to(self.device).eval()
+        if self.options.get("channels_last"):
+            module = module.to(memory_format=torch.channels_last)
         return module
 
     def compile(self, source: ModelSource) -> CompiledModel:

@@ -173,6 +173,20 @@ def test_torch_cuda_graph_needs_a_gpu(small):
         get_backend("torch", device="cpu", cuda_graph=True).compile(specs["nla_atlas"].model_source())
 
 
+def test_torch_channels_last_keeps_the_answer():
+    """``channels_last`` stores the convolutions in NHWC and computes what the NCHW module did."""
+    from sv_engine.stablevideo.models.tiny import build_tiny_components
+
+    spec = build_specs(build_tiny_components(0), None, names=["vae_decoder"], shapes=TINY_SHAPES)["vae_decoder"]
+    x = spec.sample_inputs("opt")
+    with torch.inference_mode():
+        ref = spec.torch_module(fused_attention=True)(*[x[n] for n in spec.input_names()])[0]
+    model = get_backend("torch", device="cpu", channels_last=True).compile(spec.model_source())
+    conv = next(m for m in spec.torch_module(fused_attention=True).modules() if isinstance(m, torch.nn.Conv2d))
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last) and not conv.weight.is_contiguous()
+    assert compare(ref, model(**x)["image"])["max_rel"] < THRESHOLDS["fp32"].max_rel
+
+
 def test_ort_cuda_sessions_use_one_thread_without_spinning():
     pytest.importorskip("onnxruntime")
     from sv_engine.engine.ort_backend import OrtBackend
