@@ -16,11 +16,11 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable
+
+from sv_engine.atomic_write import atomic_write_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -92,14 +92,10 @@ class EngineCache:
     def _write(self, name: str, key: str, data: bytes, meta: dict[str, Any] | None) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
         path, meta_path = self.paths(name, key)
-        # Atomic: write to a temp file in the same directory, then rename.
         for target, blob in ((path, data),
                              (meta_path, json.dumps({"key": key, "sha256": hashlib.sha256(data).hexdigest(),
                                                      "meta": meta or {}}, indent=1).encode())):
-            fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=target.name, suffix=".tmp")
-            with os.fdopen(fd, "wb") as f:
-                f.write(blob)
-            os.replace(tmp, target)
+            atomic_write_bytes(target, blob)
 
     def get_or_build(self, name: str, key: str, build: Callable[[], bytes], load: Callable[[bytes], Any],
                      meta: dict[str, Any] | None = None) -> tuple[Any, CacheEntry]:

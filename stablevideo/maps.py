@@ -7,8 +7,6 @@ sha256 and the video shape, so a new checkpoint never reuses stale maps.
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +15,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from sv_engine.atomic_write import atomic_torch_save
 from sv_engine.paths import cache_root
 from sv_engine.stablevideo.data import VideoConfig, VideoData
 from sv_engine.stablevideo.nla import NLAField, normalize_xyt
@@ -85,14 +84,6 @@ def load_or_compute_maps(video: VideoData, device: torch.device | str = "cpu", f
     maps = compute_maps(field, c, device)
     if use_cache:
         path.parent.mkdir(parents=True, exist_ok=True)
-        # A temporary name of this writer's own: processes sharing the cache (the GPUs of a batch, two
-        # runs of one clip) may write the same entry at once; each rename is atomic and the last wins.
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}-", suffix=".tmp")
-        os.close(fd)
-        try:
-            torch.save({"checkpoint_sha256": video.checkpoint_sha256, "fg_uv": maps.fg_uv.cpu(), "bg_uv": maps.bg_uv.cpu(),
-                        "alpha": maps.alpha.cpu()}, tmp)
-            os.replace(tmp, path)  # atomic: a crash never leaves a half-written cache under the real name
-        finally:
-            Path(tmp).unlink(missing_ok=True)
+        atomic_torch_save({"checkpoint_sha256": video.checkpoint_sha256, "fg_uv": maps.fg_uv.cpu(), "bg_uv": maps.bg_uv.cpu(),
+                           "alpha": maps.alpha.cpu()}, path)
     return maps

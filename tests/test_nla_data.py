@@ -105,14 +105,18 @@ def test_maps_cache_survives_concurrent_writers(random_data_dir: Path, isolated_
     """Two writers of one cache entry (the GPUs of a batch open the same clip) both finish, and the
     entry is whole. The barrier holds both between writing and renaming: with one shared temporary
     name, the second rename found its file already moved (seen on the H100 run e6a5af2)."""
+    import os
+
+    from sv_engine import atomic_write
+
     barrier = threading.Barrier(2, timeout=30)
-    real_save = torch.save
+    real_replace = os.replace
 
-    def save_then_wait(obj, f, *args, **kwargs):
-        real_save(obj, f, *args, **kwargs)
+    def wait_then_replace(src, dst):
         barrier.wait()
+        real_replace(src, dst)
 
-    monkeypatch.setattr(torch, "save", save_then_wait)
+    monkeypatch.setattr(atomic_write.os, "replace", wait_then_replace)
     results: list = []
     errors: list = []
 
@@ -129,7 +133,7 @@ def test_maps_cache_survives_concurrent_writers(random_data_dir: Path, isolated_
         thread.join(timeout=60)
     assert not errors, errors
     assert len(results) == 2
-    monkeypatch.setattr(torch, "save", real_save)
+    monkeypatch.setattr(atomic_write.os, "replace", real_replace)
     assert [p.suffix for p in (isolated_cache / "maps").iterdir()] == [".pt"]
     cached = load_or_compute_maps(load_video_data(random_data_dir))
     torch.testing.assert_close(cached.fg_uv, results[0].fg_uv)

@@ -10,13 +10,12 @@ from __future__ import annotations
 import io
 import json
 import logging
-import os
 from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image
 
+from sv_engine.atomic_write import atomic_torch_save, atomic_write_bytes
 from sv_engine.errors import SvEngineError
 from sv_engine.stablevideo.nla import NLAModel
 
@@ -24,21 +23,6 @@ log = logging.getLogger(__name__)
 
 STATE_FILE = "fit_state.pt"
 OUR_FILES = {"config.json", "checkpoint", STATE_FILE, "fit_report.json", "fit_preview.png"}
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
-def atomic_torch_save(obj: object, path: Path) -> None:
-    buf = io.BytesIO()
-    torch.save(obj, buf)
-    atomic_write_bytes(path, buf.getvalue())
 
 
 def prepare_out_dir(root: Path, resume: bool, force: bool) -> None:

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from sv_engine.stablevideo.fit.datafolder import atomic_write_bytes
+from sv_engine.atomic_write import atomic_write_bytes
 from sv_engine.stablevideo.fit.losses import Layout
 from sv_engine.stablevideo.nla import NLAModel, alpha_from_output, atlas_rgb, bg_uv, fg_uv
 

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from sv_engine.atomic_write import atomic_torch_save
 from sv_engine.errors import SvEngineError
 from sv_engine.stablevideo.fit import datafolder, flow, report
 from sv_engine.stablevideo.fit.losses import FitTensors, Layout, LossWeights, StepFlags, nla_step, pretrain_step
@@ -255,7 +256,7 @@ class _Trainer:
         }
 
     def save(self) -> None:
-        datafolder.atomic_torch_save(self._state(), self.root / datafolder.STATE_FILE)
+        atomic_torch_save(self._state(), self.root / datafolder.STATE_FILE)
         datafolder.write_checkpoint(self.root, self.nla, self.iteration)
         log.info("saved fit state at iteration %d (%s)", self.iteration, self.root / datafolder.STATE_FILE)
 
