@@ -219,13 +219,14 @@ class BenchContext:
             self._specs[key] = build_specs(self.components, None, [name], precision, shapes, self.device)[name]
         return self._specs[key]
 
-    def onnx_source(self, spec):
-        """The spec exported to ONNX once per (model config, precision, size): reused across runs."""
+    def onnx_source(self, spec, attention: str = "onnx"):
+        """The spec exported to ONNX once per (model config, precision, size, attention form): reused
+        across runs."""
         from sv_engine.engine.backend import ModelSource
         from sv_engine.export.onnx_export import export_onnx
 
         digest = hashlib.sha256(json.dumps(spec.describe(), sort_keys=True, default=str).encode()).hexdigest()[:12]
-        folder = self.export_dir / f"{'tiny' if self.tiny else 'full'}-{spec.name}-{spec.precision}-{digest}"
+        folder = self.export_dir / f"{'tiny' if self.tiny else 'full'}-{spec.name}-{spec.precision}-{attention}-{digest}"
         meta = folder / "source.json"
         if meta.is_file():
             try:
@@ -236,7 +237,7 @@ class BenchContext:
                 pass
         t0 = time.perf_counter()
         folder.mkdir(parents=True, exist_ok=True)
-        source = export_onnx(spec, folder)
+        source = export_onnx(spec, folder, attention=attention)
         meta.write_text(json.dumps(source.to_manifest()))
         return source, time.perf_counter() - t0
 
@@ -256,8 +257,9 @@ class BenchContext:
         elif backend == "torch-compile":
             model = get_backend("torch_compile", self.device).compile(spec.model_source())
         else:
-            source, _ = self.onnx_source(spec)
-            model = get_backend(_ENGINE_NAME[backend], self.device, cache_dir=self.engine_dir / backend).compile(source)
+            engine = get_backend(_ENGINE_NAME[backend], self.device, cache_dir=self.engine_dir / backend)
+            source, _ = self.onnx_source(spec, engine.onnx_attention)
+            model = engine.compile(source)
         seconds = time.perf_counter() - t0
         self._compiled[key] = (model, seconds)
         return model, seconds

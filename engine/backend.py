@@ -118,6 +118,8 @@ class ModelSource:
         precision: ``"fp32"`` or ``"fp16"`` (what the graph was exported in).
         sha256: hash of the ONNX file (+ external data) if known (engine cache key).
         external_data: external-data file names next to ``onnx_path`` (part of the hash).
+        attention: how the ONNX graph expresses attention: ``"onnx"`` (standard operators, every
+            runtime) or ``"ort"`` (ONNX Runtime's fused ``com.microsoft.MultiHeadAttention``).
     """
 
     name: str
@@ -133,6 +135,7 @@ class ModelSource:
     precision: str = "fp32"
     sha256: str | None = None
     external_data: list[str] = dataclasses.field(default_factory=list)
+    attention: str = "onnx"
 
     def bind_symbols(self, inputs: dict[str, torch.Tensor]) -> dict[str, int]:
         """Symbol values (``B``, ``h`` ...) read off the actual input shapes."""
@@ -190,6 +193,7 @@ class ModelSource:
             "precision": self.precision,
             "sha256": self.sha256,
             "external_data": list(self.external_data),
+            "attention": self.attention,
         }
 
     @classmethod
@@ -208,6 +212,7 @@ class ModelSource:
             precision=entry.get("precision", "fp32"),
             sha256=entry.get("sha256"),
             external_data=list(entry.get("external_data") or []),
+            attention=entry.get("attention", "onnx"),  # manifests before the field had only this form
         )
 
 
@@ -315,6 +320,8 @@ class Backend(ABC):
     #: Runtime's faster steps are outweighed by ~5 s of re-planning at every keyframe-shape change;
     #: torch.compile first compiles for minutes (94 s per UNet shape). TensorRT ranks first unmeasured.
     speed_rank: ClassVar[tuple[int, int]] = (0, 0)
+    #: The attention form of the ONNX graphs to export for this backend (``ModelSource.attention``).
+    onnx_attention: str = "onnx"
 
     def __init__(self, device: str | torch.device | None = None, cache_dir: str | Path | None = None,
                  **options: Any) -> None:

@@ -10,10 +10,12 @@
 
 Options: ``enable_cuda_graph`` (False), ``graph_optimization`` ("all"), ``intra_op_threads`` (CUDA: 1,
 CPU: ORT's default), ``allow_spinning`` (CUDA: False, CPU: True), ``cudnn_conv_algo_search``
-("EXHAUSTIVE"), ``save_optimized`` (write the optimised model into the cache dir),
-``provider_options`` (extra CUDA EP options), ``free_dimensions`` ({ONNX dim name: value}: fixes
-symbolic dims, which ORT's CUDA graphs need: with symbolic dims ORT keeps the shape arithmetic on the
-CPU EP and refuses to capture, as the H100 run e6a5af2 showed for the UNet+ControlNet graphs).
+("HEURISTIC", below), ``attention`` ("ort": the graphs exported for this backend use ORT's fused
+``MultiHeadAttention``; "onnx": the standard-operator form, see
+:mod:`sv_engine.export.ort_attention`), ``save_optimized`` (write the optimised model into the cache
+dir), ``provider_options`` (extra CUDA EP options), ``free_dimensions`` ({ONNX dim name: value}:
+fixes symbolic dims, which ORT's CUDA graphs need: with symbolic dims ORT keeps the shape arithmetic
+on the CPU EP and refuses to capture, as the H100 run e6a5af2 showed for the UNet+ControlNet graphs).
 
 Why one thread and no spinning on CUDA: the graph runs on the GPU, the CPU only launches kernels
 and evaluates a few shape ops. Every session otherwise owns a pool of one thread per core whose
@@ -21,13 +23,12 @@ workers busy-wait after each run: five sessions per pipeline, and one pipeline p
 On the H100 a whole edit took the same time either way (26.7 s before, 27.3 s after); the cores
 are simply left to the other workers.
 
-Known cost on CUDA (H100 log of run 26909ec): each change of a session's input shape costs ~5 s in
-its next run (cuDNN algorithm search with ``EXHAUSTIVE``; only the last shape's plan is kept), and
-the exported attention is not fused (MatMul-Softmax-MatMul), so ORT's whole edit loses to eager
-torch. Next steps: ``cudnn_conv_algo_search="HEURISTIC"``, and fused attention: ORT's transformer
-optimizer (``optimize_model(model_type="unet")``, MultiHeadAttention / GroupNorm fusions) does not
-take this graph yet: its attention fusion stops with a TypeError in ``get_num_heads`` (ORT 1.32,
-tiny UNet+ControlNet on CPU), as the exported Reshape's head count is not the constant it expects.
+Why HEURISTIC: with ``EXHAUSTIVE`` every change of a session's input shape cost ~5 s in its next run
+(cuDNN algorithm search; only the last shape's plan is kept, H100 log of run 26909ec), and a clip's
+keyframes come in 2-3 shapes. Why the fused attention: ORT runs the standard form as written, every
+fp32 score matrix materialised; its transformer optimizer (``optimize_model(model_type="unet")``)
+fuses GroupNorm and NHWC convolutions in these graphs but not their attention (ORT 1.32), so the
+export emits the fused operator itself.
 """
 
 from __future__ import annotations
@@ -173,6 +174,10 @@ class OrtBackend(Backend):
     needs = "onnx"
     speed_rank = (20, 20)
 
+    @property
+    def onnx_attention(self) -> str:  # type: ignore[override]
+        return self.options.get("attention", "ort")
+
     @classmethod
     def availability(cls, device=None):
         try:
@@ -219,7 +224,7 @@ class OrtBackend(Backend):
             "device_id": self.device.index or 0,
             "has_user_compute_stream": "1",
             "user_compute_stream": str(torch.cuda.current_stream(self.device).cuda_stream),
-            "cudnn_conv_algo_search": self.options.get("cudnn_conv_algo_search", "EXHAUSTIVE"),
+            "cudnn_conv_algo_search": self.options.get("cudnn_conv_algo_search", "HEURISTIC"),
             "do_copy_in_default_stream": "1",
         }
         if source is not None and source.precision == "fp32":

@@ -235,6 +235,15 @@ class TrtModel(CompiledModel):
         return {n: static_out[n].clone() for n in self.source.output_names}
 
 
+def check_parsable(source: ModelSource) -> None:
+    """Refuses graphs in ONNX Runtime's attention form (``com.microsoft`` operators) before the parser
+    fails on them with a less helpful message."""
+    if source.attention != "onnx":
+        raise SvEngineError(
+            f"{source.onnx_path} was exported with ONNX Runtime's fused attention operator, which TensorRT cannot parse.",
+            "Export for TensorRT with `sv-engine export --attention onnx` (the default) and build from that folder.")
+
+
 class TrtBackend(Backend):
     """TensorRT. Options: ``precision`` ("fp16" default on GPU), ``cuda_graph`` (False),
     ``workspace_gb``, ``builder_optimization_level``, ``cache_dir`` (default ``<sv-engine cache>/trt``)."""
@@ -272,6 +281,7 @@ class TrtBackend(Backend):
         """``(deserialized engine, rebuilt?)`` from the cache, building on a miss."""
         precision = self.options.get("precision", source.precision)
         onnx_path = self._require_onnx(source)
+        check_parsable(source)
         key = self.engine_key(source, precision)
         runtime = self.trt.Runtime(_Logger.get(self.trt))
 

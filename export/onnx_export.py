@@ -13,6 +13,7 @@ profile), outputs, precision, sha256, external data files, exporter versions.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -28,6 +29,7 @@ import torch
 from sv_engine.engine.backend import MANIFEST_NAME, ModelSource
 from sv_engine.engine.engine_cache import file_sha256
 from sv_engine.errors import SvEngineError
+from sv_engine.export.ort_attention import attention_export
 from sv_engine.export.spec import ExportSpec
 
 logger = logging.getLogger(__name__)
@@ -52,9 +54,10 @@ def _initializer_bytes(model) -> int:
     return total
 
 
-def check_finite(spec: ExportSpec, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Runs the prepared module on ``inputs``; raises if an output is NaN/inf (fp16 overflow guard)."""
-    module = spec.torch_module()
+def check_finite(spec: ExportSpec, inputs: dict[str, torch.Tensor], module: torch.nn.Module | None = None) -> dict[str, torch.Tensor]:
+    """Runs the prepared module (default: the export form) on ``inputs``; raises if an output is
+    NaN/inf (fp16 overflow guard)."""
+    module = module if module is not None else spec.torch_module()
     with torch.inference_mode():
         outs = module(*[inputs[n] for n in spec.input_names()])
     outs = (outs,) if isinstance(outs, torch.Tensor) else outs
@@ -68,8 +71,7 @@ def check_finite(spec: ExportSpec, inputs: dict[str, torch.Tensor]) -> dict[str,
     return named
 
 
-def _torch_export(spec: ExportSpec, inputs: dict[str, torch.Tensor], path: Path) -> None:
-    module = spec.torch_module()
+def _torch_export(spec: ExportSpec, module: torch.nn.Module, inputs: dict[str, torch.Tensor], path: Path) -> None:
     args = tuple(inputs[n] for n in spec.input_names())
     with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
         warnings.simplefilter("ignore")  # TracerWarnings / the legacy-exporter deprecation notice
@@ -109,16 +111,28 @@ def _optimize(model, name: str):
 
 
 def export_onnx(spec: ExportSpec, out_dir: str | Path, *, optimize: bool = True, check: bool = True,
-                inputs: dict[str, torch.Tensor] | None = None) -> ModelSource:
-    """Exports one spec to ``<out_dir>/<name>.onnx`` and returns its :class:`ModelSource` (with sha256)."""
-    import onnx
+                inputs: dict[str, torch.Tensor] | None = None, attention: str = "onnx") -> ModelSource:
+    """Exports one spec to ``<out_dir>/<name>.onnx`` and returns its :class:`ModelSource` (with sha256).
 
+    ``attention``: ``"onnx"`` exports the classic fp32-upcast attention in standard operators,
+    ``"ort"`` the fused form as ONNX Runtime's ``MultiHeadAttention`` (:mod:`~sv_engine.export.ort_attention`).
+    """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     inputs = inputs if inputs is not None else spec.sample_inputs("opt", **spec.export_symbols())
+    with attention_export(spec.torch_module(fused_attention=attention == "ort"), attention) as module:
+        source = _export_checked(spec, module, inputs, out_dir, optimize, check)
+    logger.info("exported %s (%s, %s attention) in %.1fs", spec.name, spec.precision, attention, time.perf_counter() - t0)
+    return dataclasses.replace(source, attention=attention)
+
+
+def _export_checked(spec: ExportSpec, module: torch.nn.Module, inputs: dict[str, torch.Tensor], out_dir: Path,
+                    optimize: bool, check: bool) -> ModelSource:
+    import onnx
+
     if spec.precision == "fp16":
-        check_finite(spec, inputs)
+        check_finite(spec, inputs, module)
     final = out_dir / f"{spec.name}.onnx"
     data_name = f"{spec.name}.onnx.data"
     for stale in (final, out_dir / data_name):
@@ -126,7 +140,7 @@ def export_onnx(spec: ExportSpec, out_dir: str | Path, *, optimize: bool = True,
     with tempfile.TemporaryDirectory(dir=out_dir, prefix=f".{spec.name}-") as tmp:
         raw = Path(tmp) / f"{spec.name}.onnx"
         try:
-            _torch_export(spec, inputs, raw)
+            _torch_export(spec, module, inputs, raw)
         except SvEngineError:
             raise
         except Exception as exc:
@@ -151,8 +165,16 @@ def export_onnx(spec: ExportSpec, out_dir: str | Path, *, optimize: bool = True,
             onnx.shape_inference.infer_shapes_path(str(final), str(final))
     external = [data_name] if (out_dir / data_name).exists() else []
     sha = file_sha256([final, *[out_dir / f for f in external]])
-    logger.info("exported %s (%s) in %.1fs", final.name, spec.precision, time.perf_counter() - t0)
     return spec.model_source(onnx_path=final, sha256=sha, external_data=external, with_module=False)
+
+
+def reuse_or_export(spec: ExportSpec, out_dir: str | Path, exported: dict[str, ModelSource], attention: str = "onnx") -> ModelSource:
+    """``exported[spec.name]`` when it is this spec's precision and attention form, else a fresh export."""
+    source = exported.get(spec.name)
+    if source is None or source.precision != spec.precision or source.attention != attention:
+        logger.info("exporting %s (%s, %s attention) to %s", spec.name, spec.precision, attention, out_dir)
+        source = export_onnx(spec, out_dir, attention=attention)
+    return source
 
 
 def write_manifest(out_dir: str | Path, sources: Iterable[ModelSource], extra: dict[str, Any] | None = None) -> Path:
@@ -188,14 +210,15 @@ def prepare_out_dir(out_dir: str | Path, force: bool) -> Path:
 
 def export_all(specs: dict[str, ExportSpec], out_dir: str | Path, *, force: bool = False,
                extra: dict[str, Any] | None = None,
-               progress: Callable[[str], None] | None = None, optimize: bool = True) -> dict[str, ModelSource]:
+               progress: Callable[[str], None] | None = None, optimize: bool = True,
+               attention: str = "onnx") -> dict[str, ModelSource]:
     """Exports every spec into ``out_dir`` and writes the manifest; returns ``{name: ModelSource}``."""
     out_dir = prepare_out_dir(out_dir, force)
     sources: dict[str, ModelSource] = {}
     for name, spec in specs.items():
         if progress:
             progress(name)
-        sources[name] = export_onnx(spec, out_dir, optimize=optimize)
+        sources[name] = export_onnx(spec, out_dir, optimize=optimize, attention=attention)
     write_manifest(out_dir, sources.values(), extra)
     return sources
 

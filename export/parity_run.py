@@ -18,7 +18,7 @@ import torch
 
 from sv_engine.engine.backend import backend_class, get_backend, load_manifest
 from sv_engine.engine.parity import THRESHOLDS, compare_outputs
-from sv_engine.export.onnx_export import export_onnx, write_manifest
+from sv_engine.export.onnx_export import reuse_or_export, write_manifest
 from sv_engine.export.registry import build_specs
 from sv_engine.export.spec import DEFAULT_SHAPES, ShapeRange
 
@@ -64,10 +64,8 @@ def run_parity(components: Any, nla: Any, backend: str = "ort", precision: str =
                 ref = dict(zip(ref_spec.output_names(), ref_out))
                 t0 = time.perf_counter()
                 if needs_onnx:
-                    src = existing.get(name)
-                    if src is None or src.precision != spec.precision:
-                        src = export_onnx(spec, onnx_dir)
-                        exported[name] = src
+                    src = exported[name] = reuse_or_export(spec, onnx_dir, existing, be.onnx_attention)
+                    entry["attention"] = src.attention
                     entry["export_or_load_s"] = round(time.perf_counter() - t0, 3)
                 else:
                     src = spec.model_source()

@@ -18,7 +18,7 @@ import torch
 
 from sv_engine.engine.backend import CompiledModel, backend_class, default_backend, get_backend, load_manifest
 from sv_engine.errors import SvEngineError
-from sv_engine.export.onnx_export import export_onnx, write_manifest
+from sv_engine.export.onnx_export import reuse_or_export, write_manifest
 from sv_engine.export.registry import build_specs
 from sv_engine.export.spec import DEFAULT_SHAPES, ShapeRange
 from sv_engine.paths import cache_root
@@ -63,8 +63,11 @@ def model_fingerprint(components: SDComponents) -> str:
     return digest.hexdigest()[:20]
 
 
-def default_onnx_dir(components: SDComponents, precision: str) -> Path:
-    return cache_root() / "onnx" / f"{model_fingerprint(components)}-{precision}"
+def default_onnx_dir(components: SDComponents, precision: str, attention: str = "onnx") -> Path:
+    """One cache folder per weights, precision and attention form (so ORT and TensorRT runs do not
+    re-export each other's graphs)."""
+    form = "" if attention == "onnx" else f"-{attention}-attention"
+    return cache_root() / "onnx" / f"{model_fingerprint(components)}-{precision}{form}"
 
 
 def _thread_safe_as(model: CompiledModel, call: Callable) -> Callable:
@@ -124,17 +127,11 @@ def accelerate(
     models = models or DEFAULT_MODELS.get(backend, ACCELERATED_MODELS)
     engine = get_backend(backend, device=device, **(backend_options or {}))
     specs = build_specs(components, None, names=[m for m in models if _has_model(components, m)], precision=precision, shapes=shapes, device=device)
-    sources = {}
     if backend_class(backend).needs == "onnx":
-        onnx_dir = onnx_dir or default_onnx_dir(components, precision)
+        onnx_dir = onnx_dir or default_onnx_dir(components, precision, engine.onnx_attention)
         onnx_dir.mkdir(parents=True, exist_ok=True)
         cached = load_manifest(onnx_dir) if (onnx_dir / "manifest.json").exists() else {}
-        for name, spec in specs.items():
-            source = cached.get(name)
-            if source is None or source.precision != spec.precision:
-                log.info("exporting %s (%s) to %s", name, spec.precision, onnx_dir)
-                source = export_onnx(spec, onnx_dir)
-            sources[name] = source
+        sources = {name: reuse_or_export(spec, onnx_dir, cached, engine.onnx_attention) for name, spec in specs.items()}
         write_manifest(onnx_dir, sources.values())
     else:
         sources = {name: spec.model_source() for name, spec in specs.items()}

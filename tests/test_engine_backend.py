@@ -258,3 +258,16 @@ def test_ort_cuda_graph_refusal_names_the_fix(small, monkeypatch):
     with pytest.raises(SvEngineError) as err:
         get_backend("ort", device="cpu", enable_cuda_graph=True).compile(sources["nla_field"])
     assert "CUDA graph" in err.value.what and "free_dimensions" in err.value.fix
+
+
+def test_trt_refuses_the_ort_attention_form(tmp_path):
+    """Graphs with ONNX Runtime's contrib attention get a clear error naming the export to use (checked
+    before TensorRT is touched, so it runs everywhere)."""
+    from sv_engine.engine.backend import ModelSource
+    from sv_engine.engine.trt_backend import check_parsable
+    from sv_engine.errors import SvEngineError
+
+    source = ModelSource("unet_controlnet_canny", ["sample"], ["noise_pred"], onnx_path=tmp_path / "u.onnx", attention="ort")
+    with pytest.raises(SvEngineError, match="--attention onnx"):
+        check_parsable(source)
+    check_parsable(ModelSource("unet_controlnet_canny", ["sample"], ["noise_pred"], attention="onnx"))

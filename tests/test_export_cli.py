@@ -30,5 +30,16 @@ def test_export_build_parity(tmp_path):
     assert r.exit_code == 0, r.output
     data = json.loads(report.read_text())
     assert data["ok"] and set(data["models"]) == {"nla_atlas", "vae_decoder"}
+    assert data["models"]["vae_decoder"]["attention"] == "ort"  # ORT exports its fused-attention form for itself
     m = data["models"]["vae_decoder"]["outputs"]["image"]
     assert {"max_abs", "max_rel", "cosine"} <= set(m)
+
+
+def test_export_attention_option(tmp_path):
+    runner = CliRunner()
+    r = runner.invoke(app, ["export", "--tiny", "--out", str(tmp_path / "a"), "--attention", "flash"])
+    assert isinstance(r.exception, SvEngineError) and "onnx, ort" in str(r.exception)
+    assert not (tmp_path / "a").exists()  # refused before anything was written
+    r = runner.invoke(app, ["export", "--tiny", "--out", str(tmp_path / "b"), "--models", "vae_decoder", "--attention", "ort"])
+    assert r.exit_code == 0, r.output
+    assert json.loads((tmp_path / "b" / "manifest.json").read_text())["models"][0]["attention"] == "ort"

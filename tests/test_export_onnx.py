@@ -233,3 +233,64 @@ def test_fp16_spec_modules_share_the_pipelines_fp16_weights():
     with torch.inference_mode():
         out = module(*[inputs[n] for n in spec.input_names()])[0]
     assert torch.isfinite(out).all()
+
+
+def test_ort_attention_form_exports_fused_attention_and_matches_torch(bundle, tmp_path, ort_cpu):
+    """``attention="ort"``: every diffusers attention of the UNet+ControlNet and the VAE becomes a
+    com.microsoft.MultiHeadAttention node (no Softmax left), ONNX Runtime (CPU) gives torch's answer at
+    the fp32 bound on two shapes, the manifest keeps the form, and the spec's module gets its own
+    attention processors back after the export."""
+    import onnx
+    from diffusers.models.attention_processor import Attention
+
+    from sv_engine.export.onnx_export import write_manifest
+
+    components, _ = bundle
+    specs = build_specs(components, None, names=["unet_controlnet_canny", "vae_decoder"], precision="fp32", shapes=TINY_SHAPES)
+    sources = {}
+    for name, spec in specs.items():
+        module = spec.torch_module(fused_attention=True)
+        processors = {sub: type(sub.processor) for sub in module.modules() if isinstance(sub, Attention)}
+        sources[name] = export_onnx(spec, tmp_path, attention="ort")
+        assert {sub: type(sub.processor) for sub in processors} == processors
+        graph = onnx.load(str(sources[name].onnx_path)).graph
+        ops = [n.op_type for n in graph.node]
+        assert "MultiHeadAttention" in ops and "Softmax" not in ops, name  # no attention left unfused
+        for point in ({}, _other_point(name)):
+            inputs = spec.sample_inputs("opt", seed=1, **point)
+            ref = _reference(spec, inputs)
+            out = ort_cpu.compile(sources[name])(**inputs)
+            for key in spec.output_names():
+                assert compare(ref[key], out[key])["max_rel"] < FP32_MAX_REL, (name, key, point)
+    write_manifest(tmp_path, sources.values())
+    assert {s.attention for s in load_manifest(tmp_path).values()} == {"ort"}
+
+
+def test_ort_attention_processor_falls_back_for_masks():
+    """Calls the fused operator does not cover (an attention mask) run diffusers' SDPA processor."""
+    from diffusers.models.attention_processor import Attention, AttnProcessor2_0
+
+    from sv_engine.export.ort_attention import OrtAttnProcessor
+
+    torch.manual_seed(0)
+    attn = Attention(query_dim=16, heads=2, dim_head=8).eval()
+    x, ctx = torch.randn(2, 5, 16), torch.randn(2, 3, 16)
+    mask = torch.randn(2, 5, 3) > 0
+    with torch.inference_mode():
+        for kwargs in ({}, {"encoder_hidden_states": ctx}, {"encoder_hidden_states": ctx, "attention_mask": mask}):
+            ref = AttnProcessor2_0()(attn, x, **kwargs)
+            assert torch.allclose(OrtAttnProcessor()(attn, x, **kwargs), ref, atol=1e-6), kwargs
+
+
+def test_attention_form_is_part_of_the_cache_identity(bundle, tmp_path):
+    """A cached export in the other attention form is re-exported, not reused; unknown forms are refused."""
+    from sv_engine.export.onnx_export import reuse_or_export
+
+    components, _ = bundle
+    spec = build_specs(components, None, names=["vae_decoder"], precision="fp32", shapes=TINY_SHAPES)["vae_decoder"]
+    standard = export_onnx(spec, tmp_path)
+    assert reuse_or_export(spec, tmp_path, {spec.name: standard}) is standard
+    fused = reuse_or_export(spec, tmp_path, {spec.name: standard}, attention="ort")
+    assert fused.attention == "ort" and fused.sha256 != standard.sha256
+    with pytest.raises(SvEngineError, match="attention form"):
+        export_onnx(spec, tmp_path, attention="flash")

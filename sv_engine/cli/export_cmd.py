@@ -81,14 +81,20 @@ def export_command(
     device: str = typer.Option("cpu", "--device", help="Device used for tracing (cuda speeds up full-size fp16)."),
     seed: int = typer.Option(0, "--seed"),
     force: bool = typer.Option(False, "--force", help="Overwrite a non-empty --out."),
+    attention: str = typer.Option("onnx", "--attention",
+                                  help="onnx: standard operators (every runtime, TensorRT); ort: ONNX Runtime's fused "
+                                       "MultiHeadAttention (what --backend ort exports for itself)."),
 ) -> None:
     """Export the models to ONNX (opset 17, dynamic batch/size profiles) and write manifest.json."""
     from rich.console import Console
 
     from sv_engine.export.onnx_export import disk_usage, export_all, prepare_out_dir
+    from sv_engine.export.ort_attention import ATTENTION_FORMS
     from sv_engine.export.registry import build_specs, parse_model_list
 
     names = parse_model_list(models)
+    if attention not in ATTENTION_FORMS:
+        raise SvEngineError(f"Unknown --attention {attention!r}.", f"Use one of {', '.join(ATTENTION_FORMS)}.")
     prepare_out_dir(out, force)  # fail before loading any model
     components, nla_model, description = load_bundle(tiny, weights, random_full, seed, nla)
     specs = build_specs(components, nla_model, names=None if models == "all" else names, precision=precision,
@@ -96,7 +102,7 @@ def export_command(
     console = Console(stderr=True)
     with console.status("exporting") as status:
         sources = export_all(specs, out, force=True, extra={"description": description, "precision": precision},
-                             progress=lambda n: status.update(f"exporting {n}"))
+                             progress=lambda n: status.update(f"exporting {n}"), attention=attention)
     for name, src in sources.items():
-        console.print(f"  {name:24s} {src.onnx_path.name}  ({src.precision}, sha256 {src.sha256[:12]})")
+        console.print(f"  {name:24s} {src.onnx_path.name}  ({src.precision}, {src.attention} attention, sha256 {src.sha256[:12]})")
     console.print(f"wrote {len(sources)} models, {disk_usage(out) / 2**20:.1f} MiB, manifest {out / 'manifest.json'}")
