@@ -3,7 +3,7 @@
 # are installed (shared/device/bootstrap.sh). Phases run two lanes side by side, one per GPU, so their
 # timings do not share a card; every script saves its JSON as it goes, so a lane cut off by its
 # time limit keeps what it measured. Expected lane times (from run 26909ec's logs): models and e2e ~6-8 min, service ~7 min.
-#   bash benchmarks/device_run.sh models|rest|e2e|service  (writes JSON and logs under $OUT)
+#   bash benchmarks/device_run.sh models|rest|e2e|attention|service  (writes JSON and logs under $OUT)
 set -uo pipefail
 : "${OUT:?set OUT to the output folder}" "${SV_ENGINE_COMMIT:?set SV_ENGINE_COMMIT to the commit under test}"
 python3 -m pip install -q --no-deps --no-build-isolation -e . >/dev/null
@@ -13,7 +13,7 @@ lane() {  # lane GPU NAME COMMAND...
   CUDA_VISIBLE_DEVICES=$gpu timeout "${LANE_TIMEOUT:-560}" "$@" >"$OUT/$name.log" 2>&1
   echo "lane $name (GPU $gpu) exit $?"; tail -n 25 "$OUT/$name.log"
 }
-case ${1:?phase: models, e2e or service} in
+case ${1:?phase: models, rest, e2e, attention or service} in
   models)  # model stages on every backend, split over the two GPUs (torch.compile: ~94 s per UNet shape)
     lane 0 bench-models python3 -m sv_engine.benchmarks.bench --stages text_encoder,unet_step,vae_encode,vae_decode \
       --backends torch,torch-cuda-graph,torch-compile,ort --repeat 10 --json "$OUT/bench-models.json" &
@@ -35,6 +35,15 @@ case ${1:?phase: models, e2e or service} in
       --backends torch,torch-compile &
     lane 1 e2e-ort python3 -m sv_engine.benchmarks.e2e_parity --out "$OUT/e2e-ort.json" --profile --budget-s 480 \
       --backends torch,torch:cuda_graph=1,torch:cuda_graph=1:channels_last=1,ort:cudnn_conv_algo_search=HEURISTIC &
+    wait ;;
+  attention)  # ORT's fused-attention export and the torch GPU default (graphs + NHWC): model stages and whole edits
+    lane 0 bench-models python3 -m sv_engine.benchmarks.bench --stages text_encoder,unet_step,vae_encode,vae_decode \
+      --backends torch,torch-cuda-graph,torch-compile,ort --repeat 10 --json "$OUT/bench-models.json" &
+    (
+      LANE_TIMEOUT=380 lane 1 e2e-ort python3 -m sv_engine.benchmarks.e2e_parity --out "$OUT/e2e-ort.json" --profile --budget-s 350 \
+        --backends torch,ort,ort:attention=onnx
+      LANE_TIMEOUT=150 lane 1 pytest-gpu python3 -m pytest -q -m gpu tests -p no:cacheprovider
+    ) &
     wait ;;
   service)  # warm Ray service vs a fresh process per edit, and 8 edits on 1 vs 2 GPUs
     LANE_TIMEOUT=570 lane 0,1 service python3 -m sv_engine.benchmarks.service_bench --out "$OUT/service.json" --random-full \

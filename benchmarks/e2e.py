@@ -66,12 +66,12 @@ def accelerated_unet_controlnet(backend: str, components, device: torch.device, 
     ``torch-cuda-graph`` is eager torch replayed from CUDA graphs (``sv-engine edit --cuda-graphs``)."""
     if backend in (None, "", "torch"):
         return None
-    from sv_engine.export.runtime import accelerate
+    from sv_engine.export.runtime import TORCH_GPU_OPTIONS, accelerate
     from sv_engine.export.spec import DEFAULT_SHAPES, TINY_SHAPES
 
     options = {"cache_dir": engine_dir} if engine_dir is not None and backend == "trt" else {}
     if backend == "torch-cuda-graph":
-        backend, options = "torch", {"cuda_graph": True}
+        backend, options = "torch", TORCH_GPU_OPTIONS
     accelerated = accelerate(components, backend.replace("-", "_"), precision, device, shapes=TINY_SHAPES if tiny else DEFAULT_SHAPES,
                              models=("unet_controlnet_canny", "unet_controlnet_depth"), backend_options=options)
     return accelerated.unet_controlnet
@@ -160,7 +160,9 @@ def cold_command(data_dir: Path, weights: Path, out: Path, device: torch.device,
 
 
 def _backend_flags(backend: str) -> list[str]:
-    return ["--backend", "torch", "--cuda-graphs"] if backend == "torch-cuda-graph" else ["--backend", backend]
+    if backend in ("torch", "torch-cuda-graph"):  # the CLI's torch on a GPU replays CUDA graphs unless told not to
+        return ["--backend", "torch", "--cuda-graphs" if backend == "torch-cuda-graph" else "--no-cuda-graphs"]
+    return ["--backend", backend]
 
 
 def cold_edit(data_dir: Path, weights: Path, tmp: Path, device: torch.device, tiny: bool, steps: int, strength: float,

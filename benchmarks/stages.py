@@ -8,7 +8,8 @@ scipy ``griddata`` on the CPU, ``F.grid_sample``); the other columns get a ``spe
 
 Model stages (text encoder, UNet+ControlNet CFG step, VAE, depth) run the export specs' modules:
 ``reference`` = eager fp32 torch, ``torch-fp16`` = eager fp16 torch (GPU), ``torch-cuda-graph`` = the
-same replayed from a CUDA graph (GPU), ``torch-compile``, ``ort`` and ``trt`` (ONNX exported once into
+same replayed from a CUDA graph with NHWC convolutions (GPU; ``export.runtime.TORCH_GPU_OPTIONS``, the
+path `sv-engine edit` takes with torch on a GPU), ``torch-compile``, ``ort`` and ``trt`` (ONNX exported once into
 a cache folder, compiled by ``sv_engine.engine``).
 """
 
@@ -253,7 +254,9 @@ class BenchContext:
         if backend in ("reference", "torch-fp16"):
             model = get_backend("torch", self.device).compile(spec.model_source())
         elif backend == "torch-cuda-graph":
-            model = get_backend("torch", self.device, cuda_graph=True).compile(spec.model_source())
+            from sv_engine.export.runtime import TORCH_GPU_OPTIONS
+
+            model = get_backend("torch", self.device, **TORCH_GPU_OPTIONS).compile(spec.model_source())
         elif backend == "torch-compile":
             model = get_backend("torch_compile", self.device).compile(spec.model_source())
         else:

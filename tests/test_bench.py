@@ -181,6 +181,7 @@ def test_e2e_cold_command_and_tiny_params():
     flags = dict(zip(cmd[5::2], cmd[6::2]))
     assert flags["--weights"] == "/w" and flags["--precision"] == "fp16" and flags["--image-resolution"] == "512"
     assert flags["--seed"] == "0" and flags["--backend"] == "torch" and cmd[-1] == "--force"
+    assert "--no-cuda-graphs" in cmd  # "torch" stays eager although the CLI's torch on a GPU replays graphs
     graphs = cold_command(Path("/data/clip"), Path("/w"), Path("/tmp/out.mp4"), torch.device("cuda"), False, 20, 0.8, "torch-cuda-graph")
     assert graphs[graphs.index("--backend") + 1] == "torch" and "--cuda-graphs" in graphs
     params = edit_params(20, 0.8, tiny=True)

@@ -69,15 +69,18 @@ def test_torch_compile_cuda(exported):
     assert compare(ref[0], out["fg_uv"])["max_rel"] < 1e-4
 
 
-def test_torch_cuda_graph_replays_every_shape_correctly(exported):
+# Graphs alone replay the eager kernels (1e-5); NHWC weights make cuDNN pick other convolution
+# algorithms (TF32 by default in both), whose summation order differs at ~1e-4-1e-3 relative.
+@pytest.mark.parametrize("options,max_rel", [({"cuda_graph": True}, 1e-5), ({"cuda_graph": True, "channels_last": True}, 5e-3)])
+def test_torch_cuda_graph_replays_every_shape_correctly(exported, options, max_rel):
     """Per-shape CUDA graphs sharing one pool: each shape, revisited after another, and new inputs
-    give the eager module's answer (not a stale replay)."""
+    give the eager module's answer (not a stale replay); also with the edit's NHWC default."""
     from sv_engine.engine.backend import get_backend
     from sv_engine.engine.parity import compare
 
     specs, _ = exported
     spec = specs["unet_controlnet_canny"]
-    model = get_backend("torch", device="cuda", cuda_graph=True).compile(spec.model_source())
+    model = get_backend("torch", device="cuda", **options).compile(spec.model_source())
     assert not model.thread_safe
     small, large = spec.symbol_ranges()["h"][0], spec.symbol_ranges()["h"][2]
     for seed, h in ((0, small), (1, large), (2, small), (3, large)):
@@ -87,4 +90,45 @@ def test_torch_cuda_graph_replays_every_shape_correctly(exported):
         ref = (ref,) if isinstance(ref, torch.Tensor) else ref
         out = model(**x)
         for key, r in zip(spec.output_names(), ref):
-            assert compare(r, out[key])["max_rel"] < 1e-5, (seed, h, key)
+            assert compare(r, out[key])["max_rel"] < max_rel, (seed, h, key)
+
+
+def test_ort_cuda_fused_attention_fp16(tmp_path):
+    """The ORT attention form in fp16 on the CUDA EP (flash / memory-efficient MultiHeadAttention)
+    keeps the fp32 reference's direction, as the per-component fp16 bound asks."""
+    _ort_cuda()
+    import onnx
+
+    from sv_engine.engine.backend import get_backend
+    from sv_engine.engine.parity import compare
+    from sv_engine.export.onnx_export import export_onnx
+    from sv_engine.export.registry import build_specs
+    from sv_engine.export.spec import TINY_SHAPES
+    from sv_engine.stablevideo.models.tiny import build_tiny_components
+
+    components = build_tiny_components(0)
+    names = ["unet_controlnet_canny", "vae_decoder"]
+    ref_specs = build_specs(components, None, names=names, precision="fp32", shapes=TINY_SHAPES, device="cuda")
+    specs = build_specs(components, None, names=names, precision="fp16", shapes=TINY_SHAPES, device="cuda")
+    for name, spec in specs.items():
+        source = export_onnx(spec, tmp_path, attention="ort")
+        assert "MultiHeadAttention" in [n.op_type for n in onnx.load(str(source.onnx_path)).graph.node]
+        model = get_backend("ort", device="cuda").compile(source)
+        x = ref_specs[name].sample_inputs("opt", seed=0, device="cuda")
+        with torch.inference_mode():
+            ref = ref_specs[name].torch_module()(*[x[n] for n in spec.input_names()])
+        out = model(**x)
+        for key, r in zip(spec.output_names(), (ref,) if isinstance(ref, torch.Tensor) else ref):
+            m = compare(r, out[key])
+            assert m["finite"] and m["cosine"] >= 0.999, (name, key, m)
+
+
+def test_edit_runs_torch_from_cuda_graphs_by_default_on_a_gpu():
+    from sv_engine.export.runtime import accelerate_for_edit
+    from sv_engine.stablevideo.models.tiny import build_tiny_components
+
+    components = build_tiny_components(0).to(torch.device("cuda"))
+    auto = accelerate_for_edit(components, "torch", "fp32", torch.device("cuda"), tiny=True)
+    assert auto.cuda_graphs and set(auto.unet_controlnet) == {"canny", "depth"}
+    eager = accelerate_for_edit(components, "torch", "fp32", torch.device("cuda"), tiny=True, cuda_graphs=False)
+    assert not eager.cuda_graphs and not eager.unet_controlnet

@@ -36,7 +36,7 @@ class ModelConfig:
     precision: str = "fp32"
     backend: str = "auto"  # auto: the fastest available on a GPU, torch on CPU (as `sv-engine edit`)
     device: str = "auto"
-    cuda_graphs: bool = False  # torch on a GPU: UNet+ControlNet steps replayed from CUDA graphs (`edit --cuda-graphs`)
+    cuda_graphs: bool | None = None  # torch: UNet+ControlNet steps from CUDA graphs (None: on a GPU; as `edit`)
 
     def check(self) -> None:
         if sum([self.tiny, self.random_full, self.weights is not None]) != 1:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Optional
 
 import typer
 
@@ -32,7 +32,7 @@ def run_edit(
     aggregation: str = "median",
     image_resolution: int = 512,
     backend: str = "auto",
-    cuda_graphs: bool = False,
+    cuda_graphs: bool | None = None,
     frames_dir: Path | None = None,
     force: bool = False,
 ) -> None:
@@ -66,7 +66,7 @@ def run_edit(
     Image.fromarray(result.preview()).save(preview)
     if frames_dir:
         write_png_frames(frames_dir, result.frames)
-    report.write_text(json.dumps({"backend": accelerated.backend, "cuda_graphs": cuda_graphs, "precision": precision, "seed": result.seed, "keyframes": result.keyframes, "models": components.description, "random_weights": components.is_random, "seconds_per_stage": result.timings}, indent=2))
+    report.write_text(json.dumps({"backend": accelerated.backend, "cuda_graphs": accelerated.cuda_graphs, "precision": precision, "seed": result.seed, "keyframes": result.keyframes, "models": components.description, "random_weights": components.is_random, "seconds_per_stage": result.timings}, indent=2))
     log.info("done: %s, preview %s, report %s", out, preview, report)
 
 
@@ -85,7 +85,7 @@ def edit(
     aggregation: Annotated[str, typer.Option(help="median or net (train the aggregation network).")] = "median",
     image_resolution: Annotated[int, typer.Option(help="Short side of the diffusion images (multiple of 64).")] = 512,
     backend: Annotated[str, typer.Option(help="torch, torch-compile, ort or trt (auto: fastest available on GPU, torch on CPU).")] = "auto",
-    cuda_graphs: Annotated[bool, typer.Option("--cuda-graphs", help="torch on a GPU: replay the UNet+ControlNet steps from CUDA graphs (faster, more GPU memory).")] = False,
+    cuda_graphs: Annotated[Optional[bool], typer.Option("--cuda-graphs/--no-cuda-graphs", help="torch on a GPU: replay the UNet+ControlNet steps from CUDA graphs (default there: on; --no-cuda-graphs runs them eagerly).")] = None,
     out: Annotated[Path, typer.Option("--out", help="Output mp4; a _preview.png and _report.json are written beside it.")] = Path("edit.mp4"),
     frames_dir: Annotated[Path | None, typer.Option("--frames-dir", help="Also write PNG frames here.")] = None,
     device: Device = "auto",
