@@ -316,9 +316,9 @@ class Backend(ABC):
     #: Which source field the backend needs: ``"onnx"`` or ``"module"``.
     needs: ClassVar[str] = "onnx"
     #: Rank of a whole edit's latency for :func:`default_backend` (higher is faster) on (cuda, cpu),
-    #: from the committed H100 runs (benchmarks/results/): eager torch fp16 edits in ~7 s; ONNX
-    #: Runtime's faster steps are outweighed by ~5 s of re-planning at every keyframe-shape change;
-    #: torch.compile first compiles for minutes (94 s per UNet shape). TensorRT ranks first unmeasured.
+    #: from the committed device runs (benchmarks/results/, run 222e1bc): torch (CUDA graphs, the
+    #: edit's GPU default) 3.1 s warm; ONNX Runtime 4.5 s; torch.compile is fastest warm (2.3 s) but
+    #: compiles for minutes in every new process. TensorRT ranks first unmeasured.
     speed_rank: ClassVar[tuple[int, int]] = (0, 0)
     #: The attention form of the ONNX graphs to export for this backend (``ModelSource.attention``).
     onnx_attention: str = "onnx"
