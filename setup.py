@@ -1,8 +1,8 @@
 """Maps the design card's top-level folders into the single import namespace `sv_engine`.
 
 engine/ -> sv_engine.engine, export/ -> sv_engine.export, kernels/ -> sv_engine.kernels,
-stablevideo/ -> sv_engine.stablevideo, benchmarks/ -> sv_engine.benchmarks; the CLI and the shared
-error type live in sv_engine/ itself. Generic names like `engine` or `kernels` are never installed
+stablevideo/ -> sv_engine.stablevideo, benchmarks/ -> sv_engine.benchmarks; the applications (CLI,
+render service) and the shared error type live in sv_engine/ itself. Generic names like `engine` or `kernels` are never installed
 at top level.
 """
 

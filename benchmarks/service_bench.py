@@ -59,14 +59,14 @@ def _data_dir(arg: str | None, scratch: Path) -> Path:
 
 
 def _spec(args, data_dir: Path, i: int):
-    from sv_engine.stablevideo.service.jobs import JobSpec
+    from sv_engine.service.jobs import JobSpec
 
     extra = {"keyframes": [int(k) for k in args.keyframes.split(",")]} if args.keyframes else {}
     return JobSpec(data=data_dir.name, fg_prompt=f"a red car {i}", bg_prompt="a snowy mountain road", steps=args.steps, strength=args.strength, seed=i, **extra)
 
 
 def _model(args):
-    from sv_engine.stablevideo.service.workers import ModelConfig
+    from sv_engine.service.workers import ModelConfig
 
     return ModelConfig(tiny=args.tiny, random_full=args.random_full, weights=args.weights, precision=args.precision, backend=args.backend,
                        cuda_graphs=args.cuda_graphs)
@@ -74,7 +74,7 @@ def _model(args):
 
 def _run_jobs(pool, args, data_dir: Path, out_root: Path, n: int, sequential: bool, offset: int = 0) -> tuple[list[float], list[float], float]:
     """Submits n jobs; returns (per-job wall latencies, per-job worker seconds, total wall)."""
-    from sv_engine.stablevideo.service.scheduler import JobManager
+    from sv_engine.service.scheduler import JobManager
 
     manager = JobManager(pool, out_root, max_queue=None, max_retries=0).start()
     lat, inner = [], []
@@ -128,7 +128,7 @@ def single_edit(args) -> None:
     from sv_engine.stablevideo.device import resolve_device
     from sv_engine.stablevideo.model_source import load_components
     from sv_engine.stablevideo.pipeline import StableVideoPipeline
-    from sv_engine.stablevideo.service.workers import accelerate
+    from sv_engine.service.workers import accelerate
     from sv_engine.stablevideo.video_io import write_mp4
 
     device = resolve_device("auto")
@@ -171,7 +171,7 @@ def main(argv: list[str] | None = None) -> None:
     import ray
     import torch
 
-    from sv_engine.stablevideo.service.workers import WorkerPool
+    from sv_engine.service.workers import WorkerPool
 
     gpus = torch.cuda.device_count()
     scratch = Path(tempfile.mkdtemp(prefix="sv-service-bench-"))

@@ -13,8 +13,8 @@ ray = pytest.importorskip("ray")
 pytest.importorskip("yaml")
 
 from sv_engine.errors import SvEngineError  # noqa: E402
-from sv_engine.stablevideo.service.batch import RESULTS_NAME, load_jobs, read_results, run_batch  # noqa: E402
-from sv_engine.stablevideo.service.workers import ModelConfig, WorkerPool  # noqa: E402
+from sv_engine.service.batch import RESULTS_NAME, load_jobs, read_results, run_batch  # noqa: E402
+from sv_engine.service.workers import ModelConfig, WorkerPool  # noqa: E402
 
 # The smallest edit the pipeline allows: one keyframe, one DDIM step, 64 px.
 TINY_JOB = {"steps": 1, "strength": 1.0, "image_resolution": 64, "depth_resolution": 64, "keyframes": [0], "seed": 3}

@@ -21,9 +21,9 @@ httpx = pytest.importorskip("httpx")
 from fastapi.testclient import TestClient  # noqa: E402
 
 from sv_engine.errors import SvEngineError  # noqa: E402
-from sv_engine.stablevideo.service.app import check_bind, create_app  # noqa: E402
-from sv_engine.stablevideo.service.scheduler import JobManager  # noqa: E402
-from sv_engine.stablevideo.service.workers import ModelConfig, WorkerPool  # noqa: E402
+from sv_engine.service.app import check_bind, create_app  # noqa: E402
+from sv_engine.service.scheduler import JobManager  # noqa: E402
+from sv_engine.service.workers import ModelConfig, WorkerPool  # noqa: E402
 
 TOKEN = "t0ken-for-tests-0123456789"
 # The smallest edit the pipeline allows: one keyframe, one DDIM step, 64 px, foreground only.

@@ -30,8 +30,8 @@ def batch(
     max_retries: Annotated[int, typer.Option("--max-retries", min=0, help="Resubmissions of a job whose worker died.")] = 2,
 ) -> None:
     """Run many edits on warm workers (one Ray actor per GPU); jobs already done in OUT/results.jsonl are skipped."""
-    from sv_engine.stablevideo.service.batch import run_batch
-    from sv_engine.stablevideo.service.workers import ModelConfig
+    from sv_engine.service.batch import run_batch
+    from sv_engine.service.workers import ModelConfig
 
     model = ModelConfig(tiny=tiny, weights=str(weights) if weights else None, random_full=random_full, precision=precision, backend=backend, cuda_graphs=cuda_graphs)
     summary = run_batch(jobs_file, out, model=model, data_root=data_root, ray_address=ray_address, workers=workers, max_retries=max_retries)

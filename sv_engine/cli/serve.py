@@ -36,9 +36,9 @@ def serve(
     """Serve edits over HTTP from warm GPU workers: POST /jobs, GET /jobs/{id} (/video, /preview), DELETE /jobs/{id}, GET /health."""
     import uvicorn
 
-    from sv_engine.stablevideo.service.app import check_bind, create_app
-    from sv_engine.stablevideo.service.scheduler import JobManager
-    from sv_engine.stablevideo.service.workers import ModelConfig, WorkerPool, init_ray
+    from sv_engine.service.app import check_bind, create_app
+    from sv_engine.service.scheduler import JobManager
+    from sv_engine.service.workers import ModelConfig, WorkerPool, init_ray
 
     check_bind(host, token)
     if not data_root.expanduser().is_dir():

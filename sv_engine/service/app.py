@@ -1,7 +1,7 @@
 """The render service's HTTP API (FastAPI): submit, watch, download and cancel edits.
 
 ``create_app(manager, data_root=..., token=...)`` builds the app around a running
-:class:`~sv_engine.stablevideo.service.scheduler.JobManager` (the caller owns its lifecycle; see
+:class:`~sv_engine.service.scheduler.JobManager` (the caller owns its lifecycle; see
 ``sv-engine serve``). Endpoints::
 
     POST   /jobs                 JobSpec JSON -> 202 {"id", "status", ...}   (429 when the queue is full)
@@ -31,8 +31,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 
 from sv_engine.errors import SvEngineError
-from sv_engine.stablevideo.service.jobs import CANCELLED, DONE, PREVIEW_NAME, VIDEO_NAME, JobSpec, resolve_data_dir
-from sv_engine.stablevideo.service.scheduler import JobManager, QueueFull
+from sv_engine.service.jobs import CANCELLED, DONE, PREVIEW_NAME, VIDEO_NAME, JobSpec, resolve_data_dir
+from sv_engine.service.scheduler import JobManager, QueueFull
 
 log = logging.getLogger(__name__)
 

@@ -18,8 +18,8 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from sv_engine.errors import SvEngineError
-from sv_engine.stablevideo.service.jobs import CANCELLED, DONE, FAILED, QUEUED, RUNNING, JobRecord, JobSpec, new_job_id
-from sv_engine.stablevideo.service.workers import _cause
+from sv_engine.service.jobs import CANCELLED, DONE, FAILED, QUEUED, RUNNING, JobRecord, JobSpec, new_job_id
+from sv_engine.service.workers import _cause
 
 log = logging.getLogger(__name__)
 

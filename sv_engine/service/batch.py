@@ -31,7 +31,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from sv_engine.errors import SvEngineError
-from sv_engine.stablevideo.service.jobs import DONE, FAILED, PREVIEW_NAME, REPORT_NAME, VIDEO_NAME, JobRecord, JobSpec, resolve_data_dir
+from sv_engine.service.jobs import DONE, FAILED, PREVIEW_NAME, REPORT_NAME, VIDEO_NAME, JobRecord, JobSpec, resolve_data_dir
 
 log = logging.getLogger(__name__)
 
@@ -176,8 +176,8 @@ def run_batch(jobs_file: str | Path, out: str | Path, *, model=None, pool=None, 
         summary.seconds = time.perf_counter() - start
         return summary
 
-    from sv_engine.stablevideo.service.scheduler import JobManager
-    from sv_engine.stablevideo.service.workers import WorkerPool, init_ray
+    from sv_engine.service.scheduler import JobManager
+    from sv_engine.service.workers import WorkerPool, init_ray
 
     started_ray = own_pool = False
     if pool is None:

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from sv_engine.errors import SvEngineError
-from sv_engine.stablevideo.service.jobs import PREVIEW_NAME, REPORT_NAME, VIDEO_NAME
+from sv_engine.service.jobs import PREVIEW_NAME, REPORT_NAME, VIDEO_NAME
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +91,7 @@ class EditWorker:
         """Runs one edit with the warm pipeline; returns a JSON-safe summary (outputs are on disk)."""
         from PIL import Image
 
-        from sv_engine.stablevideo.service.jobs import JobSpec
+        from sv_engine.service.jobs import JobSpec
         from sv_engine.stablevideo.video_io import write_mp4
 
         start = time.perf_counter()
@@ -124,7 +124,7 @@ class WorkerPool:
 
         model.check()
         if not ray.is_initialized():
-            raise SvEngineError("Ray is not initialised.", "call ray.init() (or sv_engine.stablevideo.service.workers.init_ray) first.")
+            raise SvEngineError("Ray is not initialised.", "call ray.init() (or sv_engine.service.workers.init_ray) first.")
         gpus = int(ray.cluster_resources().get("GPU", 0))
         self.num_gpus = gpus
         if num_workers is None:
