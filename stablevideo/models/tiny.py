@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from importlib import resources
 from typing import Any
 
@@ -133,26 +134,40 @@ def _randomize_zero_convs(controlnet: torch.nn.Module, generator: torch.Generato
                 conv.bias.copy_(torch.randn(conv.bias.shape, generator=generator, device="cpu") * std)
 
 
-def _make_controlnet(unet: torch.nn.Module, seed: int, cond_channels: tuple[int, ...], randomize_zero: bool,
-                     ) -> torch.nn.Module:
-    """A ControlNet with the UNet's layout (``ControlNetModel.from_unet``) and its own random weights."""
+def _tiny_controlnet(unet: torch.nn.Module, seed: int) -> torch.nn.Module:
+    """A ControlNet with the tiny UNet's layout (``ControlNetModel.from_unet``) and its own random weights."""
     from diffusers import ControlNetModel
 
-    controlnet = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=cond_channels)
+    controlnet = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=TINY_CONTROLNET_COND_CHANNELS)
     # from_unet copies the UNet weights: re-seed so each ControlNet is an independent random model.
     torch.manual_seed(seed)
     fresh = ControlNetModel.from_config(controlnet.config)
     controlnet.load_state_dict(fresh.state_dict())
-    if randomize_zero:
-        _randomize_zero_convs(controlnet, torch.Generator().manual_seed(seed))
+    _randomize_zero_convs(controlnet, torch.Generator().manual_seed(seed))
     return controlnet
 
 
-def _tiny_dpt(seed: int) -> torch.nn.Module:
-    from transformers import DPTConfig, DPTForDepthEstimation
-
+def _seeded_bundle(seed: int, description: str, text_encoder: Callable[[], torch.nn.Module],
+                   unet: Callable[[], torch.nn.Module], controlnet: Callable[[torch.nn.Module, int], torch.nn.Module],
+                   vae: Callable[[], torch.nn.Module], depth: Callable[[], torch.nn.Module] | None) -> SDComponents:
+    """A random bundle whose models are each built right after seeding torch with ``seed`` plus the
+    model's slot (text encoder 0, UNet 1, ControlNets 2 and 3, VAE 4, DPT 5): reproducible, and no
+    model's values shift when another one's architecture changes."""
+    tokenizer = load_clip_tokenizer()
     torch.manual_seed(seed)
-    return DPTForDepthEstimation(DPTConfig(**TINY_DPT_CONFIG)).eval()
+    text = text_encoder()
+    torch.manual_seed(seed + 1)
+    unet_model = unet()
+    canny, depth_controlnet = controlnet(unet_model, seed + 2), controlnet(unet_model, seed + 3)
+    torch.manual_seed(seed + 4)
+    vae_model = vae()
+    depth_model = None
+    if depth is not None:
+        torch.manual_seed(seed + 5)
+        depth_model = depth()
+    return SDComponents(tokenizer=tokenizer, text_encoder=text, unet=unet_model, controlnet_canny=canny,
+                        controlnet_depth=depth_controlnet, vae=vae_model, depth_model=depth_model, is_random=True,
+                        description=description).eval()
 
 
 def build_tiny_components(seed: int = 0) -> SDComponents:
@@ -162,30 +177,11 @@ def build_tiny_components(seed: int = 0) -> SDComponents:
     Runs a 64×64 image through everything in well under a second on CPU.
     """
     from diffusers import AutoencoderKL, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
 
-    tokenizer = load_clip_tokenizer()
-    torch.manual_seed(seed)
-    text_encoder = CLIPTextModel(CLIPTextConfig(**TINY_TEXT_CONFIG))
-    torch.manual_seed(seed + 1)
-    unet = UNet2DConditionModel(**TINY_UNET_CONFIG)
-    controlnet_canny = _make_controlnet(unet, seed + 2, TINY_CONTROLNET_COND_CHANNELS, randomize_zero=True)
-    controlnet_depth = _make_controlnet(unet, seed + 3, TINY_CONTROLNET_COND_CHANNELS, randomize_zero=True)
-    torch.manual_seed(seed + 4)
-    vae = AutoencoderKL(**TINY_VAE_CONFIG)
-    depth_model = _tiny_dpt(seed + 5)
-    components = SDComponents(
-        tokenizer=tokenizer,
-        text_encoder=text_encoder,
-        unet=unet,
-        controlnet_canny=controlnet_canny,
-        controlnet_depth=controlnet_depth,
-        vae=vae,
-        depth_model=depth_model,
-        is_random=True,
-        description=f"tiny random SD1.5+ControlNet+DPT-hybrid (seed {seed})",
-    )
-    return components.eval()
+    return _seeded_bundle(seed, f"tiny random SD1.5+ControlNet+DPT-hybrid (seed {seed})",
+                          text_encoder=lambda: build_text_encoder(TINY_TEXT_CONFIG),
+                          unet=lambda: UNet2DConditionModel(**TINY_UNET_CONFIG), controlnet=_tiny_controlnet,
+                          vae=lambda: AutoencoderKL(**TINY_VAE_CONFIG), depth=lambda: build_dpt(TINY_DPT_CONFIG))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -241,32 +237,16 @@ def build_random_components(seed: int = 0, size: str = "full", with_depth: bool 
             return build_random_components(seed, size, with_depth, device=None)
     from diffusers import AutoencoderKL, ControlNetModel, UNet2DConditionModel
 
-    tokenizer = load_clip_tokenizer()
-    torch.manual_seed(seed)
-    text_encoder = build_text_encoder(load_config("text_encoder"))
-    torch.manual_seed(seed + 1)
-    unet = UNet2DConditionModel.from_config(load_config("unet"))
     cn_config = load_config("controlnet")
-    torch.manual_seed(seed + 2)
-    controlnet_canny = ControlNetModel.from_config(cn_config)
-    torch.manual_seed(seed + 3)
-    controlnet_depth = ControlNetModel.from_config(cn_config)
-    for i, cn in enumerate((controlnet_canny, controlnet_depth)):
-        _randomize_zero_convs(cn, torch.Generator().manual_seed(seed + 2 + i), std=0.01)
-    torch.manual_seed(seed + 4)
-    vae = AutoencoderKL.from_config(load_config("vae"))
-    depth_model = None
-    if with_depth:
-        torch.manual_seed(seed + 5)
-        depth_model = build_dpt(load_config("dpt_hybrid"))
-    return SDComponents(
-        tokenizer=tokenizer,
-        text_encoder=text_encoder,
-        unet=unet,
-        controlnet_canny=controlnet_canny,
-        controlnet_depth=controlnet_depth,
-        vae=vae,
-        depth_model=depth_model,
-        is_random=True,
-        description=f"full-size random SD1.5+ControlNet1.0+DPT-hybrid (seed {seed})",
-    ).eval()
+
+    def controlnet(unet: torch.nn.Module, cn_seed: int) -> torch.nn.Module:
+        torch.manual_seed(cn_seed)
+        model = ControlNetModel.from_config(cn_config)
+        _randomize_zero_convs(model, torch.Generator().manual_seed(cn_seed), std=0.01)
+        return model
+
+    return _seeded_bundle(seed, f"full-size random SD1.5+ControlNet1.0+DPT-hybrid (seed {seed})",
+                          text_encoder=lambda: build_text_encoder(load_config("text_encoder")),
+                          unet=lambda: UNet2DConditionModel.from_config(load_config("unet")), controlnet=controlnet,
+                          vae=lambda: AutoencoderKL.from_config(load_config("vae")),
+                          depth=(lambda: build_dpt(load_config("dpt_hybrid"))) if with_depth else None)
