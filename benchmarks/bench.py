@@ -374,7 +374,8 @@ def notes(result: dict) -> list[str]:
         else:
             lines.append(f"e2e warm: {warm.get('status')}: {warm.get('error') or warm.get('reason')}")
         if cold.get("status") == "ok":
-            lines.append(f"e2e cold (process start to video): {cold['seconds']:.2f} s")
+            phases = ", ".join(f"{k} {v:.2f} s" for k, v in cold.get("seconds_per_phase", {}).items())
+            lines.append(f"e2e cold (process start to video): {cold['seconds']:.2f} s" + (f" ({phases})" if phases else ""))
         else:
             lines.append(f"e2e cold: {cold.get('status')}: {cold.get('error') or cold.get('reason')}")
     return lines

@@ -12,6 +12,7 @@ The data folder: the bundled demo clip with ``--tiny`` when it is present, else 
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import subprocess
@@ -179,7 +180,17 @@ def cold_edit(data_dir: Path, weights: Path, tmp: Path, device: torch.device, ti
     if proc.returncode != 0 or not out.is_file():
         tail = (proc.stderr or proc.stdout or "").strip().splitlines()[-5:]
         return {**res, "status": "error", "error": " | ".join(tail) or f"exit code {proc.returncode}"}
-    return {**res, "status": "ok"}
+    return {**res, "status": "ok", "seconds_per_phase": cold_phases(out.with_name(f"{out.stem}_report.json"), seconds)}
+
+
+def cold_phases(report: Path, seconds: float) -> dict[str, float]:
+    """Where a cold edit's seconds went: the CLI report's phases, the rest being process start,
+    imports and input checks."""
+    try:
+        phases = json.loads(report.read_text())["seconds_per_phase"]
+    except (OSError, ValueError, KeyError):
+        return {}
+    return {"start, imports, checks": round(seconds - sum(phases.values()), 3), **{k: round(v, 3) for k, v in phases.items()}}
 
 
 def run_e2e(device: torch.device, tiny: bool, frames: int, height: int, width: int, steps: int = 20,

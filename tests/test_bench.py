@@ -202,6 +202,9 @@ def test_tiny_e2e_warm_and_cold_through_the_cli(tmp_path):
     assert warm["warm_s"] > 0 and {"foreground", "background", "render"} <= set(warm["timings"])
     assert cold["status"] == "ok", cold
     assert cold["video_written"] and cold["seconds"] > 0
+    phases = cold["seconds_per_phase"]  # the CLI's own phases plus the process start it cannot see
+    assert {"start, imports, checks", "load models", "prepare backend", "edit", "write outputs"} == set(phases)
+    assert all(v >= 0 for v in phases.values()) and sum(phases.values()) == pytest.approx(cold["seconds"], abs=0.01)
 
 
 def test_model_stage_columns_report_accuracy_against_the_fp32_reference():

@@ -46,6 +46,7 @@ def run_edit(
     from sv_engine.stablevideo.model_source import load_components
     from sv_engine.stablevideo.params import EditParams
     from sv_engine.stablevideo.pipeline import StableVideoPipeline
+    from sv_engine.stablevideo.stage_timer import StageTimer
     from sv_engine.stablevideo.video_io import check_writable, write_mp4, write_png_frames
 
     preview = out.with_name(f"{out.stem}_preview.png")
@@ -58,15 +59,21 @@ def run_edit(
     frames = parse_keyframes(keyframes, config.num_frames) if keyframes else None
     params = EditParams(fg_prompt, bg_prompt, keyframes=frames, strength=strength, steps=steps, seed=seed, aggregation=aggregation, image_resolution=image_resolution)
     params.validate()
-    components = load_components(torch_device, tiny=tiny, weights=weights, precision=precision)
-    accelerated = accelerate_for_edit(components, backend, precision, torch_device, tiny, cuda_graphs)
-    pipeline = StableVideoPipeline(components, torch_device, accelerated.unet_controlnet, accelerated.denoiser_overrides())
-    result = pipeline.edit(data_dir, params)
-    write_mp4(out, result.frames)
-    Image.fromarray(result.preview()).save(preview)
-    if frames_dir:
-        write_png_frames(frames_dir, result.frames)
-    report.write_text(json.dumps({"backend": accelerated.backend, "cuda_graphs": accelerated.cuda_graphs, "precision": precision, "seed": result.seed, "keyframes": result.keyframes, "models": components.description, "random_weights": components.is_random, "seconds_per_stage": result.timings}, indent=2))
+    # The process's phases, for the report: a cold edit is mostly not the edit (sv-engine bench --e2e).
+    phases = StageTimer(sync_cuda=False)
+    with phases("load models"):
+        components = load_components(torch_device, tiny=tiny, weights=weights, precision=precision)
+    with phases("prepare backend"):
+        accelerated = accelerate_for_edit(components, backend, precision, torch_device, tiny, cuda_graphs)
+    with phases("edit"):
+        pipeline = StableVideoPipeline(components, torch_device, accelerated.unet_controlnet, accelerated.denoiser_overrides())
+        result = pipeline.edit(data_dir, params)
+    with phases("write outputs"):
+        write_mp4(out, result.frames)
+        Image.fromarray(result.preview()).save(preview)
+        if frames_dir:
+            write_png_frames(frames_dir, result.frames)
+    report.write_text(json.dumps({"backend": accelerated.backend, "cuda_graphs": accelerated.cuda_graphs, "precision": precision, "seed": result.seed, "keyframes": result.keyframes, "models": components.description, "random_weights": components.is_random, "seconds_per_phase": phases.as_dict(), "seconds_per_stage": result.timings}, indent=2))
     log.info("done: %s, preview %s, report %s", out, preview, report)
 
 
