@@ -8,7 +8,8 @@ one self-attention layer's scores are 2×8×7168² floats, 3.3 GB).
 
 ``"ort"``: attention as ONNX Runtime's contrib operator ``com.microsoft.MultiHeadAttention``, which
 runs flash / memory-efficient attention on CUDA (QKᵀ and softmax accumulate in fp32 inside the
-kernel: the fp16 guard) and has a CPU kernel for fp32. Only ONNX Runtime runs it. ORT's own
+kernel: the fp16 guard) and has CPU kernels. Only ONNX Runtime runs it. On the H200 (run 222e1bc)
+ORT's whole 70-frame edit took 4.47 s in this form against 9.93 s in the standard one. ORT's own
 transformer optimizer (``optimize_model(model_type="unet")``) fuses GroupNorm and NHWC convolutions in
 these graphs but not their attention (ORT 1.32), so the export emits the operator itself: while
 exporting, diffusers' attention modules run :class:`OrtAttnProcessor`, whose core is an autograd
@@ -84,6 +85,7 @@ class OrtAttnProcessor:
 
 
 def check_form(attention: str) -> None:
+    """Raises the user-facing error for an attention form that is not one of :data:`ATTENTION_FORMS`."""
     if attention not in ATTENTION_FORMS:
         raise SvEngineError(f"Unknown attention form {attention!r}.", f"Use one of {', '.join(ATTENTION_FORMS)}.")
 
