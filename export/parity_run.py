@@ -1,13 +1,18 @@
-"""Parity of a backend vs the PyTorch fp32 reference, per exported component (CLI + device script).
+"""Parity of a backend vs the PyTorch fp32 reference, per exported component and end to end.
 
-For each model: build the fp32 spec (the reference) and the spec in the requested precision, export
-it to ONNX (ONNX backends) or take its torch module (torch backends), run both on the same seeded
-sample inputs, and report :func:`sv_engine.engine.parity.compare` metrics + pass/fail against
-:data:`sv_engine.engine.parity.THRESHOLDS`.
+:func:`run_parity`, per model: build the fp32 spec (the reference) and the spec in the requested
+precision, export it to ONNX (ONNX backends) or take its torch module (torch backends), run both on
+the same seeded sample inputs, and report :func:`sv_engine.engine.parity.compare` metrics + pass/fail
+against :data:`sv_engine.engine.parity.THRESHOLDS`.
+
+:func:`run_edit_parity`: one whole edit with the backend's models against the same edit (same seed)
+by the torch fp32 pipeline: PSNR of the rendered frames against
+:data:`sv_engine.engine.parity.PSNR_MIN_DB`.
 """
 
 from __future__ import annotations
 
+import copy
 import logging
 import tempfile
 import time
@@ -17,7 +22,7 @@ from typing import Any, Callable
 import torch
 
 from sv_engine.engine.backend import backend_class, get_backend, load_manifest
-from sv_engine.engine.parity import THRESHOLDS, compare_outputs
+from sv_engine.engine.parity import PSNR_MIN_DB, THRESHOLDS, compare_outputs, psnr
 from sv_engine.export.onnx_export import reuse_or_export, write_manifest
 from sv_engine.export.registry import build_specs
 from sv_engine.export.spec import DEFAULT_SHAPES, ShapeRange
@@ -102,3 +107,32 @@ def summary_rows(report: dict[str, Any]) -> list[tuple[str, str, str, str, str, 
             rows.append((name, out, f"{m['max_abs']:.3e}", f"{m['max_rel']:.3e}", f"{m['cosine']:.6f}",
                          "ok" if m["ok"] else f"FAIL {m['why']}"))
     return rows
+
+
+def run_edit_parity(components: Any, data_dir: str | Path, params: Any, backend: str = "ort", precision: str = "fp32",
+                    shapes: ShapeRange = DEFAULT_SHAPES, device: str | None = None, onnx_dir: str | Path | None = None,
+                    backend_options: dict[str, Any] | None = None) -> dict[str, Any]:
+    """``{"psnr_db", "min_db", "ok", "frames", "seed", ...}``: the frames of one edit of ``data_dir`` with
+    ``params`` (give a fixed seed) on ``backend`` in ``precision`` against the torch fp32 pipeline's.
+
+    ``components`` (fp32) serve the reference; the backend's edit gets a copy in ``precision``.
+    """
+    from sv_engine.export.runtime import accelerate
+    from sv_engine.stablevideo.model_source import resolve_precision, to_edit_precision
+    from sv_engine.stablevideo.pipeline import StableVideoPipeline
+
+    dev = torch.device(device) if device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = resolve_precision(precision, dev)
+    reference = to_edit_precision(components, dev, torch.float32)
+    candidate = reference if dtype == torch.float32 else to_edit_precision(copy.deepcopy(reference), dev, dtype)
+    t0 = time.perf_counter()
+    ref_frames = StableVideoPipeline(reference, dev).edit(data_dir, params).frames
+    ref_s = time.perf_counter() - t0
+    accelerated = accelerate(candidate, backend.replace("-", "_"), precision, dev, onnx_dir=Path(onnx_dir) if onnx_dir else None,
+                             shapes=shapes, backend_options=backend_options)
+    t0 = time.perf_counter()
+    frames = StableVideoPipeline(candidate, dev, accelerated.unet_controlnet, accelerated.denoiser_overrides()).edit(data_dir, params).frames
+    db = psnr(ref_frames, frames)
+    return {"psnr_db": db, "min_db": PSNR_MIN_DB[precision], "ok": db >= PSNR_MIN_DB[precision], "backend": backend,
+            "precision": precision, "frames": list(frames.shape), "seed": params.seed, "data": str(data_dir),
+            "reference_edit_s": round(ref_s, 2), "edit_s": round(time.perf_counter() - t0, 2)}

@@ -42,7 +42,13 @@ def load_components(device: torch.device, tiny: bool = False, weights: Path | No
         from sv_engine.stablevideo.models.loaders import load_weights
 
         components = load_weights(Path(weights), dtype=dtype)
+    return to_edit_precision(components, device, dtype)
+
+
+def to_edit_precision(components: SDComponents, device: torch.device, dtype: torch.dtype) -> SDComponents:
+    """``components`` moved to ``device`` and ``dtype`` in place for an edit: the depth model stays fp32
+    (depth is estimated once per edit; fp32 avoids DPT overflow)."""
     components.to(device=device, dtype=dtype)
     if components.depth_model is not None:
-        components.depth_model.float()  # depth is estimated once per edit; fp32 avoids DPT overflow
+        components.depth_model.float()
     return components.eval()

@@ -54,3 +54,20 @@ def test_edit_backend_on_a_cpu_is_eager_torch():
 
     accelerated = accelerate_for_edit(build_tiny_components(0), "auto", "fp32", torch.device("cpu"), tiny=True)
     assert (accelerated.backend, accelerated.cuda_graphs, accelerated.unet_controlnet) == ("torch", False, {})
+
+
+def test_parity_e2e_compares_a_whole_edit(tmp_path):
+    """`parity --e2e`: the ORT edit (fp32 on the CPU) renders the torch fp32 edit's frames within the
+    fp32 bar (40 dB: only the final uint8 rounding may differ); a missing clip is refused up front."""
+    from sv_engine.engine.parity import PSNR_MIN_DB
+
+    runner = CliRunner()
+    report = tmp_path / "parity.json"
+    r = runner.invoke(app, ["parity", "--tiny", "--backend", "ort", "--device", "cpu", "--models", "vae_decoder",
+                            "--e2e", "--steps", "4", "--onnx-dir", str(tmp_path / "onnx"), "--json", str(report)])
+    assert r.exit_code == 0, r.output
+    edit = json.loads(report.read_text())["edit"]
+    assert edit["ok"] and edit["psnr_db"] >= PSNR_MIN_DB["fp32"] and edit["frames"][0] == 30
+    assert (tmp_path / "onnx" / "edit" / "manifest.json").is_file()  # the edit's exports beside the components'
+    r = runner.invoke(app, ["parity", "--tiny", "--e2e", "--data", str(tmp_path / "missing")])
+    assert isinstance(r.exception, SvEngineError) and "no config.json" in str(r.exception).lower()
