@@ -64,7 +64,8 @@ def pick_data_dir(tmp: Path, tiny: bool, frames: int, height: int, width: int, d
 def accelerated_unet_controlnet(backend: str, components, device: torch.device, tiny: bool, precision: str,
                                 engine_dir: Path | None = None) -> dict | None:
     """The pipeline's ``unet_controlnet`` callables on ``backend`` (sv_engine.export.runtime); None = torch.
-    ``torch-cuda-graph`` is eager torch replayed from CUDA graphs (``sv-engine edit --cuda-graphs``)."""
+    ``torch-cuda-graph`` is torch replayed from CUDA graphs with NHWC weights (``sv-engine edit``'s GPU
+    default); ``torch`` stays eager (``--no-cuda-graphs``)."""
     if backend in (None, "", "torch"):
         return None
     from sv_engine.export.runtime import TORCH_GPU_OPTIONS, accelerate

@@ -5,11 +5,12 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
 from sv_engine.cli.app import app
+from sv_engine.cli.options import CudaGraphs
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +26,7 @@ def batch(
     random_full: Annotated[bool, typer.Option("--random-full", help="Full-size random-weight models (throughput tests).")] = False,
     precision: Annotated[str, typer.Option(help="fp32 or fp16 (GPU).")] = "fp32",
     backend: Annotated[str, typer.Option("--backend", help="torch, torch-compile, ort or trt for the heavy models (auto: fastest available on GPU, torch on CPU).")] = "auto",
-    cuda_graphs: Annotated[Optional[bool], typer.Option("--cuda-graphs/--no-cuda-graphs", help="torch on a GPU: replay the UNet+ControlNet steps from CUDA graphs (default there: on; --no-cuda-graphs runs them eagerly).")] = None,
+    cuda_graphs: CudaGraphs = None,
     workers: Annotated[int | None, typer.Option("--workers", min=1, help="Warm workers (default: one per GPU, one on CPU).")] = None,
     max_retries: Annotated[int, typer.Option("--max-retries", min=0, help="Resubmissions of a job whose worker died.")] = 2,
 ) -> None:

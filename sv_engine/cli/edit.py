@@ -5,12 +5,12 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
 from sv_engine.cli.app import app
-from sv_engine.cli.options import DataDir, Device, Force
+from sv_engine.cli.options import CudaGraphs, DataDir, Device, Force
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +92,7 @@ def edit(
     aggregation: Annotated[str, typer.Option(help="median or net (train the aggregation network).")] = "median",
     image_resolution: Annotated[int, typer.Option(help="Short side of the diffusion images (multiple of 64).")] = 512,
     backend: Annotated[str, typer.Option(help="torch, torch-compile, ort or trt (auto: fastest available on GPU, torch on CPU).")] = "auto",
-    cuda_graphs: Annotated[Optional[bool], typer.Option("--cuda-graphs/--no-cuda-graphs", help="torch on a GPU: replay the UNet+ControlNet steps from CUDA graphs (default there: on; --no-cuda-graphs runs them eagerly).")] = None,
+    cuda_graphs: CudaGraphs = None,
     out: Annotated[Path, typer.Option("--out", help="Output mp4; a _preview.png and _report.json are written beside it.")] = Path("edit.mp4"),
     frames_dir: Annotated[Path | None, typer.Option("--frames-dir", help="Also write PNG frames here.")] = None,
     device: Device = "auto",

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
 from sv_engine.cli.app import app
+from sv_engine.cli.options import CudaGraphs
 from sv_engine.errors import SvEngineError
 
 log = logging.getLogger(__name__)
@@ -21,7 +22,7 @@ def serve(
     data_root: Annotated[Path, typer.Option("--data-root", help="Folder holding the StableVideo data folders jobs may name.")] = Path("data"),
     out_root: Annotated[Path, typer.Option("--out-root", help="Outputs go to OUT_ROOT/<job id>/ (edit.mp4, preview.png, report.json).")] = Path("sv-jobs"),
     backend: Annotated[str, typer.Option("--backend", help="torch, torch-compile, ort or trt for the heavy models (auto: fastest available on GPU, torch on CPU).")] = "auto",
-    cuda_graphs: Annotated[Optional[bool], typer.Option("--cuda-graphs/--no-cuda-graphs", help="torch on a GPU: replay the UNet+ControlNet steps from CUDA graphs (default there: on; --no-cuda-graphs runs them eagerly).")] = None,
+    cuda_graphs: CudaGraphs = None,
     weights: Annotated[Path | None, typer.Option("--weights", help="Model weights folder (see README: weight formats).")] = None,
     tiny: Annotated[bool, typer.Option("--tiny", help="Tiny random-weight models (testing without weights).")] = False,
     random_full: Annotated[bool, typer.Option("--random-full", help="Full-size random-weight models (latency tests).")] = False,
