@@ -114,8 +114,8 @@ def _fresh(args, data_dir: Path, scratch: Path, i: int) -> tuple[float, list[str
         cmd += ["--tiny"] if args.tiny else ["--weights", args.weights]
         if args.keyframes:
             cmd += ["--keyframes", args.keyframes]
-    if args.cuda_graphs:
-        cmd += ["--cuda-graphs"]  # both commands take it
+    if args.cuda_graphs is not None:  # both commands take it; unset, both use edit's default like the warm workers
+        cmd += ["--cuda-graphs" if args.cuda_graphs else "--no-cuda-graphs"]
     t0 = time.perf_counter()
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL if not args.verbose else None)
     return time.perf_counter() - t0, cmd
@@ -158,7 +158,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--keyframes", help="Comma-separated keyframes (default: the pipeline's).")
     p.add_argument("--precision", default="fp32")
     p.add_argument("--backend", default="auto", help="auto, torch, torch-compile, ort or trt (same for warm and fresh runs).")
-    p.add_argument("--cuda-graphs", action="store_true", help="torch: UNet+ControlNet steps replayed from CUDA graphs (as `edit --cuda-graphs`).")
+    p.add_argument("--cuda-graphs", action=argparse.BooleanOptionalAction, default=None,
+                   help="torch: UNet+ControlNet steps from CUDA graphs or eager (default: as `sv-engine edit`, on with a GPU).")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--verbose", action="store_true")
     p.add_argument("--single-edit", help=argparse.SUPPRESS)
