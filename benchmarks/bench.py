@@ -32,6 +32,7 @@ from typing import Any
 
 import torch
 
+from sv_engine.atomic_write import atomic_write_bytes
 from sv_engine.benchmarks.stages import (
     E2E_TARGETS,
     FULL,
@@ -268,9 +269,7 @@ def _clean(obj: Any) -> Any:
 def write_json(result: dict, path: Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.partial")
-    tmp.write_text(json.dumps(_clean(result), indent=2, default=_json_default, allow_nan=False))
-    tmp.replace(path)
+    atomic_write_bytes(path, json.dumps(_clean(result), indent=2, default=_json_default, allow_nan=False).encode())
     return path
 
 

@@ -10,6 +10,7 @@ comes back (the scheduler resubmits its job).
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
@@ -18,6 +19,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from sv_engine.atomic_write import atomic_write_bytes
 from sv_engine.errors import SvEngineError
 from sv_engine.service.jobs import PREVIEW_NAME, REPORT_NAME, VIDEO_NAME
 
@@ -100,9 +102,9 @@ class EditWorker:
         out.mkdir(parents=True, exist_ok=True)
         result = self.pipeline.edit(data_dir, params)
         write_mp4(out / VIDEO_NAME, result.frames)
-        tmp = out / f".{PREVIEW_NAME}.partial.png"
-        Image.fromarray(result.preview()).save(tmp)
-        tmp.replace(out / PREVIEW_NAME)
+        preview = io.BytesIO()
+        Image.fromarray(result.preview()).save(preview, format="PNG")
+        atomic_write_bytes(out / PREVIEW_NAME, preview.getvalue())
         seconds = time.perf_counter() - start
         self.edits += 1
         summary = {
@@ -110,9 +112,8 @@ class EditWorker:
             "seconds": round(seconds, 3), "timings": result.timings, "pid": os.getpid(), "device": str(self.device), "backend": self.accelerated.backend,
             "models": self.components.description, "random_weights": self.components.is_random,
         }
-        tmp = out / f".{REPORT_NAME}.partial"
-        tmp.write_text(json.dumps(summary, indent=2))
-        tmp.replace(out / REPORT_NAME)  # written last: its presence marks the job's outputs complete
+        # Written last: its presence marks the job's outputs complete.
+        atomic_write_bytes(out / REPORT_NAME, json.dumps(summary, indent=2).encode())
         return summary
 
 
