@@ -13,10 +13,13 @@ lane() {  # lane GPU NAME COMMAND...
   CUDA_VISIBLE_DEVICES=$gpu timeout "${LANE_TIMEOUT:-560}" "$@" >"$OUT/$name.log" 2>&1
   echo "lane $name (GPU $gpu) exit $?"; tail -n 25 "$OUT/$name.log"
 }
+bench_models() {  # GPU 0: the model stages at 512² on every backend that runs on Hopper
+  lane 0 bench-models python3 -m sv_engine.benchmarks.bench --stages text_encoder,unet_step,vae_encode,vae_decode \
+    --backends torch,torch-cuda-graph,torch-compile,ort --repeat 10 --json "$OUT/bench-models.json"
+}
 case ${1:?phase: models, rest, e2e, attention or service} in
   models)  # model stages on every backend, split over the two GPUs (torch.compile: ~94 s per UNet shape)
-    lane 0 bench-models python3 -m sv_engine.benchmarks.bench --stages text_encoder,unet_step,vae_encode,vae_decode \
-      --backends torch,torch-cuda-graph,torch-compile,ort --repeat 10 --json "$OUT/bench-models.json" &
+    bench_models &
     (  # GPU 1: the wide step and depth, then the whole edit warm + cold (the CLI on saved weights), then the GPU tests
       lane 1 bench-models-wide python3 -m sv_engine.benchmarks.bench --stages unet_step_wide,depth \
         --backends torch,torch-cuda-graph,torch-compile,ort --repeat 10 --json "$OUT/bench-models-wide.json"
@@ -37,8 +40,7 @@ case ${1:?phase: models, rest, e2e, attention or service} in
       --backends torch,torch:cuda_graph=1,torch:cuda_graph=1:channels_last=1,ort:cudnn_conv_algo_search=HEURISTIC &
     wait ;;
   attention)  # ORT's fused-attention export and the torch GPU default (graphs + NHWC): model stages and whole edits
-    lane 0 bench-models python3 -m sv_engine.benchmarks.bench --stages text_encoder,unet_step,vae_encode,vae_decode \
-      --backends torch,torch-cuda-graph,torch-compile,ort --repeat 10 --json "$OUT/bench-models.json" &
+    bench_models &
     (
       LANE_TIMEOUT=380 lane 1 e2e-ort python3 -m sv_engine.benchmarks.e2e_parity --out "$OUT/e2e-ort.json" --profile --budget-s 350 \
         --backends torch,ort,ort:attention=onnx

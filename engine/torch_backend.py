@@ -85,7 +85,7 @@ class TorchBackend(Backend):
     ``cuda_graph`` (default False): replay per-shape CUDA graphs (:class:`CudaGraphModel`);
     ``channels_last`` (default False): convolution weights in NHWC, the layout of cuDNN's fast fp16
     kernels (the H100 profile of a warm edit spent 0.34 s of 2.1 s of kernels converting NCHW to NHWC;
-    not yet measured with this option)."""
+    with CUDA graphs a warm edit took 3.13 s against 3.72 s without it, H200 run 2506125)."""
 
     name = "torch"
     pip_package = "torch"

@@ -97,8 +97,9 @@ def prepare_for_precision(module: nn.Module, precision: str, fused_attention: bo
     ``fused_attention=True`` keeps diffusers' fused processor (``scaled_dot_product_attention``) for
     modules that torch runs: its kernels accumulate QKᵀ and softmax in fp32 internally, so the guard
     is built in, while the classic processor materialises every fp32 score matrix (on the H100 it made
-    attention 6× and the GEMMs 6.5× slower over a whole edit, run e6a5af2). Exported graphs keep the
-    classic form: the ONNX decomposition of SDPA runs its softmax in fp16.
+    attention 6× and the GEMMs 6.5× slower over a whole edit, run e6a5af2). The standard ONNX export
+    keeps the classic form (the ONNX decomposition of SDPA runs its softmax in fp16); ONNX Runtime's
+    export form starts from the fused one (:mod:`sv_engine.export.ort_attention`).
     """
     if precision not in PRECISIONS:
         raise SvEngineError(f"Unknown precision {precision!r}.", f"Use one of {PRECISIONS}.")

@@ -39,20 +39,19 @@ def parity_command(
     from sv_engine.cli.export_cmd import load_bundle, shape_range
     from sv_engine.export.parity_run import run_edit_parity, run_parity, summary_rows
     from sv_engine.export.registry import parse_model_list
+    from sv_engine.benchmarks.e2e import edit_params
     from sv_engine.stablevideo.data import read_config
     from sv_engine.stablevideo.demo import demo_data_dir
-    from sv_engine.stablevideo.params import EditParams
 
     names = parse_model_list(models)
     if not (tiny or random_full or weights):
         tiny = True  # the only source that needs nothing
-    components, nla, _ = load_bundle(tiny, weights, random_full, seed)
-    if e2e:  # check the cheap inputs before the per-component runs
-        params = EditParams("a golden retriever, oil painting", "a snowy mountain road at sunset", steps=steps, seed=seed,
-                            image_resolution=64 if tiny else 512, depth_resolution=64 if tiny else 512)
+    if e2e:  # the cheap inputs are checked before any model is loaded; the bench's e2e edit parameters
+        params = edit_params(steps, 0.8, tiny, seed)
         params.validate()
         data = Path(data).expanduser().resolve() if data else demo_data_dir()
         read_config(data)
+    components, nla, _ = load_bundle(tiny, weights, random_full, seed)
     report = run_parity(components, nla, backend=backend, precision=precision,
                         models=None if models == "all" else names, shapes=shape_range(tiny), device=device,
                         onnx_dir=onnx_dir)
