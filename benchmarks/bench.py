@@ -31,8 +31,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-
-from sv_engine.atomic_write import atomic_write_bytes
 from sv_engine.benchmarks.stages import (
     E2E_TARGETS,
     FULL,
@@ -46,6 +44,8 @@ from sv_engine.benchmarks.stages import (
     parse_stages,
 )
 from sv_engine.benchmarks.timing import environment, format_ms, result_filename
+
+from sv_engine.atomic_write import atomic_write_bytes
 from sv_engine.errors import SvEngineError
 
 log = logging.getLogger(__name__)
@@ -109,7 +109,11 @@ def _finish_stage(name: str, stage: dict, tiny: bool) -> dict:
     target = TARGETS_MS.get(name)
     stage["target_ms"] = target
     stage["target_met"] = None if (target is None or best is None or tiny) else ok[best]["median_ms"] <= target
-    stage["status"] = "ok" if ok else ("error" if any(v.get("status") == "error" for v in backends.values()) else stage.get("status", "skipped"))
+    stage["status"] = (
+        "ok"
+        if ok
+        else ("error" if any(v.get("status") == "error" for v in backends.values()) else stage.get("status", "skipped"))
+    )
     return stage
 
 
@@ -142,19 +146,33 @@ def run_bench(options: BenchOptions | dict | None = None, **overrides: Any) -> d
     if not options.tiny and not cuda:
         log.warning("full-size SD 1.5 models on the CPU are very slow; pass --tiny for a smoke test")
     if options.weights is not None and not Path(options.weights).expanduser().is_dir():
-        raise SvEngineError(f"Weights folder {options.weights} does not exist.", "pass --weights with a folder in the diffusers layout (README: weight formats).")
+        raise SvEngineError(
+            f"Weights folder {options.weights} does not exist.",
+            "pass --weights with a folder in the diffusers layout (README: weight formats).",
+        )
     if options.weights is not None:
         models = f"weights from {options.weights}"
     else:
-        models = "tiny random SD1.5+ControlNet+DPT" if options.tiny else "full-size SD1.5 / ControlNet 1.0 / DPT-hybrid, random weights"
+        models = (
+            "tiny random SD1.5+ControlNet+DPT"
+            if options.tiny
+            else "full-size SD1.5 / ControlNet 1.0 / DPT-hybrid, random weights"
+        )
 
     result: dict[str, Any] = {
         "schema": SCHEMA,
         "environment": environment(device),
         "options": {
-            "stages": stage_list, "backends": backends, "tiny": options.tiny, "repeat": repeat, "warmup": warmup,
-            "device": str(device), "e2e": options.e2e, "time_budget": options.time_budget,
-            "skip_slow_reference": options.skip_slow_reference, "seed": options.seed,
+            "stages": stage_list,
+            "backends": backends,
+            "tiny": options.tiny,
+            "repeat": repeat,
+            "warmup": warmup,
+            "device": str(device),
+            "e2e": options.e2e,
+            "time_budget": options.time_budget,
+            "skip_slow_reference": options.skip_slow_reference,
+            "seed": options.seed,
             "models": models,
             "sizes": dataclasses.asdict(sizes),
         },
@@ -164,8 +182,18 @@ def run_bench(options: BenchOptions | dict | None = None, **overrides: Any) -> d
     }
     if options.weights is not None:
         result["environment"]["note"] = f"models: {options.weights}"
-    ctx = BenchContext(device, sizes, tiny=options.tiny, weights=options.weights, repeat=repeat, warmup=warmup, backends=backends,
-                       deadline=deadline, skip_slow_reference=options.skip_slow_reference, seed=options.seed)
+    ctx = BenchContext(
+        device,
+        sizes,
+        tiny=options.tiny,
+        weights=options.weights,
+        repeat=repeat,
+        warmup=warmup,
+        backends=backends,
+        deadline=deadline,
+        skip_slow_reference=options.skip_slow_reference,
+        seed=options.seed,
+    )
     for name in stage_list:
         if deadline is not None and time.monotonic() >= deadline:
             result["stages"][name] = {"status": "skipped", "reason": "time budget exceeded", "backends": {}}
@@ -191,25 +219,49 @@ def run_bench(options: BenchOptions | dict | None = None, **overrides: Any) -> d
 
     if options.e2e:
         if deadline is not None and time.monotonic() >= deadline:
-            result["e2e"] = {"warm": {"status": "skipped", "reason": "time budget exceeded"},
-                             "cold": {"status": "skipped", "reason": "time budget exceeded"}}
+            result["e2e"] = {
+                "warm": {"status": "skipped", "reason": "time budget exceeded"},
+                "cold": {"status": "skipped", "reason": "time budget exceeded"},
+            }
         else:
             from sv_engine.benchmarks.e2e import run_e2e
 
             try:
-                result["e2e"] = run_e2e(device, options.tiny, sizes.frames, sizes.height, sizes.width,
-                                        steps=options.e2e_steps, cold=options.e2e_cold, backend=options.e2e_backend,
-                                        data_dir=options.e2e_data, deadline=deadline, engine_dir=ctx.engine_dir / "e2e",
-                                        profile=options.profile, weights=options.weights)
+                result["e2e"] = run_e2e(
+                    device,
+                    options.tiny,
+                    sizes.frames,
+                    sizes.height,
+                    sizes.width,
+                    steps=options.e2e_steps,
+                    cold=options.e2e_cold,
+                    backend=options.e2e_backend,
+                    data_dir=options.e2e_data,
+                    deadline=deadline,
+                    engine_dir=ctx.engine_dir / "e2e",
+                    profile=options.profile,
+                    weights=options.weights,
+                )
             except Exception as exc:  # noqa: BLE001
-                result["e2e"] = {"warm": {"status": "error", "error": error_string(exc)}, "cold": {"status": "skipped", "reason": "warm failed"}}
+                result["e2e"] = {
+                    "warm": {"status": "error", "error": error_string(exc)},
+                    "cold": {"status": "skipped", "reason": "warm failed"},
+                }
         e2e = result["e2e"]
         warm, cold = e2e.get("warm", {}), e2e.get("cold", {})
         e2e["targets"] = {
-            "warm_ms": E2E_TARGETS["warm_ms"], "cold_ms": E2E_TARGETS["cold_ms"], "peak_mem_gb": E2E_TARGETS["peak_mem_gb"],
-            "warm_met": None if options.tiny or warm.get("status") != "ok" else warm["warm_s"] * 1e3 <= E2E_TARGETS["warm_ms"],
-            "cold_met": None if options.tiny or cold.get("status") != "ok" else cold["seconds"] * 1e3 <= E2E_TARGETS["cold_ms"],
-            "peak_mem_met": None if options.tiny or not warm.get("peak_mem_gb") else warm["peak_mem_gb"] <= E2E_TARGETS["peak_mem_gb"],
+            "warm_ms": E2E_TARGETS["warm_ms"],
+            "cold_ms": E2E_TARGETS["cold_ms"],
+            "peak_mem_gb": E2E_TARGETS["peak_mem_gb"],
+            "warm_met": None
+            if options.tiny or warm.get("status") != "ok"
+            else warm["warm_s"] * 1e3 <= E2E_TARGETS["warm_ms"],
+            "cold_met": None
+            if options.tiny or cold.get("status") != "ok"
+            else cold["seconds"] * 1e3 <= E2E_TARGETS["cold_ms"],
+            "peak_mem_met": None
+            if options.tiny or not warm.get("peak_mem_gb")
+            else warm["peak_mem_gb"] <= E2E_TARGETS["peak_mem_gb"],
         }
     result["total_seconds"] = round(time.monotonic() - start, 3)
     if options.json_path:
@@ -231,8 +283,10 @@ def merge_results(parts: list[dict]) -> dict:
         raise SvEngineError("Nothing to merge.", "pass two or more bench JSON files.")
     keys = {(p["environment"].get("gpu"), p["environment"].get("git_commit")) for p in parts}
     if len(keys) > 1:
-        raise SvEngineError(f"Bench results from different GPUs or commits: {sorted(map(str, keys))}.",
-                            "merge only the parts of one device run.")
+        raise SvEngineError(
+            f"Bench results from different GPUs or commits: {sorted(map(str, keys))}.",
+            "merge only the parts of one device run.",
+        )
     merged = json.loads(json.dumps(parts[0]))
     stages = {name: stage for part in parts for name, stage in part["stages"].items()}
     merged["stages"] = {name: stages[name] for name in STAGE_NAMES if name in stages}
@@ -240,8 +294,14 @@ def merge_results(parts: list[dict]) -> dict:
     merged["options"]["stages"] = list(merged["stages"])
     merged["options"]["e2e"] = merged["e2e"] is not None
     merged["total_seconds"] = max(p.get("total_seconds", 0) for p in parts)
-    merged["merged_from"] = [{"argv": p["environment"].get("argv"), "cuda_visible_devices": p["environment"].get("cuda_visible_devices"),
-                              "total_seconds": p.get("total_seconds")} for p in parts]
+    merged["merged_from"] = [
+        {
+            "argv": p["environment"].get("argv"),
+            "cuda_visible_devices": p["environment"].get("cuda_visible_devices"),
+            "total_seconds": p.get("total_seconds"),
+        }
+        for p in parts
+    ]
     return merged
 
 
@@ -320,8 +380,10 @@ def build_table(result: dict):
     from rich.table import Table
 
     env = result.get("environment", {})
-    title = (f"sv-engine bench — {env.get('gpu') or env.get('device')} · torch {env.get('torch')} · "
-             f"{env.get('git_commit')} · {env.get('date')}")
+    title = (
+        f"sv-engine bench — {env.get('gpu') or env.get('device')} · torch {env.get('torch')} · "
+        f"{env.get('git_commit')} · {env.get('date')}"
+    )
     from rich import box
 
     table = Table(title=title, caption=env.get("note"), box=box.SIMPLE_HEAD, padding=(0, 1))
@@ -338,7 +400,9 @@ def build_table(result: dict):
         peaks = [b.get("peak_mem_mb") for b in stage.get("backends", {}).values() if b.get("peak_mem_mb")]
         target = stage.get("target_ms")
         met = stage.get("target_met")
-        tcell = "" if target is None else f"≤ {format_ms(target)}" + ("" if met is None else (" met" if met else " missed"))
+        tcell = (
+            "" if target is None else f"≤ {format_ms(target)}" + ("" if met is None else (" met" if met else " missed"))
+        )
         table.add_row(name, *[cell(stage, c) for c in cols], f"{max(peaks):.0f}" if peaks else "", tcell)
     return table
 
@@ -347,7 +411,11 @@ def notes(result: dict) -> list[str]:
     """Errors, skip reasons and the e2e summary as plain lines (printed under the table)."""
     lines = []
     for name, stage in result.get("stages", {}).items():
-        accuracy = [f"{impl} cos {b['cosine']:.6f}" for impl, b in stage.get("backends", {}).items() if b.get("cosine") is not None]
+        accuracy = [
+            f"{impl} cos {b['cosine']:.6f}"
+            for impl, b in stage.get("backends", {}).items()
+            if b.get("cosine") is not None
+        ]
         if accuracy:
             lines.append(f"{name}: vs fp32 reference: " + ", ".join(accuracy))
         if stage.get("error"):
@@ -364,17 +432,23 @@ def notes(result: dict) -> list[str]:
         warm, cold = e2e.get("warm", {}), e2e.get("cold", {})
         if warm.get("status") == "ok":
             peak = f", peak {warm['peak_mem_gb']:.2f} GB" if warm.get("peak_mem_gb") else ""
-            lines.append(f"e2e warm: {warm['warm_s']:.3f} s (first edit {warm['first_edit_s']:.3f} s, model load {warm['load_s']:.2f} s{peak})")
+            lines.append(
+                f"e2e warm: {warm['warm_s']:.3f} s (first edit {warm['first_edit_s']:.3f} s, model load {warm['load_s']:.2f} s{peak})"
+            )
             lines.append("  stages: " + ", ".join(f"{k} {v:.3f}s" for k, v in warm.get("timings", {}).items()))
             prof = warm.get("profile")
             if prof:
-                lines.append(f"  profile: GPU busy {prof['gpu_busy_s']:.3f} of {prof['wall_s']:.3f} s, kernels by category (ms): "
-                             + ", ".join(f"{k} {v:.0f}" for k, v in prof["kernel_ms_by_category"].items()))
+                lines.append(
+                    f"  profile: GPU busy {prof['gpu_busy_s']:.3f} of {prof['wall_s']:.3f} s, kernels by category (ms): "
+                    + ", ".join(f"{k} {v:.0f}" for k, v in prof["kernel_ms_by_category"].items())
+                )
         else:
             lines.append(f"e2e warm: {warm.get('status')}: {warm.get('error') or warm.get('reason')}")
         if cold.get("status") == "ok":
             phases = ", ".join(f"{k} {v:.2f} s" for k, v in cold.get("seconds_per_phase", {}).items())
-            lines.append(f"e2e cold (process start to video): {cold['seconds']:.2f} s" + (f" ({phases})" if phases else ""))
+            lines.append(
+                f"e2e cold (process start to video): {cold['seconds']:.2f} s" + (f" ({phases})" if phases else "")
+            )
         else:
             lines.append(f"e2e cold: {cold.get('status')}: {cold.get('error') or cold.get('reason')}")
     return lines
@@ -397,28 +471,61 @@ def print_report(result: dict, console=None) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m sv_engine.benchmarks.bench", description=__doc__.splitlines()[0])
-    p.add_argument("--stages", default="all", help="all, or a comma list of stages/groups (unet, vae, aggregation, kernels, models)")
-    p.add_argument("--backends", default="torch,torch-cuda-graph,torch-compile,ort,trt", help="comma list of torch,torch-cuda-graph,torch-compile,ort,trt")
+    p.add_argument(
+        "--stages",
+        default="all",
+        help="all, or a comma list of stages/groups (unet, vae, aggregation, kernels, models)",
+    )
+    p.add_argument(
+        "--backends",
+        default="torch,torch-cuda-graph,torch-compile,ort,trt",
+        help="comma list of torch,torch-cuda-graph,torch-compile,ort,trt",
+    )
     p.add_argument("--e2e", action="store_true", help="also time a whole edit (warm and cold)")
     p.add_argument("--no-cold", dest="e2e_cold", action="store_false", help="with --e2e: skip the cold subprocess edit")
-    p.add_argument("--e2e-backend", default="torch", help="UNet+ControlNet backend of the e2e edit (torch, torch-cuda-graph, torch-compile, ort, trt)")
+    p.add_argument(
+        "--e2e-backend",
+        default="torch",
+        help="UNet+ControlNet backend of the e2e edit (torch, torch-cuda-graph, torch-compile, ort, trt)",
+    )
     p.add_argument("--e2e-steps", type=int, default=20)
-    p.add_argument("--e2e-data", type=Path, default=None, help="data folder for the e2e edit (default: synthesised / demo clip)")
-    p.add_argument("--profile", action="store_true", help="with --e2e: profile one more warm edit (kernel time by category, top kernels)")
+    p.add_argument(
+        "--e2e-data", type=Path, default=None, help="data folder for the e2e edit (default: synthesised / demo clip)"
+    )
+    p.add_argument(
+        "--profile",
+        action="store_true",
+        help="with --e2e: profile one more warm edit (kernel time by category, top kernels)",
+    )
     p.add_argument("--frames", type=int, default=None, help="clip frames (default 70; tiny 4)")
     p.add_argument("--size", default=None, help="clip WIDTHxHEIGHT (default 768x432; tiny 64x48)")
-    p.add_argument("--tiny", action="store_true", help="tiny sizes, and tiny random models unless --weights (CPU smoke test)")
-    p.add_argument("--weights", type=Path, default=None, help="benchmark these models (diffusers folder layout) instead of random ones")
+    p.add_argument(
+        "--tiny", action="store_true", help="tiny sizes, and tiny random models unless --weights (CPU smoke test)"
+    )
+    p.add_argument(
+        "--weights",
+        type=Path,
+        default=None,
+        help="benchmark these models (diffusers folder layout) instead of random ones",
+    )
     p.add_argument("--repeat", type=int, default=None, help="timed repeats (default 20 GPU / 3 CPU)")
     p.add_argument("--warmup", type=int, default=None, help="untimed warm-up calls (default 3 GPU / 1 CPU)")
     p.add_argument("--device", default="auto")
     p.add_argument("--json", dest="json_path", type=Path, default=None, help="write the JSON result here")
-    p.add_argument("--save-result", action="store_true", help="also write benchmarks/results/<gpu>-<date>-<commit>.json")
+    p.add_argument(
+        "--save-result", action="store_true", help="also write benchmarks/results/<gpu>-<date>-<commit>.json"
+    )
     p.add_argument("--time-budget", type=float, default=None, help="skip the remaining stages after this many seconds")
     p.add_argument("--skip-slow-reference", action="store_true", help="skip the ~20 s scipy griddata splat reference")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--merge", nargs="+", type=Path, default=None, metavar="JSON",
-                   help="merge bench JSONs of one device run (e.g. one per GPU lane) into --json or benchmarks/results/")
+    p.add_argument(
+        "--merge",
+        nargs="+",
+        type=Path,
+        default=None,
+        metavar="JSON",
+        help="merge bench JSONs of one device run (e.g. one per GPU lane) into --json or benchmarks/results/",
+    )
     return p
 
 

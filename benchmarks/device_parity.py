@@ -28,17 +28,25 @@ import logging
 import platform
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
-
 from sv_engine.benchmarks.timing import time_fn
 
 logger = logging.getLogger("sv_engine.benchmarks.device_parity")
 
-DEFAULT_MODELS = ["unet_controlnet_canny", "text_encoder", "vae_decoder", "vae_encoder", "nla_field", "depth",
-                  "controlnet_canny", "unet"]
+DEFAULT_MODELS = [
+    "unet_controlnet_canny",
+    "text_encoder",
+    "vae_decoder",
+    "vae_encoder",
+    "nla_field",
+    "depth",
+    "controlnet_canny",
+    "unet",
+]
 SHAPES = {"512x512": {"B": 2, "h": 64, "w": 64}, "512x768": {"B": 2, "h": 64, "w": 96}}
 
 
@@ -74,9 +82,12 @@ class Runner:
             self.result["sections"][name] = {"ok": True, "seconds": round(time.perf_counter() - t, 2), "result": value}
         except Exception as exc:  # noqa: BLE001 - record and go on
             value = None
-            self.result["sections"][name] = {"ok": False, "seconds": round(time.perf_counter() - t, 2),
-                                             "error": f"{type(exc).__name__}: {exc}",
-                                             "traceback": traceback.format_exc()[-3000:]}
+            self.result["sections"][name] = {
+                "ok": False,
+                "seconds": round(time.perf_counter() - t, 2),
+                "error": f"{type(exc).__name__}: {exc}",
+                "traceback": traceback.format_exc()[-3000:],
+            }
             logger.error("%s failed: %s", name, exc)
         finally:
             torch.cuda.empty_cache() if torch.cuda.is_available() else None
@@ -91,8 +102,12 @@ def time_cuda(fn: Callable[[], Any], iters: int = 10) -> dict[str, Any]:
 
 
 def env_info() -> dict[str, Any]:
-    info: dict[str, Any] = {"python": platform.python_version(), "torch": torch.__version__,
-                            "cuda": torch.version.cuda, "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None}
+    info: dict[str, Any] = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+    }
     if torch.cuda.is_available():
         info["capability"] = list(torch.cuda.get_device_capability())
         info["gpu_mem_gb"] = round(torch.cuda.get_device_properties(0).total_memory / 2**30, 1)
@@ -177,8 +192,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             spec._module = None  # free the fp16 copy
             torch.cuda.empty_cache()
         write_manifest(out, done.values())
-        sizes = {n: round(sum((out / f).stat().st_size for f in [s.onnx_path.name, *s.external_data]) / 2**20, 1)
-                 for n, s in done.items()}
+        sizes = {
+            n: round(sum((out / f).stat().st_size for f in [s.onnx_path.name, *s.external_data]) / 2**20, 1)
+            for n, s in done.items()
+        }
         state[f"onnx_{precision}"] = out
         return {"seconds": times, "size_mib": sizes, "errors": errors}
 
@@ -187,8 +204,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     def parity(backend: str, precision: str, onnx_dir: Path | None, names: list[str], options=None):
         from sv_engine.export.parity_run import run_parity
 
-        report = run_parity(comps, nla, backend=backend, precision=precision, models=names, shapes=DEFAULT_SHAPES,
-                            device="cuda", onnx_dir=onnx_dir, backend_options=options)
+        report = run_parity(
+            comps,
+            nla,
+            backend=backend,
+            precision=precision,
+            models=names,
+            shapes=DEFAULT_SHAPES,
+            device="cuda",
+            onnx_dir=onnx_dir,
+            backend_options=options,
+        )
         return report
 
     if "onnx_fp16" in state:
@@ -200,8 +226,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         from sv_engine.export.registry import build_specs
 
         res: dict[str, Any] = {}
-        spec32 = build_specs(comps, nla, names=["unet_controlnet_canny"], precision="fp32", device="cuda")["unet_controlnet_canny"]
-        spec16 = build_specs(comps, nla, names=["unet_controlnet_canny"], precision="fp16", device="cuda")["unet_controlnet_canny"]
+        spec32 = build_specs(comps, nla, names=["unet_controlnet_canny"], precision="fp32", device="cuda")[
+            "unet_controlnet_canny"
+        ]
+        spec16 = build_specs(comps, nla, names=["unet_controlnet_canny"], precision="fp16", device="cuda")[
+            "unet_controlnet_canny"
+        ]
         candidates: list[tuple[str, Callable[[], Any], Any]] = [
             ("torch_fp32", lambda: get_backend("torch", device="cuda").compile(spec32.model_source()), spec32),
             ("torch_fp16", lambda: get_backend("torch", device="cuda").compile(spec16.model_source()), spec16),
@@ -280,8 +310,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         src = load_manifest(onnx_dir)["unet_controlnet_canny"]
         out: dict[str, Any] = {"flavor": flavor, "version": trt.__version__, "onnx": str(src.onnx_path)}
         t = time.perf_counter()
-        data = build_serialized_engine(trt, flavor, src.onnx_path, src, "fp16",
-                                       timing_cache_path=args.workdir / f"timing-{flavor}.cache")
+        data = build_serialized_engine(
+            trt, flavor, src.onnx_path, src, "fp16", timing_cache_path=args.workdir / f"timing-{flavor}.cache"
+        )
         out["build_s"] = round(time.perf_counter() - t, 1)
         out["engine_mib"] = round(len(data) / 2**20, 1)
         try:
@@ -304,14 +335,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     from sv_engine.export.registry import build_specs as _bs
 
-    state["spec16_fused"] = _bs(comps, nla, names=["unet_controlnet_canny"], precision="fp16", device="cuda")["unet_controlnet_canny"]
+    state["spec16_fused"] = _bs(comps, nla, names=["unet_controlnet_canny"], precision="fp16", device="cuda")[
+        "unet_controlnet_canny"
+    ]
     run.section("trt_build", trt_build, need_s=120)
     run.section("timing", timing, need_s=90)
     run.section("export_fp32", lambda: export("fp32"), need_s=150)
     if "onnx_fp32" in state:
         run.section("parity_ort_fp32", lambda: parity("ort", "fp32", state["onnx_fp32"], models), need_s=60)
-    run.section("parity_torch_compile",
-                lambda: parity("torch_compile", "fp32", None, ["text_encoder", "vae_decoder", "nla_field"]), need_s=120)
+    run.section(
+        "parity_torch_compile",
+        lambda: parity("torch_compile", "fp32", None, ["text_encoder", "vae_decoder", "nla_field"]),
+        need_s=120,
+    )
     run.result["done"] = True
     run.save()
     return run.result

@@ -46,7 +46,9 @@ def synth_data_dir(root: Path, frames: int, height: int, width: int, seed: int =
     return write_video_data(root / "benchclip", clip, NLAModel.random(seed=seed + 1))
 
 
-def pick_data_dir(tmp: Path, tiny: bool, frames: int, height: int, width: int, data_dir: Path | None = None) -> tuple[Path, str]:
+def pick_data_dir(
+    tmp: Path, tiny: bool, frames: int, height: int, width: int, data_dir: Path | None = None
+) -> tuple[Path, str]:
     if data_dir is not None:
         return Path(data_dir), "given"
     if tiny:
@@ -61,8 +63,9 @@ def pick_data_dir(tmp: Path, tiny: bool, frames: int, height: int, width: int, d
     return synth_data_dir(tmp, frames, height, width), f"synthesised {frames} frames {width}x{height}, random NLA"
 
 
-def accelerated_unet_controlnet(backend: str, components, device: torch.device, tiny: bool, precision: str,
-                                engine_dir: Path | None = None) -> dict | None:
+def accelerated_unet_controlnet(
+    backend: str, components, device: torch.device, tiny: bool, precision: str, engine_dir: Path | None = None
+) -> dict | None:
     """The pipeline's ``unet_controlnet`` callables on ``backend`` (sv_engine.export.runtime); None = torch.
     ``torch-cuda-graph`` is torch replayed from CUDA graphs with NHWC weights (``sv-engine edit``'s GPU
     default); ``torch`` stays eager (``--no-cuda-graphs``)."""
@@ -74,8 +77,15 @@ def accelerated_unet_controlnet(backend: str, components, device: torch.device, 
     options = {"cache_dir": engine_dir} if engine_dir is not None and backend == "trt" else {}
     if backend == "torch-cuda-graph":
         backend, options = "torch", TORCH_GPU_OPTIONS
-    accelerated = accelerate(components, backend.replace("-", "_"), precision, device, shapes=TINY_SHAPES if tiny else DEFAULT_SHAPES,
-                             models=("unet_controlnet_canny", "unet_controlnet_depth"), backend_options=options)
+    accelerated = accelerate(
+        components,
+        backend.replace("-", "_"),
+        precision,
+        device,
+        shapes=TINY_SHAPES if tiny else DEFAULT_SHAPES,
+        models=("unet_controlnet_canny", "unet_controlnet_depth"),
+        backend_options=options,
+    )
     return accelerated.unet_controlnet
 
 
@@ -84,8 +94,16 @@ def edit_params(steps: int, strength: float, tiny: bool, seed: int = 0):
     from sv_engine.stablevideo.params import EditParams
 
     res = 64 if tiny else 512
-    return EditParams(FG_PROMPT, BG_PROMPT, steps=steps, strength=strength, seed=seed, edit_background=True,
-                      image_resolution=res, depth_resolution=res)
+    return EditParams(
+        FG_PROMPT,
+        BG_PROMPT,
+        steps=steps,
+        strength=strength,
+        seed=seed,
+        edit_background=True,
+        image_resolution=res,
+        depth_resolution=res,
+    )
 
 
 def _sync(device: torch.device) -> None:
@@ -93,9 +111,18 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def warm_edit(data_dir: Path, device: torch.device, tiny: bool, steps: int, strength: float, backend: str = "torch",
-              engine_dir: Path | None = None, profile: bool = False, save_weights: Path | None = None,
-              weights: Path | None = None) -> dict:
+def warm_edit(
+    data_dir: Path,
+    device: torch.device,
+    tiny: bool,
+    steps: int,
+    strength: float,
+    backend: str = "torch",
+    engine_dir: Path | None = None,
+    profile: bool = False,
+    save_weights: Path | None = None,
+    weights: Path | None = None,
+) -> dict:
     """The warm timing on ``weights`` (else random models); ``save_weights``: also write the models
     there (diffusers layout) for the cold run."""
     from sv_engine.stablevideo.model_source import load_components
@@ -150,15 +177,47 @@ def warm_edit(data_dir: Path, device: torch.device, tiny: bool, steps: int, stre
     return out
 
 
-def cold_command(data_dir: Path, weights: Path, out: Path, device: torch.device, tiny: bool, steps: int, strength: float,
-                 backend: str = "torch") -> list[str]:
+def cold_command(
+    data_dir: Path,
+    weights: Path,
+    out: Path,
+    device: torch.device,
+    tiny: bool,
+    steps: int,
+    strength: float,
+    backend: str = "torch",
+) -> list[str]:
     """``sv-engine edit`` with the warm run's parameters (seed 0, fp16 on a GPU) on saved weights."""
     params = edit_params(steps, strength, tiny)
-    return [sys.executable, "-m", "sv_engine", "edit", str(data_dir), "--weights", str(weights),
-            "--fg-prompt", params.fg_prompt, "--bg-prompt", params.bg_prompt, "--steps", str(steps),
-            "--strength", str(strength), "--seed", str(params.seed), "--image-resolution", str(params.image_resolution),
-            "--precision", "fp16" if device.type == "cuda" else "fp32", *_backend_flags(backend),
-            "--device", device.type, "--out", str(out), "--force"]
+    return [
+        sys.executable,
+        "-m",
+        "sv_engine",
+        "edit",
+        str(data_dir),
+        "--weights",
+        str(weights),
+        "--fg-prompt",
+        params.fg_prompt,
+        "--bg-prompt",
+        params.bg_prompt,
+        "--steps",
+        str(steps),
+        "--strength",
+        str(strength),
+        "--seed",
+        str(params.seed),
+        "--image-resolution",
+        str(params.image_resolution),
+        "--precision",
+        "fp16" if device.type == "cuda" else "fp32",
+        *_backend_flags(backend),
+        "--device",
+        device.type,
+        "--out",
+        str(out),
+        "--force",
+    ]
 
 
 def _backend_flags(backend: str) -> list[str]:
@@ -167,8 +226,17 @@ def _backend_flags(backend: str) -> list[str]:
     return ["--backend", backend]
 
 
-def cold_edit(data_dir: Path, weights: Path, tmp: Path, device: torch.device, tiny: bool, steps: int, strength: float,
-              timeout: float, backend: str = "torch") -> dict:
+def cold_edit(
+    data_dir: Path,
+    weights: Path,
+    tmp: Path,
+    device: torch.device,
+    tiny: bool,
+    steps: int,
+    strength: float,
+    timeout: float,
+    backend: str = "torch",
+) -> dict:
     out = tmp / "cold.mp4"
     cmd = cold_command(data_dir, weights, out, device, tiny, steps, strength, backend)
     t0 = time.perf_counter()
@@ -191,20 +259,42 @@ def cold_phases(report: Path, seconds: float) -> dict[str, float]:
         phases = json.loads(report.read_text())["seconds_per_phase"]
     except (OSError, ValueError, KeyError):
         return {}
-    return {"start, imports, checks": round(seconds - sum(phases.values()), 3), **{k: round(v, 3) for k, v in phases.items()}}
+    return {
+        "start, imports, checks": round(seconds - sum(phases.values()), 3),
+        **{k: round(v, 3) for k, v in phases.items()},
+    }
 
 
-def run_e2e(device: torch.device, tiny: bool, frames: int, height: int, width: int, steps: int = 20,
-            strength: float = 0.8, cold: bool = True, backend: str = "torch", data_dir: Path | None = None,
-            deadline: float | None = None, engine_dir: Path | None = None, profile: bool = False,
-            weights: Path | None = None) -> dict:
+def run_e2e(
+    device: torch.device,
+    tiny: bool,
+    frames: int,
+    height: int,
+    width: int,
+    steps: int = 20,
+    strength: float = 0.8,
+    cold: bool = True,
+    backend: str = "torch",
+    data_dir: Path | None = None,
+    deadline: float | None = None,
+    engine_dir: Path | None = None,
+    profile: bool = False,
+    weights: Path | None = None,
+) -> dict:
     """Warm and cold whole-edit timings (each part's failure recorded, not raised); ``weights``: the
     user's models for both (else random ones, saved after the warm edit for the cold one)."""
     from sv_engine.benchmarks.stages import error_string
 
-    result: dict = {"params": {"keyframes": 3, "steps": steps, "strength": strength, "edit_background": True,
-                               "image_resolution": 64 if tiny else 512,
-                               "backend": backend}}
+    result: dict = {
+        "params": {
+            "keyframes": 3,
+            "steps": steps,
+            "strength": strength,
+            "edit_background": True,
+            "image_resolution": 64 if tiny else 512,
+            "backend": backend,
+        }
+    }
     with tempfile.TemporaryDirectory(prefix="sv-bench-e2e-") as tmp_name:
         tmp = Path(tmp_name)
         try:
@@ -217,8 +307,18 @@ def run_e2e(device: torch.device, tiny: bool, frames: int, height: int, width: i
             result["warm"] = result["cold"] = {"status": "error", "error": error_string(exc)}
             return result
         try:
-            result["warm"] = warm_edit(data, device, tiny, steps, strength, backend, engine_dir, profile,
-                                       save_weights=tmp / "weights" if cold and weights is None else None, weights=weights)
+            result["warm"] = warm_edit(
+                data,
+                device,
+                tiny,
+                steps,
+                strength,
+                backend,
+                engine_dir,
+                profile,
+                save_weights=tmp / "weights" if cold and weights is None else None,
+                weights=weights,
+            )
         except Exception as exc:  # noqa: BLE001
             log.warning("warm edit failed: %s", error_string(exc))
             result["warm"] = {"status": "error", "error": error_string(exc)}
@@ -230,5 +330,7 @@ def run_e2e(device: torch.device, tiny: bool, frames: int, height: int, width: i
             result["cold"] = {"status": "skipped", "reason": "time budget exceeded"}
         else:
             timeout = 600.0 if deadline is None else deadline - time.monotonic()
-            result["cold"] = cold_edit(data, weights or tmp / "weights", tmp, device, tiny, steps, strength, timeout, backend)
+            result["cold"] = cold_edit(
+                data, weights or tmp / "weights", tmp, device, tiny, steps, strength, timeout, backend
+            )
     return result

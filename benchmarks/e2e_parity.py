@@ -27,7 +27,6 @@ import traceback
 from pathlib import Path
 
 import torch
-
 from sv_engine.benchmarks.e2e import edit_params, synth_data_dir
 from sv_engine.benchmarks.profile import profile_call
 from sv_engine.benchmarks.timing import environment
@@ -67,7 +66,13 @@ def run(args: argparse.Namespace) -> dict:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     precision = "fp16" if device.type == "cuda" else "fp32"
     width, height = (int(v) for v in args.size.split("x"))
-    result: dict = {"environment": environment(device), "precision": precision, "frames": args.frames, "size": args.size, "backends": {}}
+    result: dict = {
+        "environment": environment(device),
+        "precision": precision,
+        "frames": args.frames,
+        "size": args.size,
+        "backends": {},
+    }
 
     def save() -> None:
         result["elapsed_s"] = round(time.perf_counter() - t_start, 1)
@@ -90,10 +95,19 @@ def run(args: argparse.Namespace) -> dict:
         try:
             backend, backend_options, pipeline_options = parse_variant(variant)
             t0 = time.perf_counter()
-            accelerated = accelerate(components, backend.replace("-", "_"), precision, device, onnx_dir=args.onnx_dir,
-                                     shapes=TINY_SHAPES if args.tiny else DEFAULT_SHAPES, backend_options=backend_options)
+            accelerated = accelerate(
+                components,
+                backend.replace("-", "_"),
+                precision,
+                device,
+                onnx_dir=args.onnx_dir,
+                shapes=TINY_SHAPES if args.tiny else DEFAULT_SHAPES,
+                backend_options=backend_options,
+            )
             entry["compile_s"] = round(time.perf_counter() - t0, 2)
-            pipeline = StableVideoPipeline(components, device, accelerated.unet_controlnet, accelerated.denoiser_overrides(), **pipeline_options)
+            pipeline = StableVideoPipeline(
+                components, device, accelerated.unet_controlnet, accelerated.denoiser_overrides(), **pipeline_options
+            )
             _sync()
             t0 = time.perf_counter()
             first = pipeline.edit(data, params)
@@ -104,15 +118,22 @@ def run(args: argparse.Namespace) -> dict:
             t0 = time.perf_counter()
             warm = pipeline.edit(data, params)
             _sync()
-            entry.update(status="ok", warm_edit_s=round(time.perf_counter() - t0, 3), seconds_per_stage=warm.timings,
-                         first_edit_seconds_per_stage=first.timings, overlapped_background=warm.overlapped_background)
+            entry.update(
+                status="ok",
+                warm_edit_s=round(time.perf_counter() - t0, 3),
+                seconds_per_stage=warm.timings,
+                first_edit_seconds_per_stage=first.timings,
+                overlapped_background=warm.overlapped_background,
+            )
             if device.type == "cuda":
                 entry["peak_mem_gb"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
             if index == 0:
                 reference = warm.frames
             elif reference is not None:
                 value = psnr(reference, warm.frames)
-                entry.update(psnr_db=round(value, 2), psnr_bar_db=PSNR_MIN_DB[precision], psnr_ok=value >= PSNR_MIN_DB[precision])
+                entry.update(
+                    psnr_db=round(value, 2), psnr_bar_db=PSNR_MIN_DB[precision], psnr_ok=value >= PSNR_MIN_DB[precision]
+                )
             else:
                 entry["psnr_db"] = None  # the reference variant failed
             if args.profile:
@@ -141,7 +162,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--tiny", action="store_true")
     p.add_argument("--budget-s", type=float, default=500.0)
-    p.add_argument("--profile", action="store_true", help="profile one more warm edit per backend (torch.profiler summary)")
+    p.add_argument(
+        "--profile", action="store_true", help="profile one more warm edit per backend (torch.profiler summary)"
+    )
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     run(args)

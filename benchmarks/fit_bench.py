@@ -17,7 +17,6 @@ import time
 from pathlib import Path
 
 import torch
-
 from sv_engine.stablevideo.fit import FitOptions, fit_arrays
 from sv_engine.stablevideo.fit.synthetic import make_clip
 
@@ -56,8 +55,14 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         out = args.keep or Path(tmp) / "synthetic"
         options = FitOptions(
-            out=out, minutes=args.minutes, device=args.device, batch_size=args.batch, progress=False,
-            eval_seconds=args.eval_seconds, amp=not args.no_amp, force=True,
+            out=out,
+            minutes=args.minutes,
+            device=args.device,
+            batch_size=args.batch,
+            progress=False,
+            eval_seconds=args.eval_seconds,
+            amp=not args.no_amp,
+            force=True,
         )
         t1 = time.time()
         fit = fit_arrays(frames, None if args.no_masks else masks, options, callback=history.append)
@@ -72,12 +77,16 @@ def main() -> None:
                 "final_psnr_db": round(fit.psnr_db, 3),
                 "psnr_over_time": fit.report["psnr_history"],
                 "final_losses": fit.report["losses"],
-                "max_memory_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if torch.cuda.is_available() else None,
+                "max_memory_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2)
+                if torch.cuda.is_available()
+                else None,
             }
         )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))
-    logging.getLogger("fit_bench").info("final PSNR %.2f dB, %.1f it/s -> %s", result["final_psnr_db"], result["iterations_per_s"], args.out)
+    logging.getLogger("fit_bench").info(
+        "final PSNR %.2f dB, %.1f it/s -> %s", result["final_psnr_db"], result["iterations_per_s"], args.out
+    )
 
 
 if __name__ == "__main__":

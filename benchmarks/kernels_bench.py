@@ -26,7 +26,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-
 from sv_engine.benchmarks.timing import git_commit, time_fn
 from sv_engine.kernels import (
     render_composite,
@@ -106,7 +105,10 @@ def bench_render(device: torch.device, repeat: int, bandwidth: float | None) -> 
     kernel = None
     if device.type == "cuda":
         kernel = time_fn(lambda: render_composite(*args, fg_padding="border", backend="cuda"), device, repeat)
-        diff = (render_composite(*args, fg_padding="border").int() - render_composite_reference(*args, fg_padding="border").int()).abs()
+        diff = (
+            render_composite(*args, fg_padding="border").int()
+            - render_composite_reference(*args, fg_padding="border").int()
+        ).abs()
         kernel["max_abs_diff_lsb"] = int(diff.max())
         kernel["frac_pixels_differing"] = float((diff > 0).float().mean())
     floor = t * h * w * (2 * 8 + 4 + 3) + 2 * r * r * 8
@@ -116,7 +118,10 @@ def bench_render(device: torch.device, repeat: int, bandwidth: float | None) -> 
 def bench_warp(device: torch.device, repeat: int, bandwidth: float | None) -> dict:
     k, h, w, r = WARP["keyframes"], WARP["height"], WARP["width"], WARP["atlas"]
     gen = torch.Generator().manual_seed(3)
-    sets = [(torch.rand(r, r, 4, generator=gen).half().to(device), smooth_grid(k, h, w, device, 10 + i)) for i in range(_INPUT_SETS)]
+    sets = [
+        (torch.rand(r, r, 4, generator=gen).half().to(device), smooth_grid(k, h, w, device, 10 + i))
+        for i in range(_INPUT_SETS)
+    ]
     baseline = time_fn(_Rotate(warp_atlas_reference, sets), device, repeat)
     kernel = None
     if device.type == "cuda":
@@ -168,7 +173,11 @@ def _environment(device: torch.device) -> dict:
         env["nvrtc"] = None
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
-        env |= {"gpu": props.name, "sm_count": props.multi_processor_count, "capability": f"{props.major}.{props.minor}"}
+        env |= {
+            "gpu": props.name,
+            "sm_count": props.multi_processor_count,
+            "capability": f"{props.major}.{props.minor}",
+        }
     return env
 
 
@@ -186,7 +195,9 @@ def run(device: str | torch.device = "cuda", repeat: int = 50) -> dict:
 
 
 def _table(result: dict) -> str:
-    rows = [f"{'op':<8}{'kernel ms':>11}{'p90':>8}{'torch ms':>10}{'speedup':>9}{'floor ms':>10}{'of floor':>10}{'target':>8}"]
+    rows = [
+        f"{'op':<8}{'kernel ms':>11}{'p90':>8}{'torch ms':>10}{'speedup':>9}{'floor ms':>10}{'of floor':>10}{'target':>8}"
+    ]
     for name in ("render", "warp", "splat"):
         r = result[name]
         k = r["kernel"] or {}

@@ -36,8 +36,16 @@ log = logging.getLogger("service_bench")
 
 
 def _stats(xs: list[float]) -> dict:
-    return {"runs_s": [round(x, 3) for x in xs], "mean_s": round(statistics.fmean(xs), 3), "median_s": round(statistics.median(xs), 3),
-            "min_s": round(min(xs), 3)} if xs else {}
+    return (
+        {
+            "runs_s": [round(x, 3) for x in xs],
+            "mean_s": round(statistics.fmean(xs), 3),
+            "median_s": round(statistics.median(xs), 3),
+            "min_s": round(min(xs), 3),
+        }
+        if xs
+        else {}
+    )
 
 
 def _data_dir(arg: str | None, scratch: Path) -> Path:
@@ -49,7 +57,6 @@ def _data_dir(arg: str | None, scratch: Path) -> Path:
     if (demo / "config.json").is_file():
         return demo
     import numpy as np
-
     from sv_engine.stablevideo.data import write_video_data
     from sv_engine.stablevideo.nla import NLAModel
 
@@ -62,17 +69,33 @@ def _spec(args, data_dir: Path, i: int):
     from sv_engine.service.jobs import JobSpec
 
     extra = {"keyframes": [int(k) for k in args.keyframes.split(",")]} if args.keyframes else {}
-    return JobSpec(data=data_dir.name, fg_prompt=f"a red car {i}", bg_prompt="a snowy mountain road", steps=args.steps, strength=args.strength, seed=i, **extra)
+    return JobSpec(
+        data=data_dir.name,
+        fg_prompt=f"a red car {i}",
+        bg_prompt="a snowy mountain road",
+        steps=args.steps,
+        strength=args.strength,
+        seed=i,
+        **extra,
+    )
 
 
 def _model(args):
     from sv_engine.service.workers import ModelConfig
 
-    return ModelConfig(tiny=args.tiny, random_full=args.random_full, weights=args.weights, precision=args.precision, backend=args.backend,
-                       cuda_graphs=args.cuda_graphs)
+    return ModelConfig(
+        tiny=args.tiny,
+        random_full=args.random_full,
+        weights=args.weights,
+        precision=args.precision,
+        backend=args.backend,
+        cuda_graphs=args.cuda_graphs,
+    )
 
 
-def _run_jobs(pool, args, data_dir: Path, out_root: Path, n: int, sequential: bool, offset: int = 0) -> tuple[list[float], list[float], float]:
+def _run_jobs(
+    pool, args, data_dir: Path, out_root: Path, n: int, sequential: bool, offset: int = 0
+) -> tuple[list[float], list[float], float]:
     """Submits n jobs; returns (per-job wall latencies, per-job worker seconds, total wall)."""
     from sv_engine.service.scheduler import JobManager
 
@@ -104,13 +127,53 @@ def _fresh(args, data_dir: Path, scratch: Path, i: int) -> tuple[float, list[str
     spec = _spec(args, data_dir, 1000 + i)
     out = scratch / "fresh" / f"edit{i}.mp4"
     if args.random_full:
-        cmd = [sys.executable, "-m", "sv_engine.benchmarks.service_bench", "--single-edit", str(data_dir), "--out", str(out), "--random-full",
-               "--steps", str(args.steps), "--strength", str(args.strength), "--precision", args.precision, "--backend", args.backend, "--seed", str(spec.seed)]
+        cmd = [
+            sys.executable,
+            "-m",
+            "sv_engine.benchmarks.service_bench",
+            "--single-edit",
+            str(data_dir),
+            "--out",
+            str(out),
+            "--random-full",
+            "--steps",
+            str(args.steps),
+            "--strength",
+            str(args.strength),
+            "--precision",
+            args.precision,
+            "--backend",
+            args.backend,
+            "--seed",
+            str(spec.seed),
+        ]
         if args.keyframes:
             cmd += ["--keyframes", args.keyframes]
     else:
-        cmd = [sys.executable, "-m", "sv_engine", "edit", str(data_dir), "--fg-prompt", spec.fg_prompt, "--bg-prompt", spec.bg_prompt,
-               "--steps", str(args.steps), "--strength", str(args.strength), "--seed", str(spec.seed), "--precision", args.precision, "--backend", args.backend, "--out", str(out), "--force"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "sv_engine",
+            "edit",
+            str(data_dir),
+            "--fg-prompt",
+            spec.fg_prompt,
+            "--bg-prompt",
+            spec.bg_prompt,
+            "--steps",
+            str(args.steps),
+            "--strength",
+            str(args.strength),
+            "--seed",
+            str(spec.seed),
+            "--precision",
+            args.precision,
+            "--backend",
+            args.backend,
+            "--out",
+            str(out),
+            "--force",
+        ]
         cmd += ["--tiny"] if args.tiny else ["--weights", args.weights]
         if args.keyframes:
             cmd += ["--keyframes", args.keyframes]
@@ -124,18 +187,26 @@ def _fresh(args, data_dir: Path, scratch: Path, i: int) -> tuple[float, list[str
 def single_edit(args) -> None:
     """What ``sv-engine edit`` does, for model sources it has no flag for (``--random-full``)."""
     from PIL import Image
-
     from sv_engine.stablevideo.device import resolve_device
     from sv_engine.stablevideo.model_source import load_components
     from sv_engine.stablevideo.pipeline import StableVideoPipeline
-    from sv_engine.service.workers import accelerate
     from sv_engine.stablevideo.video_io import write_mp4
 
+    from sv_engine.service.workers import accelerate
+
     device = resolve_device("auto")
-    components = load_components(device, tiny=args.tiny, random_full=args.random_full, weights=Path(args.weights) if args.weights else None, precision=args.precision)
+    components = load_components(
+        device,
+        tiny=args.tiny,
+        random_full=args.random_full,
+        weights=Path(args.weights) if args.weights else None,
+        precision=args.precision,
+    )
     accelerated = accelerate(components, _model(args), device)
     spec = _spec(args, Path(args.single_edit), args.seed)
-    result = StableVideoPipeline(components, device, accelerated.unet_controlnet, accelerated.denoiser_overrides()).edit(args.single_edit, spec.to_params())
+    result = StableVideoPipeline(
+        components, device, accelerated.unet_controlnet, accelerated.denoiser_overrides()
+    ).edit(args.single_edit, spec.to_params())
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     write_mp4(out, result.frames)
@@ -157,9 +228,15 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--strength", type=float, default=0.8)
     p.add_argument("--keyframes", help="Comma-separated keyframes (default: the pipeline's).")
     p.add_argument("--precision", default="fp32")
-    p.add_argument("--backend", default="auto", help="auto, torch, torch-compile, ort or trt (same for warm and fresh runs).")
-    p.add_argument("--cuda-graphs", action=argparse.BooleanOptionalAction, default=None,
-                   help="torch: UNet+ControlNet steps from CUDA graphs or eager (default: as `sv-engine edit`, on with a GPU).")
+    p.add_argument(
+        "--backend", default="auto", help="auto, torch, torch-compile, ort or trt (same for warm and fresh runs)."
+    )
+    p.add_argument(
+        "--cuda-graphs",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="torch: UNet+ControlNet steps from CUDA graphs or eager (default: as `sv-engine edit`, on with a GPU).",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--verbose", action="store_true")
     p.add_argument("--single-edit", help=argparse.SUPPRESS)
@@ -179,8 +256,17 @@ def main(argv: list[str] | None = None) -> None:
     os.environ.setdefault("SV_ENGINE_CACHE", str(scratch / "cache"))  # before ray.init: workers inherit it
     data_dir = _data_dir(args.data, scratch)
     model = _model(args)
-    report: dict = {"device": torch.cuda.get_device_name(0) if gpus else "cpu", "gpus": gpus, "model": asdict(model), "data": str(data_dir),
-                    "steps": args.steps, "strength": args.strength, "keyframes": args.keyframes, "torch": torch.__version__, "ray": ray.__version__}
+    report: dict = {
+        "device": torch.cuda.get_device_name(0) if gpus else "cpu",
+        "gpus": gpus,
+        "model": asdict(model),
+        "data": str(data_dir),
+        "steps": args.steps,
+        "strength": args.strength,
+        "keyframes": args.keyframes,
+        "torch": torch.__version__,
+        "ray": ray.__version__,
+    }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
 
@@ -198,7 +284,11 @@ def main(argv: list[str] | None = None) -> None:
         first, _, _ = _run_jobs(pool, args, data_dir, scratch / "warm", 1, sequential=True, offset=500)
         report["first_edit_s (maps cache cold)"] = round(first[0], 3)
         lat, inner, _ = _run_jobs(pool, args, data_dir, scratch / "warm", args.edits, sequential=True)
-        report["warm"] = {**_stats(lat), "worker_edit": _stats(inner), "overhead_mean_s": round(statistics.fmean(lat) - statistics.fmean(inner), 3)}
+        report["warm"] = {
+            **_stats(lat),
+            "worker_edit": _stats(inner),
+            "overhead_mean_s": round(statistics.fmean(lat) - statistics.fmean(inner), 3),
+        }
         log.info("warm: %s", report["warm"])
         save()
         pool.shutdown()
@@ -218,9 +308,18 @@ def main(argv: list[str] | None = None) -> None:
             for n in (1, 2):
                 pool = WorkerPool(model, num_workers=n)
                 pool.wait_ready()
-                _run_jobs(pool, args, data_dir, scratch / f"batch{n}-warmup", n, sequential=False, offset=900)  # warm every worker
-                _, inner, total = _run_jobs(pool, args, data_dir, scratch / f"batch{n}", args.batch, sequential=False, offset=100)
-                batch[f"{n}_gpu"] = {"edits": args.batch, "wall_s": round(total, 3), "edits_per_min": round(60 * args.batch / total, 2), "worker_edit": _stats(inner)}
+                _run_jobs(
+                    pool, args, data_dir, scratch / f"batch{n}-warmup", n, sequential=False, offset=900
+                )  # warm every worker
+                _, inner, total = _run_jobs(
+                    pool, args, data_dir, scratch / f"batch{n}", args.batch, sequential=False, offset=100
+                )
+                batch[f"{n}_gpu"] = {
+                    "edits": args.batch,
+                    "wall_s": round(total, 3),
+                    "edits_per_min": round(60 * args.batch / total, 2),
+                    "worker_edit": _stats(inner),
+                }
                 pool.shutdown()
                 save()
             batch["scaling"] = round(batch["2_gpu"]["edits_per_min"] / batch["1_gpu"]["edits_per_min"], 2)

@@ -30,10 +30,10 @@ from typing import Any
 
 import numpy as np
 import torch
-
 from sv_engine.benchmarks.timing import time_fn
-from sv_engine.paths import cache_root
+
 from sv_engine.errors import SvEngineError
+from sv_engine.paths import cache_root
 
 log = logging.getLogger(__name__)
 
@@ -42,8 +42,10 @@ REFERENCE_ORDER = ("reference", "scipy", "torch")
 #: Engine backends a user can ask for (``--backends``); "torch" means eager fp16 on the GPU.
 MODEL_BACKENDS = ("torch", "torch-cuda-graph", "torch-compile", "ort", "trt")
 #: Eager fp16 columns that need a GPU (the CPU's eager column is the fp32 reference).
-_EAGER_GPU = {"torch": "eager fp16 needs a CUDA GPU (the fp32 reference is the CPU's eager torch)",
-              "torch-cuda-graph": "CUDA graphs need a CUDA GPU"}
+_EAGER_GPU = {
+    "torch": "eager fp16 needs a CUDA GPU (the fp32 reference is the CPU's eager torch)",
+    "torch-cuda-graph": "CUDA graphs need a CUDA GPU",
+}
 _ENGINE_NAME = {"torch-compile": "torch_compile", "ort": "ort", "trt": "trt"}
 
 
@@ -69,16 +71,49 @@ class Sizes:
     nla_chunk: int = 1 << 18
 
 
-FULL = Sizes(frames=70, height=432, width=768, unet_sizes=((512, 512), (512, 768)), vae_size=512, keyframes=3,
-             keyframe_hw=(512, 768), splat_hw=(432, 768), atlas=2000, render_atlas=2048, aggregation_iterations=500)
-TINY = Sizes(frames=4, height=48, width=64, unet_sizes=((64, 64), (64, 128)), vae_size=64, keyframes=3,
-             keyframe_hw=(64, 96), splat_hw=(48, 64), atlas=256, render_atlas=256, aggregation_iterations=5,
-             nla_chunk=1 << 12)
+FULL = Sizes(
+    frames=70,
+    height=432,
+    width=768,
+    unet_sizes=((512, 512), (512, 768)),
+    vae_size=512,
+    keyframes=3,
+    keyframe_hw=(512, 768),
+    splat_hw=(432, 768),
+    atlas=2000,
+    render_atlas=2048,
+    aggregation_iterations=500,
+)
+TINY = Sizes(
+    frames=4,
+    height=48,
+    width=64,
+    unet_sizes=((64, 64), (64, 128)),
+    vae_size=64,
+    keyframes=3,
+    keyframe_hw=(64, 96),
+    splat_hw=(48, 64),
+    atlas=256,
+    render_atlas=256,
+    aggregation_iterations=5,
+    nla_chunk=1 << 12,
+)
 
 
 STAGE_NAMES = [
-    "text_encoder", "unet_step", "unet_step_wide", "vae_encode", "vae_decode", "nla_maps", "warp", "splat",
-    "aggregation_median", "aggregation_net", "depth", "render", "video_encode",
+    "text_encoder",
+    "unet_step",
+    "unet_step_wide",
+    "vae_encode",
+    "vae_decode",
+    "nla_maps",
+    "warp",
+    "splat",
+    "aggregation_median",
+    "aggregation_net",
+    "depth",
+    "render",
+    "video_encode",
 ]
 #: ``--stages`` shorthands.
 STAGE_GROUPS = {
@@ -111,9 +146,11 @@ def parse_stages(stages: str | list[str] | None) -> list[str]:
         elif item in STAGE_NAMES:
             wanted.add(item)
         else:
-            raise SvEngineError(f"Unknown benchmark stage {item!r}.",
-                                f"use --stages all or a comma list of {', '.join(STAGE_NAMES)} "
-                                f"(groups: {', '.join(k for k in STAGE_GROUPS if k != 'all')}).")
+            raise SvEngineError(
+                f"Unknown benchmark stage {item!r}.",
+                f"use --stages all or a comma list of {', '.join(STAGE_NAMES)} "
+                f"(groups: {', '.join(k for k in STAGE_GROUPS if k != 'all')}).",
+            )
     return [s for s in STAGE_NAMES if s in wanted]
 
 
@@ -121,8 +158,13 @@ def parse_backends(backends: str | list[str] | None) -> list[str]:
     if backends is None or backends == "" or backends == "all":
         return list(MODEL_BACKENDS)
     items = [b.strip() for b in backends.split(",")] if isinstance(backends, str) else list(backends)
-    aliases = {"torch_compile": "torch-compile", "compile": "torch-compile", "onnxruntime": "ort", "tensorrt": "trt",
-               "eager": "torch"}
+    aliases = {
+        "torch_compile": "torch-compile",
+        "compile": "torch-compile",
+        "onnxruntime": "ort",
+        "tensorrt": "trt",
+        "eager": "torch",
+    }
     out = []
     for item in items:
         if not item:
@@ -149,10 +191,22 @@ def error_string(exc: BaseException) -> str:
 class BenchContext:
     """Device, sizes, options, the time budget and the lazily loaded models shared by the stages."""
 
-    def __init__(self, device: torch.device, sizes: Sizes, *, tiny: bool, repeat: int, warmup: int,
-                 weights: Path | None = None,
-                 backends: list[str], deadline: float | None, skip_slow_reference: bool, seed: int = 0,
-                 export_dir: Path | None = None, engine_dir: Path | None = None) -> None:
+    def __init__(
+        self,
+        device: torch.device,
+        sizes: Sizes,
+        *,
+        tiny: bool,
+        repeat: int,
+        warmup: int,
+        weights: Path | None = None,
+        backends: list[str],
+        deadline: float | None,
+        skip_slow_reference: bool,
+        seed: int = 0,
+        export_dir: Path | None = None,
+        engine_dir: Path | None = None,
+    ) -> None:
         self.device = device
         self.sizes = sizes
         self.tiny = tiny
@@ -227,7 +281,9 @@ class BenchContext:
         from sv_engine.export.onnx_export import export_onnx
 
         digest = hashlib.sha256(json.dumps(spec.describe(), sort_keys=True, default=str).encode()).hexdigest()[:12]
-        folder = self.export_dir / f"{'tiny' if self.tiny else 'full'}-{spec.name}-{spec.precision}-{attention}-{digest}"
+        folder = (
+            self.export_dir / f"{'tiny' if self.tiny else 'full'}-{spec.name}-{spec.precision}-{attention}-{digest}"
+        )
         meta = folder / "source.json"
         if meta.is_file():
             try:
@@ -276,8 +332,12 @@ class BenchContext:
 
     # -- timing --------------------------------------------------------------------------------
     def time(self, fn: Callable[[], object], repeat: int | None = None, warmup: int | None = None) -> dict:
-        return {"status": "ok", **time_fn(fn, self.device, self.repeat if repeat is None else repeat,
-                                          self.warmup if warmup is None else warmup)}
+        return {
+            "status": "ok",
+            **time_fn(
+                fn, self.device, self.repeat if repeat is None else repeat, self.warmup if warmup is None else warmup
+            ),
+        }
 
 
 def run_variant(ctx: BenchContext, results: dict, name: str, fn: Callable[[], dict]) -> None:
@@ -331,7 +391,9 @@ def model_stage(ctx: BenchContext, spec_name: str, symbols: dict[str, int], desc
         def fn() -> dict:
             model, compile_s = ctx.compiled(backend, spec_name, precision)
             if precision not in input_cache:
-                input_cache[precision] = ctx.spec(spec_name, precision).sample_inputs("opt", device=ctx.device, **symbols)
+                input_cache[precision] = ctx.spec(spec_name, precision).sample_inputs(
+                    "opt", device=ctx.device, **symbols
+                )
             inputs = input_cache[precision]
             with torch.inference_mode():
                 out = ctx.time(lambda: model(**inputs))
@@ -366,8 +428,12 @@ def stage_text_encoder(ctx: BenchContext) -> dict:
 def _unet(ctx: BenchContext, index: int) -> dict:
     h, w = ctx.sizes.unet_sizes[index]
     f = 8
-    return model_stage(ctx, "unet_controlnet_canny", {"B": 2, "h": h // f, "w": w // f},
-                       f"one ControlNet+UNet CFG step, batch 2, {h}x{w} image ({h // f}x{w // f} latents)")
+    return model_stage(
+        ctx,
+        "unet_controlnet_canny",
+        {"B": 2, "h": h // f, "w": w // f},
+        f"one ControlNet+UNet CFG step, batch 2, {h}x{w} image ({h // f}x{w // f} latents)",
+    )
 
 
 def stage_unet_step(ctx: BenchContext) -> dict:
@@ -438,13 +504,17 @@ def stage_nla_maps(ctx: BenchContext) -> dict:
             from sv_engine.export.registry import build_specs
             from sv_engine.export.spec import DEFAULT_SHAPES, TINY_SHAPES
 
-            spec = build_specs(None, nla, ["nla_field"], "fp32", TINY_SHAPES if ctx.tiny else DEFAULT_SHAPES, ctx.device)["nla_field"]
+            spec = build_specs(
+                None, nla, ["nla_field"], "fp32", TINY_SHAPES if ctx.tiny else DEFAULT_SHAPES, ctx.device
+            )["nla_field"]
             t0 = time.perf_counter()
             if backend == "torch-compile":
                 model = get_backend("torch_compile", ctx.device, dynamic=True).compile(spec.model_source())
             else:
                 source, _ = ctx.onnx_source(spec)
-                model = get_backend(_ENGINE_NAME[backend], ctx.device, cache_dir=ctx.engine_dir / backend).compile(source)
+                model = get_backend(_ENGINE_NAME[backend], ctx.device, cache_dir=ctx.engine_dir / backend).compile(
+                    source
+                )
             compile_s = time.perf_counter() - t0
 
             def field_fn(xyt: torch.Tensor):
@@ -455,10 +525,12 @@ def stage_nla_maps(ctx: BenchContext) -> dict:
 
         run_variant(ctx, results, backend, engine_variant)
     points = s.frames * s.height * s.width
-    return {"description": f"NLA field (fg+bg mapping, alpha) over {s.frames}x{s.width}x{s.height} = {points} pixels, "
-                           "random NLA weights", "shape": {"frames": s.frames, "height": s.height, "width": s.width,
-                                                          "points": points, "chunk": s.nla_chunk},
-            "backends": results}
+    return {
+        "description": f"NLA field (fg+bg mapping, alpha) over {s.frames}x{s.width}x{s.height} = {points} pixels, "
+        "random NLA weights",
+        "shape": {"frames": s.frames, "height": s.height, "width": s.width, "points": points, "chunk": s.nla_chunk},
+        "backends": results,
+    }
 
 
 # --------------------------------------------------------------------------------------------------
@@ -492,8 +564,11 @@ def stage_warp(ctx: BenchContext) -> dict:
         run_variant(ctx, results, "cuda-fp16-rgba", lambda: ctx.time(lambda: warp_atlas(rgba, grids, backend="cuda")))
     else:
         results["cuda"] = skipped("the CUDA kernel needs a GPU")
-    return {"description": f"atlas warp: {k} keyframes {h}x{w} from a {r}x{r} atlas (reference: F.grid_sample)",
-            "shape": {"keyframes": k, "height": h, "width": w, "atlas": r}, "backends": results}
+    return {
+        "description": f"atlas warp: {k} keyframes {h}x{w} from a {r}x{r} atlas (reference: F.grid_sample)",
+        "shape": {"keyframes": k, "height": h, "width": w, "atlas": r},
+        "backends": results,
+    }
 
 
 def scipy_splat(points: np.ndarray, values: np.ndarray, resolution: int) -> np.ndarray:
@@ -521,18 +596,38 @@ def stage_splat(ctx: BenchContext) -> dict:
     else:
         pts_np, val_np = points.numpy(), values.numpy()
         # ~20 s at full size: timed once, not N times.
-        run_variant(ctx, results, "scipy", lambda: {
-            **time_fn(lambda: scipy_splat(pts_np, val_np, r), "cpu", 1 if slow else ctx.repeat, 0 if slow else ctx.warmup),
-            "status": "ok", "device": "cpu"})
+        run_variant(
+            ctx,
+            results,
+            "scipy",
+            lambda: {
+                **time_fn(
+                    lambda: scipy_splat(pts_np, val_np, r), "cpu", 1 if slow else ctx.repeat, 0 if slow else ctx.warmup
+                ),
+                "status": "ok",
+                "device": "cpu",
+            },
+        )
     points_d, values_d = points.to(ctx.device), values.to(ctx.device)
-    run_variant(ctx, results, "torch", lambda: ctx.time(lambda: splat_to_atlas_reference(points_d, values_d, r),
-                                                        repeat=min(ctx.repeat, 3) if slow else None))
+    run_variant(
+        ctx,
+        results,
+        "torch",
+        lambda: ctx.time(
+            lambda: splat_to_atlas_reference(points_d, values_d, r), repeat=min(ctx.repeat, 3) if slow else None
+        ),
+    )
     if ctx.cuda:
-        run_variant(ctx, results, "cuda", lambda: ctx.time(lambda: splat_to_atlas(points_d, values_d, r, backend="cuda")))
+        run_variant(
+            ctx, results, "cuda", lambda: ctx.time(lambda: splat_to_atlas(points_d, values_d, r, backend="cuda"))
+        )
     else:
         results["cuda"] = skipped("the CUDA kernel needs a GPU")
-    return {"description": f"splat one {h}x{w} keyframe crop into a {r}x{r} atlas (reference: scipy griddata, CPU)",
-            "shape": {"height": h, "width": w, "atlas": r, "channels": 3}, "backends": results}
+    return {
+        "description": f"splat one {h}x{w} keyframe crop into a {r}x{r} atlas (reference: scipy griddata, CPU)",
+        "shape": {"height": h, "width": w, "atlas": r, "channels": 3},
+        "backends": results,
+    }
 
 
 def stage_render(ctx: BenchContext) -> dict:
@@ -551,11 +646,16 @@ def stage_render(ctx: BenchContext) -> dict:
     if ctx.cuda:
         run_variant(ctx, results, "cuda", lambda: ctx.time(lambda: render_composite(fg, bg, *args, backend="cuda")))
         fg4, bg4 = _rgba_half(fg), _rgba_half(bg)
-        run_variant(ctx, results, "cuda-fp16-rgba", lambda: ctx.time(lambda: render_composite(fg4, bg4, *args, backend="cuda")))
+        run_variant(
+            ctx, results, "cuda-fp16-rgba", lambda: ctx.time(lambda: render_composite(fg4, bg4, *args, backend="cuda"))
+        )
     else:
         results["cuda"] = skipped("the CUDA kernel needs a GPU")
-    return {"description": f"render {t} frames {w}x{h} from two {r}x{r} atlases (reference: F.grid_sample)",
-            "shape": {"frames": t, "height": h, "width": w, "atlas": r}, "backends": results}
+    return {
+        "description": f"render {t} frames {w}x{h} from two {r}x{r} atlases (reference: F.grid_sample)",
+        "shape": {"frames": t, "height": h, "width": w, "atlas": r},
+        "backends": results,
+    }
 
 
 # --------------------------------------------------------------------------------------------------
@@ -571,8 +671,11 @@ def stage_aggregation_median(ctx: BenchContext) -> dict:
     stack = torch.rand(s.keyframes, 3, s.atlas, s.atlas, generator=gen).to(ctx.device)
     results: dict[str, dict] = {}
     run_variant(ctx, results, "reference", lambda: ctx.time(lambda: median_aggregate(stack)))
-    return {"description": f"median of {s.keyframes} keyframe atlases 3x{s.atlas}x{s.atlas}",
-            "shape": {"keyframes": s.keyframes, "atlas": s.atlas}, "backends": results}
+    return {
+        "description": f"median of {s.keyframes} keyframe atlases 3x{s.atlas}x{s.atlas}",
+        "shape": {"keyframes": s.keyframes, "atlas": s.atlas},
+        "backends": results,
+    }
 
 
 def stage_aggregation_net(ctx: BenchContext) -> dict:
@@ -586,17 +689,26 @@ def stage_aggregation_net(ctx: BenchContext) -> dict:
     targets = [torch.rand(3, h, w, generator=gen).to(ctx.device) for _ in range(k)]
 
     def sample(a: torch.Tensor) -> list[torch.Tensor]:
-        return [torch.nn.functional.grid_sample(a[None], g, mode="bilinear", align_corners=False)[0].clamp(0, 1) for g in grids]
+        return [
+            torch.nn.functional.grid_sample(a[None], g, mode="bilinear", align_corners=False)[0].clamp(0, 1)
+            for g in grids
+        ]
 
     def fn() -> dict:
         train_aggregation_net(atlas, sample, targets, iterations=2, progress=False)  # warm-up (cuDNN autotune)
-        return ctx.time(lambda: train_aggregation_net(atlas, sample, targets, iterations=iters, progress=False),
-                        repeat=min(ctx.repeat, 3), warmup=0)
+        return ctx.time(
+            lambda: train_aggregation_net(atlas, sample, targets, iterations=iters, progress=False),
+            repeat=min(ctx.repeat, 3),
+            warmup=0,
+        )
 
     results: dict[str, dict] = {}
     run_variant(ctx, results, "reference", fn)
-    return {"description": f"aggregation net, {iters} SGD iterations on a 3x{r}x{r} atlas, {k} keyframes {h}x{w}",
-            "shape": {"iterations": iters, "atlas": r, "keyframes": k, "height": h, "width": w}, "backends": results}
+    return {
+        "description": f"aggregation net, {iters} SGD iterations on a 3x{r}x{r} atlas, {k} keyframes {h}x{w}",
+        "shape": {"iterations": iters, "atlas": r, "keyframes": k, "height": h, "width": w},
+        "backends": results,
+    }
 
 
 def stage_video_encode(ctx: BenchContext) -> dict:
@@ -608,11 +720,22 @@ def stage_video_encode(ctx: BenchContext) -> dict:
     results: dict[str, dict] = {}
     with tempfile.TemporaryDirectory(prefix="sv-bench-mp4-") as tmp:
         path = Path(tmp) / "bench.mp4"
-        run_variant(ctx, results, "reference", lambda: {
-            **time_fn(lambda: write_mp4(path, frames), "cpu", min(ctx.repeat, 5), min(ctx.warmup, 1)),
-            "status": "ok", "device": "cpu", "bytes": path.stat().st_size if path.exists() else None})
-    return {"description": f"write_mp4 of {s.frames} rendered frames {s.width}x{s.height} (imageio/ffmpeg, CPU)",
-            "shape": {"frames": s.frames, "height": s.height, "width": s.width}, "backends": results}
+        run_variant(
+            ctx,
+            results,
+            "reference",
+            lambda: {
+                **time_fn(lambda: write_mp4(path, frames), "cpu", min(ctx.repeat, 5), min(ctx.warmup, 1)),
+                "status": "ok",
+                "device": "cpu",
+                "bytes": path.stat().st_size if path.exists() else None,
+            },
+        )
+    return {
+        "description": f"write_mp4 of {s.frames} rendered frames {s.width}x{s.height} (imageio/ffmpeg, CPU)",
+        "shape": {"frames": s.frames, "height": s.height, "width": s.width},
+        "backends": results,
+    }
 
 
 STAGES: dict[str, Callable[[BenchContext], dict]] = {

@@ -96,8 +96,13 @@ def git_commit(cwd: str | Path | None = None) -> str:
     if os.environ.get("SV_ENGINE_COMMIT"):
         return os.environ["SV_ENGINE_COMMIT"]
     try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10,
-                             cwd=str(cwd or Path(__file__).resolve().parent))
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            cwd=str(cwd or Path(__file__).resolve().parent),
+        )
     except (OSError, subprocess.SubprocessError):
         return "unknown"
     commit = out.stdout.strip()
@@ -114,8 +119,12 @@ def _version(module: str) -> str | None:
 
 def _nvidia_driver() -> str | None:
     try:
-        out = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
-                             capture_output=True, text=True, timeout=20)
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=20,
+        )
     except (OSError, subprocess.SubprocessError):
         return None
     line = out.stdout.strip().splitlines()[0].strip() if out.returncode == 0 and out.stdout.strip() else ""
@@ -125,7 +134,7 @@ def _nvidia_driver() -> str | None:
 def environment(device: torch.device | str, now: _dt.datetime | None = None) -> dict:
     """Everything needed to compare two result files: hardware, software versions, commit, date."""
     device = torch.device(device)
-    now = now or _dt.datetime.now(_dt.timezone.utc)
+    now = now or _dt.datetime.now(_dt.UTC)
     env = {
         "device": str(device),
         "gpu": None,
@@ -149,8 +158,12 @@ def environment(device: torch.device | str, now: _dt.datetime | None = None) -> 
     }
     if device.type == "cuda" and torch.cuda.is_available():
         props = torch.cuda.get_device_properties(device)
-        env.update(gpu=props.name, gpu_memory_gb=round(props.total_memory / 2**30, 1),
-                   capability=f"{props.major}.{props.minor}", driver=_nvidia_driver())
+        env.update(
+            gpu=props.name,
+            gpu_memory_gb=round(props.total_memory / 2**30, 1),
+            capability=f"{props.major}.{props.minor}",
+            driver=_nvidia_driver(),
+        )
     return env
 
 

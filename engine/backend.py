@@ -22,8 +22,9 @@ import json
 import logging
 import operator
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, ClassVar, Sequence
+from typing import Any, ClassVar
 
 import torch
 
@@ -182,8 +183,12 @@ class ModelSource:
             "name": self.name,
             "file": self.onnx_path.name if self.onnx_path else None,
             "inputs": [
-                {"name": n, "dtype": self.input_dtypes.get(n), "shape": self.input_shapes.get(n),
-                 "profile": [list(s) for s in self.profiles[n]] if n in self.profiles else None}
+                {
+                    "name": n,
+                    "dtype": self.input_dtypes.get(n),
+                    "shape": self.input_shapes.get(n),
+                    "profile": [list(s) for s in self.profiles[n]] if n in self.profiles else None,
+                }
                 for n in self.input_names
             ],
             "outputs": [
@@ -197,7 +202,7 @@ class ModelSource:
         }
 
     @classmethod
-    def from_manifest(cls, entry: dict[str, Any], directory: Path) -> "ModelSource":
+    def from_manifest(cls, entry: dict[str, Any], directory: Path) -> ModelSource:
         inputs, outputs = entry["inputs"], entry["outputs"]
         return cls(
             name=entry["name"],
@@ -229,8 +234,10 @@ def load_manifest(directory: str | Path) -> dict[str, ModelSource]:
         data = json.loads(path.read_text())
         return {e["name"]: ModelSource.from_manifest(e, directory) for e in data["models"]}
     except (ValueError, KeyError, TypeError) as exc:
-        raise SvEngineError(f"The export manifest {path} is unreadable ({exc}).",
-                            "Re-run `sv-engine export --force` into that directory.") from exc
+        raise SvEngineError(
+            f"The export manifest {path} is unreadable ({exc}).",
+            "Re-run `sv-engine export --force` into that directory.",
+        ) from exc
 
 
 # --------------------------------------------------------------------------------------------------
@@ -273,8 +280,10 @@ class CompiledModel(ABC):
         for name in self.source.input_names:
             t = inputs[name]
             if not isinstance(t, torch.Tensor):
-                raise SvEngineError(f"Input {name!r} of {self.name!r} is a {type(t).__name__}, not a torch tensor.",
-                                    "Pass torch tensors (on the backend's device).")
+                raise SvEngineError(
+                    f"Input {name!r} of {self.name!r} is a {type(t).__name__}, not a torch tensor.",
+                    "Pass torch tensors (on the backend's device).",
+                )
             want = self.source.input_dtypes.get(name)
             if want is not None:
                 wdt = torch_dtype(want)
@@ -299,8 +308,10 @@ def _resolve_device(device: str | torch.device | None) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(device)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise SvEngineError("A CUDA device was requested but torch sees no GPU.",
-                            "Install a CUDA build of torch on a GPU machine, or use --device cpu.")
+        raise SvEngineError(
+            "A CUDA device was requested but torch sees no GPU.",
+            "Install a CUDA build of torch on a GPU machine, or use --device cpu.",
+        )
     return device
 
 
@@ -323,16 +334,19 @@ class Backend(ABC):
     #: The attention form of the ONNX graphs to export for this backend (``ModelSource.attention``).
     onnx_attention: str = "onnx"
 
-    def __init__(self, device: str | torch.device | None = None, cache_dir: str | Path | None = None,
-                 **options: Any) -> None:
+    def __init__(
+        self, device: str | torch.device | None = None, cache_dir: str | Path | None = None, **options: Any
+    ) -> None:
         self.device = _resolve_device(device)
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
         self.options = options
         ok, reason = type(self).availability(self.device)
         if not ok:
-            raise SvEngineError(f"Backend {self.name!r} is not usable here: {reason}.",
-                                f"Install it (`pip install {self.pip_package}`) or pick another backend "
-                                f"(available: {available_backends(self.device)}).")
+            raise SvEngineError(
+                f"Backend {self.name!r} is not usable here: {reason}.",
+                f"Install it (`pip install {self.pip_package}`) or pick another backend "
+                f"(available: {available_backends(self.device)}).",
+            )
 
     @classmethod
     @abstractmethod
@@ -358,8 +372,10 @@ class Backend(ABC):
 
     def _require_module(self, source: ModelSource) -> torch.nn.Module:
         if source.module is None:
-            raise SvEngineError(f"Backend {self.name!r} needs the torch module of {source.name!r}.",
-                                "Build the ModelSource from the export spec (spec.model_source()).")
+            raise SvEngineError(
+                f"Backend {self.name!r} needs the torch module of {source.name!r}.",
+                "Build the ModelSource from the export spec (spec.model_source()).",
+            )
         return source.module
 
     @staticmethod

@@ -16,9 +16,10 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 from sv_engine.atomic_write import atomic_write_bytes
 
@@ -35,8 +36,14 @@ def file_sha256(paths: Iterable[str | Path], chunk: int = 1 << 24) -> str:
     return h.hexdigest()
 
 
-def engine_key(onnx_hash: str, profile: dict[str, Any], precision: str, gpu_name: str, runtime_version: str,
-               extra: dict[str, Any] | None = None) -> str:
+def engine_key(
+    onnx_hash: str,
+    profile: dict[str, Any],
+    precision: str,
+    gpu_name: str,
+    runtime_version: str,
+    extra: dict[str, Any] | None = None,
+) -> str:
     """The cache key: changes whenever the ONNX, the profile, the precision, the GPU, the runtime
     version or any ``extra`` build option changes."""
     payload = {
@@ -92,13 +99,25 @@ class EngineCache:
     def _write(self, name: str, key: str, data: bytes, meta: dict[str, Any] | None) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
         path, meta_path = self.paths(name, key)
-        for target, blob in ((path, data),
-                             (meta_path, json.dumps({"key": key, "sha256": hashlib.sha256(data).hexdigest(),
-                                                     "meta": meta or {}}, indent=1).encode())):
+        for target, blob in (
+            (path, data),
+            (
+                meta_path,
+                json.dumps(
+                    {"key": key, "sha256": hashlib.sha256(data).hexdigest(), "meta": meta or {}}, indent=1
+                ).encode(),
+            ),
+        ):
             atomic_write_bytes(target, blob)
 
-    def get_or_build(self, name: str, key: str, build: Callable[[], bytes], load: Callable[[bytes], Any],
-                     meta: dict[str, Any] | None = None) -> tuple[Any, CacheEntry]:
+    def get_or_build(
+        self,
+        name: str,
+        key: str,
+        build: Callable[[], bytes],
+        load: Callable[[bytes], Any],
+        meta: dict[str, Any] | None = None,
+    ) -> tuple[Any, CacheEntry]:
         path, meta_path = self.paths(name, key)
         data = self._read(name, key)
         if data is not None:

@@ -39,8 +39,8 @@ from typing import Any
 
 import numpy as np
 import torch
-
 from sv_engine.engine.backend import Backend, CompiledModel, ModelSource, torch_dtype
+
 from sv_engine.errors import SvEngineError
 
 logger = logging.getLogger(__name__)
@@ -70,8 +70,9 @@ def _import_ort():
     try:
         import onnxruntime as ort
     except ImportError as exc:
-        raise SvEngineError("onnxruntime is not installed.",
-                            "pip install onnxruntime (CPU) or onnxruntime-gpu (CUDA).") from exc
+        raise SvEngineError(
+            "onnxruntime is not installed.", "pip install onnxruntime (CPU) or onnxruntime-gpu (CUDA)."
+        ) from exc
     return ort
 
 
@@ -126,7 +127,9 @@ class OrtModel(CompiledModel):
 
     def _alloc_outputs(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         shapes = self._output_shapes(inputs)
-        return {n: torch.empty(shapes[n], dtype=self._out_dtype(n), device=self.device) for n in self.source.output_names}
+        return {
+            n: torch.empty(shapes[n], dtype=self._out_dtype(n), device=self.device) for n in self.source.output_names
+        }
 
     def _run_cuda(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         if self.cuda_graph:
@@ -239,24 +242,32 @@ class OrtBackend(Backend):
         ort = _import_ort()
         path = self._require_onnx(source)
         try:
-            session = ort.InferenceSession(str(path), sess_options=self.session_options(source),
-                                           providers=self.providers(source))
+            session = ort.InferenceSession(
+                str(path), sess_options=self.session_options(source), providers=self.providers(source)
+            )
         except Exception as exc:  # noqa: BLE001 - ORT raises its own exception types
             if self.options.get("enable_cuda_graph") and "graph capture" in str(exc):
                 raise SvEngineError(
                     f"ONNX Runtime cannot capture a CUDA graph of {source.name}: some of its nodes run on the CPU "
                     "(the shape arithmetic of symbolic dimensions).",
                     "Fix every symbolic dimension with the free_dimensions option ({ONNX dim name: value}), "
-                    "or drop enable_cuda_graph.") from exc
-            raise SvEngineError(f"ONNX Runtime could not load {path}: {exc}",
-                                "Re-export the model (`sv-engine export --force`) and check the file is complete.") from exc
+                    "or drop enable_cuda_graph.",
+                ) from exc
+            raise SvEngineError(
+                f"ONNX Runtime could not load {path}: {exc}",
+                "Re-export the model (`sv-engine export --force`) and check the file is complete.",
+            ) from exc
         self.check_graph_io(source, [i.name for i in session.get_inputs()], [o.name for o in session.get_outputs()])
         if self.device.type == "cuda" and "CUDAExecutionProvider" not in session.get_providers():
-            raise SvEngineError("ONNX Runtime did not enable the CUDA execution provider.",
-                                "Install onnxruntime-gpu matching your CUDA version.")
+            raise SvEngineError(
+                "ONNX Runtime did not enable the CUDA execution provider.",
+                "Install onnxruntime-gpu matching your CUDA version.",
+            )
         # The graph's own input dtypes win over the manifest (inputs are cast to them).
         source = dataclasses.replace(source)
-        source.input_dtypes = {**source.input_dtypes,
-                               **{i.name: _ORT_TYPES[i.type] for i in session.get_inputs() if i.type in _ORT_TYPES}}
+        source.input_dtypes = {
+            **source.input_dtypes,
+            **{i.name: _ORT_TYPES[i.type] for i in session.get_inputs() if i.type in _ORT_TYPES},
+        }
         logger.info("ORT session %s on %s (%s)", source.name, self.device, session.get_providers()[0])
         return OrtModel(source, self.device, session, bool(self.options.get("enable_cuda_graph")))

@@ -28,14 +28,14 @@ THRESHOLDS: dict[str, Threshold] = {
         max_rel=1e-4,  # of the output's max magnitude (see compare()); TF32 must be off (ORT: use_tf32=0)
         min_cosine=0.99999,
         reason="fp32 kernels differ from torch only in summation order/fused ops (ORT/TRT conv algorithms, "
-               "GELU/softmax fusions): errors stay at ~1e-5..1e-4 of the output scale.",
+        "GELU/softmax fusions): errors stay at ~1e-5..1e-4 of the output scale.",
     ),
     "fp16": Threshold(
         max_rel=None,
         min_cosine=0.999,
         reason="fp16 has an 11-bit mantissa (≈5e-4 relative per op) and errors accumulate through the "
-               "network, so elementwise error is not a meaningful bound; the direction of each output "
-               "(cosine ≥ 0.999 per component) is what keeps the denoising trajectory on track.",
+        "network, so elementwise error is not a meaningful bound; the direction of each output "
+        "(cosine ≥ 0.999 per component) is what keeps the denoising trajectory on track.",
     ),
     "tf32": Threshold(
         max_rel=None,
@@ -61,9 +61,15 @@ def compare(ref: torch.Tensor | np.ndarray, out: torch.Tensor | np.ndarray) -> d
     r = torch.as_tensor(ref).detach().to("cpu", torch.float64).flatten()
     o = torch.as_tensor(out).detach().to("cpu", torch.float64).flatten()
     if r.shape != o.shape:
-        return {"shape_mismatch": True, "ref_shape": list(torch.as_tensor(ref).shape),
-                "shape": list(torch.as_tensor(out).shape), "finite": False, "max_abs": math.inf,
-                "max_rel": math.inf, "cosine": -1.0}
+        return {
+            "shape_mismatch": True,
+            "ref_shape": list(torch.as_tensor(ref).shape),
+            "shape": list(torch.as_tensor(out).shape),
+            "finite": False,
+            "max_abs": math.inf,
+            "max_rel": math.inf,
+            "cosine": -1.0,
+        }
     finite = bool(torch.isfinite(o).all())
     diff = (o - r).abs()
     max_abs = float(diff.max()) if diff.numel() else 0.0

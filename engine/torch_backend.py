@@ -9,8 +9,8 @@ a compile.
 from __future__ import annotations
 
 import torch
-
 from sv_engine.engine.backend import Backend, CompiledModel, ModelSource
+
 from sv_engine.errors import SvEngineError
 
 
@@ -44,7 +44,9 @@ class CudaGraphModel(CompiledModel):
         self._pool = torch.cuda.graph_pool_handle()
         self._graphs: dict[tuple, tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], torch.cuda.CUDAGraph]] = {}
 
-    def _capture(self, inputs: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], torch.cuda.CUDAGraph]:
+    def _capture(
+        self, inputs: dict[str, torch.Tensor]
+    ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], torch.cuda.CUDAGraph]:
         static_in = {n: t.clone() for n, t in inputs.items()}
         args = [static_in[n] for n in self.source.input_names]
         current = torch.cuda.current_stream(self.device)
@@ -105,7 +107,9 @@ class TorchBackend(Backend):
     def compile(self, source: ModelSource) -> CompiledModel:
         if self.options.get("cuda_graph"):
             if self.device.type != "cuda":
-                raise SvEngineError(f"CUDA graphs need a CUDA device; {source.name!r} is on {self.device}.",
-                                    "run on a GPU (--device cuda), or drop the CUDA-graph option (--cuda-graphs) on the CPU.")
+                raise SvEngineError(
+                    f"CUDA graphs need a CUDA device; {source.name!r} is on {self.device}.",
+                    "run on a GPU (--device cuda), or drop the CUDA-graph option (--cuda-graphs) on the CPU.",
+                )
             return CudaGraphModel(source, self.device, self._prepare(source))
         return TorchModel(source, self.device, self._prepare(source))

@@ -11,7 +11,6 @@ import functools
 import logging
 
 import torch
-
 from sv_engine.engine.backend import Backend, CompiledModel, ModelSource
 from sv_engine.engine.torch_backend import TorchModel
 
@@ -30,7 +29,10 @@ def _probe_inductor(device_type: str) -> tuple[bool, str]:
             return False, "inductor produced wrong results in the probe"
         return True, ""
     except Exception as exc:  # noqa: BLE001 - any compiler/toolchain failure means "not usable"
-        return False, f"inductor cannot compile on {device_type}: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+        return (
+            False,
+            f"inductor cannot compile on {device_type}: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}",
+        )
 
 
 class TorchCompileBackend(Backend):

@@ -24,9 +24,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-
 from sv_engine.engine.backend import Backend, CompiledModel, ModelSource
 from sv_engine.engine.engine_cache import EngineCache, engine_key, file_sha256
+
 from sv_engine.errors import SvEngineError
 from sv_engine.paths import cache_root
 
@@ -40,13 +40,19 @@ def import_tensorrt() -> tuple[Any, str]:
     ``tensorrt_rtx_bindings``; the ``tensorrt-rtx`` meta package as ``tensorrt_rtx``. Same API.
     """
     errors = []
-    for name, flavor in (("tensorrt", "tensorrt"), ("tensorrt_rtx", "tensorrt_rtx"), ("tensorrt_rtx_bindings", "tensorrt_rtx")):
+    for name, flavor in (
+        ("tensorrt", "tensorrt"),
+        ("tensorrt_rtx", "tensorrt_rtx"),
+        ("tensorrt_rtx_bindings", "tensorrt_rtx"),
+    ):
         try:
             return importlib.import_module(name), flavor
         except Exception as exc:  # noqa: BLE001 - a broken install is as good as none
             errors.append(f"{name}: {type(exc).__name__}: {exc}")
-    raise SvEngineError(f"Neither tensorrt nor tensorrt_rtx can be imported ({'; '.join(errors)}).",
-                        "pip install tensorrt (datacenter/any NVIDIA GPU) or tensorrt-rtx (RTX GPUs).")
+    raise SvEngineError(
+        f"Neither tensorrt nor tensorrt_rtx can be imported ({'; '.join(errors)}).",
+        "pip install tensorrt (datacenter/any NVIDIA GPU) or tensorrt-rtx (RTX GPUs).",
+    )
 
 
 #: Compute capabilities TensorRT-RTX engines run on (it builds on others, e.g. Hopper 9.0, but refuses to run).
@@ -62,17 +68,30 @@ def trt_available() -> tuple[bool, str]:
         return False, "no CUDA GPU"
     capability = torch.cuda.get_device_capability()
     if flavor == "tensorrt_rtx" and capability not in RTX_RUNNABLE_CAPABILITIES and capability[0] < 12:
-        return False, f"TensorRT-RTX engines cannot run on compute capability {capability[0]}.{capability[1]} (they build there); use ort or torch-compile, or install full tensorrt"
+        return (
+            False,
+            f"TensorRT-RTX engines cannot run on compute capability {capability[0]}.{capability[1]} (they build there); use ort or torch-compile, or install full tensorrt",
+        )
     return True, ""
 
 
 def _trt_to_torch_dtype(trt: Any, dt: Any) -> torch.dtype:
-    table = {"FLOAT": torch.float32, "HALF": torch.float16, "BF16": torch.bfloat16, "INT32": torch.int32,
-             "INT64": torch.int64, "BOOL": torch.bool, "UINT8": torch.uint8, "INT8": torch.int8}
+    table = {
+        "FLOAT": torch.float32,
+        "HALF": torch.float16,
+        "BF16": torch.bfloat16,
+        "INT32": torch.int32,
+        "INT64": torch.int64,
+        "BOOL": torch.bool,
+        "UINT8": torch.uint8,
+        "INT8": torch.int8,
+    }
     for key, value in table.items():
         if hasattr(trt.DataType, key) and dt == getattr(trt.DataType, key):
             return value
-    raise SvEngineError(f"TensorRT tensor dtype {dt} has no torch equivalent.", "Export the model with float/int32 I/O.")
+    raise SvEngineError(
+        f"TensorRT tensor dtype {dt} has no torch equivalent.", "Export the model with float/int32 I/O."
+    )
 
 
 class _Logger:
@@ -83,6 +102,7 @@ class _Logger:
     @classmethod
     def get(cls, trt: Any) -> Any:
         if trt.__name__ not in cls._instances:
+
             class PyLogger(trt.ILogger):
                 def __init__(self) -> None:
                     trt.ILogger.__init__(self)
@@ -99,9 +119,16 @@ class _Logger:
         return cls._instances[trt.__name__]
 
 
-def build_serialized_engine(trt: Any, flavor: str, onnx_path: Path, source: ModelSource, precision: str,
-                            timing_cache_path: Path | None = None, workspace_gb: float | None = None,
-                            builder_optimization_level: int | None = None) -> bytes:
+def build_serialized_engine(
+    trt: Any,
+    flavor: str,
+    onnx_path: Path,
+    source: ModelSource,
+    precision: str,
+    timing_cache_path: Path | None = None,
+    workspace_gb: float | None = None,
+    builder_optimization_level: int | None = None,
+) -> bytes:
     """Parses ``onnx_path`` and builds a serialized engine (bytes) for the source's profile."""
     trt_logger = _Logger.get(trt)
     builder = trt.Builder(trt_logger)
@@ -114,8 +141,10 @@ def build_serialized_engine(trt: Any, flavor: str, onnx_path: Path, source: Mode
     parser = trt.OnnxParser(network, trt_logger)
     if not parser.parse_from_file(str(onnx_path)):
         errs = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
-        raise SvEngineError(f"TensorRT could not parse {onnx_path}: {errs}",
-                            "Re-export the ONNX (opset 17+) with `sv-engine export --force`.")
+        raise SvEngineError(
+            f"TensorRT could not parse {onnx_path}: {errs}",
+            "Re-export the ONNX (opset 17+) with `sv-engine export --force`.",
+        )
     in_names = [network.get_input(i).name for i in range(network.num_inputs)]
     out_names = [network.get_output(i).name for i in range(network.num_outputs)]
     Backend.check_graph_io(source, in_names, out_names)
@@ -131,8 +160,10 @@ def build_serialized_engine(trt: Any, flavor: str, onnx_path: Path, source: Mode
         else:  # pragma: no cover - only RTX lacks the flag and it is strongly typed above
             raise SvEngineError("This TensorRT has no FP16 builder flag.", "Export with --precision fp16.")
     if precision == "fp16" and flavor == "tensorrt_rtx" and not onnx_is_fp16:
-        logger.warning("tensorrt_rtx is strongly typed: an fp32 ONNX builds an fp32 engine; export with "
-                       "--precision fp16 for an fp16 engine")
+        logger.warning(
+            "tensorrt_rtx is strongly typed: an fp32 ONNX builds an fp32 engine; export with "
+            "--precision fp16 for an fp16 engine"
+        )
 
     profile = builder.create_optimization_profile()
     for i in range(network.num_inputs):
@@ -141,8 +172,10 @@ def build_serialized_engine(trt: Any, flavor: str, onnx_path: Path, source: Mode
             lo, opt, hi = source.profiles[name]
             profile.set_shape(name, tuple(lo), tuple(opt), tuple(hi))
         elif any(d < 0 for d in network.get_input(i).shape):
-            raise SvEngineError(f"Input {name!r} of {source.name!r} is dynamic but has no profile.",
-                                "Re-export so manifest.json lists min/opt/max shapes for every dynamic input.")
+            raise SvEngineError(
+                f"Input {name!r} of {source.name!r} is dynamic but has no profile.",
+                "Re-export so manifest.json lists min/opt/max shapes for every dynamic input.",
+            )
     config.add_optimization_profile(profile)
 
     timing_cache = None
@@ -158,8 +191,10 @@ def build_serialized_engine(trt: Any, flavor: str, onnx_path: Path, source: Mode
     t0 = time.perf_counter()
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
-        raise SvEngineError(f"TensorRT failed to build an engine for {source.name!r} (see the [TRT] log lines).",
-                            "Check the GPU memory/workspace and the ONNX; try --precision fp32.")
+        raise SvEngineError(
+            f"TensorRT failed to build an engine for {source.name!r} (see the [TRT] log lines).",
+            "Check the GPU memory/workspace and the ONNX; try --precision fp32.",
+        )
     logger.info("built %s engine for %s in %.1fs", flavor, source.name, time.perf_counter() - t0)
     if timing_cache is not None and timing_cache_path is not None:
         try:
@@ -179,15 +214,19 @@ class TrtModel(CompiledModel):
         self.engine = engine
         self.context = engine.create_execution_context()
         if self.context is None:
-            raise SvEngineError(f"TensorRT could not create an execution context for {source.name!r}.",
-                                "Free GPU memory or rebuild the engine.")
+            raise SvEngineError(
+                f"TensorRT could not create an execution context for {source.name!r}.",
+                "Free GPU memory or rebuild the engine.",
+            )
         self.cuda_graph = cuda_graph
         names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
         self._inputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
         self._outputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
         self._dtypes = {n: _trt_to_torch_dtype(trt, engine.get_tensor_dtype(n)) for n in names}
-        source.input_dtypes = {**source.input_dtypes,
-                               **{n: str(self._dtypes[n]).replace("torch.", "") for n in self._inputs}}
+        source.input_dtypes = {
+            **source.input_dtypes,
+            **{n: str(self._dtypes[n]).replace("torch.", "") for n in self._inputs},
+        }
         self._graphs: dict[tuple, tuple[torch.cuda.CUDAGraph, dict, dict]] = {}
 
     def _bind(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -199,16 +238,20 @@ class TrtModel(CompiledModel):
         for n in self._outputs:
             shape = tuple(self.context.get_tensor_shape(n))
             if any(d < 0 for d in shape):
-                raise SvEngineError(f"TensorRT could not infer the shape of output {n!r} of {self.name!r}.",
-                                    "Check the input shapes against the engine profile.")
+                raise SvEngineError(
+                    f"TensorRT could not infer the shape of output {n!r} of {self.name!r}.",
+                    "Check the input shapes against the engine profile.",
+                )
             outs[n] = torch.empty(shape, dtype=self._dtypes[n], device=self.device)
             self.context.set_tensor_address(n, outs[n].data_ptr())
         return outs
 
     def _execute(self, stream: int) -> None:
         if not self.context.execute_async_v3(stream):
-            raise SvEngineError(f"TensorRT execution of {self.name!r} failed (see the [TRT] log lines).",
-                                "Check the input shapes/dtypes; rebuild the engine if the GPU changed.")
+            raise SvEngineError(
+                f"TensorRT execution of {self.name!r} failed (see the [TRT] log lines).",
+                "Check the input shapes/dtypes; rebuild the engine if the GPU changed.",
+            )
 
     def _run(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         if not self.cuda_graph:
@@ -241,7 +284,8 @@ def check_parsable(source: ModelSource) -> None:
     if source.attention != "onnx":
         raise SvEngineError(
             f"{source.onnx_path} was exported with ONNX Runtime's fused attention operator, which TensorRT cannot parse.",
-            "Export for TensorRT with `sv-engine export --attention onnx` (the default) and build from that folder.")
+            "Export for TensorRT with `sv-engine export --attention onnx` (the default) and build from that folder.",
+        )
 
 
 class TrtBackend(Backend):
@@ -270,12 +314,16 @@ class TrtBackend(Backend):
 
     def engine_key(self, source: ModelSource, precision: str) -> str:
         onnx_path = self._require_onnx(source)
-        onnx_hash = source.sha256 or file_sha256(
-            [onnx_path, *[onnx_path.parent / f for f in source.external_data]])
+        onnx_hash = source.sha256 or file_sha256([onnx_path, *[onnx_path.parent / f for f in source.external_data]])
         gpu = torch.cuda.get_device_name(self.device)
-        return engine_key(onnx_hash, source.profiles, precision, gpu, f"{self.flavor}-{self.trt.__version__}",
-                          extra={"onnx_precision": source.precision,
-                                 "opt_level": self.options.get("builder_optimization_level")})
+        return engine_key(
+            onnx_hash,
+            source.profiles,
+            precision,
+            gpu,
+            f"{self.flavor}-{self.trt.__version__}",
+            extra={"onnx_precision": source.precision, "opt_level": self.options.get("builder_optimization_level")},
+        )
 
     def build(self, source: ModelSource) -> tuple[Any, bool]:
         """``(deserialized engine, rebuilt?)`` from the cache, building on a miss."""
@@ -288,10 +336,15 @@ class TrtBackend(Backend):
         def build() -> bytes:
             t0 = time.perf_counter()
             data = build_serialized_engine(
-                self.trt, self.flavor, onnx_path, source, precision,
+                self.trt,
+                self.flavor,
+                onnx_path,
+                source,
+                precision,
                 timing_cache_path=self.cache_dir / f"timing-{self.flavor}.cache",
                 workspace_gb=self.options.get("workspace_gb"),
-                builder_optimization_level=self.options.get("builder_optimization_level"))
+                builder_optimization_level=self.options.get("builder_optimization_level"),
+            )
             self.last_build_s = time.perf_counter() - t0
             return data
 
@@ -302,9 +355,18 @@ class TrtBackend(Backend):
             return engine
 
         engine, entry = self.cache.get_or_build(
-            source.name, key, build, load,
-            meta={"model": source.name, "precision": precision, "flavor": self.flavor,
-                  "trt_version": self.trt.__version__, "gpu": torch.cuda.get_device_name(self.device)})
+            source.name,
+            key,
+            build,
+            load,
+            meta={
+                "model": source.name,
+                "precision": precision,
+                "flavor": self.flavor,
+                "trt_version": self.trt.__version__,
+                "gpu": torch.cuda.get_device_name(self.device),
+            },
+        )
         self._runtime = runtime  # keep alive with the engine
         return engine, entry.rebuilt
 

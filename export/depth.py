@@ -6,9 +6,8 @@ to it (as MiDaS does) and back; a fixed size keeps the ViT position-embedding re
 
 from __future__ import annotations
 
-from torch import nn
-
 from sv_engine.export.spec import DEFAULT_SHAPES, ExportSpec, ShapeRange
+from torch import nn
 
 
 class _Depth(nn.Module):
@@ -26,8 +25,9 @@ class DepthSpec(ExportSpec):
     #: model, ORT); the depth net runs once per keyframe/atlas, so fp32 costs nothing noticeable.
     fp16_ok = False
 
-    def __init__(self, depth_model: nn.Module, precision: str = "fp32", shapes: ShapeRange = DEFAULT_SHAPES,
-                 device="cpu") -> None:
+    def __init__(
+        self, depth_model: nn.Module, precision: str = "fp32", shapes: ShapeRange = DEFAULT_SHAPES, device="cpu"
+    ) -> None:
         super().__init__(precision, shapes, device)
         self.depth_model = depth_model
         self.size = int(depth_model.config.image_size)

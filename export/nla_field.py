@@ -12,10 +12,9 @@ half a pixel of a 1024 atlas — visible as texture swimming — and the MLPs ar
 from __future__ import annotations
 
 import torch
-from torch import nn
-
 from sv_engine.export.spec import DEFAULT_SHAPES, ExportSpec, ShapeRange
 from sv_engine.stablevideo.nla import NLAModel, alpha_from_output, atlas_rgb, bg_uv, fg_uv
+from torch import nn
 
 #: Points per call: min, opt (one 512×512 frame), max (a 1024×1024 frame).
 POINTS_RANGE = (1, 512 * 512, 1024 * 1024)
@@ -44,8 +43,14 @@ class _Atlas(nn.Module):
 class _NLABase(ExportSpec):
     fp16_ok = False
 
-    def __init__(self, nla: NLAModel, precision: str = "fp32", shapes: ShapeRange = DEFAULT_SHAPES, device="cpu",
-                 points: tuple[int, int, int] = POINTS_RANGE) -> None:
+    def __init__(
+        self,
+        nla: NLAModel,
+        precision: str = "fp32",
+        shapes: ShapeRange = DEFAULT_SHAPES,
+        device="cpu",
+        points: tuple[int, int, int] = POINTS_RANGE,
+    ) -> None:
         super().__init__(precision, shapes, device)
         self.nla = nla
         self.points = points

@@ -21,16 +21,17 @@ import shutil
 import tempfile
 import time
 import warnings
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import torch
-
 from sv_engine.engine.backend import MANIFEST_NAME, ModelSource
 from sv_engine.engine.engine_cache import file_sha256
-from sv_engine.errors import SvEngineError
 from sv_engine.export.ort_attention import attention_export
 from sv_engine.export.spec import ExportSpec
+
+from sv_engine.errors import SvEngineError
 
 logger = logging.getLogger(__name__)
 
@@ -54,7 +55,9 @@ def _initializer_bytes(model) -> int:
     return total
 
 
-def check_finite(spec: ExportSpec, inputs: dict[str, torch.Tensor], module: torch.nn.Module | None = None) -> dict[str, torch.Tensor]:
+def check_finite(
+    spec: ExportSpec, inputs: dict[str, torch.Tensor], module: torch.nn.Module | None = None
+) -> dict[str, torch.Tensor]:
     """Runs the prepared module (default: the export form) on ``inputs``; raises if an output is
     NaN/inf (fp16 overflow guard)."""
     module = module if module is not None else spec.torch_module()
@@ -110,8 +113,15 @@ def _optimize(model, name: str):
     return model
 
 
-def export_onnx(spec: ExportSpec, out_dir: str | Path, *, optimize: bool = True, check: bool = True,
-                inputs: dict[str, torch.Tensor] | None = None, attention: str = "onnx") -> ModelSource:
+def export_onnx(
+    spec: ExportSpec,
+    out_dir: str | Path,
+    *,
+    optimize: bool = True,
+    check: bool = True,
+    inputs: dict[str, torch.Tensor] | None = None,
+    attention: str = "onnx",
+) -> ModelSource:
     """Exports one spec to ``<out_dir>/<name>.onnx`` and returns its :class:`ModelSource` (with sha256).
 
     ``attention``: ``"onnx"`` exports the classic fp32-upcast attention in standard operators,
@@ -123,12 +133,20 @@ def export_onnx(spec: ExportSpec, out_dir: str | Path, *, optimize: bool = True,
     inputs = inputs if inputs is not None else spec.sample_inputs("opt", **spec.export_symbols())
     with attention_export(spec.torch_module(fused_attention=attention == "ort"), attention) as module:
         source = _export_checked(spec, module, inputs, out_dir, optimize, check)
-    logger.info("exported %s (%s, %s attention) in %.1fs", spec.name, spec.precision, attention, time.perf_counter() - t0)
+    logger.info(
+        "exported %s (%s, %s attention) in %.1fs", spec.name, spec.precision, attention, time.perf_counter() - t0
+    )
     return dataclasses.replace(source, attention=attention)
 
 
-def _export_checked(spec: ExportSpec, module: torch.nn.Module, inputs: dict[str, torch.Tensor], out_dir: Path,
-                    optimize: bool, check: bool) -> ModelSource:
+def _export_checked(
+    spec: ExportSpec,
+    module: torch.nn.Module,
+    inputs: dict[str, torch.Tensor],
+    out_dir: Path,
+    optimize: bool,
+    check: bool,
+) -> ModelSource:
     import onnx
 
     if spec.precision == "fp16":
@@ -144,8 +162,10 @@ def _export_checked(spec: ExportSpec, module: torch.nn.Module, inputs: dict[str,
         except SvEngineError:
             raise
         except Exception as exc:
-            raise SvEngineError(f"torch.onnx.export failed for {spec.name}: {type(exc).__name__}: {exc}",
-                                "Report the model config; try --precision fp32 or a smaller --models list.") from exc
+            raise SvEngineError(
+                f"torch.onnx.export failed for {spec.name}: {type(exc).__name__}: {exc}",
+                "Report the model config; try --precision fp32 or a smaller --models list.",
+            ) from exc
         model = onnx.load(str(raw), load_external_data=True)
         big = _initializer_bytes(model) > EXTERNAL_DATA_THRESHOLD
         if not big:
@@ -157,8 +177,14 @@ def _export_checked(spec: ExportSpec, module: torch.nn.Module, inputs: dict[str,
             onnx.save_model(model, str(final))
         else:
             logger.info("%s is > 2 GB: weights go to %s; folding skipped (protobuf limit)", spec.name, data_name)
-            onnx.save_model(model, str(final), save_as_external_data=True, all_tensors_to_one_file=True,
-                            location=data_name, size_threshold=1024)
+            onnx.save_model(
+                model,
+                str(final),
+                save_as_external_data=True,
+                all_tensors_to_one_file=True,
+                location=data_name,
+                size_threshold=1024,
+            )
             del model
             if check:
                 onnx.checker.check_model(str(final))
@@ -168,7 +194,9 @@ def _export_checked(spec: ExportSpec, module: torch.nn.Module, inputs: dict[str,
     return spec.model_source(onnx_path=final, sha256=sha, external_data=external, with_module=False)
 
 
-def reuse_or_export(spec: ExportSpec, out_dir: str | Path, exported: dict[str, ModelSource], attention: str = "onnx") -> ModelSource:
+def reuse_or_export(
+    spec: ExportSpec, out_dir: str | Path, exported: dict[str, ModelSource], attention: str = "onnx"
+) -> ModelSource:
     """``exported[spec.name]`` when it is this spec's precision and attention form, else a fresh export."""
     source = exported.get(spec.name)
     if source is None or source.precision != spec.precision or source.attention != attention:
@@ -199,8 +227,10 @@ def prepare_out_dir(out_dir: str | Path, force: bool) -> Path:
     out_dir = Path(out_dir)
     if out_dir.exists() and any(out_dir.iterdir()):
         if not force:
-            raise SvEngineError(f"The output directory {out_dir} exists and is not empty.",
-                                "Pass --force to overwrite it, or choose another --out.")
+            raise SvEngineError(
+                f"The output directory {out_dir} exists and is not empty.",
+                "Pass --force to overwrite it, or choose another --out.",
+            )
         if out_dir.is_dir():
             for child in out_dir.iterdir():
                 shutil.rmtree(child) if child.is_dir() else child.unlink()
@@ -208,10 +238,16 @@ def prepare_out_dir(out_dir: str | Path, force: bool) -> Path:
     return out_dir
 
 
-def export_all(specs: dict[str, ExportSpec], out_dir: str | Path, *, force: bool = False,
-               extra: dict[str, Any] | None = None,
-               progress: Callable[[str], None] | None = None, optimize: bool = True,
-               attention: str = "onnx") -> dict[str, ModelSource]:
+def export_all(
+    specs: dict[str, ExportSpec],
+    out_dir: str | Path,
+    *,
+    force: bool = False,
+    extra: dict[str, Any] | None = None,
+    progress: Callable[[str], None] | None = None,
+    optimize: bool = True,
+    attention: str = "onnx",
+) -> dict[str, ModelSource]:
     """Exports every spec into ``out_dir`` and writes the manifest; returns ``{name: ModelSource}``."""
     out_dir = prepare_out_dir(out_dir, force)
     sources: dict[str, ModelSource] = {}

@@ -34,7 +34,9 @@ class MultiHeadAttention(torch.autograd.Function):
     """``(B, S, N·H) q, (B, L, N·H) k, v -> (B, S, N·H)``: SDPA in torch, one MultiHeadAttention node in ONNX."""
 
     @staticmethod
-    def forward(ctx, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, heads: int, scale: float) -> torch.Tensor:
+    def forward(
+        ctx, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, heads: int, scale: float
+    ) -> torch.Tensor:
         def split(x: torch.Tensor) -> torch.Tensor:
             return x.unflatten(-1, (heads, -1)).transpose(1, 2)
 
@@ -58,10 +60,22 @@ class OrtAttnProcessor:
 
         self.fallback = AttnProcessor2_0()
 
-    def __call__(self, attn, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None,
-                 attention_mask: torch.Tensor | None = None, temb: torch.Tensor | None = None, *args, **kwargs) -> torch.Tensor:
-        if (attention_mask is not None or attn.spatial_norm is not None
-                or getattr(attn, "norm_q", None) is not None or getattr(attn, "norm_k", None) is not None):
+    def __call__(
+        self,
+        attn,
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        temb: torch.Tensor | None = None,
+        *args,
+        **kwargs,
+    ) -> torch.Tensor:
+        if (
+            attention_mask is not None
+            or attn.spatial_norm is not None
+            or getattr(attn, "norm_q", None) is not None
+            or getattr(attn, "norm_k", None) is not None
+        ):
             return self.fallback(attn, hidden_states, encoder_hidden_states, attention_mask, temb, *args, **kwargs)
         residual = hidden_states
         image_shape = hidden_states.shape if hidden_states.ndim == 4 else None
@@ -74,8 +88,9 @@ class OrtAttnProcessor:
         elif attn.norm_cross:
             encoder_hidden_states = attn.norm_encoder_hidden_states(encoder_hidden_states)
         query = attn.to_q(hidden_states)
-        out = MultiHeadAttention.apply(query, attn.to_k(encoder_hidden_states), attn.to_v(encoder_hidden_states),
-                                       attn.heads, float(attn.scale))
+        out = MultiHeadAttention.apply(
+            query, attn.to_k(encoder_hidden_states), attn.to_v(encoder_hidden_states), attn.heads, float(attn.scale)
+        )
         out = attn.to_out[1](attn.to_out[0](out.to(query.dtype)))
         if image_shape is not None:
             out = out.transpose(1, 2).reshape(image_shape)

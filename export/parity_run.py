@@ -16,11 +16,11 @@ import copy
 import logging
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
-
 from sv_engine.engine.backend import backend_class, get_backend, load_manifest
 from sv_engine.engine.parity import PSNR_MIN_DB, THRESHOLDS, compare_outputs, psnr
 from sv_engine.export.onnx_export import reuse_or_export, write_manifest
@@ -30,11 +30,19 @@ from sv_engine.export.spec import DEFAULT_SHAPES, ShapeRange
 logger = logging.getLogger(__name__)
 
 
-def run_parity(components: Any, nla: Any, backend: str = "ort", precision: str = "fp32",
-               models: list[str] | None = None, shapes: ShapeRange = DEFAULT_SHAPES, device: str | None = None,
-               onnx_dir: str | Path | None = None, backend_options: dict[str, Any] | None = None,
-               symbols: dict[str, dict[str, int]] | None = None,
-               progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+def run_parity(
+    components: Any,
+    nla: Any,
+    backend: str = "ort",
+    precision: str = "fp32",
+    models: list[str] | None = None,
+    shapes: ShapeRange = DEFAULT_SHAPES,
+    device: str | None = None,
+    onnx_dir: str | Path | None = None,
+    backend_options: dict[str, Any] | None = None,
+    symbols: dict[str, dict[str, int]] | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
     """Returns ``{"backend", "precision", "device", "thresholds", "models": {name: result}, "ok"}``.
 
     ``onnx_dir``: reuse/keep the exported ONNX there (default: a temporary directory). ``symbols``:
@@ -49,8 +57,14 @@ def run_parity(components: Any, nla: Any, backend: str = "ort", precision: str =
     if needs_onnx and onnx_dir is None:
         tmp = tempfile.TemporaryDirectory(prefix="sv-parity-")
         onnx_dir = tmp.name
-    report: dict[str, Any] = {"backend": backend, "precision": precision, "device": str(dev),
-                              "thresholds": {precision: vars(THRESHOLDS[precision])}, "models": {}, "ok": True}
+    report: dict[str, Any] = {
+        "backend": backend,
+        "precision": precision,
+        "device": str(dev),
+        "thresholds": {precision: vars(THRESHOLDS[precision])},
+        "models": {},
+        "ok": True,
+    }
     try:
         existing = {}
         if needs_onnx and onnx_dir is not None and (Path(onnx_dir) / "manifest.json").exists():
@@ -104,14 +118,30 @@ def summary_rows(report: dict[str, Any]) -> list[tuple[str, str, str, str, str, 
             rows.append((name, "-", "-", "-", "-", f"ERROR {entry['error'][:80]}"))
             continue
         for out, m in entry["outputs"].items():
-            rows.append((name, out, f"{m['max_abs']:.3e}", f"{m['max_rel']:.3e}", f"{m['cosine']:.6f}",
-                         "ok" if m["ok"] else f"FAIL {m['why']}"))
+            rows.append(
+                (
+                    name,
+                    out,
+                    f"{m['max_abs']:.3e}",
+                    f"{m['max_rel']:.3e}",
+                    f"{m['cosine']:.6f}",
+                    "ok" if m["ok"] else f"FAIL {m['why']}",
+                )
+            )
     return rows
 
 
-def run_edit_parity(components: Any, data_dir: str | Path, params: Any, backend: str = "ort", precision: str = "fp32",
-                    shapes: ShapeRange = DEFAULT_SHAPES, device: str | None = None, onnx_dir: str | Path | None = None,
-                    backend_options: dict[str, Any] | None = None) -> dict[str, Any]:
+def run_edit_parity(
+    components: Any,
+    data_dir: str | Path,
+    params: Any,
+    backend: str = "ort",
+    precision: str = "fp32",
+    shapes: ShapeRange = DEFAULT_SHAPES,
+    device: str | None = None,
+    onnx_dir: str | Path | None = None,
+    backend_options: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """``{"psnr_db", "min_db", "ok", "frames", "seed", ...}``: the frames of one edit of ``data_dir`` with
     ``params`` (give a fixed seed) on ``backend`` in ``precision`` against the torch fp32 pipeline's.
 
@@ -128,11 +158,31 @@ def run_edit_parity(components: Any, data_dir: str | Path, params: Any, backend:
     t0 = time.perf_counter()
     ref_frames = StableVideoPipeline(reference, dev).edit(data_dir, params).frames
     ref_s = time.perf_counter() - t0
-    accelerated = accelerate(candidate, backend.replace("-", "_"), precision, dev, onnx_dir=Path(onnx_dir) if onnx_dir else None,
-                             shapes=shapes, backend_options=backend_options)
+    accelerated = accelerate(
+        candidate,
+        backend.replace("-", "_"),
+        precision,
+        dev,
+        onnx_dir=Path(onnx_dir) if onnx_dir else None,
+        shapes=shapes,
+        backend_options=backend_options,
+    )
     t0 = time.perf_counter()
-    frames = StableVideoPipeline(candidate, dev, accelerated.unet_controlnet, accelerated.denoiser_overrides()).edit(data_dir, params).frames
+    frames = (
+        StableVideoPipeline(candidate, dev, accelerated.unet_controlnet, accelerated.denoiser_overrides())
+        .edit(data_dir, params)
+        .frames
+    )
     db = psnr(ref_frames, frames)
-    return {"psnr_db": db, "min_db": PSNR_MIN_DB[precision], "ok": db >= PSNR_MIN_DB[precision], "backend": backend,
-            "precision": precision, "frames": list(frames.shape), "seed": params.seed, "data": str(data_dir),
-            "reference_edit_s": round(ref_s, 2), "edit_s": round(time.perf_counter() - t0, 2)}
+    return {
+        "psnr_db": db,
+        "min_db": PSNR_MIN_DB[precision],
+        "ok": db >= PSNR_MIN_DB[precision],
+        "backend": backend,
+        "precision": precision,
+        "frames": list(frames.shape),
+        "seed": params.seed,
+        "data": str(data_dir),
+        "reference_edit_s": round(ref_s, 2),
+        "edit_s": round(time.perf_counter() - t0, 2),
+    }

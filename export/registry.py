@@ -9,13 +9,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from sv_engine.errors import SvEngineError
 from sv_engine.export.depth import DepthSpec
 from sv_engine.export.nla_field import NLAAtlasSpec, NLAFieldSpec
 from sv_engine.export.spec import DEFAULT_SHAPES, ExportSpec, ShapeRange
 from sv_engine.export.text_encoder import TextEncoderSpec
 from sv_engine.export.unet_controlnet import ControlNetSpec, UNetControlNetSpec, UNetSpec
 from sv_engine.export.vae import VAEDecoderSpec, VAEEncoderSpec
+
+from sv_engine.errors import SvEngineError
 
 MODEL_NAMES = (
     "text_encoder",
@@ -43,8 +44,14 @@ def parse_model_list(models: str | list[str] | None) -> list[str]:
     return names
 
 
-def build_specs(components: Any, nla: Any = None, names: list[str] | None = None, precision: str = "fp32",
-                shapes: ShapeRange = DEFAULT_SHAPES, device="cpu") -> dict[str, ExportSpec]:
+def build_specs(
+    components: Any,
+    nla: Any = None,
+    names: list[str] | None = None,
+    precision: str = "fp32",
+    shapes: ShapeRange = DEFAULT_SHAPES,
+    device="cpu",
+) -> dict[str, ExportSpec]:
     """Specs for ``names`` (default all) from an ``SDComponents`` bundle and an ``NLAModel``.
 
     Models the bundle lacks (``depth_model=None``, no NLA) are skipped when not asked explicitly, and
@@ -57,10 +64,12 @@ def build_specs(components: Any, nla: Any = None, names: list[str] | None = None
     kw = dict(precision=precision, shapes=shapes, device=device)
     factories = {
         "text_encoder": lambda: TextEncoderSpec(c.text_encoder, **kw),
-        "unet_controlnet_canny": lambda: UNetControlNetSpec(c.unet, c.controlnet_canny, name="unet_controlnet_canny",
-                                                            seq_len=seq, **kw),
-        "unet_controlnet_depth": lambda: UNetControlNetSpec(c.unet, c.controlnet_depth, name="unet_controlnet_depth",
-                                                            seq_len=seq, **kw),
+        "unet_controlnet_canny": lambda: UNetControlNetSpec(
+            c.unet, c.controlnet_canny, name="unet_controlnet_canny", seq_len=seq, **kw
+        ),
+        "unet_controlnet_depth": lambda: UNetControlNetSpec(
+            c.unet, c.controlnet_depth, name="unet_controlnet_depth", seq_len=seq, **kw
+        ),
         "controlnet_canny": lambda: ControlNetSpec(c.controlnet_canny, name="controlnet_canny", seq_len=seq, **kw),
         "controlnet_depth": lambda: ControlNetSpec(c.controlnet_depth, name="controlnet_depth", seq_len=seq, **kw),
         "unet": lambda: UNetSpec(c.unet, seq_len=seq, **kw),
@@ -70,16 +79,23 @@ def build_specs(components: Any, nla: Any = None, names: list[str] | None = None
         "nla_atlas": lambda: NLAAtlasSpec(nla, **kw),
         "depth": lambda: DepthSpec(c.depth_model, **kw),
     }
-    needs = {"nla_field": nla, "nla_atlas": nla,
-             "depth": getattr(c, "depth_model", None) if c is not None else None,
-             "controlnet_canny": getattr(c, "controlnet_canny", None), "unet_controlnet_canny": getattr(c, "controlnet_canny", None),
-             "controlnet_depth": getattr(c, "controlnet_depth", None), "unet_controlnet_depth": getattr(c, "controlnet_depth", None)}
+    needs = {
+        "nla_field": nla,
+        "nla_atlas": nla,
+        "depth": getattr(c, "depth_model", None) if c is not None else None,
+        "controlnet_canny": getattr(c, "controlnet_canny", None),
+        "unet_controlnet_canny": getattr(c, "controlnet_canny", None),
+        "controlnet_depth": getattr(c, "controlnet_depth", None),
+        "unet_controlnet_depth": getattr(c, "controlnet_depth", None),
+    }
     specs: dict[str, ExportSpec] = {}
     for name in names:
         if name in needs and needs[name] is None or (c is None and not name.startswith("nla")):
             if explicit:
-                raise SvEngineError(f"Cannot export {name}: the model bundle has no weights for it.",
-                                    "Load a bundle that includes it, or leave it out of --models.")
+                raise SvEngineError(
+                    f"Cannot export {name}: the model bundle has no weights for it.",
+                    "Load a bundle that includes it, or leave it out of --models.",
+                )
             continue
         specs[name] = factories[name]()
     return specs

@@ -15,14 +15,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-
 from sv_engine.engine.backend import CompiledModel, backend_class, default_backend, get_backend, load_manifest
-from sv_engine.errors import SvEngineError
 from sv_engine.export.onnx_export import reuse_or_export, write_manifest
 from sv_engine.export.registry import build_specs
 from sv_engine.export.spec import DEFAULT_SHAPES, ShapeRange
-from sv_engine.paths import cache_root
 from sv_engine.stablevideo.models.components import SDComponents
+
+from sv_engine.errors import SvEngineError
+from sv_engine.paths import cache_root
 
 log = logging.getLogger(__name__)
 
@@ -32,8 +32,10 @@ ACCELERATED_MODELS = ("unet_controlnet_canny", "unet_controlnet_depth", "vae_enc
 #: an H100 for the fused UNet+ControlNet), and eager torch's CUDA graphs a capture per shape, so both
 #: take only the UNet+ControlNet steps (~95% of the diffusion time) by default; the VAE and text
 #: encoder run a handful of times per edit and stay eager.
-DEFAULT_MODELS = {"torch_compile": ("unet_controlnet_canny", "unet_controlnet_depth"),
-                  "torch": ("unet_controlnet_canny", "unet_controlnet_depth")}
+DEFAULT_MODELS = {
+    "torch_compile": ("unet_controlnet_canny", "unet_controlnet_depth"),
+    "torch": ("unet_controlnet_canny", "unet_controlnet_depth"),
+}
 
 
 @dataclass
@@ -51,7 +53,15 @@ class AcceleratedModels:
         return self.unet_controlnet.get(controlnet)
 
     def denoiser_overrides(self) -> dict[str, Callable]:
-        return {k: v for k, v in (("text_encode", self.text_encode), ("vae_encode", self.vae_encode), ("vae_decode", self.vae_decode)) if v is not None}
+        return {
+            k: v
+            for k, v in (
+                ("text_encode", self.text_encode),
+                ("vae_encode", self.vae_encode),
+                ("vae_decode", self.vae_decode),
+            )
+            if v is not None
+        }
 
 
 def model_fingerprint(components: SDComponents) -> str:
@@ -77,11 +87,15 @@ def _thread_safe_as(model: CompiledModel, call: Callable) -> Callable:
 
 
 def _unet_controlnet_call(model: CompiledModel) -> Callable:
-    def call(latent: torch.Tensor, t: torch.Tensor, emb: torch.Tensor, control: torch.Tensor, scale: float) -> torch.Tensor:
+    def call(
+        latent: torch.Tensor, t: torch.Tensor, emb: torch.Tensor, control: torch.Tensor, scale: float
+    ) -> torch.Tensor:
         # The graph takes one timestep for the batch and the control scale as a runtime input.
         timestep = t.reshape(-1)[:1].float()
         scale_t = torch.full((1,), float(scale), device=latent.device, dtype=torch.float32)
-        out = model(sample=latent, timestep=timestep, encoder_hidden_states=emb, controlnet_cond=control, control_scale=scale_t)
+        out = model(
+            sample=latent, timestep=timestep, encoder_hidden_states=emb, controlnet_cond=control, control_scale=scale_t
+        )
         return out["noise_pred"].to(latent.dtype)
 
     return _thread_safe_as(model, call)
@@ -127,7 +141,14 @@ def accelerate(
         return result
     models = models or DEFAULT_MODELS.get(backend, ACCELERATED_MODELS)
     engine = get_backend(backend, device=device, **(backend_options or {}))
-    specs = build_specs(components, None, names=[m for m in models if _has_model(components, m)], precision=precision, shapes=shapes, device=device)
+    specs = build_specs(
+        components,
+        None,
+        names=[m for m in models if _has_model(components, m)],
+        precision=precision,
+        shapes=shapes,
+        device=device,
+    )
     if backend_class(backend).needs == "onnx":
         onnx_dir = onnx_dir or default_onnx_dir(components, precision, engine.onnx_attention)
         onnx_dir.mkdir(parents=True, exist_ok=True)
@@ -174,12 +195,20 @@ TORCH_GPU_OPTIONS = {"cuda_graph": True, "channels_last": True}
 def check_cuda_graphs(backend: str, cuda_graphs: bool | None) -> None:
     """``--cuda-graphs`` goes with eager torch only (also checked before the service starts workers)."""
     if cuda_graphs and backend not in ("auto", "torch"):
-        raise SvEngineError(f"--cuda-graphs is an option of the torch backend, not {backend!r}.",
-                            "drop --cuda-graphs (torch-compile captures its own graphs), or use --backend torch.")
+        raise SvEngineError(
+            f"--cuda-graphs is an option of the torch backend, not {backend!r}.",
+            "drop --cuda-graphs (torch-compile captures its own graphs), or use --backend torch.",
+        )
 
 
-def accelerate_for_edit(components: SDComponents, backend: str, precision: str, device: torch.device, tiny: bool = False,
-                        cuda_graphs: bool | None = None) -> AcceleratedModels:
+def accelerate_for_edit(
+    components: SDComponents,
+    backend: str,
+    precision: str,
+    device: torch.device,
+    tiny: bool = False,
+    cuda_graphs: bool | None = None,
+) -> AcceleratedModels:
     """What ``sv-engine edit --backend B [--cuda-graphs/--no-cuda-graphs]`` and the render service's
     workers run.
 
@@ -193,8 +222,17 @@ def accelerate_for_edit(components: SDComponents, backend: str, precision: str, 
     if cuda_graphs is None:
         cuda_graphs = backend == "torch" and device.type == "cuda"
         if cuda_graphs:
-            log.info("torch on %s: UNet+ControlNet steps replayed from CUDA graphs (--no-cuda-graphs runs them eagerly)", device)
-    result = accelerate(components, backend.replace("-", "_"), precision, device, shapes=TINY_MODEL_SHAPES if tiny else DEFAULT_SHAPES,
-                        backend_options=TORCH_GPU_OPTIONS if cuda_graphs else None)
+            log.info(
+                "torch on %s: UNet+ControlNet steps replayed from CUDA graphs (--no-cuda-graphs runs them eagerly)",
+                device,
+            )
+    result = accelerate(
+        components,
+        backend.replace("-", "_"),
+        precision,
+        device,
+        shapes=TINY_MODEL_SHAPES if tiny else DEFAULT_SHAPES,
+        backend_options=TORCH_GPU_OPTIONS if cuda_graphs else None,
+    )
     result.cuda_graphs = bool(cuda_graphs)
     return result

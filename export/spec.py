@@ -30,9 +30,9 @@ from abc import ABC, abstractmethod
 from typing import Any
 
 import torch
+from sv_engine.engine.backend import ModelSource, dtype_name, eval_dim
 from torch import nn
 
-from sv_engine.engine.backend import ModelSource, dtype_name, eval_dim
 from sv_engine.errors import SvEngineError
 
 logger = logging.getLogger(__name__)
@@ -81,10 +81,17 @@ def _half_copy(module: nn.Module) -> nn.Module:
     """``module`` copied in fp16, sharing the tensors that are fp16 already: the pipeline's fp16 UNet
     is not held twice on the GPU (the two fused UNet+ControlNet specs held 4.9 GB of copies, H100 run
     829f95e). Norm layers get tensors of their own, as they turn fp32 in the copy."""
-    norm_tensors = {id(t) for sub in module.modules() if isinstance(sub, (nn.GroupNorm, nn.LayerNorm))
-                    for t in (*sub.parameters(recurse=False), *sub.buffers(recurse=False))}
-    shared = {id(t): t for t in (*module.parameters(), *module.buffers())
-              if t.dtype == torch.float16 and id(t) not in norm_tensors}
+    norm_tensors = {
+        id(t)
+        for sub in module.modules()
+        if isinstance(sub, (nn.GroupNorm, nn.LayerNorm))
+        for t in (*sub.parameters(recurse=False), *sub.buffers(recurse=False))
+    }
+    shared = {
+        id(t): t
+        for t in (*module.parameters(), *module.buffers())
+        if t.dtype == torch.float16 and id(t) not in norm_tensors
+    }
     return copy.deepcopy(module, shared).half()
 
 
@@ -137,8 +144,9 @@ class ExportSpec(ABC):
     fp16_ok: bool = True
     opset: int = DEFAULT_OPSET
 
-    def __init__(self, precision: str = "fp32", shapes: ShapeRange = DEFAULT_SHAPES,
-                 device: str | torch.device = "cpu") -> None:
+    def __init__(
+        self, precision: str = "fp32", shapes: ShapeRange = DEFAULT_SHAPES, device: str | torch.device = "cpu"
+    ) -> None:
         if not self.name:
             raise NotImplementedError(f"{type(self).__name__} must set the class attribute `name`")
         if precision not in PRECISIONS:
@@ -200,7 +208,9 @@ class ExportSpec(ABC):
         if fused_attention not in self._modules:
             module = self.build_module().eval()
             module.requires_grad_(False)
-            self._modules[fused_attention] = prepare_for_precision(module, self.precision, fused_attention).to(self.device).eval()
+            self._modules[fused_attention] = (
+                prepare_for_precision(module, self.precision, fused_attention).to(self.device).eval()
+            )
         return self._modules[fused_attention]
 
     def dynamic_axes(self) -> dict[str, dict[int, str]]:
@@ -214,8 +224,13 @@ class ExportSpec(ABC):
 
     def onnx_dim_values(self, symbols: dict[str, int]) -> dict[str, int]:
         """Each symbolic ONNX dim name of the inputs at these symbol values (ORT's ``free_dimensions``)."""
-        return {dim: eval_dim(expr, symbols) for shape in self.input_shapes().values() for expr in shape
-                if isinstance(expr, str) for dim in [axis_name(expr)]}
+        return {
+            dim: eval_dim(expr, symbols)
+            for shape in self.input_shapes().values()
+            for expr in shape
+            if isinstance(expr, str)
+            for dim in [axis_name(expr)]
+        }
 
     def concrete_shape(self, name: str, symbols: dict[str, int]) -> tuple[int, ...]:
         shapes = {**self.input_shapes(), **self.output_shapes()}
@@ -229,11 +244,14 @@ class ExportSpec(ABC):
 
     def profiles(self) -> dict[str, tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]]:
         """min/opt/max shape of every input (all inputs listed, static ones with min=opt=max)."""
-        return {n: tuple(self.concrete_shape(n, self.symbols(w)) for w in ("min", "opt", "max"))  # type: ignore[misc]
-                for n in self.input_names()}
+        return {
+            n: tuple(self.concrete_shape(n, self.symbols(w)) for w in ("min", "opt", "max"))  # type: ignore[misc]
+            for n in self.input_names()
+        }
 
-    def sample_inputs(self, which: str = "opt", seed: int = 0, device: str | torch.device | None = None,
-                      **symbol_overrides: int) -> dict[str, torch.Tensor]:
+    def sample_inputs(
+        self, which: str = "opt", seed: int = 0, device: str | torch.device | None = None, **symbol_overrides: int
+    ) -> dict[str, torch.Tensor]:
         """Seeded random inputs at the ``which`` profile point (symbols overridable, e.g. ``h=8``)."""
         gen = torch.Generator().manual_seed(seed)
         symbols = self.symbols(which, **symbol_overrides)
@@ -255,8 +273,13 @@ class ExportSpec(ABC):
             return torch.randn(shape, generator=gen).to(dtype)
         return torch.randint(0, 100, shape, generator=gen).to(dtype)
 
-    def model_source(self, onnx_path=None, sha256: str | None = None, external_data: list[str] | None = None,
-                     with_module: bool = True) -> ModelSource:
+    def model_source(
+        self,
+        onnx_path=None,
+        sha256: str | None = None,
+        external_data: list[str] | None = None,
+        with_module: bool = True,
+    ) -> ModelSource:
         """The engine-layer contract of this model (``module`` set for the torch backends)."""
         return ModelSource(
             name=self.name,
@@ -275,8 +298,13 @@ class ExportSpec(ABC):
         )
 
     def describe(self) -> dict[str, Any]:
-        return {"name": self.name, "precision": self.precision, "inputs": self.input_shapes(),
-                "outputs": self.output_shapes(), "symbols": self.symbol_ranges()}
+        return {
+            "name": self.name,
+            "precision": self.precision,
+            "inputs": self.input_shapes(),
+            "outputs": self.output_shapes(),
+            "symbols": self.symbol_ranges(),
+        }
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r}, precision={self.precision!r})"

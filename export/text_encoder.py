@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import torch
-from torch import nn
-
 from sv_engine.export.spec import DEFAULT_SHAPES, ExportSpec, ShapeRange
+from torch import nn
 
 
 class _TextEncoderWrapper(nn.Module):
@@ -24,8 +23,9 @@ class TextEncoderSpec(ExportSpec):
 
     name = "text_encoder"
 
-    def __init__(self, text_encoder: nn.Module, precision: str = "fp32", shapes: ShapeRange = DEFAULT_SHAPES,
-                 device="cpu") -> None:
+    def __init__(
+        self, text_encoder: nn.Module, precision: str = "fp32", shapes: ShapeRange = DEFAULT_SHAPES, device="cpu"
+    ) -> None:
         super().__init__(precision, shapes, device)
         self.text_encoder = text_encoder
         cfg = text_encoder.config

@@ -15,9 +15,8 @@ ControlNets.
 from __future__ import annotations
 
 import torch
-from torch import nn
-
 from sv_engine.export.spec import DEFAULT_SHAPES, ExportSpec, ShapeRange, latent_ranges
+from torch import nn
 
 #: Names of the UNet inputs shared by the three specs.
 BASE_INPUTS = ["sample", "timestep", "encoder_hidden_states"]
@@ -56,12 +55,24 @@ class _FusedUNetControlNet(nn.Module):
 
     def forward(self, sample, timestep, encoder_hidden_states, controlnet_cond, control_scale):
         scale = control_scale.to(sample.dtype)
-        down, mid = self.controlnet(sample, timestep, encoder_hidden_states, controlnet_cond=controlnet_cond,
-                                    conditioning_scale=1.0, return_dict=False)
+        down, mid = self.controlnet(
+            sample,
+            timestep,
+            encoder_hidden_states,
+            controlnet_cond=controlnet_cond,
+            conditioning_scale=1.0,
+            return_dict=False,
+        )
         down = [d * scale for d in down]
         mid = mid * scale
-        out = self.unet(sample, timestep, encoder_hidden_states, down_block_additional_residuals=down,
-                        mid_block_additional_residual=mid, return_dict=False)[0]
+        out = self.unet(
+            sample,
+            timestep,
+            encoder_hidden_states,
+            down_block_additional_residuals=down,
+            mid_block_additional_residual=mid,
+            return_dict=False,
+        )[0]
         return (out,)
 
 
@@ -72,8 +83,14 @@ class _ControlNetOnly(nn.Module):
 
     def forward(self, sample, timestep, encoder_hidden_states, controlnet_cond, control_scale):
         scale = control_scale.to(sample.dtype)
-        down, mid = self.controlnet(sample, timestep, encoder_hidden_states, controlnet_cond=controlnet_cond,
-                                    conditioning_scale=1.0, return_dict=False)
+        down, mid = self.controlnet(
+            sample,
+            timestep,
+            encoder_hidden_states,
+            controlnet_cond=controlnet_cond,
+            conditioning_scale=1.0,
+            return_dict=False,
+        )
         return tuple(d * scale for d in down) + (mid * scale,)
 
 
@@ -85,16 +102,28 @@ class _UNetWithResiduals(nn.Module):
 
     def forward(self, sample, timestep, encoder_hidden_states, *residuals):
         down, mid = list(residuals[: self.n_down]), residuals[self.n_down]
-        out = self.unet(sample, timestep, encoder_hidden_states, down_block_additional_residuals=down,
-                        mid_block_additional_residual=mid, return_dict=False)[0]
+        out = self.unet(
+            sample,
+            timestep,
+            encoder_hidden_states,
+            down_block_additional_residuals=down,
+            mid_block_additional_residual=mid,
+            return_dict=False,
+        )[0]
         return (out,)
 
 
 class _UNetBase(ExportSpec):
     """Shared I/O of the three UNet-family specs."""
 
-    def __init__(self, unet: nn.Module, precision: str = "fp32", shapes: ShapeRange = DEFAULT_SHAPES,
-                 device="cpu", seq_len: int = 77) -> None:
+    def __init__(
+        self,
+        unet: nn.Module,
+        precision: str = "fp32",
+        shapes: ShapeRange = DEFAULT_SHAPES,
+        device="cpu",
+        seq_len: int = 77,
+    ) -> None:
         super().__init__(precision, shapes, device)
         self.unet = unet
         self.seq_len = seq_len
@@ -106,8 +135,11 @@ class _UNetBase(ExportSpec):
         return latent_ranges(self.shapes)
 
     def _base_shapes(self):
-        return {"sample": ["B", self.latent_channels, "h", "w"], "timestep": [1],
-                "encoder_hidden_states": ["B", self.seq_len, self.context_dim]}
+        return {
+            "sample": ["B", self.latent_channels, "h", "w"],
+            "timestep": [1],
+            "encoder_hidden_states": ["B", self.seq_len, self.context_dim],
+        }
 
     def _control_shapes(self):
         return {"controlnet_cond": ["B", 3, "h*8", "w*8"], "control_scale": [1]}
@@ -134,8 +166,16 @@ class UNetControlNetSpec(_UNetBase):
 
     name = "unet_controlnet"
 
-    def __init__(self, unet: nn.Module, controlnet: nn.Module, precision: str = "fp32",
-                 shapes: ShapeRange = DEFAULT_SHAPES, device="cpu", name: str | None = None, seq_len: int = 77) -> None:
+    def __init__(
+        self,
+        unet: nn.Module,
+        controlnet: nn.Module,
+        precision: str = "fp32",
+        shapes: ShapeRange = DEFAULT_SHAPES,
+        device="cpu",
+        name: str | None = None,
+        seq_len: int = 77,
+    ) -> None:
         if name:
             self.name = name
         super().__init__(unet, precision, shapes, device, seq_len)
@@ -162,8 +202,15 @@ class ControlNetSpec(_UNetBase):
 
     name = "controlnet"
 
-    def __init__(self, controlnet: nn.Module, precision: str = "fp32", shapes: ShapeRange = DEFAULT_SHAPES,
-                 device="cpu", name: str | None = None, seq_len: int = 77) -> None:
+    def __init__(
+        self,
+        controlnet: nn.Module,
+        precision: str = "fp32",
+        shapes: ShapeRange = DEFAULT_SHAPES,
+        device="cpu",
+        name: str | None = None,
+        seq_len: int = 77,
+    ) -> None:
         if name:
             self.name = name
         super().__init__(controlnet, precision, shapes, device, seq_len)
@@ -192,8 +239,14 @@ class UNetSpec(_UNetBase):
 
     name = "unet"
 
-    def __init__(self, unet: nn.Module, precision: str = "fp32", shapes: ShapeRange = DEFAULT_SHAPES,
-                 device="cpu", seq_len: int = 77) -> None:
+    def __init__(
+        self,
+        unet: nn.Module,
+        precision: str = "fp32",
+        shapes: ShapeRange = DEFAULT_SHAPES,
+        device="cpu",
+        seq_len: int = 77,
+    ) -> None:
         super().__init__(unet, precision, shapes, device, seq_len)
         self.layout = residual_layout(unet)
 

@@ -9,9 +9,8 @@ scale: encode → ``latent = sample · vae_scale``, decode takes ``latent / vae_
 from __future__ import annotations
 
 import torch
-from torch import nn
-
 from sv_engine.export.spec import DEFAULT_SHAPES, ExportSpec, ShapeRange, latent_ranges
+from torch import nn
 
 
 class _Encoder(nn.Module):

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from sv_engine.kernels import _checks
 
 from sv_engine.errors import SvEngineError
-from sv_engine.kernels import _checks
 
 ATLAS_DTYPES = (torch.float32, torch.float16)
 
 
-def check_atlas(name: str, atlas: object, device: torch.device | None = None, dtype: torch.dtype | None = None) -> torch.Tensor:
+def check_atlas(
+    name: str, atlas: object, device: torch.device | None = None, dtype: torch.dtype | None = None
+) -> torch.Tensor:
     """A contiguous, non-empty (H_a, W_a, 3 or 4) float32/float16 atlas (of ``dtype`` if given)."""
     _checks.check_tensor(name, atlas, (dtype,) if dtype else ATLAS_DTYPES, (None, None, None), device)
     if atlas.shape[2] not in (3, 4) or atlas.shape[0] == 0 or atlas.shape[1] == 0:

@@ -27,12 +27,16 @@ def check_tensor(
         raise SvEngineError(f"{name} must be a torch.Tensor, got {type(t).__name__}.", f"Pass {name} as a tensor.")
     if t.dtype not in dtypes:
         allowed = ", ".join(str(d) for d in dtypes)
-        raise SvEngineError(f"{name} has dtype {t.dtype}; expected one of {allowed}.", f"Convert it, e.g. {name}.to({dtypes[0]}).")
+        raise SvEngineError(
+            f"{name} has dtype {t.dtype}; expected one of {allowed}.", f"Convert it, e.g. {name}.to({dtypes[0]})."
+        )
     if t.dim() != len(shape) or any(s is not None and s != n for s, n in zip(shape, t.shape)):
         want = "(" + ", ".join("*" if s is None else str(s) for s in shape) + ")"
         raise SvEngineError(f"{name} has shape {tuple(t.shape)}; expected {want}.", f"Reshape {name} to {want}.")
     if device is not None and t.device != device:
-        raise SvEngineError(f"{name} is on {t.device} but the other inputs are on {device}.", "Move all inputs to one device.")
+        raise SvEngineError(
+            f"{name} is on {t.device} but the other inputs are on {device}.", "Move all inputs to one device."
+        )
     if not t.is_contiguous():
         raise SvEngineError(f"{name} is not contiguous (strides {t.stride()}).", f"Pass {name}.contiguous().")
     return t

@@ -66,7 +66,7 @@ def read_source(filename: str) -> str:
     return resources.files(__package__).joinpath(filename).read_text()
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def compile_cubin(
     source: str,
     name: str,
@@ -122,7 +122,7 @@ def device_arch(device: torch.device) -> str:
     return f"sm_{major}{minor}"
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _primary_context(device_index: int):
     """torch's context of ``device_index`` (the device's primary context), retained once."""
     from cuda.bindings import driver
@@ -147,8 +147,8 @@ def _ensure_context(device_index: int) -> None:
         _check_cu(driver.cuCtxSetCurrent(ctx)[0], "cuCtxSetCurrent")
 
 
-@functools.lru_cache(maxsize=None)
-def _load_module(device_index: int, source: "KernelSource"):
+@functools.cache
+def _load_module(device_index: int, source: KernelSource):
     from cuda.bindings import driver
 
     arch = device_arch(torch.device("cuda", device_index))
@@ -160,8 +160,8 @@ def _load_module(device_index: int, source: "KernelSource"):
     return module
 
 
-@functools.lru_cache(maxsize=None)
-def _get_function_cached(device_index: int, source: "KernelSource", kernel: str):
+@functools.cache
+def _get_function_cached(device_index: int, source: KernelSource, kernel: str):
     from cuda.bindings import driver
 
     module = _load_module(device_index, source)

@@ -23,11 +23,11 @@ from __future__ import annotations
 import ctypes
 
 import torch
-
-from sv_engine.errors import SvEngineError
 from sv_engine.kernels import _checks
 from sv_engine.kernels._atlas import check_atlas, rgba, sample_rgb
 from sv_engine.kernels._nvrtc import KernelSource, launch, ptr
+
+from sv_engine.errors import SvEngineError
 
 SOURCE = KernelSource("render.cu", includes=("sample.cuh",))
 _THREADS = 256

@@ -23,10 +23,10 @@ from __future__ import annotations
 import ctypes
 
 import torch
-
-from sv_engine.errors import SvEngineError
 from sv_engine.kernels import _checks
 from sv_engine.kernels._nvrtc import KernelSource, launch, ptr
+
+from sv_engine.errors import SvEngineError
 
 SOURCE = KernelSource("splat.cu", options=("--fmad=false",))
 _THREADS = 256
@@ -152,7 +152,10 @@ def _check_inputs(points_uv_pix, values, atlas_size) -> tuple[torch.device, tupl
     device = _checks.check_tensor("points_uv_pix", points_uv_pix, (torch.float32,), (None, None, 2)).device
     h, w, _ = points_uv_pix.shape
     if h < 2 or w < 2:
-        raise SvEngineError(f"points_uv_pix has shape {tuple(points_uv_pix.shape)}; a keyframe needs h, w ≥ 2.", "Pass a crop of at least 2×2 pixels.")
+        raise SvEngineError(
+            f"points_uv_pix has shape {tuple(points_uv_pix.shape)}; a keyframe needs h, w ≥ 2.",
+            "Pass a crop of at least 2×2 pixels.",
+        )
     if 2 * (h - 1) * (w - 1) >= _NO_TRIANGLE:
         raise SvEngineError(f"a {h}×{w} keyframe has too many triangles for 32-bit ids.", "Split the keyframe.")
     _checks.check_tensor("values", values, (torch.float32,), (None, h, w), device)
@@ -160,11 +163,15 @@ def _check_inputs(points_uv_pix, values, atlas_size) -> tuple[torch.device, tupl
         raise SvEngineError("values has 0 channels.", "Pass values of shape (C, h, w) with C ≥ 1.")
     size = (atlas_size, atlas_size) if isinstance(atlas_size, int) else tuple(atlas_size)
     if len(size) != 2 or not all(isinstance(s, int) and 0 < s < 2**15 for s in size):
-        raise SvEngineError(f"atlas_size={atlas_size!r} is not valid.", "Pass an int R or (R_h, R_w), each in [1, 32767].")
+        raise SvEngineError(
+            f"atlas_size={atlas_size!r} is not valid.", "Pass an int R or (R_h, R_w), each in [1, 32767]."
+        )
     return device, size
 
 
-def _splat_cuda(points_uv_pix: torch.Tensor, values: torch.Tensor, rh: int, rw: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _splat_cuda(
+    points_uv_pix: torch.Tensor, values: torch.Tensor, rh: int, rw: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     device = points_uv_pix.device
     h, w, _ = points_uv_pix.shape
     channels = values.shape[0]
@@ -173,7 +180,14 @@ def _splat_cuda(points_uv_pix: torch.Tensor, values: torch.Tensor, rh: int, rw: 
     atlas = torch.empty((channels, rh, rw), dtype=torch.float32, device=device)
     coverage = torch.empty((rh, rw), dtype=torch.bool, device=device)
     n_tri = 2 * (h - 1) * (w - 1)
-    raster_args = [ptr(points_uv_pix), ctypes.c_int(h), ctypes.c_int(w), ctypes.c_int(rh), ctypes.c_int(rw), ptr(winner)]
+    raster_args = [
+        ptr(points_uv_pix),
+        ctypes.c_int(h),
+        ctypes.c_int(w),
+        ctypes.c_int(rh),
+        ctypes.c_int(rw),
+        ptr(winner),
+    ]
     launch(SOURCE.function(device, "splat_raster"), (_blocks(n_tri), 1, 1), (_THREADS, 1, 1), raster_args, device)
     resolve_args = [
         ptr(points_uv_pix),

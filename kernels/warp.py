@@ -15,11 +15,11 @@ import ctypes
 from collections.abc import Sequence
 
 import torch
+from sv_engine.kernels import _checks
+from sv_engine.kernels._atlas import check_atlas, rgba, sample_rgb
+from sv_engine.kernels._nvrtc import KernelSource, launch, ptr
 
 from sv_engine.errors import SvEngineError
-from sv_engine.kernels import _checks
-from sv_engine.kernels._nvrtc import KernelSource, launch, ptr
-from sv_engine.kernels._atlas import check_atlas, rgba, sample_rgb
 
 SOURCE = KernelSource("warp.cu", includes=("sample.cuh",))
 _THREADS = 256

@@ -14,11 +14,16 @@ import logging
 from dataclasses import dataclass
 
 import torch
-from tqdm import tqdm
-
-from sv_engine.stablevideo.data import GRID_ATLAS_RESOLUTION, MASK_ALPHA_THRESHOLD, MASK_BORDER, MIN_CROP_SIZE, VideoData
+from sv_engine.stablevideo.data import (
+    GRID_ATLAS_RESOLUTION,
+    MASK_ALPHA_THRESHOLD,
+    MASK_BORDER,
+    MIN_CROP_SIZE,
+    VideoData,
+)
 from sv_engine.stablevideo.maps import VideoMaps
 from sv_engine.stablevideo.nla import IMLP, atlas_rgb
+from tqdm import tqdm
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +58,9 @@ def preprocess_uv(uv: torch.Tensor, resolution: int, shift: int) -> LayerUV:
 
 
 @torch.no_grad()
-def evaluate_grid_atlas(atlas: IMLP, layer: LayerUV, resolution: int, shift: int, device: torch.device | str, chunk_size: int = 1 << 16) -> torch.Tensor:
+def evaluate_grid_atlas(
+    atlas: IMLP, layer: LayerUV, resolution: int, shift: int, device: torch.device | str, chunk_size: int = 1 << 16
+) -> torch.Tensor:
     """(3, max_v, max_u) atlas image: grid point (row y, col x) = rgb(atlas(x/R − shift, y/R − shift)).
 
     Grid points of the crop outside [0, R)² are zero, like torchvision's crop of the full R×R image.
@@ -66,13 +73,22 @@ def evaluate_grid_atlas(atlas: IMLP, layer: LayerUV, resolution: int, shift: int
     ys, xs = torch.meshgrid(torch.arange(y0, y1, device=device), torch.arange(x0, x1, device=device), indexing="ij")
     points = torch.stack([xs.reshape(-1) / resolution - shift, ys.reshape(-1) / resolution - shift], dim=-1).float()
     rgb = torch.empty(points.shape[0], 3, device=device)
-    for start in tqdm(range(0, points.shape[0], chunk_size), desc="grid atlas", leave=False, disable=points.shape[0] < 8 * chunk_size):
+    for start in tqdm(
+        range(0, points.shape[0], chunk_size), desc="grid atlas", leave=False, disable=points.shape[0] < 8 * chunk_size
+    ):
         rgb[start : start + chunk_size] = atlas_rgb(atlas(points[start : start + chunk_size]))
-    out[:, y0 - layer.min_v : y1 - layer.min_v, x0 - layer.min_u : x1 - layer.min_u] = rgb.T.reshape(3, y1 - y0, x1 - x0)
+    out[:, y0 - layer.min_v : y1 - layer.min_v, x0 - layer.min_u : x1 - layer.min_u] = rgb.T.reshape(
+        3, y1 - y0, x1 - x0
+    )
     return out
 
 
-def mask_boundaries(alpha: torch.Tensor, border: int = MASK_BORDER, threshold: float = MASK_ALPHA_THRESHOLD, min_size: int = MIN_CROP_SIZE) -> torch.Tensor:
+def mask_boundaries(
+    alpha: torch.Tensor,
+    border: int = MASK_BORDER,
+    threshold: float = MASK_ALPHA_THRESHOLD,
+    min_size: int = MIN_CROP_SIZE,
+) -> torch.Tensor:
     """(T, 4) long [y, x, h, w]: per frame bbox of alpha ≥ threshold, grown by ``border``, at least ``min_size``.
 
     A frame with no foreground pixel gets the whole frame (the original crashes there).
@@ -103,7 +119,9 @@ def mask_boundaries(alpha: torch.Tensor, border: int = MASK_BORDER, threshold: f
     return out
 
 
-def foreground_atlas_bbox(boundaries: torch.Tensor, grid_atlas_hw: tuple[int, int], fg_uv_pix: torch.Tensor) -> tuple[int, int, int, int]:
+def foreground_atlas_bbox(
+    boundaries: torch.Tensor, grid_atlas_hw: tuple[int, int], fg_uv_pix: torch.Tensor
+) -> tuple[int, int, int, int]:
     """(top, left, height, width) of the fg atlas region seen inside the mask boundaries.
 
     Faithful quirk: the running minimum starts at the grid atlas (height, width) although it is
@@ -159,7 +177,9 @@ class AtlasData:
         return self.frames[t] * self.alpha[t]
 
 
-def build_atlas_data(video: VideoData, maps: VideoMaps, device: torch.device | str = "cpu", resolution: int = GRID_ATLAS_RESOLUTION) -> AtlasData:
+def build_atlas_data(
+    video: VideoData, maps: VideoMaps, device: torch.device | str = "cpu", resolution: int = GRID_ATLAS_RESOLUTION
+) -> AtlasData:
     maps = maps.to(device)
     fg = preprocess_uv(maps.fg_uv, resolution, FG_SHIFT)
     bg = preprocess_uv(maps.bg_uv, resolution, BG_SHIFT)

@@ -8,7 +8,6 @@ import cv2
 import numpy as np
 import torch
 from PIL import Image
-
 from sv_engine.stablevideo.images import tensor_to_image
 from sv_engine.stablevideo.keyframes import resize_image
 from sv_engine.stablevideo.models.depth import estimate_depth
@@ -20,7 +19,14 @@ log = logging.getLogger(__name__)
 
 
 @torch.no_grad()
-def edit_background(bg_atlas: torch.Tensor, depth_model: torch.nn.Module, denoiser: ControlledDenoiser, params: EditParams, seed: int, timer: StageTimer | None = None) -> tuple[torch.Tensor, np.ndarray]:
+def edit_background(
+    bg_atlas: torch.Tensor,
+    depth_model: torch.nn.Module,
+    denoiser: ControlledDenoiser,
+    params: EditParams,
+    seed: int,
+    timer: StageTimer | None = None,
+) -> tuple[torch.Tensor, np.ndarray]:
     """Edited bg atlas (3, H, W) in [0, 1] (same size as ``bg_atlas``) and the depth control used (uint8)."""
     timer = timer or StageTimer(enabled=False)
     atlas_image = tensor_to_image(bg_atlas)
@@ -31,7 +37,17 @@ def edit_background(bg_atlas: torch.Tensor, depth_model: torch.nn.Module, denois
     control = cv2.resize(np.repeat(depth[..., None], 3, axis=-1), (width, height), interpolation=cv2.INTER_LINEAR)
     generator = torch.Generator(device="cpu").manual_seed(seed)
     with timer("background diffusion"):
-        result = txt2img(denoiser, f"{params.bg_prompt}, {params.bg_added_prompt}", params.bg_negative_prompt, control, steps=params.steps, cfg=params.cfg, control_scale=params.control_scale, generator=generator, progress=True)[0]
+        result = txt2img(
+            denoiser,
+            f"{params.bg_prompt}, {params.bg_added_prompt}",
+            params.bg_negative_prompt,
+            control,
+            steps=params.steps,
+            cfg=params.cfg,
+            control_scale=params.control_scale,
+            generator=generator,
+            progress=True,
+        )[0]
     resized = np.array(Image.fromarray(result).resize((atlas_image.shape[1], atlas_image.shape[0])))
     log.info("background atlas edited at %dx%d", width, height)
     return torch.from_numpy(resized).permute(2, 0, 1).float().div(255.0).to(bg_atlas.device), control

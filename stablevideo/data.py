@@ -17,9 +17,9 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
+from sv_engine.stablevideo.nla import CHECKPOINT_KEYS, NLAModel
 
 from sv_engine.errors import SvEngineError
-from sv_engine.stablevideo.nla import CHECKPOINT_KEYS, NLAModel
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +58,10 @@ class VideoData:
 def read_config(root: Path) -> VideoConfig:
     path = root / "config.json"
     if not path.is_file():
-        raise SvEngineError(f"No config.json in data folder {root}.", "point to a StableVideo data folder (config.json, checkpoint, frames in <name>/<name>/).")
+        raise SvEngineError(
+            f"No config.json in data folder {root}.",
+            "point to a StableVideo data folder (config.json, checkpoint, frames in <name>/<name>/).",
+        )
     try:
         raw = json.loads(path.read_text())
         num_frames = raw.get("number_of_frames", raw.get("maximum_number_of_frames"))
@@ -69,7 +72,9 @@ def read_config(root: Path) -> VideoConfig:
             'it must be JSON with integer "resx", "resy" and "number_of_frames" (or "maximum_number_of_frames").',
         ) from err
     if min(config.resx, config.resy, config.num_frames) <= 0:
-        raise SvEngineError(f"{path} has a non-positive size or frame count: {config}.", "fix resx/resy/number_of_frames.")
+        raise SvEngineError(
+            f"{path} has a non-positive size or frame count: {config}.", "fix resx/resy/number_of_frames."
+        )
     if config.resx * config.resy * config.num_frames > MAX_PIXELS:
         raise SvEngineError(
             f"Video too large: {config.num_frames} frames of {config.resx}x{config.resy}.",
@@ -106,20 +111,32 @@ def load_frames(root: Path, config: VideoConfig) -> tuple[torch.Tensor, list[Pat
 def load_checkpoint(path: Path) -> tuple[NLAModel, str]:
     """Loads an original NLA checkpoint (strict) and returns it with the file's sha256."""
     if not path.is_file():
-        raise SvEngineError(f"NLA checkpoint not found: {path}.", "copy the video's pretrained NLA 'checkpoint' file into the data folder (or fit one with `sv-engine fit`).")
+        raise SvEngineError(
+            f"NLA checkpoint not found: {path}.",
+            "copy the video's pretrained NLA 'checkpoint' file into the data folder (or fit one with `sv-engine fit`).",
+        )
     blob = path.read_bytes()
     try:
         checkpoint = torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises many types for truncated/foreign files
-        raise SvEngineError(f"Cannot read NLA checkpoint {path}: {type(err).__name__}: {err}.", "the file is corrupt or not a torch checkpoint; copy it again.") from err
+        raise SvEngineError(
+            f"Cannot read NLA checkpoint {path}: {type(err).__name__}: {err}.",
+            "the file is corrupt or not a torch checkpoint; copy it again.",
+        ) from err
     missing = [key for key in CHECKPOINT_KEYS.values() if not isinstance(checkpoint, dict) or key not in checkpoint]
     if missing:
-        raise SvEngineError(f"NLA checkpoint {path} lacks {', '.join(missing)}.", "use the checkpoint written by Neural Layered Atlases / StableVideo / `sv-engine fit`.")
+        raise SvEngineError(
+            f"NLA checkpoint {path} lacks {', '.join(missing)}.",
+            "use the checkpoint written by Neural Layered Atlases / StableVideo / `sv-engine fit`.",
+        )
     nla = NLAModel.random()
     try:
         nla.load_state_dict(checkpoint)
     except RuntimeError as err:
-        raise SvEngineError(f"NLA checkpoint {path} does not match the original architecture: {err}.", "use an original NLA checkpoint (fg mapping 6 layers, bg mapping 4, atlas 8 with skips 4 and 7, alpha 8).") from err
+        raise SvEngineError(
+            f"NLA checkpoint {path} does not match the original architecture: {err}.",
+            "use an original NLA checkpoint (fg mapping 6 layers, bg mapping 4, atlas 8 with skips 4 and 7, alpha 8).",
+        ) from err
     return nla.eval(), hashlib.sha256(blob).hexdigest()
 
 

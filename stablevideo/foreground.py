@@ -15,12 +15,18 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from PIL import Image
-
 from sv_engine.kernels import splat_to_atlas, warp_atlas
 from sv_engine.stablevideo.aggregate import median_aggregate, train_aggregation_net
 from sv_engine.stablevideo.atlas import AtlasData, crop_image
 from sv_engine.stablevideo.images import tensor_to_image
-from sv_engine.stablevideo.keyframes import KeyframeCrop, canny_control, crop_uv_range, normalized_grid, resize_image, sample_keyframe_crops
+from sv_engine.stablevideo.keyframes import (
+    KeyframeCrop,
+    canny_control,
+    crop_uv_range,
+    normalized_grid,
+    resize_image,
+    sample_keyframe_crops,
+)
 from sv_engine.stablevideo.models.diffusion import ControlledDenoiser, img2img, txt2img
 from sv_engine.stablevideo.params import EditParams
 from sv_engine.stablevideo.stage_timer import StageTimer
@@ -61,7 +67,14 @@ def splat_edit(edit: torch.Tensor, grid: torch.Tensor, resolution: int) -> torch
 
 
 @torch.no_grad()
-def edit_foreground(data: AtlasData, denoiser: ControlledDenoiser, params: EditParams, keyframes: list[int], seed: int, timer: StageTimer | None = None) -> ForegroundEdit:
+def edit_foreground(
+    data: AtlasData,
+    denoiser: ControlledDenoiser,
+    params: EditParams,
+    keyframes: list[int],
+    seed: int,
+    timer: StageTimer | None = None,
+) -> ForegroundEdit:
     timer = timer or StageTimer(enabled=False)
     device = data.alpha.device
     res = data.resolution
@@ -78,14 +91,18 @@ def edit_foreground(data: AtlasData, denoiser: ControlledDenoiser, params: EditP
         source = resize_image(tensor_to_image(crop.image), params.image_resolution)
         height, width = source.shape[:2]
         control = canny_control(source, params.canny_low, params.canny_high)
-        common = dict(steps=params.steps, cfg=params.cfg, control_scale=params.control_scale, generator=generator, progress=True)
+        common = dict(
+            steps=params.steps, cfg=params.cfg, control_scale=params.control_scale, generator=generator, progress=True
+        )
         with timer("keyframe diffusion"):
             if i == 0:
                 result = txt2img(denoiser, prompt, params.fg_negative_prompt, control, **common)[0]
             else:
                 with timer("atlas warp"):
                     init = warp_previous_edit(atlases[i - 1], grid, (width, height))
-                result = img2img(denoiser, init, prompt, params.fg_negative_prompt, control, strength=params.strength, **common)[0]
+                result = img2img(
+                    denoiser, init, prompt, params.fg_negative_prompt, control, strength=params.strength, **common
+                )[0]
         # Back to the crop size (PIL default resampling), to [0, 1], times alpha: SV's keyframe edit.
         edit = np.array(Image.fromarray(result).resize((crop.w, crop.h)))
         edit_t = torch.from_numpy(edit).to(device).permute(2, 0, 1).float() / 255.0 * crop.alpha
@@ -93,15 +110,31 @@ def edit_foreground(data: AtlasData, denoiser: ControlledDenoiser, params: EditP
         edits.append(tensor_to_image(edit_t))
         with timer("splat"):
             atlases.append(splat_edit(edit_t, grid, res))
-        log.info("keyframe %d (frame %d) edited: crop %dx%d, generated at %dx%d", i, crop.frame, crop.w, crop.h, width, height)
+        log.info(
+            "keyframe %d (frame %d) edited: crop %dx%d, generated at %dx%d",
+            i,
+            crop.frame,
+            crop.w,
+            crop.h,
+            width,
+            height,
+        )
     stack = torch.stack(atlases)
     with timer("aggregation"):
         aggregated = median_aggregate(stack)
         losses = None
         if params.aggregation == "net":
-            def reconstruct(atlas: torch.Tensor) -> list[torch.Tensor]:
-                return [torch.nn.functional.grid_sample(atlas[None], g[None], mode="bilinear", align_corners=False)[0].clamp(0, 1) for g in grids]
 
-            aggregated, losses = train_aggregation_net(aggregated, reconstruct, edit_tensors, iterations=params.aggregation_iterations, seed=seed)
+            def reconstruct(atlas: torch.Tensor) -> list[torch.Tensor]:
+                return [
+                    torch.nn.functional.grid_sample(atlas[None], g[None], mode="bilinear", align_corners=False)[
+                        0
+                    ].clamp(0, 1)
+                    for g in grids
+                ]
+
+            aggregated, losses = train_aggregation_net(
+                aggregated, reconstruct, edit_tensors, iterations=params.aggregation_iterations, seed=seed
+            )
     cropped = crop_image(aggregated, *data.fg_bbox)
     return ForegroundEdit(cropped, edits, stack, crops, losses)

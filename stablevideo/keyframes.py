@@ -8,9 +8,9 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 import torch
+from sv_engine.stablevideo.atlas import AtlasData
 
 from sv_engine.errors import SvEngineError
-from sv_engine.stablevideo.atlas import AtlasData
 
 CROP_MIN_COVER = 0.95
 
@@ -21,13 +21,15 @@ def default_keyframes(num_frames: int, count: int = 3) -> list[int]:
 
 
 def parse_keyframes(text: str | None, num_frames: int) -> list[int]:
-    """"20,40,60" -> [20, 40, 60] (checked against the video); empty -> :func:`default_keyframes`."""
+    """ "20,40,60" -> [20, 40, 60] (checked against the video); empty -> :func:`default_keyframes`."""
     if not text:
         return default_keyframes(num_frames)
     try:
         frames = [int(part) for part in text.split(",") if part.strip()]
     except ValueError as err:
-        raise SvEngineError(f"Keyframes must be comma-separated integers, got {text!r}.", "pass e.g. --keyframes 20,40,60.") from err
+        raise SvEngineError(
+            f"Keyframes must be comma-separated integers, got {text!r}.", "pass e.g. --keyframes 20,40,60."
+        ) from err
     return check_keyframes(frames, num_frames)
 
 
@@ -35,7 +37,10 @@ def check_keyframes(frames: list[int], num_frames: int) -> list[int]:
     """``frames`` if every index is a frame of the video, else a clear error."""
     bad = [f for f in frames if not 0 <= f < num_frames]
     if not frames or bad:
-        raise SvEngineError(f"Keyframe(s) {bad or frames} out of range for a {num_frames}-frame video.", f"use frame indices in 0..{num_frames - 1}.")
+        raise SvEngineError(
+            f"Keyframe(s) {bad or frames} out of range for a {num_frames}-frame video.",
+            f"use frame indices in 0..{num_frames - 1}.",
+        )
     return frames
 
 
@@ -53,7 +58,9 @@ class KeyframeCrop:
     image: torch.Tensor  # (3, h, w) original frame × alpha, float [0, 1]
 
 
-def sample_keyframe_crops(data: AtlasData, keyframes: list[int], rng: random.Random, generator: torch.Generator) -> list[KeyframeCrop]:
+def sample_keyframe_crops(
+    data: AtlasData, keyframes: list[int], rng: random.Random, generator: torch.Generator
+) -> list[KeyframeCrop]:
     """Per keyframe, a 95–100 % random crop (at least 129 px) of its mask boundary."""
     crops = []
     min_size = 2**7 + 1
@@ -68,7 +75,11 @@ def sample_keyframe_crops(data: AtlasData, keyframes: list[int], rng: random.Ran
         th, tw = min(th, frame_h), min(tw, frame_w)
         y, x = min(max(y0 + dy, 0), frame_h - th), min(max(x0 + dx, 0), frame_w - tw)
         sl = (slice(y, y + th), slice(x, x + tw))
-        crops.append(KeyframeCrop(t, y, x, th, tw, data.fg.uv_pix[t][sl], data.alpha[t][sl], data.fg_reconstruction(t)[:, sl[0], sl[1]]))
+        crops.append(
+            KeyframeCrop(
+                t, y, x, th, tw, data.fg.uv_pix[t][sl], data.alpha[t][sl], data.fg_reconstruction(t)[:, sl[0], sl[1]]
+            )
+        )
     return crops
 
 
@@ -100,4 +111,3 @@ def canny_control(image: np.ndarray, low: int = 100, high: int = 200) -> torch.T
     """(1, 3, H, W) float control image in [0, 1] from the Canny edges of a uint8 RGB image."""
     edges = cv2.Canny(image, low, high)
     return torch.from_numpy(np.repeat(edges[None], 3, axis=0)).float()[None] / 255.0
-

@@ -13,12 +13,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from sv_engine.stablevideo.data import VideoConfig, VideoData
+from sv_engine.stablevideo.nla import NLAField, normalize_xyt
 from tqdm import tqdm
 
 from sv_engine.atomic_write import atomic_torch_save
 from sv_engine.paths import cache_root
-from sv_engine.stablevideo.data import VideoConfig, VideoData
-from sv_engine.stablevideo.nla import NLAField, normalize_xyt
 
 log = logging.getLogger(__name__)
 
@@ -34,11 +34,13 @@ class VideoMaps:
     bg_uv: torch.Tensor
     alpha: torch.Tensor
 
-    def to(self, device: torch.device | str) -> "VideoMaps":
+    def to(self, device: torch.device | str) -> VideoMaps:
         return VideoMaps(self.fg_uv.to(device), self.bg_uv.to(device), self.alpha.to(device))
 
     def save_npz(self, path: str | Path) -> None:
-        np.savez_compressed(path, fg_uv=self.fg_uv.cpu().numpy(), bg_uv=self.bg_uv.cpu().numpy(), alpha=self.alpha.cpu().numpy())
+        np.savez_compressed(
+            path, fg_uv=self.fg_uv.cpu().numpy(), bg_uv=self.bg_uv.cpu().numpy(), alpha=self.alpha.cpu().numpy()
+        )
 
 
 def pixel_grid(resx: int, resy: int, t: int, device: torch.device | str = "cpu") -> torch.Tensor:
@@ -49,7 +51,13 @@ def pixel_grid(resx: int, resy: int, t: int, device: torch.device | str = "cpu")
 
 
 @torch.no_grad()
-def compute_maps(field: FieldFn, config: VideoConfig, device: torch.device | str = "cpu", chunk_size: int = 1 << 18, progress: bool = True) -> VideoMaps:
+def compute_maps(
+    field: FieldFn,
+    config: VideoConfig,
+    device: torch.device | str = "cpu",
+    chunk_size: int = 1 << 18,
+    progress: bool = True,
+) -> VideoMaps:
     """Evaluates the NLA field on every pixel of every frame, ``chunk_size`` points at a time."""
     t, h, w = config.num_frames, config.resy, config.resx
     fg = torch.empty(t, h * w, 2, device=device)
@@ -67,7 +75,9 @@ def cache_dir() -> Path:
     return cache_root() / "maps"
 
 
-def load_or_compute_maps(video: VideoData, device: torch.device | str = "cpu", field: FieldFn | None = None, use_cache: bool = True) -> VideoMaps:
+def load_or_compute_maps(
+    video: VideoData, device: torch.device | str = "cpu", field: FieldFn | None = None, use_cache: bool = True
+) -> VideoMaps:
     """The video's maps from the cache when the checkpoint hash and shape match, else computed (and cached)."""
     c = video.config
     path = cache_dir() / f"{video.checkpoint_sha256[:24]}-{c.resx}x{c.resy}x{c.num_frames}.pt"
@@ -84,6 +94,13 @@ def load_or_compute_maps(video: VideoData, device: torch.device | str = "cpu", f
     maps = compute_maps(field, c, device)
     if use_cache:
         path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_torch_save({"checkpoint_sha256": video.checkpoint_sha256, "fg_uv": maps.fg_uv.cpu(), "bg_uv": maps.bg_uv.cpu(),
-                           "alpha": maps.alpha.cpu()}, path)
+        atomic_torch_save(
+            {
+                "checkpoint_sha256": video.checkpoint_sha256,
+                "fg_uv": maps.fg_uv.cpu(),
+                "bg_uv": maps.bg_uv.cpu(),
+                "alpha": maps.alpha.cpu(),
+            },
+            path,
+        )
     return maps

@@ -6,9 +6,9 @@ import logging
 from pathlib import Path
 
 import torch
+from sv_engine.stablevideo.models.components import SDComponents
 
 from sv_engine.errors import SvEngineError
-from sv_engine.stablevideo.models.components import SDComponents
 
 log = logging.getLogger(__name__)
 
@@ -19,15 +19,28 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
     if precision not in PRECISIONS:
         raise SvEngineError(f"Unknown precision {precision!r}.", "use --precision fp32 or fp16.")
     if precision == "fp16" and device.type == "cpu":
-        raise SvEngineError("fp16 needs a CUDA GPU (CPU kernels for half precision are slow or missing).", "use --precision fp32 on CPU.")
+        raise SvEngineError(
+            "fp16 needs a CUDA GPU (CPU kernels for half precision are slow or missing).",
+            "use --precision fp32 on CPU.",
+        )
     return PRECISIONS[precision]
 
 
-def load_components(device: torch.device, tiny: bool = False, weights: Path | None = None, random_full: bool = False, precision: str = "fp32", seed: int = 0) -> SDComponents:
+def load_components(
+    device: torch.device,
+    tiny: bool = False,
+    weights: Path | None = None,
+    random_full: bool = False,
+    precision: str = "fp32",
+    seed: int = 0,
+) -> SDComponents:
     """Exactly one source: ``tiny`` random models, ``random_full`` SD1.5-size random models, or ``weights``."""
     dtype = resolve_precision(precision, device)
     if sum([tiny, random_full, weights is not None]) != 1:
-        raise SvEngineError("No model weights given.", "pass --weights DIR (see README: weight formats) or --tiny for small random models.")
+        raise SvEngineError(
+            "No model weights given.",
+            "pass --weights DIR (see README: weight formats) or --tiny for small random models.",
+        )
     if tiny:
         from sv_engine.stablevideo.models.tiny import build_tiny_components
 

@@ -109,19 +109,19 @@ class NLAModel:
     alpha: IMLP
 
     @classmethod
-    def random(cls, seed: int = 0) -> "NLAModel":
+    def random(cls, seed: int = 0) -> NLAModel:
         torch.manual_seed(seed)
         return cls(fg_mapping_net(), bg_mapping_net(), atlas_net(), alpha_net())
 
     def modules(self) -> dict[str, IMLP]:
         return {"fg_mapping": self.fg_mapping, "bg_mapping": self.bg_mapping, "atlas": self.atlas, "alpha": self.alpha}
 
-    def to(self, device: torch.device | str) -> "NLAModel":
+    def to(self, device: torch.device | str) -> NLAModel:
         for net in self.modules().values():
             net.to(device)
         return self
 
-    def eval(self) -> "NLAModel":
+    def eval(self) -> NLAModel:
         for net in self.modules().values():
             net.eval()
         return self

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from sv_engine.errors import SvEngineError
 from sv_engine.stablevideo.models.ddim import DDIMSampler
 
+from sv_engine.errors import SvEngineError
+
 FG_ADDED_PROMPT = "best quality, extremely detailed, no background"
-FG_NEGATIVE_PROMPT = "lowres, bad anatomy, bad hands, missing fingers, extra digit, fewer digits, cropped, worst quality, low quality"
+FG_NEGATIVE_PROMPT = (
+    "lowres, bad anatomy, bad hands, missing fingers, extra digit, fewer digits, cropped, worst quality, low quality"
+)
 BG_ADDED_PROMPT = "best quality, extremely detailed"
 BG_NEGATIVE_PROMPT = "longbody, lowres, bad anatomy, bad hands, missing fingers, extra digit, fewer digits, cropped, worst quality, low quality"
 
@@ -45,8 +48,14 @@ class EditParams:
         # Keyframes after the first are noised to DDIM index int(steps·strength), which must be a real step.
         propagates = self.keyframes is None or len(self.keyframes) > 1
         if propagates and not 1 <= int(self.steps * self.strength) < self.steps:
-            raise SvEngineError(f"strength {self.strength} with {self.steps} steps gives no valid img2img start (int(steps·strength) must be in 1..steps−1).", "use a strength in (0, 1), e.g. --strength 0.8.")
+            raise SvEngineError(
+                f"strength {self.strength} with {self.steps} steps gives no valid img2img start (int(steps·strength) must be in 1..steps−1).",
+                "use a strength in (0, 1), e.g. --strength 0.8.",
+            )
         if self.aggregation not in ("median", "net"):
             raise SvEngineError(f"Unknown aggregation {self.aggregation!r}.", "use --aggregation median or net.")
         if self.image_resolution % 64 or self.image_resolution < 64:
-            raise SvEngineError(f"image resolution {self.image_resolution} is not a positive multiple of 64.", "use 512 (SD 1.5's native size).")
+            raise SvEngineError(
+                f"image resolution {self.image_resolution} is not a positive multiple of 64.",
+                "use 512 (SD 1.5's native size).",
+            )

@@ -19,7 +19,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
 from sv_engine.stablevideo.background import edit_background
 from sv_engine.stablevideo.foreground import ForegroundEdit, edit_foreground
 from sv_engine.stablevideo.images import tensor_to_image
@@ -73,7 +72,10 @@ def _should_overlap(callables: Iterable[Callable], requested: bool) -> bool:
     """
     unsafe = [fn for fn in callables if not getattr(fn, "thread_safe", True)]
     if requested and unsafe:
-        log.warning("background overlap requested but %d backend callable(s) are not thread-safe: running sequentially", len(unsafe))
+        log.warning(
+            "background overlap requested but %d backend callable(s) are not thread-safe: running sequentially",
+            len(unsafe),
+        )
         return False
     return requested
 
@@ -88,14 +90,25 @@ class StableVideoPipeline:
     loop (see :func:`_should_overlap`).
     """
 
-    def __init__(self, components: SDComponents, device: torch.device, unet_controlnet: dict[str, Callable] | None = None, denoiser_overrides: dict[str, Callable] | None = None, overlap_background: bool = False) -> None:
+    def __init__(
+        self,
+        components: SDComponents,
+        device: torch.device,
+        unet_controlnet: dict[str, Callable] | None = None,
+        denoiser_overrides: dict[str, Callable] | None = None,
+        overlap_background: bool = False,
+    ) -> None:
         self.components = components.eval()
         self.device = device
         self.sessions = SessionCache(device)
         unet_controlnet = unet_controlnet or {}
         overrides = denoiser_overrides or {}
-        self.fg_denoiser = ControlledDenoiser(components, "canny", unet_controlnet=unet_controlnet.get("canny"), **overrides)
-        self.bg_denoiser = ControlledDenoiser(components, "depth", unet_controlnet=unet_controlnet.get("depth"), **overrides)
+        self.fg_denoiser = ControlledDenoiser(
+            components, "canny", unet_controlnet=unet_controlnet.get("canny"), **overrides
+        )
+        self.bg_denoiser = ControlledDenoiser(
+            components, "depth", unet_controlnet=unet_controlnet.get("depth"), **overrides
+        )
         self.overlap_background = _should_overlap([*unet_controlnet.values(), *overrides.values()], overlap_background)
         # One side stream for every edit, so the caching allocator reuses its blocks from edit to edit.
         self._side_stream = torch.cuda.Stream(device) if self.overlap_background and device.type == "cuda" else None
@@ -106,13 +119,24 @@ class StableVideoPipeline:
         with timer("open video (maps, atlases)"):
             session = self.sessions.open(data_dir)
         num_frames = session.video.config.num_frames
-        keyframes = default_keyframes(num_frames) if params.keyframes is None else check_keyframes(params.keyframes, num_frames)
+        keyframes = (
+            default_keyframes(num_frames) if params.keyframes is None else check_keyframes(params.keyframes, num_frames)
+        )
         seed = resolve_seed(params.seed)
-        log.info("editing %s: keyframes %s, seed %d, %d steps, strength %.2f", session.video.name, keyframes, seed, params.steps, params.strength)
+        log.info(
+            "editing %s: keyframes %s, seed %d, %d steps, strength %.2f",
+            session.video.name,
+            keyframes,
+            seed,
+            params.steps,
+            params.strength,
+        )
         bg_atlas = session.atlas.bg_grid_atlas
         overlap = params.edit_background and self.overlap_background
         if params.edit_background:
-            log.info("background edit %s", "overlapped with the keyframe loop" if overlap else "after the keyframe loop")
+            log.info(
+                "background edit %s", "overlapped with the keyframe loop" if overlap else "after the keyframe loop"
+            )
 
         def foreground() -> ForegroundEdit:
             with timer("foreground"):
@@ -126,13 +150,24 @@ class StableVideoPipeline:
                 bg_atlas = self._edit_background(bg_atlas, params, seed, timer)
         with timer("render"):
             frames = render_video(session.atlas, fg.atlas, bg_atlas).cpu().numpy()
-        return EditResult(frames, fg.atlas, bg_atlas, fg, session, seed, keyframes, timer.as_dict(), overlapped_background=overlap)
+        return EditResult(
+            frames, fg.atlas, bg_atlas, fg, session, seed, keyframes, timer.as_dict(), overlapped_background=overlap
+        )
 
-    def _edit_background(self, bg_atlas: torch.Tensor, params: EditParams, seed: int, timer: StageTimer) -> torch.Tensor:
+    def _edit_background(
+        self, bg_atlas: torch.Tensor, params: EditParams, seed: int, timer: StageTimer
+    ) -> torch.Tensor:
         with timer("background"):
             return edit_background(bg_atlas, self.components.depth_model, self.bg_denoiser, params, seed, timer)[0]
 
-    def _overlapped(self, foreground: Callable[[], ForegroundEdit], bg_atlas: torch.Tensor, params: EditParams, seed: int, timer: StageTimer) -> tuple[ForegroundEdit, torch.Tensor]:
+    def _overlapped(
+        self,
+        foreground: Callable[[], ForegroundEdit],
+        bg_atlas: torch.Tensor,
+        params: EditParams,
+        seed: int,
+        timer: StageTimer,
+    ) -> tuple[ForegroundEdit, torch.Tensor]:
         """``foreground()`` here and the background edit in a worker thread (on CUDA: on the side stream)."""
         side, main = self._side_stream, None
         if side is not None:

@@ -7,7 +7,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-
 from sv_engine.stablevideo.atlas import AtlasData, build_atlas_data
 from sv_engine.stablevideo.data import VideoData, load_video_data
 from sv_engine.stablevideo.maps import VideoMaps, load_or_compute_maps

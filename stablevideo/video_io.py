@@ -41,10 +41,15 @@ def write_mp4(path: Path, frames: np.ndarray, fps: int = DEFAULT_FPS) -> str:
         tmp.unlink(missing_ok=True)
         if not _write_mp4_opencv(tmp, frames, fps):
             tmp.unlink(missing_ok=True)
-            raise SvEngineError(f"Cannot write mp4 ({err}).", "pip install imageio-ffmpeg (it ships an ffmpeg binary).") from err
+            raise SvEngineError(
+                f"Cannot write mp4 ({err}).", "pip install imageio-ffmpeg (it ships an ffmpeg binary)."
+            ) from err
         encoder = "mpeg4 (OpenCV)"
-        log.warning("imageio-ffmpeg is unavailable (%s); wrote MPEG-4 Part 2 with OpenCV instead of H.264 "
-                    "(pip install imageio-ffmpeg for H.264)", err)
+        log.warning(
+            "imageio-ffmpeg is unavailable (%s); wrote MPEG-4 Part 2 with OpenCV instead of H.264 "
+            "(pip install imageio-ffmpeg for H.264)",
+            err,
+        )
     tmp.replace(path)
     log.info("wrote %s (%d frames, %dx%d, %s)", path, frames.shape[0], frames.shape[2], frames.shape[1], encoder)
     return encoder

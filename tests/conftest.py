@@ -33,4 +33,3 @@ def random_data_dir(tmp_path: Path) -> Path:
     rng = np.random.default_rng(0)
     frames = rng.integers(0, 255, size=(4, 32, 48, 3), dtype=np.uint8)
     return write_video_data(tmp_path / "clip", frames, NLAModel.random(seed=1))
-

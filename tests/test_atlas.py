@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-
-from sv_engine.errors import SvEngineError
 from sv_engine.stablevideo.aggregate import median_aggregate, train_aggregation_net
 from sv_engine.stablevideo.atlas import crop_image, evaluate_grid_atlas, mask_boundaries, preprocess_uv
 from sv_engine.stablevideo.keyframes import default_keyframes, parse_keyframes, resize_image
 from sv_engine.stablevideo.nla import atlas_net
+
+from sv_engine.errors import SvEngineError
 
 
 def test_preprocess_uv_shift_and_extent() -> None:
@@ -33,7 +32,9 @@ def test_grid_atlas_equals_full_grid_then_crop(shift: int, offset: tuple[int, in
     layer.min_u, layer.min_v, layer.max_u, layer.max_v = offset[0], offset[1], 30, 25
     ys, xs = torch.meshgrid(torch.arange(resolution), torch.arange(resolution), indexing="ij")
     with torch.no_grad():
-        full = (net(torch.stack([xs.reshape(-1) / resolution - shift, ys.reshape(-1) / resolution - shift], -1).float()) + 1) / 2
+        full = (
+            net(torch.stack([xs.reshape(-1) / resolution - shift, ys.reshape(-1) / resolution - shift], -1).float()) + 1
+        ) / 2
     full = full.T.reshape(3, resolution, resolution)
     expected = crop_image(full, layer.min_v, layer.min_u, layer.max_v, layer.max_u)
     torch.testing.assert_close(evaluate_grid_atlas(net, layer, resolution, shift, "cpu"), expected)

@@ -56,13 +56,18 @@ def write_jobs(path: Path, jobs: list[dict], defaults: dict | None = None) -> Pa
 
 def test_load_jobs_validates_each_job(tmp_path: Path) -> None:
     make_clip(tmp_path / "clip")
-    jobs = load_jobs(write_jobs(tmp_path / "jobs.yaml", [
-        {"name": "ok", "data": "clip", "fg_prompt": "a cat", "bg_prompt": "snow"},
-        {"name": "long", "data": "clip", "fg_prompt": "x" * 1001, "bg_prompt": "snow"},
-        {"name": "escape", "data": "../clip", "fg_prompt": "a cat", "bg_prompt": "snow"},
-        {"name": "missing", "data": "nope", "fg_prompt": "a cat", "bg_prompt": "snow"},
-        {"data": "clip", "fg_prompt": "a dog", "bg_prompt": "snow", "steps": 0},
-    ]))
+    jobs = load_jobs(
+        write_jobs(
+            tmp_path / "jobs.yaml",
+            [
+                {"name": "ok", "data": "clip", "fg_prompt": "a cat", "bg_prompt": "snow"},
+                {"name": "long", "data": "clip", "fg_prompt": "x" * 1001, "bg_prompt": "snow"},
+                {"name": "escape", "data": "../clip", "fg_prompt": "a cat", "bg_prompt": "snow"},
+                {"name": "missing", "data": "nope", "fg_prompt": "a cat", "bg_prompt": "snow"},
+                {"data": "clip", "fg_prompt": "a dog", "bg_prompt": "snow", "steps": 0},
+            ],
+        )
+    )
     by_name = {j.name: j for j in jobs}
     assert by_name["ok"].error is None and by_name["ok"].data_dir == (tmp_path / "clip").resolve()
     assert "fg_prompt" in by_name["long"].error
@@ -70,7 +75,9 @@ def test_load_jobs_validates_each_job(tmp_path: Path) -> None:
     assert "does not exist" in by_name["missing"].error
     assert sum(j.error is not None for j in jobs) == 4
     with pytest.raises(SvEngineError, match="twice"):
-        load_jobs(write_jobs(tmp_path / "dup.yaml", [{"name": "a", "data": "clip", "fg_prompt": "x", "bg_prompt": "y"}] * 2))
+        load_jobs(
+            write_jobs(tmp_path / "dup.yaml", [{"name": "a", "data": "clip", "fg_prompt": "x", "bg_prompt": "y"}] * 2)
+        )
     (tmp_path / "bad.yaml").write_text("jobs: [unclosed")
     with pytest.raises(SvEngineError, match="not valid YAML"):
         load_jobs(tmp_path / "bad.yaml")
@@ -88,18 +95,39 @@ def test_worker_model_config_is_checked_before_any_worker_starts() -> None:
 def test_batch_runs_records_failures_and_resumes(tmp_path: Path, pool: WorkerPool) -> None:
     make_clip(tmp_path / "data" / "clip-a", seed=0)
     make_clip(tmp_path / "data" / "clip-b", seed=1)
-    jobs = write_jobs(tmp_path / "jobs.yaml", [
-        {"name": "a", "data": "clip-a", "fg_prompt": "a red cat", "bg_prompt": "snow"},
-        {"name": "b", "data": "clip-b", "fg_prompt": "a blue cat", "bg_prompt": "sand", "edit_background": False},
-        {"name": "a-again", "data": "clip-a", "fg_prompt": "a green cat", "bg_prompt": "grass", "edit_background": False},
-        {"name": "bad-keyframe", "data": "clip-b", "fg_prompt": "a cat", "bg_prompt": "sand", "keyframes": [99]},  # fails in the worker
-        {"name": "bad-spec", "data": "clip-a", "fg_prompt": "", "bg_prompt": "sand"},  # fails validation
-    ])
+    jobs = write_jobs(
+        tmp_path / "jobs.yaml",
+        [
+            {"name": "a", "data": "clip-a", "fg_prompt": "a red cat", "bg_prompt": "snow"},
+            {"name": "b", "data": "clip-b", "fg_prompt": "a blue cat", "bg_prompt": "sand", "edit_background": False},
+            {
+                "name": "a-again",
+                "data": "clip-a",
+                "fg_prompt": "a green cat",
+                "bg_prompt": "grass",
+                "edit_background": False,
+            },
+            {
+                "name": "bad-keyframe",
+                "data": "clip-b",
+                "fg_prompt": "a cat",
+                "bg_prompt": "sand",
+                "keyframes": [99],
+            },  # fails in the worker
+            {"name": "bad-spec", "data": "clip-a", "fg_prompt": "", "bg_prompt": "sand"},  # fails validation
+        ],
+    )
     out = tmp_path / "out"
     first = run_batch(jobs, out, pool=pool, data_root=tmp_path / "data")
     assert (first.total, first.skipped, first.done, first.failed) == (5, 0, 3, 2), first.as_dict()
     rows = read_results(out / RESULTS_NAME)
-    assert {n: r["status"] for n, r in rows.items()} == {"a": "done", "b": "done", "a-again": "done", "bad-keyframe": "failed", "bad-spec": "failed"}
+    assert {n: r["status"] for n, r in rows.items()} == {
+        "a": "done",
+        "b": "done",
+        "a-again": "done",
+        "bad-keyframe": "failed",
+        "bad-spec": "failed",
+    }
     assert "99" in rows["bad-keyframe"]["error"] and "fg_prompt" in rows["bad-spec"]["error"]
     for name in ("a", "b", "a-again"):
         assert (out / name / "edit.mp4").stat().st_size > 0 and (out / name / "preview.png").is_file()
@@ -117,7 +145,10 @@ def test_batch_runs_records_failures_and_resumes(tmp_path: Path, pool: WorkerPoo
 
 def test_batch_reruns_a_done_job_whose_output_vanished(tmp_path: Path, pool: WorkerPool) -> None:
     make_clip(tmp_path / "clip")
-    jobs = write_jobs(tmp_path / "jobs.yaml", [{"name": "only", "data": "clip", "fg_prompt": "a cat", "bg_prompt": "snow", "edit_background": False}])
+    jobs = write_jobs(
+        tmp_path / "jobs.yaml",
+        [{"name": "only", "data": "clip", "fg_prompt": "a cat", "bg_prompt": "snow", "edit_background": False}],
+    )
     out = tmp_path / "out"
     assert run_batch(jobs, out, pool=pool).done == 1
     (out / "only" / "edit.mp4").unlink()

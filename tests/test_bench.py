@@ -7,12 +7,19 @@ import json
 from pathlib import Path
 
 import pytest
-
 from sv_engine.benchmarks import bench as bench_mod
 from sv_engine.benchmarks import stages as stages_mod
 from sv_engine.benchmarks.bench import BenchOptions, run_bench
-from sv_engine.benchmarks.readme_table import END, START, render_table, replace_block, results_newest_first, update_readme
+from sv_engine.benchmarks.readme_table import (
+    END,
+    START,
+    render_table,
+    replace_block,
+    results_newest_first,
+    update_readme,
+)
 from sv_engine.benchmarks.timing import RANDOM_WEIGHTS_NOTE, result_filename, summarize
+
 from sv_engine.errors import SvEngineError
 
 CHEAP = "warp,splat,aggregation_median"
@@ -22,7 +29,9 @@ TIMING_KEYS = {"status", "median_ms", "p90_ms", "min_ms", "mean_ms", "repeat", "
 @pytest.fixture(scope="module")
 def tiny_result(tmp_path_factory) -> tuple[dict, Path]:
     path = tmp_path_factory.mktemp("bench") / "out.json"
-    result = run_bench(BenchOptions(stages=CHEAP, backends="torch", tiny=True, repeat=2, warmup=1, device="cpu", json_path=path))
+    result = run_bench(
+        BenchOptions(stages=CHEAP, backends="torch", tiny=True, repeat=2, warmup=1, device="cpu", json_path=path)
+    )
     return result, path
 
 
@@ -47,7 +56,8 @@ def test_tiny_bench_json_has_documented_keys_and_sane_numbers(tiny_result):
     splat = on_disk["stages"]["splat"]
     assert splat["reference"] == "scipy"  # StableVideo's griddata is the reference column
     assert splat["backends"]["torch"]["speedup"] == pytest.approx(
-        splat["backends"]["scipy"]["median_ms"] / splat["backends"]["torch"]["median_ms"])
+        splat["backends"]["scipy"]["median_ms"] / splat["backends"]["torch"]["median_ms"]
+    )
     assert splat["backends"]["cuda"] == {"status": "skipped", "reason": "the CUDA kernel needs a GPU"}
     assert splat["target_ms"] == 2.0 and splat["target_met"] is None  # tiny: never judged against the H100 target
     assert on_disk["stages"]["warp"]["shape"] == {"keyframes": 3, "height": 64, "width": 96, "atlas": 256}
@@ -76,8 +86,9 @@ def test_failing_stage_is_recorded_and_others_survive(monkeypatch):
 
 
 def test_time_budget_skips_remaining_stages():
-    result = run_bench(BenchOptions(stages="warp,aggregation_median", tiny=True, repeat=1, warmup=0, device="cpu",
-                                    time_budget=1e-9))
+    result = run_bench(
+        BenchOptions(stages="warp,aggregation_median", tiny=True, repeat=1, warmup=0, device="cpu", time_budget=1e-9)
+    )
     for stage in result["stages"].values():
         assert stage["status"] == "skipped" and stage["reason"] == "time budget exceeded"
 
@@ -98,8 +109,10 @@ def test_cli_bench_writes_json_and_prints_table(tmp_path):
     from sv_engine.cli.app import app
 
     out = tmp_path / "cli.json"
-    res = CliRunner().invoke(app, ["bench", "--tiny", "--stages", "aggregation_median", "--repeat", "2",
-                                   "--device", "cpu", "--json", str(out)])
+    res = CliRunner().invoke(
+        app,
+        ["bench", "--tiny", "--stages", "aggregation_median", "--repeat", "2", "--device", "cpu", "--json", str(out)],
+    )
     assert res.exit_code == 0, res.output
     assert "aggregation_median" in res.output and "reference" in res.output
     data = json.loads(out.read_text())
@@ -114,34 +127,68 @@ def test_summarize_percentiles():
 def test_result_filename_format():
     env = {"gpu": "NVIDIA H100 80GB HBM3", "date": "2026-11-25", "git_commit": "9c320d1"}
     assert result_filename(env) == "nvidia-h100-80gb-hbm3-2026-11-25-9c320d1.json"
-    assert result_filename({"gpu": None, "date": "2026-01-02", "git_commit": "unknown"}) == "cpu-2026-01-02-unknown.json"
+    assert (
+        result_filename({"gpu": None, "date": "2026-01-02", "git_commit": "unknown"}) == "cpu-2026-01-02-unknown.json"
+    )
 
 
 SAMPLE = {
     "schema": "sv-engine-bench/1",
-    "environment": {"gpu": "NVIDIA H100 80GB HBM3", "date": "2026-11-25", "datetime": "2026-11-25T10:00:00+00:00",
-                    "git_commit": "abc1234", "torch": "2.13.0", "cuda": "12.8", "tensorrt": "10.9", "onnxruntime": "1.22",
-                    "note": RANDOM_WEIGHTS_NOTE},
+    "environment": {
+        "gpu": "NVIDIA H100 80GB HBM3",
+        "date": "2026-11-25",
+        "datetime": "2026-11-25T10:00:00+00:00",
+        "git_commit": "abc1234",
+        "torch": "2.13.0",
+        "cuda": "12.8",
+        "tensorrt": "10.9",
+        "onnxruntime": "1.22",
+        "note": RANDOM_WEIGHTS_NOTE,
+    },
     "stages": {
-        "unet_step": {"status": "ok", "reference": "reference", "best": "trt", "target_ms": 6.0, "target_met": False,
-                      "backends": {"reference": {"status": "ok", "median_ms": 120.0, "speedup": 1.0},
-                                   "trt": {"status": "ok", "median_ms": 10.0, "speedup": 12.0},
-                                   "ort": {"status": "skipped", "reason": "no onnxruntime-gpu"}}},
-        "render": {"status": "ok", "reference": "reference", "best": "cuda", "target_ms": 1.0, "target_met": True,
-                   "backends": {"reference": {"status": "ok", "median_ms": 12.0, "speedup": 1.0},
-                                "cuda": {"status": "ok", "median_ms": 0.5, "speedup": 24.0}}},
+        "unet_step": {
+            "status": "ok",
+            "reference": "reference",
+            "best": "trt",
+            "target_ms": 6.0,
+            "target_met": False,
+            "backends": {
+                "reference": {"status": "ok", "median_ms": 120.0, "speedup": 1.0},
+                "trt": {"status": "ok", "median_ms": 10.0, "speedup": 12.0},
+                "ort": {"status": "skipped", "reason": "no onnxruntime-gpu"},
+            },
+        },
+        "render": {
+            "status": "ok",
+            "reference": "reference",
+            "best": "cuda",
+            "target_ms": 1.0,
+            "target_met": True,
+            "backends": {
+                "reference": {"status": "ok", "median_ms": 12.0, "speedup": 1.0},
+                "cuda": {"status": "ok", "median_ms": 0.5, "speedup": 24.0},
+            },
+        },
         "depth": {"status": "error", "error": "RuntimeError: boom", "backends": {}},
     },
-    "e2e": {"warm": {"status": "ok", "warm_s": 0.5, "backend": "trt", "peak_mem_gb": 9.5},
-            "cold": {"status": "ok", "seconds": 3.5},
-            "targets": {"warm_met": True, "cold_met": True, "peak_mem_met": False}},
+    "e2e": {
+        "warm": {"status": "ok", "warm_s": 0.5, "backend": "trt", "peak_mem_gb": 9.5},
+        "cold": {"status": "ok", "seconds": 3.5},
+        "targets": {"warm_met": True, "cold_met": True, "peak_mem_met": False},
+    },
 }
 
 
 def test_readme_table_renders_rows_with_targets():
     table = render_table(SAMPLE)
-    assert "| ControlNet+UNet CFG step, 512² | 120.0 ms (reference) | 10.0 ms (trt) | 12.0× | 42–65 ms | 11.5 ms | ≤ 6 ms | missed |" in table
-    assert "| render 70 frames | 12.0 ms (reference) | 0.50 ms (cuda) | 24.0× | 12.2 ms grid_sample | – | ≤ 1 ms | met |" in table
+    assert (
+        "| ControlNet+UNet CFG step, 512² | 120.0 ms (reference) | 10.0 ms (trt) | 12.0× | 42–65 ms | 11.5 ms | ≤ 6 ms | missed |"
+        in table
+    )
+    assert (
+        "| render 70 frames | 12.0 ms (reference) | 0.50 ms (cuda) | 24.0× | 12.2 ms grid_sample | – | ≤ 1 ms | met |"
+        in table
+    )
     assert "| depth | RuntimeError: boom |" in table
     assert "| whole edit, warm | – | 0.50 s (trt) |" in table and "| ≤ 0.6 s | met |" in table
     assert "| peak GPU memory, whole edit | – | 9.50 GB | – | 14–29 GB | – | ≤ 8 GB | missed |" in table
@@ -172,9 +219,8 @@ def test_readme_block_replaced_and_rest_kept(tmp_path):
 
 
 def test_e2e_cold_command_and_tiny_params():
-    from sv_engine.benchmarks.e2e import cold_command, edit_params
-
     import torch
+    from sv_engine.benchmarks.e2e import cold_command, edit_params
 
     cmd = cold_command(Path("/data/clip"), Path("/w"), Path("/tmp/out.mp4"), torch.device("cuda"), False, 20, 0.8)
     assert cmd[1:5] == ["-m", "sv_engine", "edit", "/data/clip"]  # the real CLI, not a benchmark-only path
@@ -182,7 +228,9 @@ def test_e2e_cold_command_and_tiny_params():
     assert flags["--weights"] == "/w" and flags["--precision"] == "fp16" and flags["--image-resolution"] == "512"
     assert flags["--seed"] == "0" and flags["--backend"] == "torch" and cmd[-1] == "--force"
     assert "--no-cuda-graphs" in cmd  # "torch" stays eager although the CLI's torch on a GPU replays graphs
-    graphs = cold_command(Path("/data/clip"), Path("/w"), Path("/tmp/out.mp4"), torch.device("cuda"), False, 20, 0.8, "torch-cuda-graph")
+    graphs = cold_command(
+        Path("/data/clip"), Path("/w"), Path("/tmp/out.mp4"), torch.device("cuda"), False, 20, 0.8, "torch-cuda-graph"
+    )
     assert graphs[graphs.index("--backend") + 1] == "torch" and "--cuda-graphs" in graphs
     params = edit_params(20, 0.8, tiny=True)
     assert (params.steps, params.strength, params.image_resolution, params.edit_background) == (20, 0.8, 64, True)
@@ -193,7 +241,6 @@ def test_e2e_cold_command_and_tiny_params():
 def test_tiny_e2e_warm_and_cold_through_the_cli(tmp_path):
     """Warm (in process) and cold (``sv-engine edit --weights`` on the saved models, a fresh process)."""
     import torch
-
     from sv_engine.benchmarks.e2e import run_e2e
 
     result = run_e2e(torch.device("cpu"), tiny=True, frames=4, height=48, width=64, steps=2)
@@ -209,7 +256,11 @@ def test_tiny_e2e_warm_and_cold_through_the_cli(tmp_path):
 
 def test_model_stage_columns_report_accuracy_against_the_fp32_reference():
     pytest.importorskip("onnxruntime")
-    result = run_bench(BenchOptions(stages="text_encoder", backends="ort,torch-cuda-graph", tiny=True, repeat=1, warmup=0, device="cpu"))
+    result = run_bench(
+        BenchOptions(
+            stages="text_encoder", backends="ort,torch-cuda-graph", tiny=True, repeat=1, warmup=0, device="cpu"
+        )
+    )
     columns = result["stages"]["text_encoder"]["backends"]
     assert "cosine" not in columns["reference"]
     assert columns["torch-cuda-graph"] == {"status": "skipped", "reason": "CUDA graphs need a CUDA GPU"}
@@ -223,7 +274,6 @@ def test_profile_summary_unions_streams_and_groups_kernels():
     from types import SimpleNamespace
 
     import torch
-
     from sv_engine.benchmarks.profile import kernel_category, summarise
 
     def event(name, start, end, cuda=True):
@@ -252,7 +302,6 @@ def test_profile_summary_unions_streams_and_groups_kernels():
 
 def test_profile_call_on_cpu_lists_host_ops():
     import torch
-
     from sv_engine.benchmarks.profile import profile_call
 
     conv = torch.nn.Conv2d(3, 4, 3)
@@ -267,7 +316,10 @@ def test_e2e_parity_backend_variants():
 
     assert parse_variant("torch") == ("torch", {}, {})
     assert parse_variant("ort:allow_spinning=1:intra_op_threads=0:overlap=0") == (
-        "ort", {"allow_spinning": 1, "intra_op_threads": 0}, {"overlap_background": False})
+        "ort",
+        {"allow_spinning": 1, "intra_op_threads": 0},
+        {"overlap_background": False},
+    )
     assert parse_variant("ort:cudnn_conv_algo_search=HEURISTIC")[1] == {"cudnn_conv_algo_search": "HEURISTIC"}
     with pytest.raises(ValueError, match="key=value"):
         parse_variant("ort:spin")
@@ -277,8 +329,10 @@ def test_merge_lanes_of_one_device_run(tiny_result, tmp_path):
     result, _ = tiny_result
     other = json.loads(json.dumps(result))
     other["stages"] = {"render": {"status": "ok", "backends": {}}}
-    other["e2e"] = {"warm": {"status": "ok", "warm_s": 1.0, "first_edit_s": 2.0, "load_s": 0.5},
-                    "cold": {"status": "skipped", "reason": "--no-cold"}}
+    other["e2e"] = {
+        "warm": {"status": "ok", "warm_s": 1.0, "first_edit_s": 2.0, "load_s": 0.5},
+        "cold": {"status": "skipped", "reason": "--no-cold"},
+    }
     merged = bench_mod.merge_results([other, result])
     assert list(merged["stages"]) == ["warp", "splat", "aggregation_median", "render"]  # canonical order
     assert merged["e2e"] == other["e2e"] and merged["options"]["e2e"] is True
@@ -311,7 +365,9 @@ def test_readme_rows_come_from_the_newest_run_that_measured_them(tmp_path):
     assert combined["stages"]["unet_step"]["run"] == "abc1234"  # only the old run has it
     assert combined["stages"]["render"]["run"] == "new0002"
     table = render_table(combined)
-    assert "| ControlNet+UNet CFG step, 512² | 120.0 ms (reference) | 10.0 ms (trt) |" in table and "| abc1234 |" in table
+    assert (
+        "| ControlNet+UNet CFG step, 512² | 120.0 ms (reference) | 10.0 ms (trt) |" in table and "| abc1234 |" in table
+    )
     assert "0.25 ms (cuda)" in table and "Run new0002:" in table and "Run abc1234:" in table
     readme = tmp_path / "README.md"
     readme.write_text(f"{START}\n{END}\n")
@@ -322,18 +378,30 @@ def test_readme_rows_come_from_the_newest_run_that_measured_them(tmp_path):
 def test_bench_on_user_weights(tmp_path):
     """--weights benchmarks the models in the folder (diffusers layout), not random ones."""
     import torch
-
     from sv_engine.stablevideo.models.loaders import save_components
     from sv_engine.stablevideo.models.tiny import build_tiny_components
 
     saved = build_tiny_components(5)  # a seed the bench's own random models (seed 0) do not use
     folder = save_components(saved, tmp_path / "weights")
-    ctx = stages_mod.BenchContext(torch.device("cpu"), stages_mod.TINY, tiny=True, weights=folder, repeat=1, warmup=0,
-                                  backends=["torch"], deadline=None, skip_slow_reference=False)
+    ctx = stages_mod.BenchContext(
+        torch.device("cpu"),
+        stages_mod.TINY,
+        tiny=True,
+        weights=folder,
+        repeat=1,
+        warmup=0,
+        backends=["torch"],
+        deadline=None,
+        skip_slow_reference=False,
+    )
     loaded = dict(ctx.components.unet.named_parameters())
     for name, param in saved.unet.named_parameters():
         assert torch.equal(loaded[name].cpu(), param.detach()), name
-    result = run_bench(BenchOptions(stages="text_encoder", backends="torch", tiny=True, repeat=1, warmup=0, device="cpu", weights=folder))
+    result = run_bench(
+        BenchOptions(
+            stages="text_encoder", backends="torch", tiny=True, repeat=1, warmup=0, device="cpu", weights=folder
+        )
+    )
     assert result["stages"]["text_encoder"]["status"] == "ok"
     assert result["options"]["models"] == f"weights from {folder}" and str(folder) in result["environment"]["note"]
     with pytest.raises(SvEngineError, match="does not exist"):
@@ -346,7 +414,21 @@ def test_e2e_parity_never_compares_against_a_stand_in(tmp_path):
     from sv_engine.benchmarks.e2e_parity import main
 
     out = tmp_path / "e2e.json"
-    main(["--out", str(out), "--tiny", "--frames", "4", "--size", "64x48", "--steps", "2", "--backends", "no-such-backend,torch"])
+    main(
+        [
+            "--out",
+            str(out),
+            "--tiny",
+            "--frames",
+            "4",
+            "--size",
+            "64x48",
+            "--steps",
+            "2",
+            "--backends",
+            "no-such-backend,torch",
+        ]
+    )
     result = json.loads(out.read_text())
     assert result["psnr_reference"] == "no-such-backend"
     assert result["backends"]["no-such-backend"]["status"] == "error"

@@ -11,7 +11,6 @@ import json
 import numpy as np
 import pytest
 import torch
-
 from sv_engine.stablevideo.data import frame_files, load_video_data
 from sv_engine.stablevideo.demo import DEMO_NAME, demo_data_dir, demo_fit_report_path, scene
 from sv_engine.stablevideo.maps import compute_maps
@@ -58,7 +57,13 @@ def test_folder_layout_and_size():
     total = sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
     assert total <= 10 * 1024 * 1024, total
     ckpt = torch.load(root / "checkpoint", map_location="cpu", weights_only=True)
-    assert set(ckpt) == {"model_F_mapping1_state_dict", "model_F_mapping2_state_dict", "F_atlas_state_dict", "model_F_alpha_state_dict", "iteration"}
+    assert set(ckpt) == {
+        "model_F_mapping1_state_dict",
+        "model_F_mapping2_state_dict",
+        "F_atlas_state_dict",
+        "model_F_alpha_state_dict",
+        "iteration",
+    }
     assert all(v.dtype == torch.float32 for key, sd in ckpt.items() if key != "iteration" for v in sd.values())
 
 
@@ -104,7 +109,10 @@ def test_alpha_interior_and_outside(fitted_maps, t):
 
 def test_atlas_matches_textures(video):
     gen = torch.Generator().manual_seed(0)
-    for (key, tex), box in zip((("fg", scene.analytic_textures()[0]), ("bg", scene.analytic_textures()[1])), (scene.fg_fit_box(), scene.bg_fit_box())):
+    for (key, tex), box in zip(
+        (("fg", scene.analytic_textures()[0]), ("bg", scene.analytic_textures()[1])),
+        (scene.fg_fit_box(), scene.bg_fit_box()),
+    ):
         uv = tex.grid_uv(box).reshape(-1, 2)
         uv = uv[torch.randperm(uv.shape[0], generator=gen)[:20000]]
         with torch.no_grad():

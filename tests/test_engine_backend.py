@@ -8,7 +8,6 @@ import math
 import numpy as np
 import pytest
 import torch
-
 from sv_engine.engine.backend import (
     Backend,
     CompiledModel,
@@ -19,10 +18,11 @@ from sv_engine.engine.backend import (
     load_manifest,
 )
 from sv_engine.engine.parity import THRESHOLDS, compare, compare_outputs, passes, psnr
-from sv_engine.errors import SvEngineError
 from sv_engine.export.onnx_export import export_all
 from sv_engine.export.registry import build_specs
 from sv_engine.export.spec import TINY_SHAPES
+
+from sv_engine.errors import SvEngineError
 
 
 @pytest.fixture(scope="module")
@@ -147,9 +147,8 @@ def test_torch_compile_backend(small):
 def test_torch_compile_compiles_one_static_graph_per_shape(small):
     """Keyframe crops come in several sizes: each new size gets its own static graph (no dynamic
     recompile), and every size gives the reference's answer."""
-    from torch._dynamo.utils import counters
-
     from sv_engine.engine.torch_compile_backend import TorchCompileBackend
+    from torch._dynamo.utils import counters
 
     ok, reason = TorchCompileBackend.availability(torch.device("cpu"))
     if not ok:
@@ -250,8 +249,10 @@ def test_ort_cuda_graph_refusal_names_the_fix(small, monkeypatch):
     import onnxruntime as ort
 
     def refuse(*args, **kwargs):
-        raise RuntimeError("This session cannot use the graph capture feature as requested by the user as all compute "
-                           "graph nodes have not been partitioned to the CUDAExecutionProvider")
+        raise RuntimeError(
+            "This session cannot use the graph capture feature as requested by the user as all compute "
+            "graph nodes have not been partitioned to the CUDAExecutionProvider"
+        )
 
     monkeypatch.setattr(ort, "InferenceSession", refuse)
     _, sources = small
@@ -265,9 +266,12 @@ def test_trt_refuses_the_ort_attention_form(tmp_path):
     before TensorRT is touched, so it runs everywhere)."""
     from sv_engine.engine.backend import ModelSource
     from sv_engine.engine.trt_backend import check_parsable
+
     from sv_engine.errors import SvEngineError
 
-    source = ModelSource("unet_controlnet_canny", ["sample"], ["noise_pred"], onnx_path=tmp_path / "u.onnx", attention="ort")
+    source = ModelSource(
+        "unet_controlnet_canny", ["sample"], ["noise_pred"], onnx_path=tmp_path / "u.onnx", attention="ort"
+    )
     with pytest.raises(SvEngineError, match="--attention onnx"):
         check_parsable(source)
     check_parsable(ModelSource("unet_controlnet_canny", ["sample"], ["noise_pred"], attention="onnx"))

@@ -6,7 +6,6 @@ import json
 import logging
 
 import pytest
-
 from sv_engine.engine.engine_cache import EngineCache, engine_key, file_sha256
 
 PROFILE = {"sample": ((1, 4, 64, 64), (2, 4, 64, 64), (2, 4, 128, 128))}

@@ -26,8 +26,13 @@ def exported(tmp_path_factory):
     from sv_engine.stablevideo.nla import NLAModel
 
     out = tmp_path_factory.mktemp("gpu-onnx")
-    specs = build_specs(build_tiny_components(0), NLAModel.random(0), names=["unet_controlnet_canny", "controlnet_canny", "nla_field"],
-                        shapes=TINY_SHAPES, device="cuda")
+    specs = build_specs(
+        build_tiny_components(0),
+        NLAModel.random(0),
+        names=["unet_controlnet_canny", "controlnet_canny", "nla_field"],
+        shapes=TINY_SHAPES,
+        device="cuda",
+    )
     export_all(specs, out)
     return specs, load_manifest(out)
 
@@ -42,7 +47,9 @@ def test_ort_cuda_io_binding(exported, name, cuda_graph):
     specs, sources = exported
     spec = specs[name]
     # A CUDA graph needs fixed dims (ORT keeps symbolic shape arithmetic on the CPU and refuses to capture).
-    fixed = {"enable_cuda_graph": True, "free_dimensions": spec.onnx_dim_values(spec.symbols("opt"))} if cuda_graph else {}
+    fixed = (
+        {"enable_cuda_graph": True, "free_dimensions": spec.onnx_dim_values(spec.symbols("opt"))} if cuda_graph else {}
+    )
     model = get_backend("ort", device="cuda", **fixed).compile(sources[name])
     for seed in (0, 1):
         x = spec.sample_inputs("opt", seed=seed, device="cuda")
@@ -71,7 +78,9 @@ def test_torch_compile_cuda(exported):
 
 # Graphs alone replay the eager kernels (1e-5); NHWC weights make cuDNN pick other convolution
 # algorithms (TF32 by default in both), whose summation order differs at ~1e-4-1e-3 relative.
-@pytest.mark.parametrize("options,max_rel", [({"cuda_graph": True}, 1e-5), ({"cuda_graph": True, "channels_last": True}, 5e-3)])
+@pytest.mark.parametrize(
+    "options,max_rel", [({"cuda_graph": True}, 1e-5), ({"cuda_graph": True, "channels_last": True}, 5e-3)]
+)
 def test_torch_cuda_graph_replays_every_shape_correctly(exported, options, max_rel):
     """Per-shape CUDA graphs sharing one pool: each shape, revisited after another, and new inputs
     give the eager module's answer (not a stale replay); also with the edit's NHWC default."""
@@ -98,7 +107,6 @@ def test_ort_cuda_fused_attention_fp16(tmp_path):
     keeps the fp32 reference's direction, as the per-component fp16 bound asks."""
     _ort_cuda()
     import onnx
-
     from sv_engine.engine.backend import get_backend
     from sv_engine.engine.parity import compare
     from sv_engine.export.onnx_export import export_onnx

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from sv_engine.engine.trt_backend import trt_available
 
 _ok, _reason = trt_available()
@@ -21,8 +20,13 @@ def exported(tmp_path_factory):
     from sv_engine.stablevideo.nla import NLAModel
 
     out = tmp_path_factory.mktemp("trt-onnx")
-    specs = build_specs(build_tiny_components(0), NLAModel.random(0), names=["unet_controlnet_canny", "nla_field"],
-                        shapes=TINY_SHAPES, device="cuda")
+    specs = build_specs(
+        build_tiny_components(0),
+        NLAModel.random(0),
+        names=["unet_controlnet_canny", "nla_field"],
+        shapes=TINY_SHAPES,
+        device="cuda",
+    )
     export_all(specs, out)
     return specs, load_manifest(out), out
 

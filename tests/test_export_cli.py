@@ -25,8 +25,21 @@ def test_export_build_parity(tmp_path):
     r = runner.invoke(app, ["build", "--backend", "ort", "--device", "cpu", str(out)])
     assert r.exit_code == 0, r.output
     report = tmp_path / "parity.json"
-    r = runner.invoke(app, ["parity", "--tiny", "--backend", "ort", "--device", "cpu", "--models", "nla_atlas,vae_decoder",
-                            "--json", str(report)])
+    r = runner.invoke(
+        app,
+        [
+            "parity",
+            "--tiny",
+            "--backend",
+            "ort",
+            "--device",
+            "cpu",
+            "--models",
+            "nla_atlas,vae_decoder",
+            "--json",
+            str(report),
+        ],
+    )
     assert r.exit_code == 0, r.output
     data = json.loads(report.read_text())
     assert data["ok"] and set(data["models"]) == {"nla_atlas", "vae_decoder"}
@@ -40,7 +53,9 @@ def test_export_attention_option(tmp_path):
     r = runner.invoke(app, ["export", "--tiny", "--out", str(tmp_path / "a"), "--attention", "flash"])
     assert isinstance(r.exception, SvEngineError) and "onnx, ort" in str(r.exception)
     assert not (tmp_path / "a").exists()  # refused before anything was written
-    r = runner.invoke(app, ["export", "--tiny", "--out", str(tmp_path / "b"), "--models", "vae_decoder", "--attention", "ort"])
+    r = runner.invoke(
+        app, ["export", "--tiny", "--out", str(tmp_path / "b"), "--models", "vae_decoder", "--attention", "ort"]
+    )
     assert r.exit_code == 0, r.output
     assert json.loads((tmp_path / "b" / "manifest.json").read_text())["models"][0]["attention"] == "ort"
 
@@ -48,7 +63,6 @@ def test_export_attention_option(tmp_path):
 def test_edit_backend_on_a_cpu_is_eager_torch():
     """`edit`'s defaults on a CPU: eager torch, no CUDA graphs (they are the default only on a GPU)."""
     import torch
-
     from sv_engine.export.runtime import accelerate_for_edit
     from sv_engine.stablevideo.models.tiny import build_tiny_components
 
@@ -63,8 +77,26 @@ def test_parity_e2e_compares_a_whole_edit(tmp_path):
 
     runner = CliRunner()
     report = tmp_path / "parity.json"
-    r = runner.invoke(app, ["parity", "--tiny", "--backend", "ort", "--device", "cpu", "--models", "vae_decoder",
-                            "--e2e", "--steps", "4", "--onnx-dir", str(tmp_path / "onnx"), "--json", str(report)])
+    r = runner.invoke(
+        app,
+        [
+            "parity",
+            "--tiny",
+            "--backend",
+            "ort",
+            "--device",
+            "cpu",
+            "--models",
+            "vae_decoder",
+            "--e2e",
+            "--steps",
+            "4",
+            "--onnx-dir",
+            str(tmp_path / "onnx"),
+            "--json",
+            str(report),
+        ],
+    )
     assert r.exit_code == 0, r.output
     edit = json.loads(report.read_text())["edit"]
     assert edit["ok"] and edit["psnr_db"] >= PSNR_MIN_DB["fp32"] and edit["frames"][0] == 30

@@ -6,14 +6,14 @@ import json
 
 import pytest
 import torch
-
 from sv_engine.engine.backend import get_backend, load_manifest
 from sv_engine.engine.engine_cache import file_sha256
 from sv_engine.engine.parity import compare
-from sv_engine.errors import SvEngineError
 from sv_engine.export.onnx_export import export_all, export_onnx, prepare_out_dir
 from sv_engine.export.registry import MODEL_NAMES, build_specs
 from sv_engine.export.spec import TINY_SHAPES, ExportSpec
+
+from sv_engine.errors import SvEngineError
 
 #: fp32 ORT vs torch: same math, different summation order / fused kernels -> ≈1e-6 relative on
 #: these tiny nets; 1e-4 (the production fp32 bound) leaves room for other CPUs/thread counts.
@@ -191,16 +191,22 @@ def test_fp16_attention_forms(bundle):
     from diffusers.models.attention_processor import Attention, AttnProcessor
 
     components, _ = bundle
-    spec = build_specs(components, None, names=["unet_controlnet_canny"], precision="fp16", shapes=TINY_SHAPES)["unet_controlnet_canny"]
+    spec = build_specs(components, None, names=["unet_controlnet_canny"], precision="fp16", shapes=TINY_SHAPES)[
+        "unet_controlnet_canny"
+    ]
     classic, fused = spec.torch_module(), spec.torch_module(fused_attention=True)
     assert spec.model_source().module is fused
     attention = [m for m in classic.modules() if isinstance(m, Attention)]
     assert attention and all(type(m.processor) is AttnProcessor and m.upcast_softmax for m in attention)
     fused_attention = [m for m in fused.modules() if isinstance(m, Attention)]
-    assert fused_attention and all(type(m.processor) is not AttnProcessor and not m.upcast_softmax for m in fused_attention)
+    assert fused_attention and all(
+        type(m.processor) is not AttnProcessor and not m.upcast_softmax for m in fused_attention
+    )
     assert all(m.weight.dtype == torch.float32 for m in fused.modules() if isinstance(m, torch.nn.GroupNorm))
 
-    spec32 = build_specs(components, None, names=["unet_controlnet_canny"], precision="fp32", shapes=TINY_SHAPES)["unet_controlnet_canny"]
+    spec32 = build_specs(components, None, names=["unet_controlnet_canny"], precision="fp32", shapes=TINY_SHAPES)[
+        "unet_controlnet_canny"
+    ]
     inputs = spec32.sample_inputs("opt")
     with torch.inference_mode():
         ref = spec32.torch_module()(*[inputs[n] for n in spec32.input_names()])[0]
@@ -218,7 +224,9 @@ def test_fp16_spec_modules_share_the_pipelines_fp16_weights():
 
     components = build_tiny_components(0)
     components.to(dtype=torch.float16)
-    spec = build_specs(components, None, names=["unet_controlnet_canny"], precision="fp16", shapes=TINY_SHAPES)["unet_controlnet_canny"]
+    spec = build_specs(components, None, names=["unet_controlnet_canny"], precision="fp16", shapes=TINY_SHAPES)[
+        "unet_controlnet_canny"
+    ]
     module = spec.torch_module(fused_attention=True)
     conv_in = components.unet.conv_in.weight
     assert any(p.data_ptr() == conv_in.data_ptr() for p in module.parameters())
@@ -226,7 +234,9 @@ def test_fp16_spec_modules_share_the_pipelines_fp16_weights():
     assert norm.weight.dtype == torch.float16 and "forward" not in vars(norm)
     copied_norms = [m for m in module.modules() if isinstance(m, torch.nn.GroupNorm)]
     assert copied_norms and all(m.weight.dtype == torch.float32 for m in copied_norms)
-    own = {p.data_ptr() for p in components.unet.parameters()} | {p.data_ptr() for p in components.controlnet_canny.parameters()}
+    own = {p.data_ptr() for p in components.unet.parameters()} | {
+        p.data_ptr() for p in components.controlnet_canny.parameters()
+    }
     copied = sum(p.numel() for p in module.parameters() if p.data_ptr() not in own)
     assert copied < 0.05 * sum(p.numel() for p in module.parameters())  # only the norms were copied
     inputs = spec.sample_inputs("opt")
@@ -242,11 +252,12 @@ def test_ort_attention_form_exports_fused_attention_and_matches_torch(bundle, tm
     attention processors back after the export."""
     import onnx
     from diffusers.models.attention_processor import Attention
-
     from sv_engine.export.onnx_export import write_manifest
 
     components, _ = bundle
-    specs = build_specs(components, None, names=["unet_controlnet_canny", "vae_decoder"], precision="fp32", shapes=TINY_SHAPES)
+    specs = build_specs(
+        components, None, names=["unet_controlnet_canny", "vae_decoder"], precision="fp32", shapes=TINY_SHAPES
+    )
     sources = {}
     for name, spec in specs.items():
         module = spec.torch_module(fused_attention=True)
@@ -269,7 +280,6 @@ def test_ort_attention_form_exports_fused_attention_and_matches_torch(bundle, tm
 def test_ort_attention_processor_falls_back_for_masks():
     """Calls the fused operator does not cover (an attention mask) run diffusers' SDPA processor."""
     from diffusers.models.attention_processor import Attention, AttnProcessor2_0
-
     from sv_engine.export.ort_attention import OrtAttnProcessor
 
     torch.manual_seed(0)

@@ -9,12 +9,12 @@ import cv2
 import numpy as np
 import pytest
 import torch
-
-from sv_engine.errors import SvEngineError
 from sv_engine.stablevideo.fit import FitOptions, fit_arrays, flow
 from sv_engine.stablevideo.fit import losses as fit_losses
 from sv_engine.stablevideo.fit.synthetic import make_clip
 from sv_engine.stablevideo.fit.video_input import read_frames, read_masks
+
+from sv_engine.errors import SvEngineError
 
 torch.set_num_threads(2)
 
@@ -126,7 +126,9 @@ def test_resume_interrupt_and_load(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     assert r2.iterations == 12
     assert all(torch.equal(seen[0][k], saved[k]) for k in saved)
     state2 = torch.load(out / "fit_state.pt", weights_only=False)
-    assert state2["optimizer"]["state"][0]["step"] == 8  # 4 main-phase steps before + 4 after: Adam moments carried over
+    assert (
+        state2["optimizer"]["state"][0]["step"] == 8
+    )  # 4 main-phase steps before + 4 after: Adam moments carried over
     assert state2["psnr_history"][0] == state["psnr_history"][0]  # history kept
 
     # Ctrl-C mid-fit: state saved, clean return, resume picks up from there.
@@ -155,7 +157,21 @@ def test_cli_fit_frames_folder_without_masks(tmp_path: Path) -> None:
     frames, _ = make_clip(5, 32, 24)
     src = _write_frames(tmp_path / "in", frames)
     out = tmp_path / "data" / "myclip"
-    args = ["fit", str(src), "--out", str(out), "--size", "32x24", "--iters", "3", "--device", "cpu", "--batch", "256", "--no-progress"]
+    args = [
+        "fit",
+        str(src),
+        "--out",
+        str(out),
+        "--size",
+        "32x24",
+        "--iters",
+        "3",
+        "--device",
+        "cpu",
+        "--batch",
+        "256",
+        "--no-progress",
+    ]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     report = json.loads((out / "fit_report.json").read_text())
@@ -174,7 +190,11 @@ def test_fit_quality_cpu(tmp_path: Path) -> None:
     CPU time / threads (clock="process"), so busy neighbours on a shared host slow the test down
     instead of failing it."""
     frames, masks = make_clip(10, 64, 48)
-    result = fit_arrays(frames, masks, FitOptions(out=tmp_path / "q", minutes=1.6, clock="process", device="cpu", progress=False, eval_seconds=1e9))
+    result = fit_arrays(
+        frames,
+        masks,
+        FitOptions(out=tmp_path / "q", minutes=1.6, clock="process", device="cpu", progress=False, eval_seconds=1e9),
+    )
     assert result.elapsed_s <= 1.6 * 60 + 5
     assert result.psnr_db >= 25.0, result.report["psnr_history"]
     report = json.loads((tmp_path / "q" / "fit_report.json").read_text())
@@ -190,7 +210,9 @@ def test_fit_then_edit(tmp_path: Path) -> None:
     frames, masks = make_clip(6, 64, 48)
     fit_arrays(frames, masks, FitOptions(out=tmp_path / "clip", iters=40, device="cpu", progress=False))
     components = load_components(torch.device("cpu"), tiny=True)
-    params = EditParams("a red toy", "snowy hills", steps=4, image_resolution=64, depth_resolution=64, keyframes=[1, 4], seed=3)
+    params = EditParams(
+        "a red toy", "snowy hills", steps=4, image_resolution=64, depth_resolution=64, keyframes=[1, 4], seed=3
+    )
     result = StableVideoPipeline(components, torch.device("cpu")).edit(tmp_path / "clip", params)
     assert result.frames.shape == (6, 48, 64, 3)
     assert result.frames.std() > 0  # a real render, not an empty frame

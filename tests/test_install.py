@@ -10,7 +10,16 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-SUBPACKAGES = ["sv_engine", "sv_engine.cli", "sv_engine.stablevideo", "sv_engine.stablevideo.models", "sv_engine.engine", "sv_engine.export", "sv_engine.kernels", "sv_engine.benchmarks"]
+SUBPACKAGES = [
+    "sv_engine",
+    "sv_engine.cli",
+    "sv_engine.stablevideo",
+    "sv_engine.stablevideo.models",
+    "sv_engine.engine",
+    "sv_engine.export",
+    "sv_engine.kernels",
+    "sv_engine.benchmarks",
+]
 # Generic names the design card forbids installing at top level.
 FORBIDDEN_TOP_LEVEL = ["engine", "export", "kernels", "stablevideo", "benchmarks"]
 
@@ -31,7 +40,9 @@ def _venv_with_current_deps(path: Path) -> Path:
     """A fresh venv that sees this environment's installed dependencies (no downloads) but not sv_engine."""
     venv.EnvBuilder(with_pip=True).create(path)
     python = path / "bin" / "python"
-    site = subprocess.check_output([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], text=True).strip()
+    site = subprocess.check_output(
+        [python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], text=True
+    ).strip()
     (Path(site) / "deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
     return python
 

@@ -1,10 +1,10 @@
 """Every kernel compiles through NVRTC for sm_80 and sm_90 (no GPU needed), and compile errors are clear."""
 
 import pytest
-
-from sv_engine.errors import SvEngineError
 from sv_engine.kernels import render, splat, warp
 from sv_engine.kernels._nvrtc import compile_cubin
+
+from sv_engine.errors import SvEngineError
 
 
 def _nvrtc_loads() -> bool:
@@ -16,7 +16,9 @@ def _nvrtc_loads() -> bool:
         return False
 
 
-pytestmark = pytest.mark.skipif(not _nvrtc_loads(), reason="NVRTC's library cannot be loaded (pip install nvidia-cuda-nvrtc)")
+pytestmark = pytest.mark.skipif(
+    not _nvrtc_loads(), reason="NVRTC's library cannot be loaded (pip install nvidia-cuda-nvrtc)"
+)
 
 
 @pytest.mark.parametrize("arch", ["sm_80", "sm_90"])

@@ -5,9 +5,9 @@ import re
 import pytest
 import torch
 import torch.nn.functional as F
+from sv_engine.kernels import render_composite, render_composite_reference
 
 from sv_engine.errors import SvEngineError
-from sv_engine.kernels import render_composite, render_composite_reference
 
 needs_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -24,6 +24,7 @@ def poison_allocator(*outputs):
 
 def make_inputs(gen, t=3, h=17, w=23, atlas=(40, 56), channels=4, dtype=torch.float32, device="cpu", masked=False):
     """Random inputs; grids reach past [-1, 1] and atlases past [0, 1] to exercise padding and clamping."""
+
     def rand(*shape):
         return torch.rand(*shape, generator=gen)
 
@@ -40,8 +41,11 @@ def make_inputs(gen, t=3, h=17, w=23, atlas=(40, 56), channels=4, dtype=torch.fl
     return {k: v.to(device) for k, v in inputs.items()}
 
 
-def float64_composite(fg_atlas, bg_atlas, fg_grid, bg_grid, alpha, mask=None, original=None, fg_padding="zeros", bg_padding="zeros"):
+def float64_composite(
+    fg_atlas, bg_atlas, fg_grid, bg_grid, alpha, mask=None, original=None, fg_padding="zeros", bg_padding="zeros"
+):
     """The documented formula in float64, with F.grid_sample as the sampler."""
+
     def sample(atlas, grid, padding):
         image = atlas[..., :3].permute(2, 0, 1)[None].double()
         out = F.grid_sample(image, grid.double().flatten(0, 1)[None], padding_mode=padding, align_corners=False)

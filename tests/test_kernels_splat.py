@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import torch
 from scipy.interpolate import griddata
+from sv_engine.kernels import splat_to_atlas, splat_to_atlas_reference
 
 from sv_engine.errors import SvEngineError
-from sv_engine.kernels import splat_to_atlas, splat_to_atlas_reference
 
 needs_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -22,7 +22,9 @@ def grid_mapping(h, w, curvature=0.0, offset=(6.0, 4.0)):
 
 def griddata_atlas(points, values, size):
     ys, xs = np.mgrid[0:size, 0:size]
-    out = griddata(points.reshape(-1, 2).numpy(), values.reshape(values.shape[0], -1).T.numpy(), (xs, ys), method="linear")
+    out = griddata(
+        points.reshape(-1, 2).numpy(), values.reshape(values.shape[0], -1).T.numpy(), (xs, ys), method="linear"
+    )
     covered = ~np.isnan(out[..., 0])
     return np.nan_to_num(out).transpose(2, 0, 1), covered
 

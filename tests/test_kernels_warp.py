@@ -3,9 +3,9 @@
 import pytest
 import torch
 import torch.nn.functional as F
+from sv_engine.kernels import pad_grids, warp_atlas, warp_atlas_reference
 
 from sv_engine.errors import SvEngineError
-from sv_engine.kernels import pad_grids, warp_atlas, warp_atlas_reference
 
 needs_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 

@@ -6,13 +6,13 @@ import numpy as np
 import pytest
 import torch
 from diffusers import DDIMScheduler
-
-from sv_engine.errors import SvEngineError
 from sv_engine.stablevideo.models.components import DDIM_SCHEDULER_CONFIG
 from sv_engine.stablevideo.models.ddim import DDIMSampler
 from sv_engine.stablevideo.models.depth import dpt_forward, estimate_depth
 from sv_engine.stablevideo.models.diffusion import ControlledDenoiser, img2img, txt2img
 from sv_engine.stablevideo.models.tiny import build_tiny_components
+
+from sv_engine.errors import SvEngineError
 
 
 def random_eps_fn(seed: int):

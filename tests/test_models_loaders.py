@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-
-from sv_engine.errors import SvEngineError
 from sv_engine.stablevideo.models import loaders
 from sv_engine.stablevideo.models.tiny import (
     TINY_DPT_CONFIG,
@@ -22,19 +20,32 @@ from sv_engine.stablevideo.models.tiny import (
     build_tiny_components,
 )
 
+from sv_engine.errors import SvEngineError
+
 # --------------------------------------------------------------------------------------------------
 # diffusers -> LDM (inverse of the loader, test-only)
 # --------------------------------------------------------------------------------------------------
 
-RESNET = [("norm1.", "in_layers.0."), ("conv1.", "in_layers.2."), ("norm2.", "out_layers.0."),
-          ("conv2.", "out_layers.3."), ("time_emb_proj.", "emb_layers.1."), ("conv_shortcut.", "skip_connection.")]
+RESNET = [
+    ("norm1.", "in_layers.0."),
+    ("conv1.", "in_layers.2."),
+    ("norm2.", "out_layers.0."),
+    ("conv2.", "out_layers.3."),
+    ("time_emb_proj.", "emb_layers.1."),
+    ("conv_shortcut.", "skip_connection."),
+]
 
 
 def unet_prefixes(config, controlnet: bool) -> list[tuple[str, str]]:
     lpb, n = config["layers_per_block"], len(config["block_out_channels"])
-    pairs = [("time_embedding.linear_1.", "time_embed.0."), ("time_embedding.linear_2.", "time_embed.2."),
-             ("conv_in.", "input_blocks.0.0."), ("mid_block.resnets.0.", "middle_block.0."),
-             ("mid_block.attentions.0.", "middle_block.1."), ("mid_block.resnets.1.", "middle_block.2.")]
+    pairs = [
+        ("time_embedding.linear_1.", "time_embed.0."),
+        ("time_embedding.linear_2.", "time_embed.2."),
+        ("conv_in.", "input_blocks.0.0."),
+        ("mid_block.resnets.0.", "middle_block.0."),
+        ("mid_block.attentions.0.", "middle_block.1."),
+        ("mid_block.resnets.1.", "middle_block.2."),
+    ]
     for i in range(n):
         for j in range(lpb):
             pairs.append((f"down_blocks.{i}.resnets.{j}.", f"input_blocks.{(lpb + 1) * i + j + 1}.0."))
@@ -49,9 +60,11 @@ def unet_prefixes(config, controlnet: bool) -> list[tuple[str, str]]:
         pairs.append((f"up_blocks.{i}.upsamplers.0.", f"output_blocks.{(lpb + 1) * i + lpb}.{2 if up_attn else 1}."))
     if controlnet:
         nb = 2 * (len(config["conditioning_embedding_out_channels"]) - 1)
-        pairs += [("controlnet_mid_block.", "middle_block_out.0."),
-                  ("controlnet_cond_embedding.conv_in.", "input_hint_block.0."),
-                  ("controlnet_cond_embedding.conv_out.", f"input_hint_block.{2 * (nb + 1)}.")]
+        pairs += [
+            ("controlnet_mid_block.", "middle_block_out.0."),
+            ("controlnet_cond_embedding.conv_in.", "input_hint_block.0."),
+            ("controlnet_cond_embedding.conv_out.", f"input_hint_block.{2 * (nb + 1)}."),
+        ]
         pairs += [(f"controlnet_cond_embedding.blocks.{b}.", f"input_hint_block.{2 * (b + 1)}.") for b in range(nb)]
         pairs += [(f"controlnet_down_blocks.{k}.", f"zero_convs.{k}.0.") for k in range(3 * n + 1)]
     else:
@@ -64,10 +77,10 @@ def rename(sd, pairs, inner=()):
     for key, value in sd.items():
         match = max((p for p in pairs if key.startswith(p[0])), key=lambda p: len(p[0]), default=None)
         assert match is not None, key
-        rest = key[len(match[0]):]
+        rest = key[len(match[0]) :]
         for a, b in inner:
             if rest.startswith(a):
-                rest = b + rest[len(a):]
+                rest = b + rest[len(a) :]
         out[match[1] + rest] = value
     return out
 
@@ -78,9 +91,9 @@ def unet_to_ldm(model, controlnet=False):
     out = {}
     for key, value in sd.items():
         match = max((p for p in pairs if key.startswith(p[0])), key=lambda p: len(p[0]))
-        rest = key[len(match[0]):]
+        rest = key[len(match[0]) :]
         if ".resnets." in match[0] or match[0].startswith("mid_block.resnets"):
-            rest = next((b + rest[len(a):] for a, b in RESNET if rest.startswith(a)), rest)
+            rest = next((b + rest[len(a) :] for a, b in RESNET if rest.startswith(a)), rest)
         out[match[1] + rest] = value
     return out
 
@@ -88,8 +101,17 @@ def unet_to_ldm(model, controlnet=False):
 def vae_to_ldm(model):
     cfg = model.config
     n, lpb = len(cfg["block_out_channels"]), cfg["layers_per_block"]
-    pairs = [(p, p) for p in ("encoder.conv_in.", "encoder.conv_out.", "decoder.conv_in.", "decoder.conv_out.",
-                              "quant_conv.", "post_quant_conv.")]
+    pairs = [
+        (p, p)
+        for p in (
+            "encoder.conv_in.",
+            "encoder.conv_out.",
+            "decoder.conv_in.",
+            "decoder.conv_out.",
+            "quant_conv.",
+            "post_quant_conv.",
+        )
+    ]
     pairs += [("encoder.conv_norm_out.", "encoder.norm_out."), ("decoder.conv_norm_out.", "decoder.norm_out.")]
     for part in ("encoder", "decoder"):
         pairs += [(f"{part}.mid_block.resnets.{k}.", f"{part}.mid.block_{k + 1}.") for k in range(2)]
@@ -99,8 +121,14 @@ def vae_to_ldm(model):
         pairs += [(f"decoder.up_blocks.{i}.resnets.{j}.", f"decoder.up.{n - 1 - i}.block.{j}.") for j in range(lpb + 1)]
         pairs.append((f"encoder.down_blocks.{i}.downsamplers.0.", f"encoder.down.{i}.downsample."))
         pairs.append((f"decoder.up_blocks.{i}.upsamplers.0.", f"decoder.up.{n - 1 - i}.upsample."))
-    inner = [("conv_shortcut.", "nin_shortcut."), ("group_norm.", "norm."), ("to_q.", "q."), ("to_k.", "k."),
-             ("to_v.", "v."), ("to_out.0.", "proj_out.")]
+    inner = [
+        ("conv_shortcut.", "nin_shortcut."),
+        ("group_norm.", "norm."),
+        ("to_q.", "q."),
+        ("to_k.", "k."),
+        ("to_v.", "v."),
+        ("to_out.0.", "proj_out."),
+    ]
     out = rename(model.state_dict(), pairs, inner)
     for key, value in out.items():  # LDM's VAE attention uses 1x1 convs
         if ".mid.attn_1." in key and key.endswith("weight") and value.ndim == 2:
@@ -124,8 +152,13 @@ def tiny():
 
 @pytest.fixture(scope="module")
 def tiny_configs(tiny):
-    return {"unet": TINY_UNET_CONFIG, "vae": TINY_VAE_CONFIG, "text_encoder": TINY_TEXT_CONFIG,
-            "controlnet": dict(tiny.controlnet_canny.config), "dpt_hybrid": TINY_DPT_CONFIG}
+    return {
+        "unet": TINY_UNET_CONFIG,
+        "vae": TINY_VAE_CONFIG,
+        "text_encoder": TINY_TEXT_CONFIG,
+        "controlnet": dict(tiny.controlnet_canny.config),
+        "dpt_hybrid": TINY_DPT_CONFIG,
+    }
 
 
 def same_outputs(a, b):
@@ -147,16 +180,19 @@ def same_outputs(a, b):
             db, mb = cb(lat, t, encoder_hidden_states=emb, controlnet_cond=ctrl, return_dict=False)
             for x, y in zip([*da, ma], [*db, mb]):
                 torch.testing.assert_close(x, y, rtol=0, atol=0)
-        ea = a.unet(lat, t, encoder_hidden_states=emb, down_block_additional_residuals=da,
-                    mid_block_additional_residual=ma).sample
-        eb = b.unet(lat, t, encoder_hidden_states=emb, down_block_additional_residuals=da,
-                    mid_block_additional_residual=ma).sample
+        ea = a.unet(
+            lat, t, encoder_hidden_states=emb, down_block_additional_residuals=da, mid_block_additional_residual=ma
+        ).sample
+        eb = b.unet(
+            lat, t, encoder_hidden_states=emb, down_block_additional_residuals=da, mid_block_additional_residual=ma
+        ).sample
         torch.testing.assert_close(ea, eb, rtol=0, atol=0)
         torch.testing.assert_close(a.vae.encode(img).latent_dist.mean, b.vae.encode(img).latent_dist.mean)
         torch.testing.assert_close(a.vae.decode(lat[:1]).sample, b.vae.decode(lat[:1]).sample)
         if a.depth_model is not None and b.depth_model is not None:
-            torch.testing.assert_close(a.depth_model(pixel_values=img).predicted_depth,
-                                       b.depth_model(pixel_values=img).predicted_depth)
+            torch.testing.assert_close(
+                a.depth_model(pixel_values=img).predicted_depth, b.depth_model(pixel_values=img).predicted_depth
+            )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -183,7 +219,9 @@ def test_folder_loads_straight_into_the_edit_dtype(tiny, tmp_path):
     loaders.save_components(half, tmp_path)
     loaded = loaders.load_weights(tmp_path, dtype=torch.float16)
     for name in ("unet", "controlnet_canny", "vae", "text_encoder"):
-        for (key, ref), (_, got) in zip(getattr(half, name).state_dict().items(), getattr(loaded, name).state_dict().items()):
+        for (key, ref), (_, got) in zip(
+            getattr(half, name).state_dict().items(), getattr(loaded, name).state_dict().items()
+        ):
             assert got.dtype == ref.dtype and torch.equal(got, ref), (name, key)
 
 
@@ -243,8 +281,9 @@ def test_control_sd15_errors(tiny, tiny_configs, tmp_path):
     with pytest.raises(SvEngineError, match="control_model"):
         loaders.convert_control_sd15(no_control, tiny_configs)
     with pytest.raises(SvEngineError, match="do not fit"):  # wrong architecture for the configs
-        loaders.convert_control_sd15(good, {**tiny_configs, "vae": {**TINY_VAE_CONFIG, "latent_channels": 8}},
-                                     parts=("vae",))
+        loaders.convert_control_sd15(
+            good, {**tiny_configs, "vae": {**TINY_VAE_CONFIG, "latent_channels": 8}}, parts=("vae",)
+        )
     with pytest.raises(SvEngineError, match="No ControlNet"):
         loaders.load_original_checkpoints(None, None)
 
@@ -256,14 +295,19 @@ def test_control_sd15_errors(tiny, tiny_configs, tmp_path):
 
 def test_midas_key_names():
     assert loaders.midas_key("dpt.encoder.layer.3.attention.attention.key.bias") == (
-        "pretrained.model.blocks.3.attn.qkv.bias", 1)
+        "pretrained.model.blocks.3.attn.qkv.bias",
+        1,
+    )
     assert loaders.midas_key("neck.fusion_stage.layers.0.residual_layer2.convolution1.weight")[0] == (
-        "scratch.refinenet4.resConfUnit2.conv1.weight")
+        "scratch.refinenet4.resConfUnit2.conv1.weight"
+    )
     assert loaders.midas_key("neck.reassemble_stage.readout_projects.2.0.weight")[0] == (
-        "pretrained.act_postprocess3.0.project.0.weight")
+        "pretrained.act_postprocess3.0.project.0.weight"
+    )
     assert loaders.midas_key("neck.reassemble_stage.layers.3.resize.bias")[0] == "pretrained.act_postprocess4.4.bias"
     assert loaders.midas_key("dpt.embeddings.backbone.bit.encoder.stages.1.layers.0.downsample.conv.weight")[0] == (
-        "pretrained.model.patch_embed.backbone.stages.1.blocks.0.downsample.conv.weight")
+        "pretrained.model.patch_embed.backbone.stages.1.blocks.0.downsample.conv.weight"
+    )
     assert loaders.midas_key("head.head.4.bias")[0] == "scratch.output_conv.4.bias"
     assert loaders.midas_key("neck.convs.0.weight")[0] == "scratch.layer1_rn.weight"
 
@@ -287,8 +331,9 @@ def test_midas_round_trip(tiny, tiny_configs, tmp_path):
     model = loaders.load_midas_dpt_hybrid(path, tiny_configs["dpt_hybrid"])
     x = torch.rand(1, 3, 64, 64)
     with torch.no_grad():
-        torch.testing.assert_close(model(pixel_values=x).predicted_depth,
-                                   tiny.depth_model(pixel_values=x).predicted_depth, rtol=0, atol=0)
+        torch.testing.assert_close(
+            model(pixel_values=x).predicted_depth, tiny.depth_model(pixel_values=x).predicted_depth, rtol=0, atol=0
+        )
     del midas["scratch.layer1_rn.weight"]
     with pytest.raises(SvEngineError, match="missing"):
         loaders.load_midas_dpt_hybrid(midas, tiny_configs["dpt_hybrid"])
@@ -307,10 +352,16 @@ def test_load_weights_detects_layouts(tiny, tiny_configs, tmp_path):
     # original files spread like ControlNet's repo: models/ + annotator/ckpts/
     (tmp_path / "orig" / "models").mkdir(parents=True)
     (tmp_path / "orig" / "annotator" / "ckpts").mkdir(parents=True)
-    torch.save(tiny_ldm_checkpoint(tiny, tiny.controlnet_canny), tmp_path / "orig" / "models" / "control_sd15_canny.pth")
-    torch.save(tiny_ldm_checkpoint(tiny, tiny.controlnet_depth), tmp_path / "orig" / "models" / "control_sd15_depth.pth")
-    torch.save(loaders.midas_state_dict_from_model(tiny.depth_model),
-               tmp_path / "orig" / "annotator" / "ckpts" / "dpt_hybrid-midas-501f0c75.pt")
+    torch.save(
+        tiny_ldm_checkpoint(tiny, tiny.controlnet_canny), tmp_path / "orig" / "models" / "control_sd15_canny.pth"
+    )
+    torch.save(
+        tiny_ldm_checkpoint(tiny, tiny.controlnet_depth), tmp_path / "orig" / "models" / "control_sd15_depth.pth"
+    )
+    torch.save(
+        loaders.midas_state_dict_from_model(tiny.depth_model),
+        tmp_path / "orig" / "annotator" / "ckpts" / "dpt_hybrid-midas-501f0c75.pt",
+    )
     loaded = loaders.load_weights(tmp_path / "orig", configs=tiny_configs)
     assert loaded.depth_model is not None
     same_outputs(tiny, loaded)

@@ -8,7 +8,6 @@ import html
 import pytest
 import regex as re
 import torch
-
 from sv_engine.stablevideo.models.components import SDComponents
 from sv_engine.stablevideo.models.tiny import build_tiny_components
 from sv_engine.stablevideo.models.tokenizer import bpe_vocab_path, bytes_to_unicode, load_clip_tokenizer
@@ -138,10 +137,17 @@ def test_tiny_forward_shapes(tiny):
     t = torch.tensor([501, 501])
     eps_plain = tiny.unet(latents, t, encoder_hidden_states=emb, return_dict=False)[0]
     for cn in (tiny.controlnet_canny, tiny.controlnet_depth):
-        down, mid = cn(latents, t, encoder_hidden_states=emb, controlnet_cond=control, conditioning_scale=1.0,
-                       return_dict=False)
-        eps = tiny.unet(latents, t, encoder_hidden_states=emb, down_block_additional_residuals=down,
-                        mid_block_additional_residual=mid, return_dict=False)[0]
+        down, mid = cn(
+            latents, t, encoder_hidden_states=emb, controlnet_cond=control, conditioning_scale=1.0, return_dict=False
+        )
+        eps = tiny.unet(
+            latents,
+            t,
+            encoder_hidden_states=emb,
+            down_block_additional_residuals=down,
+            mid_block_additional_residual=mid,
+            return_dict=False,
+        )[0]
         assert eps.shape == latents.shape
         assert (eps - eps_plain).abs().max() > 1e-3  # the zero convs were randomised
     # the two ControlNets are independent random models, not copies of the UNet
@@ -167,6 +173,12 @@ def test_full_size_configs_on_meta():
 
     comps = build_random_components(seed=0, size="full", device="meta")
     counts = {k: round(v / 1e6, 1) for k, v in comps.num_parameters().items()}
-    assert counts == {"text_encoder": 123.1, "unet": 859.5, "controlnet_canny": 361.3, "controlnet_depth": 361.3,
-                      "vae": 83.7, "depth_model": 122.4}
+    assert counts == {
+        "text_encoder": 123.1,
+        "unet": 859.5,
+        "controlnet_canny": 361.3,
+        "controlnet_depth": 361.3,
+        "vae": 83.7,
+        "depth_model": 122.4,
+    }
     assert comps.unet.config.cross_attention_dim == 768 and comps.vae.config.scaling_factor == 0.18215

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 import torch
-
-from sv_engine.errors import SvEngineError
 from sv_engine.stablevideo.data import load_video_data
 from sv_engine.stablevideo.maps import compute_maps, load_or_compute_maps
 from sv_engine.stablevideo.nla import NLAField, NLAModel, normalize_xyt, positional_encoding
+
+from sv_engine.errors import SvEngineError
 
 
 def original_encoding(x: torch.Tensor, freqs: torch.Tensor) -> torch.Tensor:
@@ -25,7 +25,12 @@ def original_encoding(x: torch.Tensor, freqs: torch.Tensor) -> torch.Tensor:
 
 def test_checkpoint_layout_is_the_original() -> None:
     state = NLAModel.random().state_dict()
-    assert set(state) == {"model_F_mapping1_state_dict", "model_F_mapping2_state_dict", "F_atlas_state_dict", "model_F_alpha_state_dict"}
+    assert set(state) == {
+        "model_F_mapping1_state_dict",
+        "model_F_mapping2_state_dict",
+        "F_atlas_state_dict",
+        "model_F_alpha_state_dict",
+    }
     atlas = state["F_atlas_state_dict"]
     assert atlas["hidden.0.weight"].shape == (256, 40)  # 2 dims · 2 · 10 freqs, no raw x
     assert atlas["hidden.4.weight"].shape == (256, 296) and atlas["hidden.7.weight"].shape == (3, 296)
@@ -58,7 +63,10 @@ def test_load_data_folder_strict(random_data_dir: Path) -> None:
         (lambda d: (d / "checkpoint").unlink(), "checkpoint not found"),
         (lambda d: (d / "checkpoint").write_bytes(b"not a checkpoint"), "Cannot read NLA checkpoint"),
         (lambda d: (d / "config.json").write_text("{"), "not a valid StableVideo config"),
-        (lambda d: (d / "config.json").write_text(json.dumps({"resx": 48, "resy": 32, "number_of_frames": 9})), "holds 4 jpg/png frames"),
+        (
+            lambda d: (d / "config.json").write_text(json.dumps({"resx": 48, "resy": 32, "number_of_frames": 9})),
+            "holds 4 jpg/png frames",
+        ),
         (lambda d: (d / d.name / "00001.jpg").write_bytes(b"garbage"), "Cannot read frame"),
     ],
 )
@@ -101,7 +109,9 @@ def test_maps_cache_is_keyed_by_checkpoint(random_data_dir: Path, isolated_cache
     assert not torch.allclose(changed.fg_uv, first.fg_uv)
 
 
-def test_maps_cache_survives_concurrent_writers(random_data_dir: Path, isolated_cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_maps_cache_survives_concurrent_writers(
+    random_data_dir: Path, isolated_cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Two writers of one cache entry (the GPUs of a batch open the same clip) both finish, and the
     entry is whole. The barrier holds both between writing and renaming: with one shared temporary
     name, the second rename found its file already moved (seen on the H100 run e6a5af2)."""

@@ -8,7 +8,6 @@ import time
 import numpy as np
 import pytest
 import torch
-
 from sv_engine.engine.parity import psnr
 from sv_engine.stablevideo import pipeline as pipeline_module
 from sv_engine.stablevideo.demo import demo_data_dir
@@ -28,7 +27,9 @@ def components():
 
 @pytest.fixture(scope="module")
 def edit(components) -> EditResult:
-    return StableVideoPipeline(components, torch.device("cpu")).edit(demo_data_dir(), EditParams("a red toy", "snowy hills", **FAST))
+    return StableVideoPipeline(components, torch.device("cpu")).edit(
+        demo_data_dir(), EditParams("a red toy", "snowy hills", **FAST)
+    )
 
 
 def test_edit_shapes_and_timings(edit: EditResult) -> None:
@@ -53,14 +54,18 @@ def test_edit_is_reproducible_with_a_seed(components, edit: EditResult) -> None:
 
 def test_overlapped_background_is_bit_identical(components, edit: EditResult) -> None:
     """The background edit in a worker thread (forced on CPU) gives exactly the sequential frames."""
-    overlapped = StableVideoPipeline(components, torch.device("cpu"), overlap_background=True).edit(demo_data_dir(), EditParams("a red toy", "snowy hills", **FAST))
+    overlapped = StableVideoPipeline(components, torch.device("cpu"), overlap_background=True).edit(
+        demo_data_dir(), EditParams("a red toy", "snowy hills", **FAST)
+    )
     assert overlapped.overlapped_background
     assert {"background", "depth", "background diffusion"} <= set(overlapped.timings)
     assert np.array_equal(overlapped.frames, edit.frames)
     assert torch.equal(overlapped.bg_atlas, edit.bg_atlas)
 
 
-def test_overlapped_background_errors_propagate_and_the_worker_is_joined(components, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_overlapped_background_errors_propagate_and_the_worker_is_joined(
+    components, monkeypatch: pytest.MonkeyPatch
+) -> None:
     pipeline = StableVideoPipeline(components, torch.device("cpu"), overlap_background=True)
     params = EditParams("a red toy", "snowy hills", **FAST)
     workers: list[threading.Thread] = []
@@ -176,7 +181,11 @@ def test_ort_backend_edit_matches_torch(components, edit: EditResult, tmp_path) 
     shapes = ShapeRange(height=(64, 128, 512), width=(64, 128, 1024), multiple=64)
     accelerated = accelerate(components, "ort", "fp32", torch.device("cpu"), onnx_dir=tmp_path / "onnx", shapes=shapes)
     # ORT on the CPU runs on the calling thread: safe beside an overlapped background edit.
-    assert all(fn.thread_safe for fn in [*accelerated.unet_controlnet.values(), *accelerated.denoiser_overrides().values()])
-    pipeline = StableVideoPipeline(components, torch.device("cpu"), accelerated.unet_controlnet, accelerated.denoiser_overrides())
+    assert all(
+        fn.thread_safe for fn in [*accelerated.unet_controlnet.values(), *accelerated.denoiser_overrides().values()]
+    )
+    pipeline = StableVideoPipeline(
+        components, torch.device("cpu"), accelerated.unet_controlnet, accelerated.denoiser_overrides()
+    )
     ort_edit = pipeline.edit(demo_data_dir(), EditParams("a red toy", "snowy hills", **FAST))
     assert psnr(edit.frames, ort_edit.frames) >= 40.0

@@ -27,7 +27,15 @@ from sv_engine.service.workers import ModelConfig, WorkerPool  # noqa: E402
 
 TOKEN = "t0ken-for-tests-0123456789"
 # The smallest edit the pipeline allows: one keyframe, one DDIM step, 64 px, foreground only.
-TINY = {"steps": 1, "strength": 1.0, "image_resolution": 64, "depth_resolution": 64, "keyframes": [0], "seed": 7, "edit_background": False}
+TINY = {
+    "steps": 1,
+    "strength": 1.0,
+    "image_resolution": 64,
+    "depth_resolution": 64,
+    "keyframes": [0],
+    "seed": 7,
+    "edit_background": False,
+}
 
 
 def job(**overrides) -> dict:
@@ -104,7 +112,9 @@ def test_submit_status_video_preview(client: TestClient, service) -> None:
     assert (service[2] / job_id / "edit.mp4").is_file()  # per-job output folder named by the id
     assert client.delete(f"/jobs/{job_id}").status_code == 409  # already done
     schema = client.get("/openapi.json").json()
-    assert {"/jobs", "/jobs/{job_id}", "/jobs/{job_id}/video", "/jobs/{job_id}/preview", "/health"} <= set(schema["paths"])
+    assert {"/jobs", "/jobs/{job_id}", "/jobs/{job_id}/video", "/jobs/{job_id}/preview", "/health"} <= set(
+        schema["paths"]
+    )
 
 
 def test_hostile_requests_get_4xx_with_a_message(client: TestClient) -> None:
@@ -142,7 +152,11 @@ def test_bearer_token(service) -> None:
     with TestClient(create_app(manager, data_root=data_root, token=TOKEN)) as c:
         assert c.get("/health").status_code == 200  # liveness needs no token
         r = c.get("/jobs")
-        assert r.status_code == 401 and "bearer" in r.json()["detail"].lower() and r.headers["www-authenticate"] == "Bearer"
+        assert (
+            r.status_code == 401
+            and "bearer" in r.json()["detail"].lower()
+            and r.headers["www-authenticate"] == "Bearer"
+        )
         assert c.get("/jobs", headers={"Authorization": "Bearer wrong"}).status_code == 401
         assert c.get("/jobs", headers={"Authorization": TOKEN}).status_code == 401
         assert c.post("/jobs", json=job(data="../x")).status_code == 401  # auth is checked before the body is used
@@ -166,7 +180,11 @@ def test_real_socket_burst_cancel_and_no_lost_jobs(service) -> None:
 
     manager, data_root, _ = service
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(manager, data_root=data_root, token=TOKEN), host="127.0.0.1", port=port, log_level="warning"))
+    server = uvicorn.Server(
+        uvicorn.Config(
+            create_app(manager, data_root=data_root, token=TOKEN), host="127.0.0.1", port=port, log_level="warning"
+        )
+    )
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     try:
@@ -176,6 +194,7 @@ def test_real_socket_burst_cancel_and_no_lost_jobs(service) -> None:
         assert server.started
         auth = {"Authorization": f"Bearer {TOKEN}"}
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", headers=auth, timeout=30) as http:
+
             def submit(i: int):
                 return http.post("/jobs", json=job(seed=i))
 
@@ -211,7 +230,10 @@ def test_killed_worker_mid_job_is_retried(client: TestClient, service) -> None:
     actor = manager.pool.actors[0]
     pid_before = ray.get(actor.pid.remote(), timeout=30)
     # A slightly longer edit (two keyframes, four steps, background too) so the kill lands mid-edit.
-    r = client.post("/jobs", json=job(fg_prompt="a cat that survives", edit_background=True, steps=4, strength=0.8, keyframes=[0, 3]))
+    r = client.post(
+        "/jobs",
+        json=job(fg_prompt="a cat that survives", edit_background=True, steps=4, strength=0.8, keyframes=[0, 3]),
+    )
     assert r.status_code == 202, r.text
     job_id = r.json()["id"]
     running = wait_for(client, job_id, {"running", "done", "failed"})

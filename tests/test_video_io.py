@@ -7,9 +7,9 @@ import sys
 import cv2
 import numpy as np
 import pytest
+from sv_engine.stablevideo import video_io
 
 from sv_engine.errors import SvEngineError
-from sv_engine.stablevideo import video_io
 
 
 def _frames(t: int = 6, h: int = 48, w: int = 64) -> np.ndarray:
@@ -35,7 +35,9 @@ def _mean_abs_error(a: np.ndarray, b: np.ndarray) -> float:
 
 def test_write_mp4_h264(tmp_path):
     pytest.importorskip("imageio_ffmpeg", reason="imageio-ffmpeg not installed")
-    frames = np.repeat(np.linspace(0, 255, 64, dtype=np.uint8)[None, None, :, None], 48, axis=1).repeat(3, -1).repeat(6, 0)
+    frames = (
+        np.repeat(np.linspace(0, 255, 64, dtype=np.uint8)[None, None, :, None], 48, axis=1).repeat(3, -1).repeat(6, 0)
+    )
     out = tmp_path / "a.mp4"
     assert video_io.write_mp4(out, frames) == "h264 (imageio-ffmpeg)"
     back = _read_back(out)

@@ -27,12 +27,11 @@ import time
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
-
 from sv_engine.stablevideo.data import write_video_data
 from sv_engine.stablevideo.demo import scene
 from sv_engine.stablevideo.maps import pixel_grid
 from sv_engine.stablevideo.nla import IMLP, NLAField, NLAModel, atlas_rgb, normalize_xyt
+from tqdm import tqdm
 
 log = logging.getLogger("sv_engine.stablevideo.demo.build_demo")
 
@@ -88,11 +87,20 @@ def _train(name: str, net: IMLP, steps: int, batch_fn, loss_fn, progress: bool) 
     return float(ema)
 
 
-def fit(steps: dict[str, int], seed: int = 0, progress: bool = True, nla: NLAModel | None = None, only: set[str] | None = None) -> tuple[NLAModel, dict]:
+def fit(
+    steps: dict[str, int],
+    seed: int = 0,
+    progress: bool = True,
+    nla: NLAModel | None = None,
+    only: set[str] | None = None,
+) -> tuple[NLAModel, dict]:
     """Fits the four nets (or only ``only``, starting from ``nla``); each net has its own sample generator."""
     torch.manual_seed(seed)
     nla = nla or NLAModel.random(seed)
-    gens = {name: torch.Generator().manual_seed(seed + 1 + k) for k, name in enumerate(("bg_mapping", "fg_mapping", "alpha", "atlas"))}
+    gens = {
+        name: torch.Generator().manual_seed(seed + 1 + k)
+        for k, name in enumerate(("bg_mapping", "fg_mapping", "alpha", "atlas"))
+    }
     report: dict = {"steps": steps, "seconds": {}}
 
     def fg_batch():
@@ -182,8 +190,16 @@ def evaluate(nla: NLAModel, frames: list[int] | None = None) -> dict:
     fg_tex, bg_tex = scene.analytic_textures()
     return {
         "frames": frames,
-        "fg_uv_abs_err": {"max": float(fg_err.max()), "p99": float(fg_err.quantile(0.99)), "median": float(fg_err.median())},
-        "bg_uv_abs_err": {"max": float(bg_err.max()), "p99": float(bg_err.quantile(0.99)), "median": float(bg_err.median())},
+        "fg_uv_abs_err": {
+            "max": float(fg_err.max()),
+            "p99": float(fg_err.quantile(0.99)),
+            "median": float(fg_err.median()),
+        },
+        "bg_uv_abs_err": {
+            "max": float(bg_err.max()),
+            "p99": float(bg_err.quantile(0.99)),
+            "median": float(bg_err.median()),
+        },
         "alpha_abs_err": {"max": float(a_err.max()), "p99": float(a_err.quantile(0.99)), "mean": float(a_err.mean())},
         "alpha_interior_min": interior_min,
         "alpha_outside_max": outside_max,
@@ -191,7 +207,14 @@ def evaluate(nla: NLAModel, frames: list[int] | None = None) -> dict:
     }
 
 
-def build(out: Path, steps: dict[str, int] | None = None, seed: int = 0, threads: int = 1, progress: bool = True, only: set[str] | None = None) -> dict:
+def build(
+    out: Path,
+    steps: dict[str, int] | None = None,
+    seed: int = 0,
+    threads: int = 1,
+    progress: bool = True,
+    only: set[str] | None = None,
+) -> dict:
     """Renders the frames, fits the NLA nets (``only``: refit just these, starting from the checkpoint in ``out``) and writes the folder."""
     torch.set_num_threads(threads)
     torch.use_deterministic_algorithms(True)
@@ -223,16 +246,35 @@ def build(out: Path, steps: dict[str, int] | None = None, seed: int = 0, threads
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "data" / "skicat", help="data folder to write (its name is the clip name)")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path(__file__).parent / "data" / "skicat",
+        help="data folder to write (its name is the clip name)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (1: fastest on a shared machine)")
-    parser.add_argument("--steps-scale", type=float, default=1.0, help="scale every network's step count (quick trials)")
+    parser.add_argument(
+        "--steps-scale", type=float, default=1.0, help="scale every network's step count (quick trials)"
+    )
     parser.add_argument("--no-progress", action="store_true")
-    parser.add_argument("--only", nargs="+", choices=sorted(DEFAULT_STEPS), help="refit only these nets, starting from the checkpoint in --out")
+    parser.add_argument(
+        "--only",
+        nargs="+",
+        choices=sorted(DEFAULT_STEPS),
+        help="refit only these nets, starting from the checkpoint in --out",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     steps = {k: max(1, int(v * args.steps_scale)) for k, v in DEFAULT_STEPS.items()}
-    build(args.out, steps, args.seed, args.threads, progress=not args.no_progress, only=set(args.only) if args.only else None)
+    build(
+        args.out,
+        steps,
+        args.seed,
+        args.threads,
+        progress=not args.no_progress,
+        only=set(args.only) if args.only else None,
+    )
 
 
 if __name__ == "__main__":

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+from sv_engine.stablevideo.nla import NLAModel
 
 from sv_engine.atomic_write import atomic_torch_save, atomic_write_bytes
 from sv_engine.errors import SvEngineError
-from sv_engine.stablevideo.nla import NLAModel
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +32,10 @@ def prepare_out_dir(root: Path, resume: bool, force: bool) -> None:
     contents = [p for p in root.iterdir()] if root.is_dir() else []
     if resume:
         if not (root / STATE_FILE).is_file():
-            raise SvEngineError(f"--resume: no {STATE_FILE} in {root}.", "run `sv-engine fit` without --resume first (or point --out at the folder of the interrupted fit).")
+            raise SvEngineError(
+                f"--resume: no {STATE_FILE} in {root}.",
+                "run `sv-engine fit` without --resume first (or point --out at the folder of the interrupted fit).",
+            )
         return
     if contents and not force:
         raise SvEngineError(
@@ -52,14 +55,20 @@ def write_frames_and_config(root: Path, frames: np.ndarray) -> None:
     t, h, w, _ = frames.shape
     folder = root / root.name
     folder.mkdir(parents=True, exist_ok=True)
-    extra = sorted(p.name for p in folder.iterdir() if p.suffix.lower() in (".jpg", ".png") and not (p.stem.isdigit() and int(p.stem) < t and p.suffix == ".jpg"))
+    extra = sorted(
+        p.name
+        for p in folder.iterdir()
+        if p.suffix.lower() in (".jpg", ".png") and not (p.stem.isdigit() and int(p.stem) < t and p.suffix == ".jpg")
+    )
     if extra:
         log.warning("%s holds other frames (%s...) that StableVideo would also read: remove them", folder, extra[0])
     for i, frame in enumerate(frames):
         buf = io.BytesIO()
         Image.fromarray(frame).save(buf, format="JPEG", quality=95, subsampling=0)  # 4:4:4: no chroma blur
         atomic_write_bytes(folder / f"{i:05d}.jpg", buf.getvalue())
-    atomic_write_bytes(root / "config.json", json.dumps({"resx": w, "resy": h, "number_of_frames": t}, indent=2).encode())
+    atomic_write_bytes(
+        root / "config.json", json.dumps({"resx": w, "resy": h, "number_of_frames": t}, indent=2).encode()
+    )
 
 
 def write_checkpoint(root: Path, nla: NLAModel, iteration: int, optimizer_state: dict | None = None) -> None:

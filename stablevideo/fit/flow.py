@@ -39,7 +39,9 @@ def warp_by_flow(image: np.ndarray, flow: np.ndarray) -> np.ndarray:
     return cv2.remap(image, gx + flow[..., 0], gy + flow[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
 
 
-def consistency_mask(flow_ab: np.ndarray, flow_ba: np.ndarray, threshold: float = 1.0, relative: float = 0.05) -> np.ndarray:
+def consistency_mask(
+    flow_ab: np.ndarray, flow_ba: np.ndarray, threshold: float = 1.0, relative: float = 0.05
+) -> np.ndarray:
     """Forward-backward check: x -> x + f_ab(x) -> back by f_ba must return within
     ``threshold + relative·|f_ab|`` pixels, and x + f_ab(x) must land inside the frame. (H, W) bool."""
     h, w = flow_ab.shape[:2]
@@ -73,7 +75,9 @@ def _grid(h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
     return np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
 
 
-def flow_homography(flow: np.ndarray, valid: np.ndarray, exclude: np.ndarray | None = None, step: int = 2) -> np.ndarray:
+def flow_homography(
+    flow: np.ndarray, valid: np.ndarray, exclude: np.ndarray | None = None, step: int = 2
+) -> np.ndarray:
     """The dominant (background) motion of a flow field as a 3x3 homography (RANSAC on a pixel subsample)."""
     h, w = flow.shape[:2]
     gx, gy = _grid(h, w)
@@ -119,10 +123,24 @@ def motion_masks(frames: np.ndarray, flows: Flows, threshold: float | None = Non
     """
     t_count, h, w = frames.shape[:3]
     m = max(h, w)
-    fw_res = np.stack([residual_motion(flows.forward[t], flow_homography(flows.forward[t], flows.forward_valid[t])) for t in range(t_count - 1)])
-    bw_res = np.stack([residual_motion(flows.backward[t], flow_homography(flows.backward[t], flows.backward_valid[t])) for t in range(t_count - 1)])
+    fw_res = np.stack(
+        [
+            residual_motion(flows.forward[t], flow_homography(flows.forward[t], flows.forward_valid[t]))
+            for t in range(t_count - 1)
+        ]
+    )
+    bw_res = np.stack(
+        [
+            residual_motion(flows.backward[t], flow_homography(flows.backward[t], flows.backward_valid[t]))
+            for t in range(t_count - 1)
+        ]
+    )
     # DIS smears motion over its patch size: half the strong residual motion separates object from halo.
-    thr = threshold if threshold is not None else max(0.5, 0.004 * m, 0.5 * float(np.percentile(np.concatenate([fw_res.ravel(), bw_res.ravel()]), 99)))
+    thr = (
+        threshold
+        if threshold is not None
+        else max(0.5, 0.004 * m, 0.5 * float(np.percentile(np.concatenate([fw_res.ravel(), bw_res.ravel()]), 99)))
+    )
     k = max(3, int(round(m / 64)) | 1)
     kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k))
     masks = np.zeros((t_count, h, w), bool)

@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
-
 from sv_engine.stablevideo.nla import NLAModel, alpha_from_output, atlas_rgb
 
 
@@ -97,14 +96,23 @@ def rigidity_loss(jac: torch.Tensor) -> torch.Tensor:
     return (jtj.reshape(-1, 4).pow(2).sum(1).sqrt() + inv.pow(2).sum(1).sqrt()).mean()
 
 
-def _jacobian(out0: torch.Tensor, out_x: torch.Tensor, out_y: torch.Tensor, step_x: torch.Tensor, step_y: torch.Tensor, px_scale: float) -> torch.Tensor:
+def _jacobian(
+    out0: torch.Tensor,
+    out_x: torch.Tensor,
+    out_y: torch.Tensor,
+    step_x: torch.Tensor,
+    step_y: torch.Tensor,
+    px_scale: float,
+) -> torch.Tensor:
     """Finite-difference Jacobian of a mapping in initial-layout pixels per pixel: (N, 2, 2)."""
     d_dx = (out_x - out0) / step_x[:, None] * px_scale
     d_dy = (out_y - out0) / step_y[:, None] * px_scale
     return torch.stack([d_dx, d_dy], dim=2)  # rows: u, v; cols: x, y
 
 
-def sample_batch(data: FitTensors, n: int, device: torch.device, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def sample_batch(
+    data: FitTensors, n: int, device: torch.device, generator: torch.Generator | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     t_count, h, w = data.frames.shape[:3]
     idx = torch.randint(t_count * h * w, (n,), device=device, generator=generator)
     t = idx // (h * w)
@@ -112,7 +120,16 @@ def sample_batch(data: FitTensors, n: int, device: torch.device, generator: torc
     return rem % w, rem // w, t
 
 
-def nla_step(nla: NLAModel, data: FitTensors, layout: Layout, weights: LossWeights, batch: int, flags: StepFlags, amp: bool = True, generator: torch.Generator | None = None) -> LossTerms:
+def nla_step(
+    nla: NLAModel,
+    data: FitTensors,
+    layout: Layout,
+    weights: LossWeights,
+    batch: int,
+    flags: StepFlags,
+    amp: bool = True,
+    generator: torch.Generator | None = None,
+) -> LossTerms:
     """One NLA loss evaluation on ``batch`` random pixels (plus neighbour / flow / rigidity points)."""
     device = data.frames.device
     t_count, h, w = data.frames.shape[:3]
@@ -139,8 +156,24 @@ def nla_step(nla: NLAModel, data: FitTensors, layout: Layout, weights: LossWeigh
     gy_step = torch.where(yg + big <= h - 1, big, -big).float()
 
     xf_, yf_ = xf.float(), yf.float()
-    px = [x.float(), (xs + dx).float(), xs.float(), xf_ + flow_fw[:, 0], xf_ + flow_bw[:, 0], xg.float() + gx_step, xg.float()]
-    py = [y.float(), ys.float(), (ys + dy).float(), yf_ + flow_fw[:, 1], yf_ + flow_bw[:, 1], yg.float(), yg.float() + gy_step]
+    px = [
+        x.float(),
+        (xs + dx).float(),
+        xs.float(),
+        xf_ + flow_fw[:, 0],
+        xf_ + flow_bw[:, 0],
+        xg.float() + gx_step,
+        xg.float(),
+    ]
+    py = [
+        y.float(),
+        ys.float(),
+        (ys + dy).float(),
+        yf_ + flow_fw[:, 1],
+        yf_ + flow_bw[:, 1],
+        yg.float(),
+        yg.float() + gy_step,
+    ]
     pt = [t.float(), ts.float(), ts.float(), (tf + 1).float(), (tf - 1).float(), tg.float(), tg.float()]
     sizes = [batch, s, s, f, f, g, g]
     xyt = layout.normalize(torch.cat(px), torch.cat(py), torch.cat(pt))
@@ -167,13 +200,17 @@ def nla_step(nla: NLAModel, data: FitTensors, layout: Layout, weights: LossWeigh
     gt_y = data.frames[ts, ys + dy, xs]
     v: dict[str, torch.Tensor] = {}
     v["rgb"] = (rgb0 - gt0).pow(2).sum(1).mean()
-    v["gradient"] = (((rgb_x - rgb0[:s]) - (gt_x - gt0[:s])).pow(2).sum(1) + ((rgb_y - rgb0[:s]) - (gt_y - gt0[:s])).pow(2).sum(1)).mean()
+    v["gradient"] = (
+        ((rgb_x - rgb0[:s]) - (gt_x - gt0[:s])).pow(2).sum(1) + ((rgb_y - rgb0[:s]) - (gt_y - gt0[:s])).pow(2).sum(1)
+    ).mean()
     v["sparsity"] = (c_fg[:batch] * (1 - alpha0[:, None])).pow(2).sum(1).mean()
 
     fg_px = layout.half / layout.fg_scale
     bg_px = layout.half / layout.bg_scale
     sx, sy = dx.float(), dy.float()
-    v["rigidity"] = rigidity_loss(_jacobian(fg_p[0][:s], fg_p[1], fg_p[2], sx, sy, fg_px)) + rigidity_loss(_jacobian(bg_p[0][:s], bg_p[1], bg_p[2], sx, sy, bg_px))
+    v["rigidity"] = rigidity_loss(_jacobian(fg_p[0][:s], fg_p[1], fg_p[2], sx, sy, fg_px)) + rigidity_loss(
+        _jacobian(bg_p[0][:s], bg_p[1], bg_p[2], sx, sy, bg_px)
+    )
     if g:
         v["global_rigidity_fg"] = rigidity_loss(_jacobian(fg_p[0][:g], fg_p[5], fg_p[6], gx_step, gy_step, fg_px))
         v["global_rigidity_bg"] = rigidity_loss(_jacobian(bg_p[0][:g], bg_p[5], bg_p[6], gx_step, gy_step, bg_px))
@@ -182,13 +219,18 @@ def nla_step(nla: NLAModel, data: FitTensors, layout: Layout, weights: LossWeigh
     w_fw, w_bw = ok_fw.float(), ok_bw.float()
     n_fw, n_bw = w_fw.sum().clamp(min=1), w_bw.sum().clamp(min=1)
 
-    def flow_term(out: list[torch.Tensor] | tuple[torch.Tensor, ...], px_scale: float, weight: torch.Tensor) -> torch.Tensor:
+    def flow_term(
+        out: list[torch.Tensor] | tuple[torch.Tensor, ...], px_scale: float, weight: torch.Tensor
+    ) -> torch.Tensor:
         err_fw = (out[3] - out[0][:f]).norm(dim=1) * px_scale
         err_bw = (out[4] - out[0][:f]).norm(dim=1) * px_scale
         return 0.5 * (err_fw * weight * w_fw).sum() / n_fw + 0.5 * (err_bw * weight * w_bw).sum() / n_bw
 
     v["flow"] = flow_term(fg_p, fg_px, a_f) + flow_term(bg_p, bg_px, 1 - a_f)
-    v["alpha_flow"] = 0.5 * ((alpha_fw - alpha0[:f]).abs() * w_fw).sum() / n_fw + 0.5 * ((alpha_bw - alpha0[:f]).abs() * w_bw).sum() / n_bw
+    v["alpha_flow"] = (
+        0.5 * ((alpha_fw - alpha0[:f]).abs() * w_fw).sum() / n_fw
+        + 0.5 * ((alpha_bw - alpha0[:f]).abs() * w_bw).sum() / n_bw
+    )
     if flags.bootstrap and data.masks is not None:
         v["alpha_bootstrap"] = F.binary_cross_entropy(alpha0.clamp(1e-4, 1 - 1e-4), data.masks[t, y, x])
 
@@ -196,7 +238,15 @@ def nla_step(nla: NLAModel, data: FitTensors, layout: Layout, weights: LossWeigh
     return LossTerms(v, total)
 
 
-def pretrain_step(nla: NLAModel, data: FitTensors, layout: Layout, targets_fn, batch: int, amp: bool, generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+def pretrain_step(
+    nla: NLAModel,
+    data: FitTensors,
+    layout: Layout,
+    targets_fn,
+    batch: int,
+    amp: bool,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Warm start with direct targets (cheaper and better conditioned than the full objective):
     the mappings regress the flow-initialised layout (NLA pretrains them to a scaled identity), the
     atlas regresses each pixel's colour at its target uv in its mask's layer, alpha the masks (BCE)."""
@@ -204,10 +254,15 @@ def pretrain_step(nla: NLAModel, data: FitTensors, layout: Layout, targets_fn, b
     x, y, t = sample_batch(data, batch, device, generator)
     xyt = layout.normalize(x.float(), y.float(), t.float())
     fg_target, bg_target = targets_fn(x.float(), y.float(), t)
-    v = {"map_fg": (nla.fg_mapping(xyt) - fg_target).pow(2).sum(1).mean(), "map_bg": (nla.bg_mapping(xyt) - bg_target).pow(2).sum(1).mean()}
+    v = {
+        "map_fg": (nla.fg_mapping(xyt) - fg_target).pow(2).sum(1).mean(),
+        "map_bg": (nla.bg_mapping(xyt) - bg_target).pow(2).sum(1).mean(),
+    }
     mask = data.masks[t, y, x]
     uv = torch.where(mask[:, None] > 0.5, fg_target * 0.5 + 0.5, bg_target * 0.5 - 0.5)
-    q = max(1, batch // 4)  # sparsity: the fg atlas is black where the fg layer is unused (as NLA's sparsity loss wants)
+    q = max(
+        1, batch // 4
+    )  # sparsity: the fg atlas is black where the fg layer is unused (as NLA's sparsity loss wants)
     with autocast_for(device, amp):
         alpha = alpha_from_output(nla.alpha(xyt).float())[:, 0]
         color = atlas_rgb(nla.atlas(torch.cat([uv, fg_target[:q] * 0.5 + 0.5])).float())

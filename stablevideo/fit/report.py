@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-
-from sv_engine.atomic_write import atomic_write_bytes
 from sv_engine.stablevideo.fit.losses import Layout
 from sv_engine.stablevideo.nla import NLAModel, alpha_from_output, atlas_rgb, bg_uv, fg_uv
+
+from sv_engine.atomic_write import atomic_write_bytes
 
 
 def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -23,7 +23,9 @@ def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 @torch.no_grad()
-def evaluate_points(nla: NLAModel, xyt: torch.Tensor, chunk: int = 1 << 16) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+def evaluate_points(
+    nla: NLAModel, xyt: torch.Tensor, chunk: int = 1 << 16
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(N, 3) normalised points -> reconstructed rgb (N, 3), alpha (N,), fg uv (N, 2), bg uv (N, 2); fp32."""
     outs: list[list[torch.Tensor]] = [[], [], [], []]
     for start in range(0, xyt.shape[0], chunk):
@@ -39,13 +41,17 @@ def evaluate_points(nla: NLAModel, xyt: torch.Tensor, chunk: int = 1 << 16) -> t
 
 
 @torch.no_grad()
-def reconstruct_frames(nla: NLAModel, layout: Layout, frame_ids: list[int], device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+def reconstruct_frames(
+    nla: NLAModel, layout: Layout, frame_ids: list[int], device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Reconstruction (len, H, W, 3), alpha (len, H, W), fg uv and bg uv (len, H, W, 2) of the given frames."""
     h, w = layout.resy, layout.resx
     ys, xs = torch.meshgrid(torch.arange(h, device=device), torch.arange(w, device=device), indexing="ij")
     rgbs, alphas, ufs, ubs = [], [], [], []
     for t in frame_ids:
-        xyt = layout.normalize(xs.reshape(-1).float(), ys.reshape(-1).float(), torch.full((h * w,), float(t), device=device))
+        xyt = layout.normalize(
+            xs.reshape(-1).float(), ys.reshape(-1).float(), torch.full((h * w,), float(t), device=device)
+        )
         rgb, a, uf, ub = evaluate_points(nla, xyt)
         rgbs.append(rgb.view(h, w, 3))
         alphas.append(a.view(h, w))
@@ -105,11 +111,16 @@ def write_preview(path: Path, nla: NLAModel, layout: Layout, frames: torch.Tenso
     fg_sel = uf[fg_mask] if fg_mask.any() else uf.reshape(-1, 2)
     h, w = layout.resy, layout.resx
     tile = max(h, w)
-    atlases = [atlas_image(nla, fg_sel.min(0).values, fg_sel.max(0).values, tile, device), atlas_image(nla, ub.reshape(-1, 2).min(0).values, ub.reshape(-1, 2).max(0).values, tile, device)]
+    atlases = [
+        atlas_image(nla, fg_sel.min(0).values, fg_sel.max(0).values, tile, device),
+        atlas_image(nla, ub.reshape(-1, 2).min(0).values, ub.reshape(-1, 2).max(0).values, tile, device),
+    ]
     frame_rows = []
     for i, t in enumerate(ids):
         fg_layer = atlas_rgb(nla.atlas(uf[i].reshape(-1, 2))).view(h, w, 3) * alpha[i][..., None]
-        frame_rows.append(np.concatenate([_to_u8(frames[t]), _to_u8(rec[i]), _to_u8(alpha[i]), _to_u8(fg_layer)], axis=1))
+        frame_rows.append(
+            np.concatenate([_to_u8(frames[t]), _to_u8(rec[i]), _to_u8(alpha[i]), _to_u8(fg_layer)], axis=1)
+        )
     width = frame_rows[0].shape[1]
     atlas_row = np.concatenate([_pad_to(a, tile, a.shape[1]) for a in atlases], axis=1)
     atlas_row = _pad_to(atlas_row, tile, max(width, atlas_row.shape[1]))

@@ -15,7 +15,14 @@ def smooth_texture(h: int, w: int, sigma: float, rng: np.random.Generator) -> np
     return 0.1 + 0.8 * (tex - lo) / np.maximum(hi - lo, 1e-6)
 
 
-def make_clip(num_frames: int = 12, width: int = 64, height: int = 48, seed: int = 0, pan_px: float | None = None, detail: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+def make_clip(
+    num_frames: int = 12,
+    width: int = 64,
+    height: int = 48,
+    seed: int = 0,
+    pan_px: float | None = None,
+    detail: float = 1.0,
+) -> tuple[np.ndarray, np.ndarray]:
     """frames (T, H, W, 3) uint8 and masks (T, H, W) bool of a moving textured square over a panning
     background. ``detail`` > 1 makes finer textures; the motion is integer-free (sub-pixel)."""
     rng = np.random.default_rng(seed)

@@ -13,14 +13,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
-
-from sv_engine.atomic_write import atomic_torch_save
-from sv_engine.errors import SvEngineError
 from sv_engine.stablevideo.fit import datafolder, flow, report
 from sv_engine.stablevideo.fit.losses import FitTensors, Layout, LossWeights, StepFlags, nla_step, pretrain_step
 from sv_engine.stablevideo.fit.video_input import read_frames, read_masks
 from sv_engine.stablevideo.nla import NLAModel
+from tqdm import tqdm
+
+from sv_engine.atomic_write import atomic_torch_save
+from sv_engine.errors import SvEngineError
 
 log = logging.getLogger(__name__)
 
@@ -42,12 +42,18 @@ class FitOptions:
     arch: str = "nla"
     seed: int = 0
     batch_size: int | None = None  # default: 1024 on CPU, 131072 on CUDA
-    lr: float | None = None  # main phase: default 1e-3 on CUDA (~30 it/s, thousands of steps), 1e-4 on CPU (NLA's own lr)
+    lr: float | None = (
+        None  # main phase: default 1e-3 on CUDA (~30 it/s, thousands of steps), 1e-4 on CPU (NLA's own lr)
+    )
     warm_lr: float = 2e-3  # the warm start's direct regression tolerates (and gains from) a higher lr
     lr_min: float = 1e-4
-    pretrain_fraction: float | None = None  # warm start on direct targets (layout, colours, masks); default 0.3 on CUDA, 0.85 on CPU
+    pretrain_fraction: float | None = (
+        None  # warm start on direct targets (layout, colours, masks); default 0.3 on CUDA, 0.85 on CPU
+    )
     clock: str = "wall"  # "process": budget in CPU-seconds / torch threads ("M minutes of a dedicated machine"), robust to busy hosts
-    bootstrap_fraction: float | None = None  # alpha BCE against the masks for this part of the main phase; default 0.6 CUDA, 1.0 CPU
+    bootstrap_fraction: float | None = (
+        None  # alpha BCE against the masks for this part of the main phase; default 0.6 CUDA, 1.0 CPU
+    )
     global_rigidity_fraction: float = 0.4  # of the main phase
     checkpoint_minutes: float = 3.0
     eval_seconds: float = 30.0
@@ -71,13 +77,22 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise SvEngineError("--device cuda was requested but no CUDA GPU is available to torch.", "use --device cpu (slow: minutes per tiny clip) or run on a machine with an NVIDIA GPU and a CUDA build of torch.")
+        raise SvEngineError(
+            "--device cuda was requested but no CUDA GPU is available to torch.",
+            "use --device cpu (slow: minutes per tiny clip) or run on a machine with an NVIDIA GPU and a CUDA build of torch.",
+        )
     if name not in ("cpu",) and not name.startswith("cuda"):
         raise SvEngineError(f"Unknown device {name!r}.", "use --device cuda or --device cpu.")
     return torch.device(name)
 
 
-def fit_video(source: str | Path, options: FitOptions, mask_source: str | Path | None = None, max_frames: int | None = None, size: tuple[int, int] | None = (768, 432)) -> FitResult:
+def fit_video(
+    source: str | Path,
+    options: FitOptions,
+    mask_source: str | Path | None = None,
+    max_frames: int | None = None,
+    size: tuple[int, int] | None = (768, 432),
+) -> FitResult:
     """Reads the video (and masks) and fits it; see :func:`fit_arrays`."""
     frames, src_size, _ = read_frames(source, max_frames, size)
     masks = None
@@ -168,13 +183,18 @@ def _lr_at(progress: float, lr: float, lr_min: float) -> float:
 
 # ------------------------------------------------------------------------------------------- loop
 class _Trainer:
-    def __init__(self, frames: np.ndarray, masks: np.ndarray | None, options: FitOptions, callback: Callable[[dict], None] | None) -> None:
+    def __init__(
+        self, frames: np.ndarray, masks: np.ndarray | None, options: FitOptions, callback: Callable[[dict], None] | None
+    ) -> None:
         self.o = options
         self.callback = callback
         self.root = Path(options.out).expanduser().resolve()
         self.device = resolve_device(options.device)
         if options.arch != "nla":
-            raise SvEngineError(f"--arch {options.arch} is not available.", "use --arch nla (the original NLA architecture, loadable by StableVideo).")
+            raise SvEngineError(
+                f"--arch {options.arch} is not available.",
+                "use --arch nla (the original NLA architecture, loadable by StableVideo).",
+            )
         if options.minutes is None and options.iters is None:
             options.minutes = 10.0
         # A short CPU budget gives only ~1.5k main-phase steps: there the full objective at lr 1e-3 undoes
@@ -193,7 +213,10 @@ class _Trainer:
         if t_count < 3:
             raise SvEngineError(f"{t_count} frame(s); fitting needs at least 3.", "pass a longer clip.")
         if masks is not None and masks.shape != (t_count, h, w):
-            raise SvEngineError(f"Masks have shape {masks.shape} but the frames are {(t_count, h, w)}.", "give one mask per frame, of the frames' size.")
+            raise SvEngineError(
+                f"Masks have shape {masks.shape} but the frames are {(t_count, h, w)}.",
+                "give one mask per frame, of the frames' size.",
+            )
         self.batch = options.batch_size or (131072 if self.device.type == "cuda" else 1024)
         self.layout = Layout(w, h, t_count)
         datafolder.prepare_out_dir(self.root, options.resume, options.force)
@@ -265,7 +288,10 @@ class _Trainer:
         try:
             state = torch.load(path, map_location=self.device, weights_only=False)
         except Exception as err:
-            raise SvEngineError(f"Cannot read {path}: {type(err).__name__}: {err}.", "the state file is damaged; start over in a new --out folder.") from err
+            raise SvEngineError(
+                f"Cannot read {path}: {type(err).__name__}: {err}.",
+                "the state file is damaged; start over in a new --out folder.",
+            ) from err
         if state.get("signature") != self.signature or list(state.get("shape", [])) != list(self.frames_u8.shape):
             raise SvEngineError(
                 f"--resume: {path} was fitted on a different input (shape {state.get('shape')} vs {list(self.frames_u8.shape)}).",
@@ -388,7 +414,9 @@ class _Trainer:
         for net in self.nla.modules().values():
             net.eval()
         final = report.video_psnr(self.nla, self.layout, self.data.frames)
-        self.psnr_history.append({"time_s": round(self.elapsed, 2), "iteration": self.iteration, "psnr_db": round(final, 3), "full": True})
+        self.psnr_history.append(
+            {"time_s": round(self.elapsed, 2), "iteration": self.iteration, "psnr_db": round(final, 3), "full": True}
+        )
         rep = {
             "psnr_db": round(final, 3),
             "psnr_history": self.psnr_history,
@@ -405,7 +433,8 @@ class _Trainer:
             "resx": self.layout.resx,
             "resy": self.layout.resy,
             "arch": self.o.arch,
-            "device": str(self.device) + (f" ({torch.cuda.get_device_name(self.device)})" if self.device.type == "cuda" else ""),
+            "device": str(self.device)
+            + (f" ({torch.cuda.get_device_name(self.device)})" if self.device.type == "cuda" else ""),
             "batch_size": self.batch,
             "torch": torch.__version__,
             "options": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self.o).items() if k != "weights"},
@@ -414,11 +443,20 @@ class _Trainer:
         if self.o.write_outputs:
             report.write_report(self.root / "fit_report.json", rep)
             report.write_preview(self.root / "fit_preview.png", self.nla, self.layout, self.data.frames)
-        log.info("fit %s: %d iterations in %.0fs, reconstruction PSNR %.2f dB -> %s", "interrupted" if interrupted else "done", self.iteration, self.elapsed, final, self.root)
+        log.info(
+            "fit %s: %d iterations in %.0fs, reconstruction PSNR %.2f dB -> %s",
+            "interrupted" if interrupted else "done",
+            self.iteration,
+            self.elapsed,
+            final,
+            self.root,
+        )
         return FitResult(self.root, self.iteration, self.elapsed, final, interrupted, rep)
 
 
-def fit_arrays(frames: np.ndarray, masks: np.ndarray | None, options: FitOptions, callback: Callable[[dict], None] | None = None) -> FitResult:
+def fit_arrays(
+    frames: np.ndarray, masks: np.ndarray | None, options: FitOptions, callback: Callable[[dict], None] | None = None
+) -> FitResult:
     """Fits NLA layered atlases to ``frames`` (T, H, W, 3) uint8 with optional ``masks`` (T, H, W) bool
     and writes the StableVideo data folder ``options.out`` (config.json, frames, checkpoint) plus
     ``fit_state.pt``, ``fit_report.json`` and ``fit_preview.png``. ``callback`` gets each PSNR record."""

@@ -71,7 +71,9 @@ def _to_rgb_uint8(frame: np.ndarray) -> np.ndarray:
     return frame
 
 
-def read_frames(source: str | Path, max_frames: int | None = None, size: tuple[int, int] | None = None) -> tuple[np.ndarray, tuple[int, int], int]:
+def read_frames(
+    source: str | Path, max_frames: int | None = None, size: tuple[int, int] | None = None
+) -> tuple[np.ndarray, tuple[int, int], int]:
     """Reads a video file or a frames folder.
 
     Returns (frames (T, H, W, 3) uint8 RGB resized to ``size`` (w, h) if given, the source size (w, h),
@@ -88,12 +90,22 @@ def read_frames(source: str | Path, max_frames: int | None = None, size: tuple[i
     else:
         raw = [_to_rgb_uint8(f) for f in _read_video(path, max_frames)]
     if len(raw) < MIN_FRAMES:
-        raise SvEngineError(f"{path} holds {len(raw)} frame(s); fitting needs at least {MIN_FRAMES}.", "pass a longer clip (StableVideo clips are ~70 frames).")
+        raise SvEngineError(
+            f"{path} holds {len(raw)} frame(s); fitting needs at least {MIN_FRAMES}.",
+            "pass a longer clip (StableVideo clips are ~70 frames).",
+        )
     src_h, src_w = raw[0].shape[:2]
     if any(f.shape[:2] != (src_h, src_w) for f in raw):
         raise SvEngineError(f"Frames of {path} differ in size.", "use frames of one size.")
     frames = np.stack([_resize(f, size, cv2.INTER_AREA) for f in raw])
-    log.info("read %d frames %dx%d from %s%s", len(frames), src_w, src_h, path, f" -> {frames.shape[2]}x{frames.shape[1]}" if size else "")
+    log.info(
+        "read %d frames %dx%d from %s%s",
+        len(frames),
+        src_w,
+        src_h,
+        path,
+        f" -> {frames.shape[2]}x{frames.shape[1]}" if size else "",
+    )
     return frames, (src_w, src_h), len(raw)
 
 
@@ -113,16 +125,24 @@ def read_masks(source: str | Path, num_frames: int, source_size: tuple[int, int]
     """
     path = Path(source).expanduser()
     if not path.exists():
-        raise SvEngineError(f"Mask input not found: {path}.", "pass a mask video or a folder of PNG masks (one per frame).")
+        raise SvEngineError(
+            f"Mask input not found: {path}.", "pass a mask video or a folder of PNG masks (one per frame)."
+        )
     if path.is_dir():
         files = _image_files(path)
         if len(files) < num_frames:
-            raise SvEngineError(f"{path} holds {len(files)} mask(s) for {num_frames} frames.", "give exactly one mask per frame (same order as the frames).")
+            raise SvEngineError(
+                f"{path} holds {len(files)} mask(s) for {num_frames} frames.",
+                "give exactly one mask per frame (same order as the frames).",
+            )
         raw = [_read_image(f, cv2.IMREAD_UNCHANGED) for f in files[:num_frames]]
     else:
         raw = _read_video(path, num_frames)
         if len(raw) < num_frames:
-            raise SvEngineError(f"Mask video {path} holds {len(raw)} frame(s) for {num_frames} frames.", "give one mask frame per video frame.")
+            raise SvEngineError(
+                f"Mask video {path} holds {len(raw)} frame(s) for {num_frames} frames.",
+                "give one mask frame per video frame.",
+            )
     masks = []
     for i, m in enumerate(raw):
         if m.ndim == 3:

@@ -74,7 +74,7 @@ class SDComponents:
         """The torch modules by field name (``None`` fields left out)."""
         return {name: getattr(self, name) for name in _MODULE_FIELDS if getattr(self, name) is not None}
 
-    def to(self, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> "SDComponents":
+    def to(self, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> SDComponents:
         """Move every model (the depth model included) to ``device`` / ``dtype`` in place; returns ``self``.
 
         Callers that want the depth model in float32 next to fp16 diffusion models cast it afterwards
@@ -84,7 +84,7 @@ class SDComponents:
             module.to(device=device, dtype=dtype)
         return self
 
-    def eval(self) -> "SDComponents":
+    def eval(self) -> SDComponents:
         """Put every model in eval mode and disable gradients; returns ``self``."""
         for module in self.modules().values():
             module.eval()

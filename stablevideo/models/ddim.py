@@ -38,8 +38,9 @@ EpsFn = Callable[[torch.Tensor, int], torch.Tensor]
 StepCallback = Callable[[int, int, torch.Tensor], None]
 
 
-def ldm_alphas_cumprod(num_train_timesteps: int = 1000, beta_start: float = 0.00085,
-                       beta_end: float = 0.012) -> np.ndarray:
+def ldm_alphas_cumprod(
+    num_train_timesteps: int = 1000, beta_start: float = 0.00085, beta_end: float = 0.012
+) -> np.ndarray:
     """ᾱ of SD 1.5 as LDM computes it (float64 math, float32 values)."""
     betas = np.linspace(beta_start**0.5, beta_end**0.5, num_train_timesteps, dtype=np.float64) ** 2
     return np.cumprod(1.0 - betas, axis=0).astype(np.float32)
@@ -66,16 +67,20 @@ class DDIMSampler:
     def make_schedule(self, steps: int) -> None:
         """Set the DDIM timesteps and alphas for ``steps`` sampling steps."""
         if not 0 < steps <= self.num_train_timesteps:
-            raise SvEngineError(f"DDIM steps must be in 1..{self.num_train_timesteps}, got {steps}.",
-                                "Pass a positive number of steps (StableVideo uses 20).")
+            raise SvEngineError(
+                f"DDIM steps must be in 1..{self.num_train_timesteps}, got {steps}.",
+                "Pass a positive number of steps (StableVideo uses 20).",
+            )
         if steps == self.steps:
             return
         c = self.num_train_timesteps // steps
         self.timesteps = np.asarray(list(range(0, self.num_train_timesteps, c))) + 1
         if self.timesteps[-1] >= self.num_train_timesteps:
             # LDM would index past the schedule here (steps that do not divide 1000 well).
-            raise SvEngineError(f"{steps} DDIM steps give timestep {self.timesteps[-1]} ≥ "
-                                f"{self.num_train_timesteps}.", "Use a step count that divides 1000 (e.g. 20, 25, 50).")
+            raise SvEngineError(
+                f"{steps} DDIM steps give timestep {self.timesteps[-1]} ≥ {self.num_train_timesteps}.",
+                "Use a step count that divides 1000 (e.g. 20, 25, 50).",
+            )
         ac = self.alphas_cumprod.astype(np.float64)
         self.alphas = ac[self.timesteps]
         self.alphas_prev = np.asarray([ac[0]] + ac[self.timesteps[:-1]].tolist())
@@ -101,8 +106,9 @@ class DDIMSampler:
         pred_x0 = (x - (1.0 - a_t) ** 0.5 * eps) / a_t**0.5
         return a_prev**0.5 * pred_x0 + (1.0 - a_prev) ** 0.5 * eps
 
-    def _loop(self, eps_fn: EpsFn, x: torch.Tensor, num: int, callback: StepCallback | None,
-              progress: bool) -> torch.Tensor:
+    def _loop(
+        self, eps_fn: EpsFn, x: torch.Tensor, num: int, callback: StepCallback | None, progress: bool
+    ) -> torch.Tensor:
         indices = list(reversed(range(num)))
         iterator = indices
         if progress:
@@ -119,8 +125,9 @@ class DDIMSampler:
     # -- txt2img -------------------------------------------------------------------------------
 
     @torch.no_grad()
-    def sample(self, eps_fn: EpsFn, x_T: torch.Tensor, steps: int, callback: StepCallback | None = None,
-               progress: bool = False) -> torch.Tensor:
+    def sample(
+        self, eps_fn: EpsFn, x_T: torch.Tensor, steps: int, callback: StepCallback | None = None, progress: bool = False
+    ) -> torch.Tensor:
         """Full DDIM sampling from ``x_T`` over timesteps 951, 901, …, 1 (for 20 steps)."""
         self.make_schedule(steps)
         return self._loop(eps_fn, x_T, steps, callback, progress)
@@ -133,22 +140,33 @@ class DDIMSampler:
             raise SvEngineError(f"Strength must be in [0, 1], got {strength}.", "Pass a strength between 0 and 1.")
         return int(steps * strength)
 
-    def stochastic_encode(self, x0: torch.Tensor, t_enc: int, noise: torch.Tensor,
-                          steps: int | None = None) -> torch.Tensor:
+    def stochastic_encode(
+        self, x0: torch.Tensor, t_enc: int, noise: torch.Tensor, steps: int | None = None
+    ) -> torch.Tensor:
         """Noise clean latents to DDIM index ``t_enc``: √ᾱ·x0 + √(1−ᾱ)·noise, ᾱ = ᾱ[timesteps[t_enc]]."""
         self._check_schedule(steps)
         if not 0 <= t_enc < len(self.timesteps):
-            raise SvEngineError(f"t_enc {t_enc} is outside the {len(self.timesteps)}-step DDIM schedule.",
-                                "Use a strength < 1 (t_enc = int(steps · strength) must be < steps).")
+            raise SvEngineError(
+                f"t_enc {t_enc} is outside the {len(self.timesteps)}-step DDIM schedule.",
+                "Use a strength < 1 (t_enc = int(steps · strength) must be < steps).",
+            )
         a = float(self.alphas[t_enc])
         return a**0.5 * x0 + (1.0 - a) ** 0.5 * noise
 
     @torch.no_grad()
-    def decode(self, x_t: torch.Tensor, t_enc: int, eps_fn: EpsFn, steps: int | None = None,
-               callback: StepCallback | None = None, progress: bool = False) -> torch.Tensor:
+    def decode(
+        self,
+        x_t: torch.Tensor,
+        t_enc: int,
+        eps_fn: EpsFn,
+        steps: int | None = None,
+        callback: StepCallback | None = None,
+        progress: bool = False,
+    ) -> torch.Tensor:
         """Denoise with DDIM timesteps ``[:t_enc]`` reversed (751, …, 1 for t_enc 16 of 20): LDM's quirk."""
         self._check_schedule(steps)
         if not 0 <= t_enc <= len(self.timesteps):
-            raise SvEngineError(f"t_enc {t_enc} is outside the {len(self.timesteps)}-step DDIM schedule.",
-                                "Use 0 ≤ t_enc ≤ steps.")
+            raise SvEngineError(
+                f"t_enc {t_enc} is outside the {len(self.timesteps)}-step DDIM schedule.", "Use 0 ≤ t_enc ≤ steps."
+            )
         return self._loop(eps_fn, x_t, t_enc, callback, progress)

@@ -26,8 +26,10 @@ def dpt_forward(model: torch.nn.Module, pixel_values: torch.Tensor) -> torch.Ten
     _, _, h, w = pixel_values.shape
     patch = config.patch_size if isinstance(config.patch_size, int) else config.patch_size[0]
     if h % patch or w % patch:
-        raise SvEngineError(f"Depth input {h}×{w} is not a multiple of the DPT patch size {patch}.",
-                            "Resize the image to multiples of 64 first (resize_image).")
+        raise SvEngineError(
+            f"Depth input {h}×{w} is not a multiple of the DPT patch size {patch}.",
+            "Resize the image to multiples of 64 first (resize_image).",
+        )
     if not config.is_hybrid:
         return model(pixel_values=pixel_values).predicted_depth
     embeddings = model.dpt.embeddings
@@ -44,8 +46,9 @@ def dpt_forward(model: torch.nn.Module, pixel_values: torch.Tensor) -> torch.Ten
 
 
 @torch.no_grad()
-def estimate_depth(model: torch.nn.Module, image_uint8_hwc: np.ndarray, detect_resolution: int | None = 384
-                   ) -> np.ndarray:
+def estimate_depth(
+    model: torch.nn.Module, image_uint8_hwc: np.ndarray, detect_resolution: int | None = 384
+) -> np.ndarray:
     """MiDaS depth map as uint8 (H', W'), where (H', W') = ``resize_image(image, detect_resolution)``.
 
     Args:
@@ -56,8 +59,9 @@ def estimate_depth(model: torch.nn.Module, image_uint8_hwc: np.ndarray, detect_r
     """
     image = np.asarray(image_uint8_hwc)
     if image.ndim != 3 or image.shape[-1] != 3 or image.dtype != np.uint8:
-        raise SvEngineError(f"Depth input has shape {image.shape} / {image.dtype}, expected uint8 H×W×3.",
-                            "Pass an RGB uint8 image.")
+        raise SvEngineError(
+            f"Depth input has shape {image.shape} / {image.dtype}, expected uint8 H×W×3.", "Pass an RGB uint8 image."
+        )
     if model is None:
         raise SvEngineError("No depth model is loaded.", "Load the MiDaS dpt_hybrid weights (--depth-weights).")
     if detect_resolution is not None:

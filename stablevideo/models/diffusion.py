@@ -57,12 +57,25 @@ class TorchUNetControlNet(torch.nn.Module):
         self.unet = unet
         self.controlnet = controlnet
 
-    def forward(self, latent: torch.Tensor, t: torch.Tensor, emb: torch.Tensor, control: torch.Tensor,
-                scale: float) -> torch.Tensor:
-        down, mid = self.controlnet(latent, t, encoder_hidden_states=emb, controlnet_cond=control,
-                                    conditioning_scale=float(scale), return_dict=False)
-        return self.unet(latent, t, encoder_hidden_states=emb, down_block_additional_residuals=down,
-                         mid_block_additional_residual=mid, return_dict=False)[0]
+    def forward(
+        self, latent: torch.Tensor, t: torch.Tensor, emb: torch.Tensor, control: torch.Tensor, scale: float
+    ) -> torch.Tensor:
+        down, mid = self.controlnet(
+            latent,
+            t,
+            encoder_hidden_states=emb,
+            controlnet_cond=control,
+            conditioning_scale=float(scale),
+            return_dict=False,
+        )
+        return self.unet(
+            latent,
+            t,
+            encoder_hidden_states=emb,
+            down_block_additional_residuals=down,
+            mid_block_additional_residual=mid,
+            return_dict=False,
+        )[0]
 
 
 def torch_text_encode(text_encoder: torch.nn.Module) -> TextEncodeFn:
@@ -134,16 +147,19 @@ class ControlledDenoiser:
             return controlnet
         module = {"canny": components.controlnet_canny, "depth": components.controlnet_depth}.get(controlnet)
         if module is None:
-            raise SvEngineError(f"No {controlnet!r} ControlNet in the loaded models.",
-                                "Use 'canny' or 'depth' and load the matching ControlNet weights.")
+            raise SvEngineError(
+                f"No {controlnet!r} ControlNet in the loaded models.",
+                "Use 'canny' or 'depth' and load the matching ControlNet weights.",
+            )
         return module
 
     # -- text ----------------------------------------------------------------------------------
 
     def tokenize(self, prompts: Sequence[str]) -> torch.Tensor:
         """(N, 77) int64 token ids, padded with ``<|endoftext|>`` and truncated like LDM."""
-        ids = self.tokenizer(list(prompts), truncation=True, max_length=MAX_TOKENS, padding="max_length",
-                             return_tensors="pt").input_ids
+        ids = self.tokenizer(
+            list(prompts), truncation=True, max_length=MAX_TOKENS, padding="max_length", return_tensors="pt"
+        ).input_ids
         return ids.to(self.device)
 
     @torch.no_grad()
@@ -156,8 +172,16 @@ class ControlledDenoiser:
     # -- noise prediction ----------------------------------------------------------------------
 
     @torch.no_grad()
-    def eps(self, latents: torch.Tensor, t: int | torch.Tensor, cond_emb: torch.Tensor, uncond_emb: torch.Tensor,
-            control: torch.Tensor, control_scale: float = 1.0, cfg: float = 9.0) -> torch.Tensor:
+    def eps(
+        self,
+        latents: torch.Tensor,
+        t: int | torch.Tensor,
+        cond_emb: torch.Tensor,
+        uncond_emb: torch.Tensor,
+        control: torch.Tensor,
+        control_scale: float = 1.0,
+        cfg: float = 9.0,
+    ) -> torch.Tensor:
         """Guided ε for latents (B, 4, h, w) at timestep ``t``.
 
         ``cond_emb`` / ``uncond_emb``: (B or 1, 77, D); ``control``: (B or 1, 3, 8h, 8w) in [0, 1].
@@ -167,23 +191,31 @@ class ControlledDenoiser:
         if control.shape[-2:] != (latents.shape[-2] * self.latent_factor, latents.shape[-1] * self.latent_factor):
             raise SvEngineError(
                 f"Control image {tuple(control.shape[-2:])} does not match latents {tuple(latents.shape[-2:])} "
-                f"× {self.latent_factor}.", "Resize the control image to the generation size (multiples of 64).")
+                f"× {self.latent_factor}.",
+                "Resize the control image to the generation size (multiples of 64).",
+            )
         latents = latents.to(self.device, self.dtype)
         cond = cond_emb.to(self.device, self.dtype).expand(b, -1, -1)
         uncond = uncond_emb.to(self.device, self.dtype).expand(b, -1, -1)
         control = control.to(self.device, self.dtype).expand(b, -1, -1, -1)
         t_val = int(t.reshape(-1)[0]) if isinstance(t, torch.Tensor) else int(t)
         t_2b = torch.full((2 * b,), t_val, device=self.device, dtype=torch.long)
-        eps_2b = self.unet_controlnet(torch.cat([latents, latents]), t_2b, torch.cat([uncond, cond]),
-                                      torch.cat([control, control]), float(control_scale))
+        eps_2b = self.unet_controlnet(
+            torch.cat([latents, latents]),
+            t_2b,
+            torch.cat([uncond, cond]),
+            torch.cat([control, control]),
+            float(control_scale),
+        )
         eps_u, eps_c = eps_2b.chunk(2)
         return eps_u + cfg * (eps_c - eps_u)
 
     # -- VAE -----------------------------------------------------------------------------------
 
     @torch.no_grad()
-    def encode_image(self, image: torch.Tensor, generator: torch.Generator | None = None,
-                     sample: bool = True) -> torch.Tensor:
+    def encode_image(
+        self, image: torch.Tensor, generator: torch.Generator | None = None, sample: bool = True
+    ) -> torch.Tensor:
         """Image (B, 3, H, W) in [−1, 1] → scaled latents: posterior sample (or mean) × 0.18215."""
         moments = self.vae_encode(image.to(self.device, self.dtype))
         mean, logvar = moments.chunk(2, dim=1)
@@ -198,8 +230,14 @@ class ControlledDenoiser:
         """Scaled latents → image (B, 3, H, W) in about [−1, 1] (÷ 0.18215 first)."""
         return self.vae_decode(latents.to(self.device, self.dtype) / self.vae_scale)
 
-    def eps_fn(self, cond_emb: torch.Tensor, uncond_emb: torch.Tensor, control: torch.Tensor,
-               control_scale: float = 1.0, cfg: float = 9.0) -> Callable[[torch.Tensor, int], torch.Tensor]:
+    def eps_fn(
+        self,
+        cond_emb: torch.Tensor,
+        uncond_emb: torch.Tensor,
+        control: torch.Tensor,
+        control_scale: float = 1.0,
+        cfg: float = 9.0,
+    ) -> Callable[[torch.Tensor, int], torch.Tensor]:
         """An ``eps_fn(x, t)`` for :class:`DDIMSampler` with fixed conditioning."""
 
         def fn(x: torch.Tensor, t: int) -> torch.Tensor:
@@ -256,8 +294,9 @@ def image_to_tensor(image: np.ndarray | torch.Tensor) -> torch.Tensor:
     if arr.ndim == 3:
         arr = arr[None]
     if arr.ndim != 4 or arr.shape[-1] != 3 or arr.dtype != np.uint8:
-        raise SvEngineError(f"Image has shape {arr.shape} / {arr.dtype}, expected uint8 H×W×3.",
-                            "Pass an RGB uint8 image.")
+        raise SvEngineError(
+            f"Image has shape {arr.shape} / {arr.dtype}, expected uint8 H×W×3.", "Pass an RGB uint8 image."
+        )
     return torch.from_numpy(arr.astype(np.float32) / 127.5 - 1.0).permute(0, 3, 1, 2).contiguous()
 
 
@@ -300,11 +339,13 @@ def txt2img(
         raise SvEngineError(f"Control size {h}×{w} is not a multiple of {f}.", "Resize to multiples of 64.")
     generator = generator if generator is not None else make_generator(seed)
     cond, uncond = _conditioning(denoiser, prompt, negative_prompt)
-    x_T = randn_like(torch.empty(num_samples, 4, h // f, w // f, device=denoiser.device, dtype=torch.float32),
-                     generator).to(denoiser.dtype)
+    x_T = randn_like(
+        torch.empty(num_samples, 4, h // f, w // f, device=denoiser.device, dtype=torch.float32), generator
+    ).to(denoiser.dtype)
     sampler = sampler or DDIMSampler()
-    latents = sampler.sample(denoiser.eps_fn(cond, uncond, control_t, control_scale, cfg), x_T, steps,
-                             callback=callback, progress=progress)
+    latents = sampler.sample(
+        denoiser.eps_fn(cond, uncond, control_t, control_scale, cfg), x_T, steps, callback=callback, progress=progress
+    )
     return to_uint8(denoiser.decode_latents(latents))
 
 
@@ -331,8 +372,10 @@ def img2img(
     control_t = control_to_tensor(control)
     image_t = image_to_tensor(init_image)
     if image_t.shape[-2:] != control_t.shape[-2:]:
-        raise SvEngineError(f"Init image {tuple(image_t.shape[-2:])} and control {tuple(control_t.shape[-2:])} "
-                            "differ in size.", "Resize both to the generation size.")
+        raise SvEngineError(
+            f"Init image {tuple(image_t.shape[-2:])} and control {tuple(control_t.shape[-2:])} differ in size.",
+            "Resize both to the generation size.",
+        )
     generator = generator if generator is not None else make_generator(seed)
     sampler = sampler or DDIMSampler()
     sampler.make_schedule(steps)
@@ -340,6 +383,7 @@ def img2img(
     cond, uncond = _conditioning(denoiser, prompt, negative_prompt)
     z0 = denoiser.encode_image(image_t, generator)
     z_t = sampler.stochastic_encode(z0, t_enc, randn_like(z0, generator))
-    latents = sampler.decode(z_t, t_enc, denoiser.eps_fn(cond, uncond, control_t, control_scale, cfg),
-                             callback=callback, progress=progress)
+    latents = sampler.decode(
+        z_t, t_enc, denoiser.eps_fn(cond, uncond, control_t, control_scale, cfg), callback=callback, progress=progress
+    )
     return to_uint8(denoiser.decode_latents(latents))

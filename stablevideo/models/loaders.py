@@ -62,8 +62,12 @@ FOLDER_SUBDIRS = {
     "controlnet_depth": "controlnet_depth",
     "depth_model": "dpt",
 }
-_WEIGHT_FILES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin", "model.safetensors",
-                 "pytorch_model.bin")
+_WEIGHT_FILES = (
+    "diffusion_pytorch_model.safetensors",
+    "diffusion_pytorch_model.bin",
+    "model.safetensors",
+    "pytorch_model.bin",
+)
 
 StateDict = dict[str, torch.Tensor]
 
@@ -91,9 +95,11 @@ def read_state_dict(path: str | os.PathLike, what: str = "checkpoint", fix: str 
         else:
             sd = torch.load(str(path), map_location="cpu", weights_only=True, mmap=_is_zip(path))
     except Exception as exc:  # noqa: BLE001 - any read failure means a bad file
-        raise SvEngineError(f"Cannot read the {what} {path} ({type(exc).__name__}: {exc}); the file is "
-                            "corrupt, truncated or not a PyTorch/safetensors checkpoint.",
-                            f"Re-download the {what}. {fix}") from exc
+        raise SvEngineError(
+            f"Cannot read the {what} {path} ({type(exc).__name__}: {exc}); the file is "
+            "corrupt, truncated or not a PyTorch/safetensors checkpoint.",
+            f"Re-download the {what}. {fix}",
+        ) from exc
     for wrapper in ("state_dict", "model"):
         if isinstance(sd, Mapping) and wrapper in sd and isinstance(sd[wrapper], Mapping):
             sd = sd[wrapper]
@@ -109,22 +115,30 @@ def _is_zip(path: Path) -> bool:
         return False
 
 
-def _instantiate(factory: Callable[[], torch.nn.Module], state_dict: StateDict, name: str,
-                 source: str) -> torch.nn.Module:
+def _instantiate(
+    factory: Callable[[], torch.nn.Module], state_dict: StateDict, name: str, source: str
+) -> torch.nn.Module:
     """Build ``factory()`` and load ``state_dict`` strictly (meta-device init when possible: no random init)."""
-    fix = ("Use the original SD 1.5 ControlNet 1.0 files (control_sd15_canny.pth / control_sd15_depth.pth) "
-           f"from {CONTROLNET_URL} and the MiDaS {MIDAS_FILE}.")
+    fix = (
+        "Use the original SD 1.5 ControlNet 1.0 files (control_sd15_canny.pth / control_sd15_depth.pth) "
+        f"from {CONTROLNET_URL} and the MiDaS {MIDAS_FILE}."
+    )
     with torch.device("meta"):
         model = factory()
     try:
         missing, unexpected = model.load_state_dict(state_dict, strict=False, assign=True)
     except RuntimeError as exc:  # shape mismatches
-        raise SvEngineError(f"The {name} weights in {source} do not fit the expected architecture: "
-                            f"{str(exc).splitlines()[1].strip() if len(str(exc).splitlines()) > 1 else exc}", fix) from exc
+        raise SvEngineError(
+            f"The {name} weights in {source} do not fit the expected architecture: "
+            f"{str(exc).splitlines()[1].strip() if len(str(exc).splitlines()) > 1 else exc}",
+            fix,
+        ) from exc
     if missing or unexpected:
         raise SvEngineError(
             f"The {name} weights in {source} do not fit the expected architecture: "
-            f"{len(missing)} missing (e.g. {missing[:3]}), {len(unexpected)} unexpected (e.g. {unexpected[:3]}).", fix)
+            f"{len(missing)} missing (e.g. {missing[:3]}), {len(unexpected)} unexpected (e.g. {unexpected[:3]}).",
+            fix,
+        )
     if any(t.is_meta for t in [*model.parameters(), *model.buffers()]):
         # non-persistent buffers (e.g. CLIP position_ids) are not in the state dict: build for real
         model = factory()
@@ -140,15 +154,21 @@ def _instantiate(factory: Callable[[], torch.nn.Module], state_dict: StateDict, 
 def _check_converted(converted: dict[str, Any], name: str, source: str) -> StateDict:
     bad = [k for k, v in converted.items() if v is None]
     if bad or not converted:
-        raise SvEngineError(f"The {name} part of {source} is incomplete ({len(bad)} tensors missing, e.g. {bad[:3]}).",
-                            f"Re-download the checkpoint from {CONTROLNET_URL}.")
+        raise SvEngineError(
+            f"The {name} part of {source} is incomplete ({len(bad)} tensors missing, e.g. {bad[:3]}).",
+            f"Re-download the checkpoint from {CONTROLNET_URL}.",
+        )
     return converted
 
 
 def split_control_sd15(state_dict: StateDict) -> dict[str, StateDict]:
     """Split an LDM ControlNet 1.0 state dict into its four prefixes (prefixes kept)."""
-    prefixes = {"unet": "model.diffusion_model.", "controlnet": "control_model.", "vae": "first_stage_model.",
-                "text_encoder": "cond_stage_model.transformer."}
+    prefixes = {
+        "unet": "model.diffusion_model.",
+        "controlnet": "control_model.",
+        "vae": "first_stage_model.",
+        "text_encoder": "cond_stage_model.transformer.",
+    }
     return {name: {k: v for k, v in state_dict.items() if k.startswith(p)} for name, p in prefixes.items()}
 
 
@@ -186,8 +206,11 @@ def convert_control_sd15(
         if part not in split:
             raise SvEngineError(f"Unknown checkpoint part {part!r}.", f"Use some of {', '.join(split)}.")
         if not split[part]:
-            raise SvEngineError(f"{source} has no {part} weights (no '{_PREFIX_NAMES[part]}*' keys): it is not an "
-                                "SD 1.5 + ControlNet 1.0 checkpoint.", fix)
+            raise SvEngineError(
+                f"{source} has no {part} weights (no '{_PREFIX_NAMES[part]}*' keys): it is not an "
+                "SD 1.5 + ControlNet 1.0 checkpoint.",
+                fix,
+            )
     configs = dict(configs or {})
     cfg = {name: dict(configs.get(name) or load_config(name)) for name in parts}
     out: dict[str, torch.nn.Module] = {}
@@ -195,10 +218,12 @@ def convert_control_sd15(
         sd = _check_converted(convert_ldm_unet_checkpoint(split["unet"], cfg["unet"]), "UNet", source)
         out["unet"] = _instantiate(lambda: UNet2DConditionModel.from_config(cfg["unet"]), sd, "UNet", source)
     if "controlnet" in parts:
-        sd = _check_converted(convert_controlnet_checkpoint(split["controlnet"], cfg["controlnet"]), "ControlNet",
-                              source)
-        out["controlnet"] = _instantiate(lambda: ControlNetModel.from_config(cfg["controlnet"]), sd, "ControlNet",
-                                         source)
+        sd = _check_converted(
+            convert_controlnet_checkpoint(split["controlnet"], cfg["controlnet"]), "ControlNet", source
+        )
+        out["controlnet"] = _instantiate(
+            lambda: ControlNetModel.from_config(cfg["controlnet"]), sd, "ControlNet", source
+        )
     if "vae" in parts:
         sd = _check_converted(convert_ldm_vae_checkpoint(split["vae"], cfg["vae"]), "VAE", source)
         out["vae"] = _instantiate(lambda: AutoencoderKL.from_config(cfg["vae"]), sd, "VAE", source)
@@ -210,8 +235,12 @@ def convert_control_sd15(
     return out
 
 
-_PREFIX_NAMES = {"unet": "model.diffusion_model.", "controlnet": "control_model.", "vae": "first_stage_model.",
-                 "text_encoder": "cond_stage_model.transformer."}
+_PREFIX_NAMES = {
+    "unet": "model.diffusion_model.",
+    "controlnet": "control_model.",
+    "vae": "first_stage_model.",
+    "text_encoder": "cond_stage_model.transformer.",
+}
 
 
 def load_original_checkpoints(
@@ -227,8 +256,10 @@ def load_original_checkpoints(
     from the other. Either ControlNet may be ``None`` (that field is then ``None``).
     """
     if canny_path is None and depth_path is None:
-        raise SvEngineError("No ControlNet checkpoint given.",
-                            f"Pass control_sd15_canny.pth and/or control_sd15_depth.pth ({CONTROLNET_URL}).")
+        raise SvEngineError(
+            "No ControlNet checkpoint given.",
+            f"Pass control_sd15_canny.pth and/or control_sd15_depth.pth ({CONTROLNET_URL}).",
+        )
     base_path = canny_path if canny_path is not None else depth_path
     base = convert_control_sd15(base_path, configs)
     controlnets: dict[str, torch.nn.Module | None] = {"canny": None, "depth": None}
@@ -287,19 +318,24 @@ def save_components(components: SDComponents, out_dir: str | os.PathLike, safe_s
 
 def _load_pretrained(cls: Any, folder: Path, name: str, dtype: torch.dtype | None) -> torch.nn.Module:
     if not (folder / "config.json").is_file():
-        raise SvEngineError(f"{folder} has no config.json (expected the {name} in diffusers/transformers format).",
-                            "See the layout in sv_engine.stablevideo.models.loaders (save_pretrained output).")
+        raise SvEngineError(
+            f"{folder} has no config.json (expected the {name} in diffusers/transformers format).",
+            "See the layout in sv_engine.stablevideo.models.loaders (save_pretrained output).",
+        )
     if not any((folder / f).is_file() for f in _WEIGHT_FILES) and not list(folder.glob("*.safetensors")):
-        raise SvEngineError(f"{folder} has no weights ({' / '.join(_WEIGHT_FILES)}).",
-                            f"Copy the {name} weights into {folder}.")
+        raise SvEngineError(
+            f"{folder} has no weights ({' / '.join(_WEIGHT_FILES)}).", f"Copy the {name} weights into {folder}."
+        )
     kwargs: dict[str, Any] = {"local_files_only": True}
     if dtype is not None:
         kwargs["torch_dtype" if cls.__module__.startswith("diffusers") else "dtype"] = dtype
     try:
         return cls.from_pretrained(str(folder), **kwargs).eval()
     except Exception as exc:  # noqa: BLE001
-        raise SvEngineError(f"Cannot load the {name} from {folder} ({type(exc).__name__}: {exc}).",
-                            f"Re-download or re-convert the {name} weights (corrupt or wrong architecture).") from exc
+        raise SvEngineError(
+            f"Cannot load the {name} from {folder} ({type(exc).__name__}: {exc}).",
+            f"Re-download or re-convert the {name} weights (corrupt or wrong architecture).",
+        ) from exc
 
 
 def load_diffusers_folder(
@@ -320,16 +356,22 @@ def load_diffusers_folder(
 
     root = Path(model_dir)
     if not root.is_dir():
-        raise SvEngineError(f"Model folder {root} does not exist.",
-                            "Pass a folder in the sv-engine layout (see `sv-engine convert-weights`) or the "
-                            "original .pth files.")
+        raise SvEngineError(
+            f"Model folder {root} does not exist.",
+            "Pass a folder in the sv-engine layout (see `sv-engine convert-weights`) or the original .pth files.",
+        )
     need = set(need)
     unknown = need - {"canny", "depth", "dpt"}
     if unknown:
         raise SvEngineError(f"Unknown model names {sorted(unknown)}.", "Use 'canny', 'depth', 'dpt'.")
-    classes = {"text_encoder": CLIPTextModel, "unet": UNet2DConditionModel, "vae": AutoencoderKL,
-               "controlnet_canny": ControlNetModel, "controlnet_depth": ControlNetModel,
-               "depth_model": DPTForDepthEstimation}
+    classes = {
+        "text_encoder": CLIPTextModel,
+        "unet": UNet2DConditionModel,
+        "vae": AutoencoderKL,
+        "controlnet_canny": ControlNetModel,
+        "controlnet_depth": ControlNetModel,
+        "depth_model": DPTForDepthEstimation,
+    }
     required = {"text_encoder", "unet", "vae"} | {f"controlnet_{n}" for n in ("canny", "depth") if n in need}
     if "dpt" in need:
         required.add("depth_model")
@@ -338,14 +380,20 @@ def load_diffusers_folder(
         folder = root / sub
         if not folder.is_dir():
             if field in required:
-                raise SvEngineError(f"Model folder {root} has no {sub}/ subfolder.",
-                                    f"Add {sub}/ (config.json + weights) or convert the original checkpoints.")
+                raise SvEngineError(
+                    f"Model folder {root} has no {sub}/ subfolder.",
+                    f"Add {sub}/ (config.json + weights) or convert the original checkpoints.",
+                )
             loaded[field] = None
             continue
         loaded[field] = _load_pretrained(classes[field], folder, sub, dtype)
     tokenizer = load_clip_tokenizer(root / "tokenizer") if (root / "tokenizer").is_dir() else load_clip_tokenizer()
-    return SDComponents(tokenizer=tokenizer, **loaded, is_random=False,  # type: ignore[arg-type]
-                        description=f"diffusers folder {root}").eval()
+    return SDComponents(
+        tokenizer=tokenizer,
+        **loaded,
+        is_random=False,  # type: ignore[arg-type]
+        description=f"diffusers folder {root}",
+    ).eval()
 
 
 # --------------------------------------------------------------------------------------------------
@@ -357,10 +405,15 @@ _MIDAS_RULES: list[tuple[str, str]] = [
     (r"dpt\.embeddings\.cls_token", "pretrained.model.cls_token"),
     (r"dpt\.embeddings\.position_embeddings", "pretrained.model.pos_embed"),
     (r"dpt\.embeddings\.projection\.(\w+)", "pretrained.model.patch_embed.proj.{0}"),
-    (r"dpt\.embeddings\.backbone\.bit\.embedder\.convolution\.(\w+)", "pretrained.model.patch_embed.backbone.stem.conv.{0}"),
+    (
+        r"dpt\.embeddings\.backbone\.bit\.embedder\.convolution\.(\w+)",
+        "pretrained.model.patch_embed.backbone.stem.conv.{0}",
+    ),
     (r"dpt\.embeddings\.backbone\.bit\.embedder\.norm\.(\w+)", "pretrained.model.patch_embed.backbone.stem.norm.{0}"),
-    (r"dpt\.embeddings\.backbone\.bit\.encoder\.stages\.(\d+)\.layers\.(\d+)\.(.+)",
-     "pretrained.model.patch_embed.backbone.stages.{0}.blocks.{1}.{2}"),
+    (
+        r"dpt\.embeddings\.backbone\.bit\.encoder\.stages\.(\d+)\.layers\.(\d+)\.(.+)",
+        "pretrained.model.patch_embed.backbone.stages.{0}.blocks.{1}.{2}",
+    ),
     (r"dpt\.encoder\.layer\.(\d+)\.attention\.output\.dense\.(\w+)", "pretrained.model.blocks.{0}.attn.proj.{1}"),
     (r"dpt\.encoder\.layer\.(\d+)\.intermediate\.dense\.(\w+)", "pretrained.model.blocks.{0}.mlp.fc1.{1}"),
     (r"dpt\.encoder\.layer\.(\d+)\.output\.dense\.(\w+)", "pretrained.model.blocks.{0}.mlp.fc2.{1}"),
@@ -372,8 +425,10 @@ _MIDAS_RULES: list[tuple[str, str]] = [
     (r"neck\.reassemble_stage\.layers\.(\d+)\.resize\.(\w+)", "pretrained.act_postprocess{0+1}.4.{1}"),
     (r"neck\.convs\.(\d+)\.(\w+)", "scratch.layer{0+1}_rn.{1}"),
     (r"neck\.fusion_stage\.layers\.(\d+)\.projection\.(\w+)", "scratch.refinenet{4-0}.out_conv.{1}"),
-    (r"neck\.fusion_stage\.layers\.(\d+)\.residual_layer(\d)\.convolution(\d)\.(\w+)",
-     "scratch.refinenet{4-0}.resConfUnit{1}.conv{2}.{3}"),
+    (
+        r"neck\.fusion_stage\.layers\.(\d+)\.residual_layer(\d)\.convolution(\d)\.(\w+)",
+        "scratch.refinenet{4-0}.resConfUnit{1}.conv{2}.{3}",
+    ),
     (r"head\.head\.(\d+)\.(\w+)", "scratch.output_conv.{0}.{1}"),
 ]
 _QKV = re.compile(r"dpt\.encoder\.layer\.(\d+)\.attention\.attention\.(query|key|value)\.(\w+)")
@@ -385,7 +440,9 @@ def midas_key(hf_key: str) -> tuple[str, int | None]:
     """MiDaS name of a transformers DPT-hybrid key, and the q/k/v chunk (0, 1, 2) of timm's fused ``qkv``."""
     m = _QKV.fullmatch(hf_key)
     if m:
-        return f"pretrained.model.blocks.{m.group(1)}.attn.qkv.{m.group(3)}", ("query", "key", "value").index(m.group(2))
+        return f"pretrained.model.blocks.{m.group(1)}.attn.qkv.{m.group(3)}", ("query", "key", "value").index(
+            m.group(2)
+        )
     for pattern, template in _MIDAS_RULES:
         m = re.fullmatch(pattern, hf_key)
         if m:
@@ -421,12 +478,16 @@ def convert_midas_state_dict(midas: StateDict, model: torch.nn.Module, source: s
         if chunk is not None:
             tensor = tensor.chunk(3, dim=0)[chunk]
         if tensor.shape != ref.shape:
-            raise SvEngineError(f"MiDaS tensor {name} in {source} has shape {tuple(tensor.shape)}, expected "
-                                f"{tuple(ref.shape)}.", f"Use the dpt_hybrid MiDaS weights ({MIDAS_FILE}, {MIDAS_URL}).")
+            raise SvEngineError(
+                f"MiDaS tensor {name} in {source} has shape {tuple(tensor.shape)}, expected {tuple(ref.shape)}.",
+                f"Use the dpt_hybrid MiDaS weights ({MIDAS_FILE}, {MIDAS_URL}).",
+            )
         out[key] = tensor
     if missing:
-        raise SvEngineError(f"{source} is not a MiDaS DPT-hybrid checkpoint: {len(missing)} tensors missing "
-                            f"(e.g. {missing[:3]}).", f"Use {MIDAS_FILE} from {MIDAS_URL}.")
+        raise SvEngineError(
+            f"{source} is not a MiDaS DPT-hybrid checkpoint: {len(missing)} tensors missing (e.g. {missing[:3]}).",
+            f"Use {MIDAS_FILE} from {MIDAS_URL}.",
+        )
     extra = [k for k in midas if k not in used and not MIDAS_IGNORED.fullmatch(k)]
     if extra:
         logger.warning("Ignoring %d unexpected MiDaS tensors (e.g. %s)", len(extra), extra[:3])
@@ -448,8 +509,9 @@ def midas_state_dict_from_model(model: torch.nn.Module) -> StateDict:
     return sd
 
 
-def load_midas_dpt_hybrid(path: str | os.PathLike | StateDict,
-                          config: Mapping[str, Any] | None = None) -> torch.nn.Module:
+def load_midas_dpt_hybrid(
+    path: str | os.PathLike | StateDict, config: Mapping[str, Any] | None = None
+) -> torch.nn.Module:
     """MiDaS ``dpt_hybrid-midas-*.pt`` → transformers ``DPTForDepthEstimation`` (hybrid), eval mode.
 
     ``config``: DPT config (default: the shipped full-size ``dpt_hybrid`` config).
@@ -494,9 +556,11 @@ def load_components(
     elif canny_ckpt is not None or depth_ckpt is not None:
         components = load_original_checkpoints(canny_ckpt, depth_ckpt, dpt_ckpt)
     else:
-        raise SvEngineError("No model weights given.",
-                            "Pass a converted model folder, or control_sd15_canny.pth / control_sd15_depth.pth "
-                            f"({CONTROLNET_URL}) and {MIDAS_FILE}.")
+        raise SvEngineError(
+            "No model weights given.",
+            "Pass a converted model folder, or control_sd15_canny.pth / control_sd15_depth.pth "
+            f"({CONTROLNET_URL}) and {MIDAS_FILE}.",
+        )
     if device is not None or dtype is not None:
         components.to(device, dtype)
     return components.eval()
@@ -512,8 +576,12 @@ def _find_one(root: Path, patterns: Iterable[str]) -> Path | None:
     return None
 
 
-def load_weights(path: str | os.PathLike, need: Iterable[str] = ("canny", "depth"),
-                 configs: Mapping[str, Mapping[str, Any]] | None = None, dtype: torch.dtype | None = None) -> SDComponents:
+def load_weights(
+    path: str | os.PathLike,
+    need: Iterable[str] = ("canny", "depth"),
+    configs: Mapping[str, Mapping[str, Any]] | None = None,
+    dtype: torch.dtype | None = None,
+) -> SDComponents:
     """Load user weights from one path, detecting the format:
 
     * a folder in layout (a) (has ``unet/``): :func:`load_diffusers_folder`; if it has no ``dpt/`` but a
@@ -528,9 +596,11 @@ def load_weights(path: str | os.PathLike, need: Iterable[str] = ("canny", "depth
     fp32 and back); the original checkpoints load as stored.
     """
     root = Path(path)
-    layout_help = ("Pass a folder in the sv-engine layout (text_encoder/, unet/, vae/, controlnet_canny/, "
-                   "controlnet_depth/, dpt/) or a folder with control_sd15_canny.pth, control_sd15_depth.pth "
-                   f"({CONTROLNET_URL}) and {MIDAS_FILE} ({MIDAS_URL}).")
+    layout_help = (
+        "Pass a folder in the sv-engine layout (text_encoder/, unet/, vae/, controlnet_canny/, "
+        "controlnet_depth/, dpt/) or a folder with control_sd15_canny.pth, control_sd15_depth.pth "
+        f"({CONTROLNET_URL}) and {MIDAS_FILE} ({MIDAS_URL})."
+    )
     if not root.exists():
         raise SvEngineError(f"Weights path {root} does not exist.", layout_help)
     if root.is_file():
@@ -549,8 +619,11 @@ def load_weights(path: str | os.PathLike, need: Iterable[str] = ("canny", "depth
     midas = _find_one(root, ["dpt_hybrid-midas*.pt", "dpt_hybrid*.pt"])
     missing = [n for n, p in (("canny", canny), ("depth", depth)) if n in set(need) and p is None]
     if missing or (canny is None and depth is None):
-        raise SvEngineError(f"{root} is neither an sv-engine model folder nor holds the original "
-                            f"control_sd15_{'/'.join(missing or ['canny', 'depth'])}.pth.", layout_help)
+        raise SvEngineError(
+            f"{root} is neither an sv-engine model folder nor holds the original "
+            f"control_sd15_{'/'.join(missing or ['canny', 'depth'])}.pth.",
+            layout_help,
+        )
     if midas is None:
         logger.warning("No %s under %s: background (depth) editing will be unavailable.", MIDAS_FILE, root)
     return load_original_checkpoints(canny, depth, midas, configs)

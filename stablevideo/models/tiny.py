@@ -124,8 +124,11 @@ TINY_DPT_CONFIG: dict[str, Any] = {
 
 def _randomize_zero_convs(controlnet: torch.nn.Module, generator: torch.Generator, std: float = 0.05) -> None:
     """Give ControlNet's zero-initialised output convs random weights so control has an effect."""
-    zero_convs = [*controlnet.controlnet_down_blocks, controlnet.controlnet_mid_block,
-                  controlnet.controlnet_cond_embedding.conv_out]
+    zero_convs = [
+        *controlnet.controlnet_down_blocks,
+        controlnet.controlnet_mid_block,
+        controlnet.controlnet_cond_embedding.conv_out,
+    ]
     with torch.no_grad():
         for conv in zero_convs:
             # Drawn on the generator's (CPU) device: the same values whatever device the model is built on.
@@ -147,9 +150,15 @@ def _tiny_controlnet(unet: torch.nn.Module, seed: int) -> torch.nn.Module:
     return controlnet
 
 
-def _seeded_bundle(seed: int, description: str, text_encoder: Callable[[], torch.nn.Module],
-                   unet: Callable[[], torch.nn.Module], controlnet: Callable[[torch.nn.Module, int], torch.nn.Module],
-                   vae: Callable[[], torch.nn.Module], depth: Callable[[], torch.nn.Module] | None) -> SDComponents:
+def _seeded_bundle(
+    seed: int,
+    description: str,
+    text_encoder: Callable[[], torch.nn.Module],
+    unet: Callable[[], torch.nn.Module],
+    controlnet: Callable[[torch.nn.Module, int], torch.nn.Module],
+    vae: Callable[[], torch.nn.Module],
+    depth: Callable[[], torch.nn.Module] | None,
+) -> SDComponents:
     """A random bundle whose models are each built right after seeding torch with ``seed`` plus the
     model's slot (text encoder 0, UNet 1, ControlNets 2 and 3, VAE 4, DPT 5): reproducible, and no
     model's values shift when another one's architecture changes."""
@@ -165,9 +174,17 @@ def _seeded_bundle(seed: int, description: str, text_encoder: Callable[[], torch
     if depth is not None:
         torch.manual_seed(seed + 5)
         depth_model = depth()
-    return SDComponents(tokenizer=tokenizer, text_encoder=text, unet=unet_model, controlnet_canny=canny,
-                        controlnet_depth=depth_controlnet, vae=vae_model, depth_model=depth_model, is_random=True,
-                        description=description).eval()
+    return SDComponents(
+        tokenizer=tokenizer,
+        text_encoder=text,
+        unet=unet_model,
+        controlnet_canny=canny,
+        controlnet_depth=depth_controlnet,
+        vae=vae_model,
+        depth_model=depth_model,
+        is_random=True,
+        description=description,
+    ).eval()
 
 
 def build_tiny_components(seed: int = 0) -> SDComponents:
@@ -178,10 +195,15 @@ def build_tiny_components(seed: int = 0) -> SDComponents:
     """
     from diffusers import AutoencoderKL, UNet2DConditionModel
 
-    return _seeded_bundle(seed, f"tiny random SD1.5+ControlNet+DPT-hybrid (seed {seed})",
-                          text_encoder=lambda: build_text_encoder(TINY_TEXT_CONFIG),
-                          unet=lambda: UNet2DConditionModel(**TINY_UNET_CONFIG), controlnet=_tiny_controlnet,
-                          vae=lambda: AutoencoderKL(**TINY_VAE_CONFIG), depth=lambda: build_dpt(TINY_DPT_CONFIG))
+    return _seeded_bundle(
+        seed,
+        f"tiny random SD1.5+ControlNet+DPT-hybrid (seed {seed})",
+        text_encoder=lambda: build_text_encoder(TINY_TEXT_CONFIG),
+        unet=lambda: UNet2DConditionModel(**TINY_UNET_CONFIG),
+        controlnet=_tiny_controlnet,
+        vae=lambda: AutoencoderKL(**TINY_VAE_CONFIG),
+        depth=lambda: build_dpt(TINY_DPT_CONFIG),
+    )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -219,8 +241,9 @@ def build_dpt(config: dict[str, Any]) -> torch.nn.Module:
     return DPTForDepthEstimation(DPTConfig(**config))
 
 
-def build_random_components(seed: int = 0, size: str = "full", with_depth: bool = True,
-                            device: str | torch.device | None = None) -> SDComponents:
+def build_random_components(
+    seed: int = 0, size: str = "full", with_depth: bool = True, device: str | torch.device | None = None
+) -> SDComponents:
     """Random-weight bundle: ``size="full"`` = real SD 1.5 / ControlNet 1.0 / DPT-hybrid shapes
     (≈ 860M UNet + 2×361M ControlNet + 123M CLIP + 84M VAE + 122M DPT, 7.6 GB in fp32),
     ``size="tiny"`` = :func:`build_tiny_components`.
@@ -245,8 +268,12 @@ def build_random_components(seed: int = 0, size: str = "full", with_depth: bool 
         _randomize_zero_convs(model, torch.Generator().manual_seed(cn_seed), std=0.01)
         return model
 
-    return _seeded_bundle(seed, f"full-size random SD1.5+ControlNet1.0+DPT-hybrid (seed {seed})",
-                          text_encoder=lambda: build_text_encoder(load_config("text_encoder")),
-                          unet=lambda: UNet2DConditionModel.from_config(load_config("unet")), controlnet=controlnet,
-                          vae=lambda: AutoencoderKL.from_config(load_config("vae")),
-                          depth=(lambda: build_dpt(load_config("dpt_hybrid"))) if with_depth else None)
+    return _seeded_bundle(
+        seed,
+        f"full-size random SD1.5+ControlNet1.0+DPT-hybrid (seed {seed})",
+        text_encoder=lambda: build_text_encoder(load_config("text_encoder")),
+        unet=lambda: UNet2DConditionModel.from_config(load_config("unet")),
+        controlnet=controlnet,
+        vae=lambda: AutoencoderKL.from_config(load_config("vae")),
+        depth=(lambda: build_dpt(load_config("dpt_hybrid"))) if with_depth else None,
+    )

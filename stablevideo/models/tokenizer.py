@@ -59,8 +59,9 @@ def read_merges(bpe_path: str | os.PathLike | None = None) -> list[tuple[str, st
     try:
         lines = gzip.open(path).read().decode("utf-8").split("\n")
     except (OSError, EOFError, UnicodeDecodeError) as exc:
-        raise SvEngineError(f"Cannot read the CLIP BPE vocabulary {path}: {exc}.",
-                            "Reinstall sv-engine to restore the packaged file.") from exc
+        raise SvEngineError(
+            f"Cannot read the CLIP BPE vocabulary {path}: {exc}.", "Reinstall sv-engine to restore the packaged file."
+        ) from exc
     merges = lines[1 : NUM_MERGES + 1]
     return [tuple(m.split()) for m in merges]  # type: ignore[misc]
 
@@ -81,8 +82,10 @@ def write_vocab_files(out_dir: str | os.PathLike, bpe_path: str | os.PathLike | 
     merges = read_merges(bpe_path)
     vocab = build_clip_vocab(merges)
     if len(vocab) != VOCAB_SIZE:
-        raise SvEngineError(f"The CLIP vocabulary has {len(vocab)} tokens, expected {VOCAB_SIZE}.",
-                            "The BPE file is damaged: reinstall sv-engine.")
+        raise SvEngineError(
+            f"The CLIP vocabulary has {len(vocab)} tokens, expected {VOCAB_SIZE}.",
+            "The BPE file is damaged: reinstall sv-engine.",
+        )
     vocab_file, merges_file = out / "vocab.json", out / "merges.txt"
     vocab_file.write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
     merges_file.write_text("#version: 0.2\n" + "\n".join(" ".join(m) for m in merges) + "\n", encoding="utf-8")
@@ -94,8 +97,10 @@ def _packaged_vocab() -> tuple[dict[str, int], tuple[tuple[str, str], ...]]:
     merges = read_merges()
     vocab = build_clip_vocab(merges)
     if len(vocab) != VOCAB_SIZE:
-        raise SvEngineError(f"The CLIP vocabulary has {len(vocab)} tokens, expected {VOCAB_SIZE}.",
-                            "The BPE file is damaged: reinstall sv-engine.")
+        raise SvEngineError(
+            f"The CLIP vocabulary has {len(vocab)} tokens, expected {VOCAB_SIZE}.",
+            "The BPE file is damaged: reinstall sv-engine.",
+        )
     return vocab, tuple(merges)
 
 
@@ -115,13 +120,17 @@ def load_clip_tokenizer(tokenizer_dir: str | os.PathLike | None = None):
         folder = Path(tokenizer_dir)
         has_files = (folder / "vocab.json").is_file() and (folder / "merges.txt").is_file()
         if not (has_files or (folder / "tokenizer.json").is_file()):
-            raise SvEngineError(f"Tokenizer folder {folder} has neither tokenizer.json nor vocab.json + merges.txt.",
-                                "Point to a CLIP tokenizer folder or omit it to use the packaged vocabulary.")
+            raise SvEngineError(
+                f"Tokenizer folder {folder} has neither tokenizer.json nor vocab.json + merges.txt.",
+                "Point to a CLIP tokenizer folder or omit it to use the packaged vocabulary.",
+            )
         try:
             tokenizer = CLIPTokenizer.from_pretrained(str(folder), local_files_only=True)
         except Exception as exc:  # noqa: BLE001 - any parse error is a bad folder
-            raise SvEngineError(f"Cannot load the tokenizer in {folder}: {exc}.",
-                                "Repair the folder or delete it to fall back to the packaged vocabulary.") from exc
+            raise SvEngineError(
+                f"Cannot load the tokenizer in {folder}: {exc}.",
+                "Repair the folder or delete it to fall back to the packaged vocabulary.",
+            ) from exc
         if tokenizer.model_max_length > 10 * MODEL_MAX_LENGTH:  # folder without tokenizer_config.json
             tokenizer.model_max_length = MODEL_MAX_LENGTH
         return tokenizer

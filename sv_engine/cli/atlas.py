@@ -15,7 +15,10 @@ from sv_engine.cli.options import DataDir, Device, Force
 
 log = logging.getLogger(__name__)
 
-atlas_app = typer.Typer(help="Layered-atlas round trip: export atlases to edit in any image editor, then `sv-engine render`.", no_args_is_help=True)
+atlas_app = typer.Typer(
+    help="Layered-atlas round trip: export atlases to edit in any image editor, then `sv-engine render`.",
+    no_args_is_help=True,
+)
 app.add_typer(atlas_app, name="atlas")
 
 
@@ -43,7 +46,11 @@ def export(
         "video": session.video.name,
         "checkpoint_sha256": session.video.checkpoint_sha256,
         "grid_atlas_resolution": atlas.resolution,
-        "fg": {"grid_size": [atlas.fg.max_u, atlas.fg.max_v], "grid_offset": [atlas.fg.min_u, atlas.fg.min_v], "bbox": dict(zip(("top", "left", "height", "width"), atlas.fg_bbox))},
+        "fg": {
+            "grid_size": [atlas.fg.max_u, atlas.fg.max_v],
+            "grid_offset": [atlas.fg.min_u, atlas.fg.min_v],
+            "bbox": dict(zip(("top", "left", "height", "width"), atlas.fg_bbox)),
+        },
         "bg": {"grid_size": [atlas.bg.max_u, atlas.bg.max_v], "grid_offset": [atlas.bg.min_u, atlas.bg.min_v]},
     }
     files[2].write_text(json.dumps(placement, indent=2))

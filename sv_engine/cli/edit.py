@@ -57,7 +57,16 @@ def run_edit(
     # Validate cheap inputs before the (slow) model load.
     config = read_config(Path(data_dir).expanduser().resolve())
     frames = parse_keyframes(keyframes, config.num_frames) if keyframes else None
-    params = EditParams(fg_prompt, bg_prompt, keyframes=frames, strength=strength, steps=steps, seed=seed, aggregation=aggregation, image_resolution=image_resolution)
+    params = EditParams(
+        fg_prompt,
+        bg_prompt,
+        keyframes=frames,
+        strength=strength,
+        steps=steps,
+        seed=seed,
+        aggregation=aggregation,
+        image_resolution=image_resolution,
+    )
     params.validate()
     # The process's phases, for the report: a cold edit is mostly not the edit (sv-engine bench --e2e).
     phases = StageTimer(sync_cuda=False)
@@ -66,14 +75,31 @@ def run_edit(
     with phases("prepare backend"):
         accelerated = accelerate_for_edit(components, backend, precision, torch_device, tiny, cuda_graphs)
     with phases("edit"):
-        pipeline = StableVideoPipeline(components, torch_device, accelerated.unet_controlnet, accelerated.denoiser_overrides())
+        pipeline = StableVideoPipeline(
+            components, torch_device, accelerated.unet_controlnet, accelerated.denoiser_overrides()
+        )
         result = pipeline.edit(data_dir, params)
     with phases("write outputs"):
         write_mp4(out, result.frames)
         Image.fromarray(result.preview()).save(preview)
         if frames_dir:
             write_png_frames(frames_dir, result.frames)
-    report.write_text(json.dumps({"backend": accelerated.backend, "cuda_graphs": accelerated.cuda_graphs, "precision": precision, "seed": result.seed, "keyframes": result.keyframes, "models": components.description, "random_weights": components.is_random, "seconds_per_phase": phases.as_dict(), "seconds_per_stage": result.timings}, indent=2))
+    report.write_text(
+        json.dumps(
+            {
+                "backend": accelerated.backend,
+                "cuda_graphs": accelerated.cuda_graphs,
+                "precision": precision,
+                "seed": result.seed,
+                "keyframes": result.keyframes,
+                "models": components.description,
+                "random_weights": components.is_random,
+                "seconds_per_phase": phases.as_dict(),
+                "seconds_per_stage": result.timings,
+            },
+            indent=2,
+        )
+    )
     log.info("done: %s, preview %s, report %s", out, preview, report)
 
 
@@ -82,21 +108,54 @@ def edit(
     data_dir: DataDir,
     fg_prompt: Annotated[str, typer.Option("--fg-prompt", help="Prompt for the foreground object.")],
     bg_prompt: Annotated[str, typer.Option("--bg-prompt", help="Prompt for the background.")],
-    keyframes: Annotated[str | None, typer.Option("--keyframes", help="Comma-separated frame indices (default: three evenly spaced, SV's 20,40,60 for 70 frames).")] = None,
+    keyframes: Annotated[
+        str | None,
+        typer.Option(
+            "--keyframes",
+            help="Comma-separated frame indices (default: three evenly spaced, SV's 20,40,60 for 70 frames).",
+        ),
+    ] = None,
     strength: Annotated[float, typer.Option(help="Noise strength for keyframes after the first.")] = 0.8,
     steps: Annotated[int, typer.Option(help="DDIM steps.")] = 20,
     seed: Annotated[int, typer.Option(help="Random seed (-1: random); the same seed gives the same video.")] = -1,
-    weights: Annotated[Path | None, typer.Option("--weights", help="Model weights folder (see README: weight formats).")] = None,
-    tiny: Annotated[bool, typer.Option("--tiny", help="Tiny random-weight models (testing the pipeline without weights).")] = False,
+    weights: Annotated[
+        Path | None, typer.Option("--weights", help="Model weights folder (see README: weight formats).")
+    ] = None,
+    tiny: Annotated[
+        bool, typer.Option("--tiny", help="Tiny random-weight models (testing the pipeline without weights).")
+    ] = False,
     precision: Annotated[str, typer.Option(help="fp32 or fp16 (GPU).")] = "fp32",
     aggregation: Annotated[str, typer.Option(help="median or net (train the aggregation network).")] = "median",
     image_resolution: Annotated[int, typer.Option(help="Short side of the diffusion images (multiple of 64).")] = 512,
-    backend: Annotated[str, typer.Option(help="torch, torch-compile, ort or trt (auto: fastest available on GPU, torch on CPU).")] = "auto",
+    backend: Annotated[
+        str, typer.Option(help="torch, torch-compile, ort or trt (auto: fastest available on GPU, torch on CPU).")
+    ] = "auto",
     cuda_graphs: CudaGraphs = None,
-    out: Annotated[Path, typer.Option("--out", help="Output mp4; a _preview.png and _report.json are written beside it.")] = Path("edit.mp4"),
+    out: Annotated[
+        Path, typer.Option("--out", help="Output mp4; a _preview.png and _report.json are written beside it.")
+    ] = Path("edit.mp4"),
     frames_dir: Annotated[Path | None, typer.Option("--frames-dir", help="Also write PNG frames here.")] = None,
     device: Device = "auto",
     force: Force = False,
 ) -> None:
     """Edit a video: foreground keyframes with canny ControlNet propagated through the atlas, background with depth ControlNet."""
-    run_edit(data_dir, fg_prompt, bg_prompt, out, keyframes=keyframes, strength=strength, steps=steps, seed=seed, weights=weights, tiny=tiny, device=device, precision=precision, aggregation=aggregation, image_resolution=image_resolution, backend=backend, cuda_graphs=cuda_graphs, frames_dir=frames_dir, force=force)
+    run_edit(
+        data_dir,
+        fg_prompt,
+        bg_prompt,
+        out,
+        keyframes=keyframes,
+        strength=strength,
+        steps=steps,
+        seed=seed,
+        weights=weights,
+        tiny=tiny,
+        device=device,
+        precision=precision,
+        aggregation=aggregation,
+        image_resolution=image_resolution,
+        backend=backend,
+        cuda_graphs=cuda_graphs,
+        frames_dir=frames_dir,
+        force=force,
+    )

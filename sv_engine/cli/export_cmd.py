@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import typer
 
@@ -14,8 +14,9 @@ from sv_engine.errors import SvEngineError
 log = logging.getLogger("sv_engine.cli.export")
 
 
-def load_bundle(tiny: bool, weights: Optional[Path], random_full: bool = False, seed: int = 0,
-                nla_checkpoint: Optional[Path] = None) -> tuple[Any, Any, str]:
+def load_bundle(
+    tiny: bool, weights: Path | None, random_full: bool = False, seed: int = 0, nla_checkpoint: Path | None = None
+) -> tuple[Any, Any, str]:
     """``(SDComponents, NLAModel | None, description)`` from the CLI flags (shared by export/parity)."""
     import torch
 
@@ -23,8 +24,10 @@ def load_bundle(tiny: bool, weights: Optional[Path], random_full: bool = False, 
 
     chosen = sum(bool(x) for x in (tiny, weights, random_full))
     if chosen != 1:
-        raise SvEngineError("Choose exactly one model source.",
-                            "Pass --tiny (tiny random models), --random (full-size random) or --weights DIR.")
+        raise SvEngineError(
+            "Choose exactly one model source.",
+            "Pass --tiny (tiny random models), --random (full-size random) or --weights DIR.",
+        )
     if tiny or random_full:
         from sv_engine.stablevideo.models.tiny import build_random_components, build_tiny_components
 
@@ -34,23 +37,29 @@ def load_bundle(tiny: bool, weights: Optional[Path], random_full: bool = False, 
         try:
             from sv_engine.stablevideo.models import loaders  # type: ignore[attr-defined]
         except ImportError as exc:
-            raise SvEngineError("Loading real weights is not available in this build (no models.loaders).",
-                                "Use --tiny or --random, or update sv-engine.") from exc
+            raise SvEngineError(
+                "Loading real weights is not available in this build (no models.loaders).",
+                "Use --tiny or --random, or update sv-engine.",
+            ) from exc
         load = getattr(loaders, "load_components", None)
         if load is None:
-            raise SvEngineError("sv_engine.stablevideo.models.loaders has no load_components().",
-                                "Use --tiny or --random, or update sv-engine.")
+            raise SvEngineError(
+                "sv_engine.stablevideo.models.loaders has no load_components().",
+                "Use --tiny or --random, or update sv-engine.",
+            )
         components = load(weights)
         nla = None
     if nla_checkpoint is not None:
         if not nla_checkpoint.is_file():
-            raise SvEngineError(f"NLA checkpoint {nla_checkpoint} not found.", "Pass the path of the trained atlas .pth.")
+            raise SvEngineError(
+                f"NLA checkpoint {nla_checkpoint} not found.", "Pass the path of the trained atlas .pth."
+            )
         nla = NLAModel.random(seed)
         nla.load_state_dict(torch.load(nla_checkpoint, map_location="cpu", weights_only=False))
     return components, nla, getattr(components, "description", "")
 
 
-def shape_range(tiny: bool, max_side: Optional[int] = None, max_batch: Optional[int] = None):
+def shape_range(tiny: bool, max_side: int | None = None, max_batch: int | None = None):
     import dataclasses
 
     from sv_engine.export.spec import DEFAULT_SHAPES, TINY_SHAPES
@@ -58,10 +67,15 @@ def shape_range(tiny: bool, max_side: Optional[int] = None, max_batch: Optional[
     shapes = TINY_SHAPES if tiny else DEFAULT_SHAPES
     if max_side:
         if max_side % shapes.multiple or max_side < shapes.height[0]:
-            raise SvEngineError(f"--max-side {max_side} must be a multiple of {shapes.multiple} and >= {shapes.height[0]}.",
-                                f"Use e.g. {shapes.height[2]}.")
-        shapes = dataclasses.replace(shapes, height=(shapes.height[0], shapes.height[1], max_side),
-                                     width=(shapes.width[0], shapes.width[1], max_side))
+            raise SvEngineError(
+                f"--max-side {max_side} must be a multiple of {shapes.multiple} and >= {shapes.height[0]}.",
+                f"Use e.g. {shapes.height[2]}.",
+            )
+        shapes = dataclasses.replace(
+            shapes,
+            height=(shapes.height[0], shapes.height[1], max_side),
+            width=(shapes.width[0], shapes.width[1], max_side),
+        )
     if max_batch:
         shapes = dataclasses.replace(shapes, batch=(1, min(2, max_batch), max_batch))
     return shapes
@@ -72,18 +86,23 @@ def export_command(
     out: Path = typer.Option(..., "--out", help="Output directory for the ONNX files and manifest.json."),
     tiny: bool = typer.Option(False, "--tiny", help="Tiny random models (tests, CPU)."),
     random_full: bool = typer.Option(False, "--random", help="Full-size random-weight models (benchmarks)."),
-    weights: Optional[Path] = typer.Option(None, "--weights", help="Directory with the real model weights."),
-    nla: Optional[Path] = typer.Option(None, "--nla", help="Trained NLA checkpoint (.pth) for nla_field/nla_atlas."),
+    weights: Path | None = typer.Option(None, "--weights", help="Directory with the real model weights."),
+    nla: Path | None = typer.Option(None, "--nla", help="Trained NLA checkpoint (.pth) for nla_field/nla_atlas."),
     precision: str = typer.Option("fp32", "--precision", help="fp32 or fp16 (fp16 keeps GroupNorm/softmax in fp32)."),
     models: str = typer.Option("all", "--models", help="Comma list of models (default: all)."),
-    max_side: Optional[int] = typer.Option(None, "--max-side", help="Largest image side of the profile (default 1024)."),
-    max_batch: Optional[int] = typer.Option(None, "--max-batch", help="Largest batch of the profile (default 2)."),
+    max_side: int | None = typer.Option(
+        None, "--max-side", help="Largest image side of the profile (default 1024)."
+    ),
+    max_batch: int | None = typer.Option(None, "--max-batch", help="Largest batch of the profile (default 2)."),
     device: str = typer.Option("cpu", "--device", help="Device used for tracing (cuda speeds up full-size fp16)."),
     seed: int = typer.Option(0, "--seed"),
     force: bool = typer.Option(False, "--force", help="Overwrite a non-empty --out."),
-    attention: str = typer.Option("onnx", "--attention",
-                                  help="onnx: standard operators (every runtime, TensorRT); ort: ONNX Runtime's fused "
-                                       "MultiHeadAttention (what --backend ort exports for itself)."),
+    attention: str = typer.Option(
+        "onnx",
+        "--attention",
+        help="onnx: standard operators (every runtime, TensorRT); ort: ONNX Runtime's fused "
+        "MultiHeadAttention (what --backend ort exports for itself).",
+    ),
 ) -> None:
     """Export the models to ONNX (opset 17, dynamic batch/size profiles) and write manifest.json."""
     from rich.console import Console
@@ -97,12 +116,26 @@ def export_command(
         raise SvEngineError(f"Unknown --attention {attention!r}.", f"Use one of {', '.join(ATTENTION_FORMS)}.")
     prepare_out_dir(out, force)  # fail before loading any model
     components, nla_model, description = load_bundle(tiny, weights, random_full, seed, nla)
-    specs = build_specs(components, nla_model, names=None if models == "all" else names, precision=precision,
-                        shapes=shape_range(tiny, max_side, max_batch), device=device)
+    specs = build_specs(
+        components,
+        nla_model,
+        names=None if models == "all" else names,
+        precision=precision,
+        shapes=shape_range(tiny, max_side, max_batch),
+        device=device,
+    )
     console = Console(stderr=True)
     with console.status("exporting") as status:
-        sources = export_all(specs, out, force=True, extra={"description": description, "precision": precision},
-                             progress=lambda n: status.update(f"exporting {n}"), attention=attention)
+        sources = export_all(
+            specs,
+            out,
+            force=True,
+            extra={"description": description, "precision": precision},
+            progress=lambda n: status.update(f"exporting {n}"),
+            attention=attention,
+        )
     for name, src in sources.items():
-        console.print(f"  {name:24s} {src.onnx_path.name}  ({src.precision}, {src.attention} attention, sha256 {src.sha256[:12]})")
+        console.print(
+            f"  {name:24s} {src.onnx_path.name}  ({src.precision}, {src.attention} attention, sha256 {src.sha256[:12]})"
+        )
     console.print(f"wrote {len(sources)} models, {disk_usage(out) / 2**20:.1f} MiB, manifest {out / 'manifest.json'}")

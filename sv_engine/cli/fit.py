@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -17,18 +16,32 @@ log = logging.getLogger(__name__)
 @app.command("fit")
 def fit_command(
     video: Path = typer.Argument(..., help="Input video (mp4/mov/...) or a folder of frames (jpg/png)."),
-    out: Path = typer.Option(..., "--out", "-o", help="StableVideo data folder to write (config.json, frames, checkpoint)."),
-    mask: Optional[Path] = typer.Option(None, "--mask", help="Foreground masks: a video or a folder of PNGs, one per frame. Without: motion-based segmentation (lower quality)."),
-    frames: Optional[int] = typer.Option(None, "--frames", help="Use the first N frames (StableVideo clips are ~70)."),
+    out: Path = typer.Option(
+        ..., "--out", "-o", help="StableVideo data folder to write (config.json, frames, checkpoint)."
+    ),
+    mask: Path | None = typer.Option(
+        None,
+        "--mask",
+        help="Foreground masks: a video or a folder of PNGs, one per frame. Without: motion-based segmentation (lower quality).",
+    ),
+    frames: int | None = typer.Option(None, "--frames", help="Use the first N frames (StableVideo clips are ~70)."),
     size: str = typer.Option("768x432", "--size", help="Fit resolution WIDTHxHEIGHT (StableVideo: 768x432)."),
-    minutes: Optional[float] = typer.Option(None, "--minutes", help="Total time budget in minutes (default 10 unless --iters)."),
-    iters: Optional[int] = typer.Option(None, "--iters", help="Total iteration budget (with --minutes: whichever ends first)."),
+    minutes: float | None = typer.Option(
+        None, "--minutes", help="Total time budget in minutes (default 10 unless --iters)."
+    ),
+    iters: int | None = typer.Option(
+        None, "--iters", help="Total iteration budget (with --minutes: whichever ends first)."
+    ),
     device: str = typer.Option("auto", "--device", help="cuda, cpu or auto."),
-    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted fit in --out (fit_state.pt) up to the budget."),
-    force: bool = typer.Option(False, "--force", help="Write into a non-empty --out (overwrites the fit's own files, keeps others)."),
+    resume: bool = typer.Option(
+        False, "--resume", help="Continue an interrupted fit in --out (fit_state.pt) up to the budget."
+    ),
+    force: bool = typer.Option(
+        False, "--force", help="Write into a non-empty --out (overwrites the fit's own files, keeps others)."
+    ),
     arch: str = typer.Option("nla", "--arch", help="nla: the original NLA MLPs (checkpoint works in StableVideo)."),
     seed: int = typer.Option(0, "--seed", help="Random seed."),
-    batch: Optional[int] = typer.Option(None, "--batch", help="Points per step (default 131072 on CUDA, 1024 on CPU)."),
+    batch: int | None = typer.Option(None, "--batch", help="Points per step (default 131072 on CUDA, 1024 on CPU)."),
     checkpoint_minutes: float = typer.Option(3.0, "--checkpoint-minutes", help="Save fit_state.pt this often."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
 ) -> None:
@@ -45,14 +58,31 @@ def fit_command(
     if minutes is not None and minutes <= 0:
         raise SvEngineError(f"--minutes {minutes} must be positive.", "pass e.g. --minutes 10.")
     if resume and force:
-        raise SvEngineError("--resume and --force together are ambiguous.", "use --resume to continue, or --force to start over.")
+        raise SvEngineError(
+            "--resume and --force together are ambiguous.", "use --resume to continue, or --force to start over."
+        )
     if device == "cpu":
         torch.set_num_threads(min(torch.get_num_threads(), 8))
     options = FitOptions(
-        out=out, minutes=minutes, iters=iters, device=device, resume=resume, force=force, arch=arch, seed=seed,
-        batch_size=batch, checkpoint_minutes=checkpoint_minutes, progress=progress,
+        out=out,
+        minutes=minutes,
+        iters=iters,
+        device=device,
+        resume=resume,
+        force=force,
+        arch=arch,
+        seed=seed,
+        batch_size=batch,
+        checkpoint_minutes=checkpoint_minutes,
+        progress=progress,
     )
     result = fit_video(video, options, mask_source=mask, max_frames=frames, size=parse_size(size))
-    log.info("wrote %s (PSNR %.2f dB, %d iterations); use it with `sv-engine edit --data %s ...`", result.out, result.psnr_db, result.iterations, result.out)
+    log.info(
+        "wrote %s (PSNR %.2f dB, %d iterations); use it with `sv-engine edit --data %s ...`",
+        result.out,
+        result.psnr_db,
+        result.iterations,
+        result.out,
+    )
     if result.interrupted:
         raise typer.Exit(130)

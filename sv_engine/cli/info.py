@@ -18,7 +18,12 @@ log = logging.getLogger(__name__)
 @app.command("info")
 def info(
     data_dir: DataDir,
-    export_maps: Annotated[Path | None, typer.Option("--export-maps", help="Write fg_uv, bg_uv (T,H,W,2) and alpha (T,H,W) in SV's conventions to this .npz.")] = None,
+    export_maps: Annotated[
+        Path | None,
+        typer.Option(
+            "--export-maps", help="Write fg_uv, bg_uv (T,H,W,2) and alpha (T,H,W) in SV's conventions to this .npz."
+        ),
+    ] = None,
     device: Device = "auto",
     force: Force = False,
 ) -> None:

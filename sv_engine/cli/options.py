@@ -1,13 +1,19 @@
 """Option types shared by several commands (one definition each)."""
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
-DataDir = Annotated[Path, typer.Argument(help="StableVideo data folder: config.json, checkpoint, frames in <name>/<name>/.")]
+DataDir = Annotated[
+    Path, typer.Argument(help="StableVideo data folder: config.json, checkpoint, frames in <name>/<name>/.")
+]
 Device = Annotated[str, typer.Option("--device", help="cpu, cuda or cuda:N (default: cuda if available).")]
 Force = Annotated[bool, typer.Option("--force", help="Overwrite existing outputs.")]
-CudaGraphs = Annotated[Optional[bool], typer.Option(
-    "--cuda-graphs/--no-cuda-graphs",
-    help="torch on a GPU: replay the UNet+ControlNet steps from CUDA graphs (default there: on; --no-cuda-graphs runs them eagerly).")]
+CudaGraphs = Annotated[
+    bool | None,
+    typer.Option(
+        "--cuda-graphs/--no-cuda-graphs",
+        help="torch on a GPU: replay the UNet+ControlNet steps from CUDA graphs (default there: on; --no-cuda-graphs runs them eagerly).",
+    ),
+]

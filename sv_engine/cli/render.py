@@ -20,7 +20,9 @@ def render(
     fg_atlas: Annotated[Path, typer.Option("--fg-atlas", help="Foreground atlas PNG (as written by `atlas export`).")],
     bg_atlas: Annotated[Path, typer.Option("--bg-atlas", help="Background atlas PNG (as written by `atlas export`).")],
     out: Annotated[Path, typer.Option("--out", help="Output mp4.")],
-    mask: Annotated[Path | None, typer.Option("--mask", help="Grayscale PNG, fg atlas size: white keeps the original fg atlas.")] = None,
+    mask: Annotated[
+        Path | None, typer.Option("--mask", help="Grayscale PNG, fg atlas size: white keeps the original fg atlas.")
+    ] = None,
     frames_dir: Annotated[Path | None, typer.Option("--frames-dir", help="Also write PNG frames here.")] = None,
     fps: Annotated[int, typer.Option(help="Frames per second of the mp4.")] = 10,
     device: Device = "auto",

@@ -19,20 +19,49 @@ log = logging.getLogger(__name__)
 def serve(
     host: Annotated[str, typer.Option(help="Bind address; anything but loopback requires --token.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
-    data_root: Annotated[Path, typer.Option("--data-root", help="Folder holding the StableVideo data folders jobs may name.")] = Path("data"),
-    out_root: Annotated[Path, typer.Option("--out-root", help="Outputs go to OUT_ROOT/<job id>/ (edit.mp4, preview.png, report.json).")] = Path("sv-jobs"),
-    backend: Annotated[str, typer.Option("--backend", help="torch, torch-compile, ort or trt for the heavy models (auto: fastest available on GPU, torch on CPU).")] = "auto",
+    data_root: Annotated[
+        Path, typer.Option("--data-root", help="Folder holding the StableVideo data folders jobs may name.")
+    ] = Path("data"),
+    out_root: Annotated[
+        Path, typer.Option("--out-root", help="Outputs go to OUT_ROOT/<job id>/ (edit.mp4, preview.png, report.json).")
+    ] = Path("sv-jobs"),
+    backend: Annotated[
+        str,
+        typer.Option(
+            "--backend",
+            help="torch, torch-compile, ort or trt for the heavy models (auto: fastest available on GPU, torch on CPU).",
+        ),
+    ] = "auto",
     cuda_graphs: CudaGraphs = None,
-    weights: Annotated[Path | None, typer.Option("--weights", help="Model weights folder (see README: weight formats).")] = None,
+    weights: Annotated[
+        Path | None, typer.Option("--weights", help="Model weights folder (see README: weight formats).")
+    ] = None,
     tiny: Annotated[bool, typer.Option("--tiny", help="Tiny random-weight models (testing without weights).")] = False,
-    random_full: Annotated[bool, typer.Option("--random-full", help="Full-size random-weight models (latency tests).")] = False,
+    random_full: Annotated[
+        bool, typer.Option("--random-full", help="Full-size random-weight models (latency tests).")
+    ] = False,
     precision: Annotated[str, typer.Option(help="fp32 or fp16 (GPU).")] = "fp32",
-    token: Annotated[str | None, typer.Option("--token", envvar="SV_ENGINE_TOKEN", help="Bearer token clients must send (required off loopback). Also read from $SV_ENGINE_TOKEN.")] = None,
+    token: Annotated[
+        str | None,
+        typer.Option(
+            "--token",
+            envvar="SV_ENGINE_TOKEN",
+            help="Bearer token clients must send (required off loopback). Also read from $SV_ENGINE_TOKEN.",
+        ),
+    ] = None,
     max_queue: Annotated[int, typer.Option("--max-queue", min=1, help="Queued jobs beyond this get HTTP 429.")] = 16,
-    max_retries: Annotated[int, typer.Option("--max-retries", min=0, help="Resubmissions of a job whose worker died.")] = 2,
-    workers: Annotated[int | None, typer.Option("--workers", min=1, help="Warm workers (default: one per GPU, one on CPU).")] = None,
-    ray_address: Annotated[str, typer.Option("--ray-address", help="'local' starts Ray here; 'auto' or an address joins a cluster.")] = "local",
-    max_body: Annotated[int, typer.Option("--max-body", min=1024, help="Largest request body in bytes (413 beyond).")] = 64 * 1024,
+    max_retries: Annotated[
+        int, typer.Option("--max-retries", min=0, help="Resubmissions of a job whose worker died.")
+    ] = 2,
+    workers: Annotated[
+        int | None, typer.Option("--workers", min=1, help="Warm workers (default: one per GPU, one on CPU).")
+    ] = None,
+    ray_address: Annotated[
+        str, typer.Option("--ray-address", help="'local' starts Ray here; 'auto' or an address joins a cluster.")
+    ] = "local",
+    max_body: Annotated[
+        int, typer.Option("--max-body", min=1024, help="Largest request body in bytes (413 beyond).")
+    ] = 64 * 1024,
 ) -> None:
     """Serve edits over HTTP from warm GPU workers: POST /jobs, GET /jobs/{id} (/video, /preview), DELETE /jobs/{id}, GET /health."""
     import uvicorn
@@ -43,8 +72,18 @@ def serve(
 
     check_bind(host, token)
     if not data_root.expanduser().is_dir():
-        raise SvEngineError(f"Data root {data_root} is not a folder.", "pass --data-root with the folder that holds your StableVideo data folders.")
-    model = ModelConfig(tiny=tiny, weights=str(weights) if weights else None, random_full=random_full, precision=precision, backend=backend, cuda_graphs=cuda_graphs)
+        raise SvEngineError(
+            f"Data root {data_root} is not a folder.",
+            "pass --data-root with the folder that holds your StableVideo data folders.",
+        )
+    model = ModelConfig(
+        tiny=tiny,
+        weights=str(weights) if weights else None,
+        random_full=random_full,
+        precision=precision,
+        backend=backend,
+        cuda_graphs=cuda_graphs,
+    )
     model.check()
     started = init_ray(ray_address)
     pool = WorkerPool(model, num_workers=workers)
@@ -52,10 +91,21 @@ def serve(
     try:
         log.info("loading models on %d worker(s)…", len(pool))
         for info in pool.wait_ready():
-            log.info("worker pid %s on %s warm (%s, %.1f s)", info["pid"], info["device"], info["models"], info["load_seconds"])
+            log.info(
+                "worker pid %s on %s warm (%s, %.1f s)",
+                info["pid"],
+                info["device"],
+                info["models"],
+                info["load_seconds"],
+            )
         manager = JobManager(pool, out_root, max_queue=max_queue, max_retries=max_retries).start()
         api = create_app(manager, data_root=data_root, token=token, max_body_bytes=max_body)
-        log.info("serving on http://%s:%d (docs /docs, schema /openapi.json)%s", host, port, "" if token else " without auth (loopback only)")
+        log.info(
+            "serving on http://%s:%d (docs /docs, schema /openapi.json)%s",
+            host,
+            port,
+            "" if token else " without auth (loopback only)",
+        )
         uvicorn.run(api, host=host, port=port, log_level="info", timeout_graceful_shutdown=5)
     finally:
         if manager is not None:

@@ -25,7 +25,8 @@ import logging
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import Depends, FastAPI, HTTPException, Path as PathParam, Request, status
+from fastapi import Depends, FastAPI, HTTPException, Request, status
+from fastapi import Path as PathParam
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
@@ -91,16 +92,38 @@ class BodySizeLimit:
     @staticmethod
     async def _reject(send, code: int, detail: str) -> None:
         body = json.dumps({"detail": detail}).encode()
-        await send({"type": "http.response.start", "status": code, "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), (b"connection", b"close")]})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": code,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                    (b"connection", b"close"),
+                ],
+            }
+        )
         await send({"type": "http.response.body", "body": body})
 
 
-def create_app(manager: JobManager, *, data_root: str | Path, token: str | None = None, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> FastAPI:
+def create_app(
+    manager: JobManager,
+    *,
+    data_root: str | Path,
+    token: str | None = None,
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+) -> FastAPI:
     data_root = Path(data_root).expanduser().resolve()
     if not data_root.is_dir():
-        raise SvEngineError(f"Data root {data_root} is not a folder.", "pass --data-root with the folder that holds your StableVideo data folders.")
-    app = FastAPI(title="sv-engine render service", version="0.1.0",
-                  description="StableVideo text-driven video edits on warm GPU workers (one Ray actor per GPU).")
+        raise SvEngineError(
+            f"Data root {data_root} is not a folder.",
+            "pass --data-root with the folder that holds your StableVideo data folders.",
+        )
+    app = FastAPI(
+        title="sv-engine render service",
+        version="0.1.0",
+        description="StableVideo text-driven video edits on warm GPU workers (one Ray actor per GPU).",
+    )
     app.state.manager = manager
     app.state.data_root = data_root
 
@@ -110,7 +133,11 @@ def create_app(manager: JobManager, *, data_root: str | Path, token: str | None 
         header = request.headers.get("authorization", "")
         scheme, _, given = header.partition(" ")
         if scheme.lower() != "bearer" or not given or not hmac.compare_digest(given.strip().encode(), token.encode()):
-            raise HTTPException(status.HTTP_401_UNAUTHORIZED, "Missing or wrong bearer token: send 'Authorization: Bearer <token>'.", headers={"WWW-Authenticate": "Bearer"})
+            raise HTTPException(
+                status.HTTP_401_UNAUTHORIZED,
+                "Missing or wrong bearer token: send 'Authorization: Bearer <token>'.",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
 
     auth = [Depends(require_token)]
 
@@ -120,7 +147,9 @@ def create_app(manager: JobManager, *, data_root: str | Path, token: str | None 
 
     @app.exception_handler(QueueFull)
     async def _queue_full(request: Request, err: QueueFull) -> JSONResponse:
-        return JSONResponse({"detail": f"Queue full: {err}", "fix": "retry later."}, status_code=429, headers={"Retry-After": "5"})
+        return JSONResponse(
+            {"detail": f"Queue full: {err}", "fix": "retry later."}, status_code=429, headers={"Retry-After": "5"}
+        )
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, err: RequestValidationError) -> JSONResponse:
@@ -128,7 +157,9 @@ def create_app(manager: JobManager, *, data_root: str | Path, token: str | None 
         for e in errors:  # never echo (possibly huge or hostile) input back
             e.pop("input", None)
             e.pop("ctx", None)
-        summary = "; ".join(f"{'.'.join(str(p) for p in e.get('loc', [])[1:]) or 'body'}: {e.get('msg')}" for e in errors)
+        summary = "; ".join(
+            f"{'.'.join(str(p) for p in e.get('loc', [])[1:]) or 'body'}: {e.get('msg')}" for e in errors
+        )
         return JSONResponse({"detail": f"Invalid request: {summary}", "errors": errors}, status_code=422)
 
     def job_or_404(job_id: str):
@@ -140,8 +171,13 @@ def create_app(manager: JobManager, *, data_root: str | Path, token: str | None 
     @app.get("/health")
     def health() -> dict[str, Any]:
         alive = sum(manager.pool.alive)
-        return {"status": "ok" if alive else "degraded", "workers": len(manager.pool), "workers_alive": alive,
-                "jobs": manager.counts(), "max_queue": manager.max_queue}
+        return {
+            "status": "ok" if alive else "degraded",
+            "workers": len(manager.pool),
+            "workers_alive": alive,
+            "jobs": manager.counts(),
+            "max_queue": manager.max_queue,
+        }
 
     @app.post("/jobs", status_code=202, dependencies=auth)
     def submit(spec: JobSpec) -> dict[str, Any]:
@@ -192,7 +228,12 @@ LOOPBACK_HOSTS = {"127.0.0.1", "::1", "localhost"}
 def check_bind(host: str, token: str | None) -> None:
     """Loopback needs no token; any other bind address requires one."""
     if host not in LOOPBACK_HOSTS and not token:
-        raise SvEngineError(f"Refusing to bind {host} without authentication: the service would be open to the network.",
-                            "pass --token TOKEN (clients send 'Authorization: Bearer TOKEN'), or bind --host 127.0.0.1.")
+        raise SvEngineError(
+            f"Refusing to bind {host} without authentication: the service would be open to the network.",
+            "pass --token TOKEN (clients send 'Authorization: Bearer TOKEN'), or bind --host 127.0.0.1.",
+        )
     if token is not None and len(token) < 16:
-        raise SvEngineError("The --token is shorter than 16 characters.", "use a long random token, e.g. `python -c 'import secrets; print(secrets.token_urlsafe(32))'`.")
+        raise SvEngineError(
+            "The --token is shorter than 16 characters.",
+            "use a long random token, e.g. `python -c 'import secrets; print(secrets.token_urlsafe(32))'`.",
+        )

@@ -31,7 +31,16 @@ from typing import Any
 from pydantic import ValidationError
 
 from sv_engine.errors import SvEngineError
-from sv_engine.service.jobs import DONE, FAILED, PREVIEW_NAME, REPORT_NAME, VIDEO_NAME, JobRecord, JobSpec, resolve_data_dir
+from sv_engine.service.jobs import (
+    DONE,
+    FAILED,
+    PREVIEW_NAME,
+    REPORT_NAME,
+    VIDEO_NAME,
+    JobRecord,
+    JobSpec,
+    resolve_data_dir,
+)
 
 log = logging.getLogger(__name__)
 
@@ -58,8 +67,15 @@ class BatchSummary:
     failures: dict[str, str] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"total": self.total, "skipped": self.skipped, "done": self.done, "failed": self.failed,
-                "seconds": round(self.seconds, 3), "results": str(self.results), "failures": self.failures}
+        return {
+            "total": self.total,
+            "skipped": self.skipped,
+            "done": self.done,
+            "failed": self.failed,
+            "seconds": round(self.seconds, 3),
+            "results": str(self.results),
+            "failures": self.failures,
+        }
 
 
 def _validation_message(err: ValidationError) -> str:
@@ -72,7 +88,9 @@ def load_jobs(jobs_file: str | Path, data_root: str | Path | None = None) -> lis
 
     path = Path(jobs_file).expanduser()
     if not path.is_file():
-        raise SvEngineError(f"Jobs file {path} does not exist.", "pass a YAML file with a `jobs:` list (see `sv-engine batch --help`).")
+        raise SvEngineError(
+            f"Jobs file {path} does not exist.", "pass a YAML file with a `jobs:` list (see `sv-engine batch --help`)."
+        )
     try:
         doc = yaml.safe_load(path.read_text())
     except yaml.YAMLError as err:
@@ -83,11 +101,16 @@ def load_jobs(jobs_file: str | Path, data_root: str | Path | None = None) -> lis
         entries = doc.get("jobs")
         unknown = set(doc) - {"defaults", "jobs"}
         if unknown:
-            raise SvEngineError(f"Jobs file {path} has unknown top-level keys {sorted(unknown)}.", "use `defaults:` and `jobs:` only.")
+            raise SvEngineError(
+                f"Jobs file {path} has unknown top-level keys {sorted(unknown)}.", "use `defaults:` and `jobs:` only."
+            )
     else:
         entries = doc
     if not isinstance(entries, list) or not entries or not isinstance(defaults, dict):
-        raise SvEngineError(f"Jobs file {path} has no job list.", "write `jobs:` followed by a list of jobs (data, fg_prompt, bg_prompt, ...).")
+        raise SvEngineError(
+            f"Jobs file {path} has no job list.",
+            "write `jobs:` followed by a list of jobs (data, fg_prompt, bg_prompt, ...).",
+        )
     root = Path(data_root).expanduser() if data_root is not None else path.resolve().parent
     jobs: list[BatchJob] = []
     seen: set[str] = set()
@@ -100,14 +123,29 @@ def load_jobs(jobs_file: str | Path, data_root: str | Path | None = None) -> lis
         try:
             spec = JobSpec.model_validate(raw)
         except ValidationError as err:
-            jobs.append(BatchJob(str(name) if name and NAME_RE.match(str(name)) else f"job{i:04d}-invalid", None, error=_validation_message(err)))
+            jobs.append(
+                BatchJob(
+                    str(name) if name and NAME_RE.match(str(name)) else f"job{i:04d}-invalid",
+                    None,
+                    error=_validation_message(err),
+                )
+            )
             continue
         name = str(name) if name is not None else f"job-{spec.fingerprint()}"
         if not NAME_RE.match(name):
-            jobs.append(BatchJob(f"job{i:04d}-invalid", None, error=f"job name {name!r} must be letters, digits, '.', '_' or '-' (at most 100)"))
+            jobs.append(
+                BatchJob(
+                    f"job{i:04d}-invalid",
+                    None,
+                    error=f"job name {name!r} must be letters, digits, '.', '_' or '-' (at most 100)",
+                )
+            )
             continue
         if name in seen:
-            raise SvEngineError(f"Job name {name!r} appears twice in {path}.", "give every job a unique name (outputs go to OUT/<name>/).")
+            raise SvEngineError(
+                f"Job name {name!r} appears twice in {path}.",
+                "give every job a unique name (outputs go to OUT/<name>/).",
+            )
         seen.add(name)
         try:
             jobs.append(BatchJob(name, spec, resolve_data_dir(root, spec.data)))
@@ -131,8 +169,14 @@ def read_results(results: Path) -> dict[str, dict[str, Any]]:
 
 
 def is_done(row: dict[str, Any] | None, job: BatchJob, out: Path) -> bool:
-    return bool(row and job.spec and row.get("status") == DONE and row.get("fingerprint") == job.spec.fingerprint()
-                and (out / job.name / VIDEO_NAME).is_file() and (out / job.name / REPORT_NAME).is_file())
+    return bool(
+        row
+        and job.spec
+        and row.get("status") == DONE
+        and row.get("fingerprint") == job.spec.fingerprint()
+        and (out / job.name / VIDEO_NAME).is_file()
+        and (out / job.name / REPORT_NAME).is_file()
+    )
 
 
 class ResultsWriter:
@@ -149,8 +193,18 @@ class ResultsWriter:
             f.flush()
 
 
-def run_batch(jobs_file: str | Path, out: str | Path, *, model=None, pool=None, data_root: str | Path | None = None,
-              ray_address: str = "local", workers: int | None = None, max_retries: int = 2, num_cpus: int | None = None) -> BatchSummary:
+def run_batch(
+    jobs_file: str | Path,
+    out: str | Path,
+    *,
+    model=None,
+    pool=None,
+    data_root: str | Path | None = None,
+    ray_address: str = "local",
+    workers: int | None = None,
+    max_retries: int = 2,
+    num_cpus: int | None = None,
+) -> BatchSummary:
     """Runs the jobs not done yet on a :class:`WorkerPool` (``pool``, or one started from ``model``)."""
     start = time.perf_counter()
     out = Path(out).expanduser().resolve()
@@ -165,13 +219,23 @@ def run_batch(jobs_file: str | Path, out: str | Path, *, model=None, pool=None, 
         if is_done(previous.get(job.name), job, out):
             summary.skipped += 1
         elif job.spec is None or job.data_dir is None:
-            writer.write({"name": job.name, "status": FAILED, "attempts": 0, "error": job.error, "finished": time.time(),
-                          "fingerprint": job.spec.fingerprint() if job.spec else None})
+            writer.write(
+                {
+                    "name": job.name,
+                    "status": FAILED,
+                    "attempts": 0,
+                    "error": job.error,
+                    "finished": time.time(),
+                    "fingerprint": job.spec.fingerprint() if job.spec else None,
+                }
+            )
             summary.failed += 1
             summary.failures[job.name] = job.error or "invalid"
         else:
             todo.append(job)
-    log.info("batch: %d jobs, %d already done, %d invalid, %d to run", len(jobs), summary.skipped, summary.failed, len(todo))
+    log.info(
+        "batch: %d jobs, %d already done, %d invalid, %d to run", len(jobs), summary.skipped, summary.failed, len(todo)
+    )
     if not todo:
         summary.seconds = time.perf_counter() - start
         return summary
@@ -191,11 +255,27 @@ def run_batch(jobs_file: str | Path, out: str | Path, *, model=None, pool=None, 
 
     def on_finish(record: JobRecord) -> None:
         job = by_name[record.name]
-        row = {"name": job.name, "status": record.status, "attempts": record.attempts, "error": record.error,
-               "fingerprint": job.spec.fingerprint(), "data": job.spec.data, "worker": record.worker, "finished": record.finished}
+        row = {
+            "name": job.name,
+            "status": record.status,
+            "attempts": record.attempts,
+            "error": record.error,
+            "fingerprint": job.spec.fingerprint(),
+            "data": job.spec.data,
+            "worker": record.worker,
+            "finished": record.finished,
+        }
         if record.status == DONE and record.result:
-            row.update({"seconds": record.result.get("seconds"), "seed": record.result.get("seed"), "keyframes": record.result.get("keyframes"),
-                        "video": str(record.out_dir / VIDEO_NAME), "preview": str(record.out_dir / PREVIEW_NAME), "report": str(record.out_dir / REPORT_NAME)})
+            row.update(
+                {
+                    "seconds": record.result.get("seconds"),
+                    "seed": record.result.get("seed"),
+                    "keyframes": record.result.get("keyframes"),
+                    "video": str(record.out_dir / VIDEO_NAME),
+                    "preview": str(record.out_dir / PREVIEW_NAME),
+                    "report": str(record.out_dir / REPORT_NAME),
+                }
+            )
         writer.write(row)
 
     manager = JobManager(pool, out, max_queue=None, max_retries=max_retries, on_finish=on_finish)

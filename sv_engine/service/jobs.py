@@ -39,10 +39,16 @@ class JobSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=False)
 
-    data: str = Field(min_length=1, max_length=MAX_DATA_NAME_CHARS, description="Data folder name (relative path) under the service's --data-root.")
+    data: str = Field(
+        min_length=1,
+        max_length=MAX_DATA_NAME_CHARS,
+        description="Data folder name (relative path) under the service's --data-root.",
+    )
     fg_prompt: str = Prompt
     bg_prompt: str = Prompt
-    keyframes: list[int] | None = Field(default=None, max_length=MAX_KEYFRAMES, description="Frame indices (default: three evenly spaced).")
+    keyframes: list[int] | None = Field(
+        default=None, max_length=MAX_KEYFRAMES, description="Frame indices (default: three evenly spaced)."
+    )
     strength: float = Field(default=0.8, gt=0.0, le=1.0)
     steps: int = Field(default=20, ge=1, le=200)
     cfg: float = Field(default=9.0, ge=0.0, le=30.0)
@@ -77,7 +83,7 @@ class JobSpec(BaseModel):
         return value
 
     @model_validator(mode="after")
-    def _consistent(self) -> "JobSpec":
+    def _consistent(self) -> JobSpec:
         if self.canny_low > self.canny_high:
             raise ValueError("canny_low must be <= canny_high.")
         try:  # the pipeline's own checks (DDIM schedule, strength, resolution): one definition
@@ -90,18 +96,33 @@ class JobSpec(BaseModel):
         """The pipeline's :class:`EditParams` (optional prompt add-ons keep SV's defaults when omitted)."""
         from sv_engine.stablevideo.params import EditParams
 
-        extras = {k: v for k, v in {
-            "fg_added_prompt": self.fg_added_prompt,
-            "fg_negative_prompt": self.fg_negative_prompt,
-            "bg_added_prompt": self.bg_added_prompt,
-            "bg_negative_prompt": self.bg_negative_prompt,
-        }.items() if v is not None}
+        extras = {
+            k: v
+            for k, v in {
+                "fg_added_prompt": self.fg_added_prompt,
+                "fg_negative_prompt": self.fg_negative_prompt,
+                "bg_added_prompt": self.bg_added_prompt,
+                "bg_negative_prompt": self.bg_negative_prompt,
+            }.items()
+            if v is not None
+        }
         return EditParams(
-            self.fg_prompt, self.bg_prompt, keyframes=list(self.keyframes) if self.keyframes else None,
-            strength=self.strength, steps=self.steps, cfg=self.cfg, control_scale=self.control_scale, seed=self.seed,
-            image_resolution=self.image_resolution, depth_resolution=self.depth_resolution, canny_low=self.canny_low,
-            canny_high=self.canny_high, aggregation=self.aggregation, aggregation_iterations=self.aggregation_iterations,
-            edit_background=self.edit_background, **extras,
+            self.fg_prompt,
+            self.bg_prompt,
+            keyframes=list(self.keyframes) if self.keyframes else None,
+            strength=self.strength,
+            steps=self.steps,
+            cfg=self.cfg,
+            control_scale=self.control_scale,
+            seed=self.seed,
+            image_resolution=self.image_resolution,
+            depth_resolution=self.depth_resolution,
+            canny_low=self.canny_low,
+            canny_high=self.canny_high,
+            aggregation=self.aggregation,
+            aggregation_iterations=self.aggregation_iterations,
+            edit_background=self.edit_background,
+            **extras,
         )
 
     def fingerprint(self) -> str:
@@ -129,13 +150,21 @@ def resolve_data_dir(data_root: str | Path, name: str) -> Path:
     try:
         check_data_name(name)
     except ValueError as err:
-        raise SvEngineError(f"Data folder {name!r} rejected: {err}", "pass the name of a folder inside the data root.") from None
+        raise SvEngineError(
+            f"Data folder {name!r} rejected: {err}", "pass the name of a folder inside the data root."
+        ) from None
     root = Path(data_root).expanduser().resolve(strict=True)
     target = (root / name).resolve()
     if not target.is_relative_to(root):
-        raise SvEngineError(f"Data folder {name!r} resolves outside the data root.", "pass the name of a folder inside the data root (symlinks must not point outside it).")
+        raise SvEngineError(
+            f"Data folder {name!r} resolves outside the data root.",
+            "pass the name of a folder inside the data root (symlinks must not point outside it).",
+        )
     if not target.is_dir() or not (target / "config.json").is_file():
-        raise SvEngineError(f"Data folder {name!r} does not exist under the data root (or has no config.json).", "list the data root and pass one of its StableVideo data folders.")
+        raise SvEngineError(
+            f"Data folder {name!r} does not exist under the data root (or has no config.json).",
+            "list the data root and pass one of its StableVideo data folders.",
+        )
     return target
 
 
@@ -194,9 +223,10 @@ class JobRecord:
         if self.name is not None:
             out["name"] = self.name
         if self.result:
-            out.update({k: self.result[k] for k in ("seed", "keyframes", "seconds", "timings", "frames") if k in self.result})
+            out.update(
+                {k: self.result[k] for k in ("seed", "keyframes", "seconds", "timings", "frames") if k in self.result}
+            )
         if self.status == DONE:
             out["video"] = f"/jobs/{self.id}/video"
             out["preview"] = f"/jobs/{self.id}/preview"
         return out
-

@@ -29,9 +29,18 @@ class QueueFull(Exception):
 
 
 class JobManager:
-    def __init__(self, pool, out_root: str | Path, *, max_queue: int | None = None, max_retries: int = 2,
-                 on_finish: Callable[[JobRecord], None] | None = None, poll_seconds: float = 0.1,
-                 restart_timeout: float = 600.0, keep_finished: int = 10_000) -> None:
+    def __init__(
+        self,
+        pool,
+        out_root: str | Path,
+        *,
+        max_queue: int | None = None,
+        max_retries: int = 2,
+        on_finish: Callable[[JobRecord], None] | None = None,
+        poll_seconds: float = 0.1,
+        restart_timeout: float = 600.0,
+        keep_finished: int = 10_000,
+    ) -> None:
         self.pool = pool
         self.out_root = Path(out_root).expanduser().resolve()
         self.out_root.mkdir(parents=True, exist_ok=True)
@@ -49,7 +58,7 @@ class JobManager:
         self.recent_seconds: list[float | None] = [None] * len(pool)
 
     # ---- lifecycle -------------------------------------------------------------------------------
-    def start(self) -> "JobManager":
+    def start(self) -> JobManager:
         for i in range(len(self.pool)):
             thread = threading.Thread(target=self._dispatch, args=(i,), name=f"sv-dispatch-{i}", daemon=True)
             thread.start()
@@ -64,7 +73,9 @@ class JobManager:
             thread.join(timeout)
 
     # ---- client side ---------------------------------------------------------------------------
-    def submit(self, spec: JobSpec, data_dir: Path, *, name: str | None = None, out_dir: Path | None = None) -> JobRecord:
+    def submit(
+        self, spec: JobSpec, data_dir: Path, *, name: str | None = None, out_dir: Path | None = None
+    ) -> JobRecord:
         """Queues one job; raises :class:`QueueFull` when ``max_queue`` jobs already wait."""
         with self.cond:
             if self.stopping.is_set():
@@ -142,7 +153,9 @@ class JobManager:
         """Forgets the oldest finished jobs beyond ``keep_finished`` (their files stay on disk)."""
         if len(self.jobs) <= self.keep_finished:
             return
-        for job in sorted((j for j in self.jobs.values() if j.terminal), key=lambda j: j.created)[: len(self.jobs) - self.keep_finished]:
+        for job in sorted((j for j in self.jobs.values() if j.terminal), key=lambda j: j.created)[
+            : len(self.jobs) - self.keep_finished
+        ]:
             del self.jobs[job.id]
 
     def _finished(self, job: JobRecord) -> None:
@@ -188,7 +201,11 @@ class JobManager:
             try:
                 result = ray.get(ref)
                 error = None
-            except (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError, ray.exceptions.ObjectLostError) as err:
+            except (
+                ray.exceptions.RayActorError,
+                ray.exceptions.WorkerCrashedError,
+                ray.exceptions.ObjectLostError,
+            ) as err:
                 result, error, worker_died = None, f"worker {worker} died: {_cause(err)}", True
             except ray.exceptions.RayTaskError as err:
                 result, error = None, _cause(err)
@@ -203,7 +220,9 @@ class JobManager:
                     self.recent_seconds[worker] = result.get("seconds")
                     finished = job
                 elif worker_died and job.attempts <= self.max_retries:
-                    log.warning("job %s: %s; retrying (attempt %d of %d)", job.id, error, job.attempts + 1, self.max_retries + 1)
+                    log.warning(
+                        "job %s: %s; retrying (attempt %d of %d)", job.id, error, job.attempts + 1, self.max_retries + 1
+                    )
                     job.status, job.error, job.worker, job.started = QUEUED, error, None, None
                     self.queue.appendleft(job.id)
                     self.cond.notify_all()

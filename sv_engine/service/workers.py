@@ -42,11 +42,20 @@ class ModelConfig:
 
     def check(self) -> None:
         if sum([self.tiny, self.random_full, self.weights is not None]) != 1:
-            raise SvEngineError("Exactly one model source is needed for the workers.", "pass --weights DIR (see README: weight formats) or --tiny for small random models.")
+            raise SvEngineError(
+                "Exactly one model source is needed for the workers.",
+                "pass --weights DIR (see README: weight formats) or --tiny for small random models.",
+            )
         if self.weights is not None and not Path(self.weights).expanduser().is_dir():
-            raise SvEngineError(f"Weights folder {self.weights} does not exist.", "pass --weights with an existing folder (see README: weight formats).")
+            raise SvEngineError(
+                f"Weights folder {self.weights} does not exist.",
+                "pass --weights with an existing folder (see README: weight formats).",
+            )
         if self.backend not in BACKENDS:
-            raise SvEngineError(f"Backend {self.backend!r} is not available to the render service yet.", f"use --backend {' or '.join(BACKENDS)}.")
+            raise SvEngineError(
+                f"Backend {self.backend!r} is not available to the render service yet.",
+                f"use --backend {' or '.join(BACKENDS)}.",
+            )
         from sv_engine.export.runtime import check_cuda_graphs
 
         check_cuda_graphs(self.backend, self.cuda_graphs)
@@ -57,7 +66,9 @@ def accelerate(components, cfg: ModelConfig, device):
     :class:`AcceleratedModels` whose callables the pipeline takes (none for torch)."""
     from sv_engine.export.runtime import accelerate_for_edit
 
-    return accelerate_for_edit(components, cfg.backend, cfg.precision, device, tiny=cfg.tiny, cuda_graphs=cfg.cuda_graphs)
+    return accelerate_for_edit(
+        components, cfg.backend, cfg.precision, device, tiny=cfg.tiny, cuda_graphs=cfg.cuda_graphs
+    )
 
 
 class EditWorker:
@@ -75,16 +86,39 @@ class EditWorker:
         start = time.perf_counter()
         self.config = cfg
         self.device = resolve_device(cfg.device)
-        self.components = load_components(self.device, tiny=cfg.tiny, weights=Path(cfg.weights).expanduser() if cfg.weights else None, random_full=cfg.random_full, precision=cfg.precision)
+        self.components = load_components(
+            self.device,
+            tiny=cfg.tiny,
+            weights=Path(cfg.weights).expanduser() if cfg.weights else None,
+            random_full=cfg.random_full,
+            precision=cfg.precision,
+        )
         self.accelerated = accelerate(self.components, cfg, self.device)
-        self.pipeline = StableVideoPipeline(self.components, self.device, self.accelerated.unet_controlnet, self.accelerated.denoiser_overrides())
+        self.pipeline = StableVideoPipeline(
+            self.components, self.device, self.accelerated.unet_controlnet, self.accelerated.denoiser_overrides()
+        )
         self.load_seconds = time.perf_counter() - start
         self.edits = 0
-        log.info("worker %d ready on %s (%s backend) in %.1f s (%s)", os.getpid(), self.device, self.accelerated.backend, self.load_seconds, self.components.description)
+        log.info(
+            "worker %d ready on %s (%s backend) in %.1f s (%s)",
+            os.getpid(),
+            self.device,
+            self.accelerated.backend,
+            self.load_seconds,
+            self.components.description,
+        )
 
     def info(self) -> dict[str, Any]:
-        return {"pid": os.getpid(), "device": str(self.device), "edits": self.edits, "load_seconds": round(self.load_seconds, 3), "backend": self.accelerated.backend,
-                "models": self.components.description, "random_weights": self.components.is_random, "config": asdict(self.config)}
+        return {
+            "pid": os.getpid(),
+            "device": str(self.device),
+            "edits": self.edits,
+            "load_seconds": round(self.load_seconds, 3),
+            "backend": self.accelerated.backend,
+            "models": self.components.description,
+            "random_weights": self.components.is_random,
+            "config": asdict(self.config),
+        }
 
     def pid(self) -> int:
         return os.getpid()
@@ -108,9 +142,17 @@ class EditWorker:
         seconds = time.perf_counter() - start
         self.edits += 1
         summary = {
-            "job": job_id, "seed": result.seed, "keyframes": result.keyframes, "frames": int(result.frames.shape[0]),
-            "seconds": round(seconds, 3), "timings": result.timings, "pid": os.getpid(), "device": str(self.device), "backend": self.accelerated.backend,
-            "models": self.components.description, "random_weights": self.components.is_random,
+            "job": job_id,
+            "seed": result.seed,
+            "keyframes": result.keyframes,
+            "frames": int(result.frames.shape[0]),
+            "seconds": round(seconds, 3),
+            "timings": result.timings,
+            "pid": os.getpid(),
+            "device": str(self.device),
+            "backend": self.accelerated.backend,
+            "models": self.components.description,
+            "random_weights": self.components.is_random,
         }
         # Written last: its presence marks the job's outputs complete.
         atomic_write_bytes(out / REPORT_NAME, json.dumps(summary, indent=2).encode())
@@ -120,12 +162,16 @@ class EditWorker:
 class WorkerPool:
     """One Ray actor per GPU (one on a CPU-only cluster), each an :class:`EditWorker`."""
 
-    def __init__(self, model: ModelConfig, num_workers: int | None = None, max_restarts: int = 3, cpus_per_worker: float = 1.0) -> None:
+    def __init__(
+        self, model: ModelConfig, num_workers: int | None = None, max_restarts: int = 3, cpus_per_worker: float = 1.0
+    ) -> None:
         import ray
 
         model.check()
         if not ray.is_initialized():
-            raise SvEngineError("Ray is not initialised.", "call ray.init() (or sv_engine.service.workers.init_ray) first.")
+            raise SvEngineError(
+                "Ray is not initialised.", "call ray.init() (or sv_engine.service.workers.init_ray) first."
+            )
         gpus = int(ray.cluster_resources().get("GPU", 0))
         self.num_gpus = gpus
         if num_workers is None:
@@ -133,7 +179,10 @@ class WorkerPool:
         if num_workers < 1:
             raise SvEngineError(f"{num_workers} workers requested.", "pass --workers 1 or more.")
         if gpus and num_workers > gpus:
-            raise SvEngineError(f"{num_workers} workers requested but the Ray cluster has {gpus} GPU(s).", f"pass --workers {gpus} or fewer (one warm pipeline per GPU).")
+            raise SvEngineError(
+                f"{num_workers} workers requested but the Ray cluster has {gpus} GPU(s).",
+                f"pass --workers {gpus} or fewer (one warm pipeline per GPU).",
+            )
         options: dict[str, Any] = {"num_cpus": cpus_per_worker, "max_restarts": max_restarts, "max_task_retries": 0}
         if gpus:
             options["num_gpus"] = 1
@@ -156,9 +205,14 @@ class WorkerPool:
         try:
             return ray.get([a.info.remote() for a in (actors or self.actors)], timeout=timeout)
         except ray.exceptions.GetTimeoutError as err:
-            raise SvEngineError(f"Workers did not load their models within {timeout:.0f} s.", "check the worker logs (ray logs) and the --weights folder.") from err
+            raise SvEngineError(
+                f"Workers did not load their models within {timeout:.0f} s.",
+                "check the worker logs (ray logs) and the --weights folder.",
+            ) from err
         except ray.exceptions.RayActorError as err:
-            raise SvEngineError(f"A worker failed to start: {_cause(err)}", "check --weights / --tiny and the worker logs.") from err
+            raise SvEngineError(
+                f"A worker failed to start: {_cause(err)}", "check --weights / --tiny and the worker logs."
+            ) from err
 
     def shutdown(self) -> None:
         import ray
