@@ -2,18 +2,32 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+# Every cache a test run writes (sv-engine's NLA maps and engines, torch.compile's, Ray's session files)
+# goes under one folder, removed when the run ends: a run leaves nothing behind in /tmp.
+_RUN_CACHES = {"SV_ENGINE_CACHE": "sv-engine", "TORCHINDUCTOR_CACHE_DIR": "inductor", "RAY_TMPDIR": "ray"}
+_run_root: Path | None = None
+
 
 def pytest_configure(config: pytest.Config) -> None:
     """One sv-engine cache for the whole run (never the user's): the demo's NLA maps are computed once."""
-    import os
-    import tempfile
+    global _run_root
+    _run_root = Path(tempfile.mkdtemp(prefix="sv-engine-tests-"))
+    for variable, name in _RUN_CACHES.items():
+        (_run_root / name).mkdir()
+        os.environ[variable] = str(_run_root / name)
 
-    os.environ["SV_ENGINE_CACHE"] = tempfile.mkdtemp(prefix="sv-engine-test-cache-")
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if _run_root is not None:
+        shutil.rmtree(_run_root, ignore_errors=True)
 
 
 @pytest.fixture

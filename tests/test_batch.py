@@ -8,9 +8,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from requires import import_or_skip
 
-ray = pytest.importorskip("ray")
-pytest.importorskip("yaml")
+ray = import_or_skip("ray")
+import_or_skip("yaml")
 
 from sv_engine.errors import SvEngineError  # noqa: E402
 from sv_engine.service.batch import RESULTS_NAME, load_jobs, read_results, run_batch  # noqa: E402
@@ -119,7 +120,7 @@ def test_batch_runs_records_failures_and_resumes(tmp_path: Path, pool: WorkerPoo
     )
     out = tmp_path / "out"
     first = run_batch(jobs, out, pool=pool, data_root=tmp_path / "data")
-    assert (first.total, first.skipped, first.done, first.failed) == (5, 0, 3, 2), first.as_dict()
+    assert (first.total, first.skipped, first.done, first.invalid, first.failed) == (5, 0, 3, 1, 1), first.as_dict()
     rows = read_results(out / RESULTS_NAME)
     assert {n: r["status"] for n, r in rows.items()} == {
         "a": "done",
@@ -137,7 +138,7 @@ def test_batch_runs_records_failures_and_resumes(tmp_path: Path, pool: WorkerPoo
 
     mtime = (out / "a" / "edit.mp4").stat().st_mtime_ns
     second = run_batch(jobs, out, pool=pool, data_root=tmp_path / "data")
-    assert (second.skipped, second.done, second.failed) == (3, 0, 2), second.as_dict()
+    assert (second.skipped, second.done, second.invalid, second.failed) == (3, 0, 1, 1), second.as_dict()
     assert (out / "a" / "edit.mp4").stat().st_mtime_ns == mtime  # done jobs were not re-run
     lines = (out / RESULTS_NAME).read_text().splitlines()
     assert len(lines) == 5 + 2  # only the two failures were recorded again
@@ -155,3 +156,29 @@ def test_batch_reruns_a_done_job_whose_output_vanished(tmp_path: Path, pool: Wor
     again = run_batch(jobs, out, pool=pool)
     assert (again.skipped, again.done) == (0, 1)
     assert (out / "only" / "edit.mp4").is_file()
+
+
+def test_batch_cli_exits_2_with_one_line_per_invalid_job(tmp_path: Path) -> None:
+    """An invalid job is not silently recorded: the batch exits 2 and says why on stderr, one line per job."""
+    import subprocess
+    import sys
+
+    make_clip(tmp_path / "clip")
+    jobs = write_jobs(
+        tmp_path / "jobs.yaml",
+        [
+            {"name": "no-prompt", "data": "clip", "fg_prompt": "", "bg_prompt": "snow"},
+            {"name": "nowhere", "data": "nope", "fg_prompt": "a cat", "bg_prompt": "snow"},
+        ],
+    )
+    sv_engine = Path(sys.executable).with_name("sv-engine")
+    result = subprocess.run(
+        [sv_engine, "batch", jobs, "--tiny", "--out", tmp_path / "out"], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 2, result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("ERROR")]
+    assert len(errors) == 3, result.stderr
+    assert errors[0].startswith("ERROR sv_engine.cli.batch: job no-prompt: fg_prompt")
+    assert errors[1].startswith("ERROR sv_engine.cli.batch: job nowhere: Data folder 'nope' does not exist")
+    assert "2 of 2 jobs are invalid" in errors[2]
+    assert json.loads(result.stdout)["invalid"] == 2

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+from requires import import_or_skip
 from sv_engine.benchmarks import bench as bench_mod
 from sv_engine.benchmarks import stages as stages_mod
 from sv_engine.benchmarks.bench import BenchOptions, run_bench
@@ -255,7 +256,7 @@ def test_tiny_e2e_warm_and_cold_through_the_cli(tmp_path):
 
 
 def test_model_stage_columns_report_accuracy_against_the_fp32_reference():
-    pytest.importorskip("onnxruntime")
+    import_or_skip("onnxruntime")
     result = run_bench(
         BenchOptions(
             stages="text_encoder", backends="ort,torch-cuda-graph", tiny=True, repeat=1, warmup=0, device="cpu"

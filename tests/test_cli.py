@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import subprocess
 import sys
 from pathlib import Path
 
@@ -158,3 +159,78 @@ def test_info_and_export_maps(monkeypatch, caplog, capsys, tmp_path: Path, rando
     arrays = np.load(maps)
     assert arrays["fg_uv"].shape == (4, 32, 48, 2) and arrays["alpha"].shape == (4, 32, 48)
     assert 0.001 <= arrays["alpha"].min() and arrays["alpha"].max() <= 0.991  # SV's alpha formula range
+
+
+SV_ENGINE = Path(sys.executable).with_name("sv-engine")  # the installed console entry point
+
+
+def run_entry_point(*args: str, python_prelude: str | None = None) -> subprocess.CompletedProcess:
+    """The real CLI in a fresh process: the installed ``sv-engine`` script, or ``main()`` after a prelude."""
+    if python_prelude is None:
+        command = [str(SV_ENGINE), *args]
+    else:
+        argv = ["sv-engine", *args]
+        script = f"{python_prelude}\nimport sys\nsys.argv = {argv!r}\nfrom sv_engine.cli import main\nmain()"
+        command = [sys.executable, "-c", script]
+    return subprocess.run(command, capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.parametrize(
+    "args, what, usage",
+    [
+        (["edti"], "No such command 'edti'. Did you mean 'edit'?", "Usage: sv-engine [OPTIONS] COMMAND"),
+        (
+            ["edit", "clip", "--fg-prompt", "a", "--bg-prompt", "b", "--stepz", "3"],
+            "No such option: --stepz",
+            "Usage: sv-engine edit",
+        ),
+        (["edit", "clip", "--fg-prompt", "a"], "Missing option '--bg-prompt'", "Usage: sv-engine edit"),
+        (["edit"], "Missing argument 'DATA_DIR'", "Usage: sv-engine edit"),
+        (
+            ["edit", "clip", "--fg-prompt", "a", "--bg-prompt", "b", "--steps", "abc"],
+            "Invalid value for '--steps'",
+            "Usage: sv-engine edit",
+        ),
+        (
+            ["serve", "--max-queue", "0"],
+            "Invalid value for '--max-queue': Input should be greater than or equal to 1",
+            "Usage: sv-engine serve",
+        ),
+        (["render", "clip", "--fg-atlas"], "Option '--fg-atlas' requires an argument", None),
+    ],
+    ids=[
+        "unknown command",
+        "unknown option",
+        "missing option",
+        "missing argument",
+        "bad type",
+        "out of range",
+        "option without value",
+    ],
+)
+def test_usage_error_is_one_line_and_exit_2(tmp_path: Path, args: list[str], what: str, usage: str | None) -> None:
+    result = run_entry_point(*args)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr  # no traceback, no boxed help
+    assert what in lines[0] and "Fix:" in lines[0] and "--help" in lines[0]
+    if usage is not None:
+        assert usage in lines[0]
+    assert result.stdout == ""
+
+
+def test_help_is_not_an_error() -> None:
+    for args in ([], ["--help"], ["edit", "--help"]):
+        result = run_entry_point(*args)
+        assert result.returncode == 0 and "Usage" in result.stdout + result.stderr, (args, result.stderr)
+
+
+@pytest.mark.parametrize("command", [["serve", "--tiny"], ["batch", "jobs.yaml", "--tiny"]])
+@pytest.mark.parametrize("module", ["ray", "fastapi", "yaml"])
+def test_missing_serve_extra_names_the_install(tmp_path: Path, command: list[str], module: str) -> None:
+    """Without the serve extra, `serve` and `batch` say which extra to install (before doing anything)."""
+    result = run_entry_point(*command, python_prelude=f"import sys; sys.modules[{module!r}] = None  # not installed")
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.splitlines() == [
+        f"ERROR sv_engine: The Python package {module!r} is not installed. Fix: pip install 'sv-engine[serve]'."
+    ]

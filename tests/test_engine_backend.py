@@ -8,6 +8,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from requires import import_or_skip
 from sv_engine.engine.backend import (
     Backend,
     CompiledModel,
@@ -187,7 +188,7 @@ def test_torch_channels_last_keeps_the_answer():
 
 
 def test_ort_cuda_sessions_use_one_thread_without_spinning():
-    pytest.importorskip("onnxruntime")
+    import_or_skip("onnxruntime")
     from sv_engine.engine.ort_backend import OrtBackend
 
     backend = OrtBackend(device="cpu")

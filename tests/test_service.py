@@ -13,10 +13,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from requires import import_or_skip
 
-ray = pytest.importorskip("ray")
-pytest.importorskip("fastapi")
-httpx = pytest.importorskip("httpx")
+ray = import_or_skip("ray")
+import_or_skip("fastapi")
+httpx = import_or_skip("httpx")
 
 from fastapi.testclient import TestClient  # noqa: E402
 

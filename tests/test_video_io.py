@@ -7,6 +7,7 @@ import sys
 import cv2
 import numpy as np
 import pytest
+from requires import import_or_skip
 from sv_engine.stablevideo import video_io
 
 from sv_engine.errors import SvEngineError
@@ -34,7 +35,7 @@ def _mean_abs_error(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def test_write_mp4_h264(tmp_path):
-    pytest.importorskip("imageio_ffmpeg", reason="imageio-ffmpeg not installed")
+    import_or_skip("imageio_ffmpeg")
     frames = (
         np.repeat(np.linspace(0, 255, 64, dtype=np.uint8)[None, None, :, None], 48, axis=1).repeat(3, -1).repeat(6, 0)
     )

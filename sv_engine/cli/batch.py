@@ -10,6 +10,7 @@ from typing import Annotated
 import typer
 
 from sv_engine.cli.app import app
+from sv_engine.cli.extras import require_extra
 from sv_engine.cli.options import CudaGraphs
 
 log = logging.getLogger(__name__)
@@ -57,7 +58,11 @@ def batch(
         int, typer.Option("--max-retries", min=0, help="Resubmissions of a job whose worker died.")
     ] = 2,
 ) -> None:
-    """Run many edits on warm workers (one Ray actor per GPU); jobs already done in OUT/results.jsonl are skipped."""
+    """Run many edits on warm workers (one Ray actor per GPU); jobs already done in OUT/results.jsonl are skipped.
+
+    Exit code 0 when every job is done, 2 when a job is invalid (its reason on stderr, nothing run for it),
+    1 when a job failed while running."""
+    require_extra("serve")
     from sv_engine.service.batch import run_batch
     from sv_engine.service.workers import ModelConfig
 
@@ -79,5 +84,12 @@ def batch(
         max_retries=max_retries,
     )
     typer.echo(json.dumps(summary.as_dict(), indent=2))
+    for name, reason in summary.failures.items():
+        log.error("job %s: %s", name, " ".join(reason.split()))
+    if summary.invalid:
+        log.error(
+            "%d of %d jobs are invalid (fix them in %s and run again).", summary.invalid, summary.total, jobs_file
+        )
+        raise typer.Exit(2)
     if summary.failed:
         raise typer.Exit(1)

@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from sv_engine.cli.app import app
+from sv_engine.cli.extras import require_extra
 from sv_engine.cli.options import CudaGraphs
 from sv_engine.errors import SvEngineError
 
@@ -64,6 +65,7 @@ def serve(
     ] = 64 * 1024,
 ) -> None:
     """Serve edits over HTTP from warm GPU workers: POST /jobs, GET /jobs/{id} (/video, /preview), DELETE /jobs/{id}, GET /health."""
+    require_extra("serve")
     import uvicorn
 
     from sv_engine.service.app import check_bind, create_app

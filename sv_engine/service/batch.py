@@ -61,7 +61,8 @@ class BatchSummary:
     total: int = 0
     skipped: int = 0
     done: int = 0
-    failed: int = 0
+    invalid: int = 0  # rejected by validation, never run
+    failed: int = 0  # ran and failed
     seconds: float = 0.0
     results: Path | None = None
     failures: dict[str, str] = field(default_factory=dict)
@@ -71,6 +72,7 @@ class BatchSummary:
             "total": self.total,
             "skipped": self.skipped,
             "done": self.done,
+            "invalid": self.invalid,
             "failed": self.failed,
             "seconds": round(self.seconds, 3),
             "results": str(self.results),
@@ -229,12 +231,12 @@ def run_batch(
                     "fingerprint": job.spec.fingerprint() if job.spec else None,
                 }
             )
-            summary.failed += 1
+            summary.invalid += 1
             summary.failures[job.name] = job.error or "invalid"
         else:
             todo.append(job)
     log.info(
-        "batch: %d jobs, %d already done, %d invalid, %d to run", len(jobs), summary.skipped, summary.failed, len(todo)
+        "batch: %d jobs, %d already done, %d invalid, %d to run", len(jobs), summary.skipped, summary.invalid, len(todo)
     )
     if not todo:
         summary.seconds = time.perf_counter() - start
