@@ -40,7 +40,8 @@ def prepare_out_dir(root: Path, resume: bool, force: bool) -> None:
     if contents and not force:
         raise SvEngineError(
             f"Output folder {root} is not empty.",
-            "pass a new folder, --resume to continue an interrupted fit there, or --force to overwrite the fit's files (other files are kept).",
+            "pass a new folder, --resume to continue an interrupted fit there, or --force to overwrite the fit's"
+            " files (other files are kept).",
         )
     if contents and force:
         frames_dir = root / root.name

@@ -1,5 +1,5 @@
-"""Optical flow without downloaded weights (OpenCV DIS), forward-backward consistency, the dominant
-(background) homography motion, and motion-based foreground masks for when the user gives none."""
+"""Optical flow without downloaded weights (OpenCV DIS), forward-backward consistency and the dominant
+(background) homography motion (the foreground masks built from them: :mod:`separation`)."""
 
 from __future__ import annotations
 
@@ -113,59 +113,6 @@ def residual_motion(flow: np.ndarray, H: np.ndarray) -> np.ndarray:
     gx, gy = _grid(h, w)
     xy = np.stack([gx, gy], axis=-1)
     return np.linalg.norm(xy + flow - apply_homography(H, xy), axis=2)
-
-
-def motion_masks(frames: np.ndarray, flows: Flows, threshold: float | None = None) -> np.ndarray:
-    """Fallback foreground masks without any learned model: pixels whose flow departs from the
-    dominant (background) homography motion in both directions, cleaned with morphology. (T, H, W) bool.
-
-    Lower quality than user masks: textureless or slow-moving objects are missed, shadows included.
-    """
-    t_count, h, w = frames.shape[:3]
-    m = max(h, w)
-    fw_res = np.stack(
-        [
-            residual_motion(flows.forward[t], flow_homography(flows.forward[t], flows.forward_valid[t]))
-            for t in range(t_count - 1)
-        ]
-    )
-    bw_res = np.stack(
-        [
-            residual_motion(flows.backward[t], flow_homography(flows.backward[t], flows.backward_valid[t]))
-            for t in range(t_count - 1)
-        ]
-    )
-    # DIS smears motion over its patch size: half the strong residual motion separates object from halo.
-    thr = (
-        threshold
-        if threshold is not None
-        else max(0.5, 0.004 * m, 0.5 * float(np.percentile(np.concatenate([fw_res.ravel(), bw_res.ravel()]), 99)))
-    )
-    k = max(3, int(round(m / 64)) | 1)
-    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k))
-    masks = np.zeros((t_count, h, w), bool)
-    for t in range(t_count):
-        moving_fw = fw_res[t] > thr if t < t_count - 1 else None  # t -> t+1
-        moving_bw = bw_res[t - 1] > thr if t > 0 else None  # t -> t-1
-        if moving_fw is not None and moving_bw is not None:
-            moving = moving_fw & moving_bw  # both directions: drops the dis-occlusion ghosts
-        else:
-            moving = moving_fw if moving_fw is not None else moving_bw
-        mm = moving.astype(np.uint8)
-        mm = cv2.morphologyEx(mm, cv2.MORPH_OPEN, kernel)
-        mm = cv2.morphologyEx(mm, cv2.MORPH_CLOSE, kernel, iterations=2)
-        masks[t] = _fill_holes(mm) > 0
-    log.info("motion masks: %.1f%% of pixels foreground", 100 * masks.mean())
-    return masks
-
-
-def _fill_holes(mask: np.ndarray) -> np.ndarray:
-    h, w = mask.shape
-    flood = np.zeros((h + 2, w + 2), np.uint8)
-    flood[1:-1, 1:-1] = mask
-    ff_mask = np.zeros((h + 4, w + 4), np.uint8)
-    cv2.floodFill(flood, ff_mask, (0, 0), 2)
-    return np.where(flood[1:-1, 1:-1] == 2, 0, 1).astype(np.uint8)
 
 
 def background_trajectory(flows: Flows, masks: np.ndarray | None) -> list[np.ndarray]:

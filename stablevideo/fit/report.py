@@ -61,15 +61,52 @@ def reconstruct_frames(
 
 
 @torch.no_grad()
-def video_psnr(nla: NLAModel, layout: Layout, frames: torch.Tensor, frame_ids: list[int] | None = None) -> float:
-    """PSNR of the layered reconstruction against the input frames (T, H, W, 3) in [0, 1]."""
-    ids = list(range(frames.shape[0])) if frame_ids is None else frame_ids
-    mse = 0.0
-    for t in ids:
-        rgb = reconstruct_frames(nla, layout, [t], frames.device)[0][0]
-        mse += float((rgb.clamp(0, 1) - frames[t]).pow(2).mean())
-    mse /= len(ids)
-    return 99.0 if mse <= 1e-10 else 10.0 * math.log10(1.0 / mse)
+def video_psnr_and_coverage(
+    nla: NLAModel, layout: Layout, frames: torch.Tensor, masks: torch.Tensor | None
+) -> tuple[float, list[float], list[float] | None]:
+    """Reconstruction PSNR over the whole video, per-frame foreground coverage (fraction of pixels with
+    alpha > 0.5) and, with ``masks`` (T, H, W), the per-frame IoU of that foreground with them."""
+    mse, coverage, iou = 0.0, [], []
+    for t in range(frames.shape[0]):
+        rgb, alpha, _, _ = reconstruct_frames(nla, layout, [t], frames.device)
+        mse += float((rgb[0].clamp(0, 1) - frames[t]).pow(2).mean())
+        fg = alpha[0] > 0.5
+        coverage.append(round(float(fg.float().mean()), 5))
+        if masks is not None:
+            m = masks[t] > 0.5
+            union = float((fg | m).sum())
+            iou.append(round(float((fg & m).sum()) / union, 4) if union else 1.0)
+    mse /= frames.shape[0]
+    return (99.0 if mse <= 1e-10 else 10.0 * math.log10(1.0 / mse)), coverage, (iou if masks is not None else None)
+
+
+def foreground_check(fg_coverage: list[float], mask_coverage: np.ndarray, fg_iou: list[float] | None, fix: str) -> dict:
+    """The report's foreground fields: per-frame coverage of the fitted fg layer beside the masks' it
+    started from, and ``collapsed`` (with a ``warning`` naming the fix) where the layer lost the object:
+    under 1 % of the pixels in frames where the masks had at least 1 %, in most of those frames."""
+    mask_cov = [round(float(c), 5) for c in mask_coverage]
+    lost = [t for t, (f, m) in enumerate(zip(fg_coverage, mask_cov, strict=True)) if m >= 0.01 and f < 0.01]
+    with_object = sum(m >= 0.01 for m in mask_cov)
+    collapsed = with_object > 0 and len(lost) > 0.5 * with_object
+    fg_mean, mask_mean = float(np.mean(fg_coverage)), float(np.mean(mask_cov))
+    warning = None
+    if collapsed:
+        warning = (
+            f"the foreground layer collapsed: alpha > 0.5 on {100 * fg_mean:.1f}% of the pixels where the masks had"
+            f" {100 * mask_mean:.1f}% ({len(lost)} of {with_object} frames lost the object), so a foreground edit"
+            f" would change nothing; {fix}"
+        )
+    return {
+        "fg_coverage_mean": round(fg_mean, 5),
+        "mask_coverage_mean": round(mask_mean, 5),
+        "fg_iou_vs_masks_mean": round(float(np.mean(fg_iou)), 4) if fg_iou else None,
+        "fg_coverage_per_frame": fg_coverage,
+        "mask_coverage_per_frame": mask_cov,
+        "fg_iou_vs_masks_per_frame": fg_iou,
+        "fg_frames_lost": lost,
+        "collapsed": collapsed,
+        "warning": warning,
+    }
 
 
 @torch.no_grad()

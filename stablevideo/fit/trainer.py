@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from sv_engine.stablevideo.fit import datafolder, flow, report
+from sv_engine.stablevideo.fit import datafolder, flow, report, separation
 from sv_engine.stablevideo.fit.losses import FitTensors, Layout, LossWeights, StepFlags, nla_step, pretrain_step
 from sv_engine.stablevideo.fit.video_input import read_frames, read_masks
 from sv_engine.stablevideo.nla import NLAModel
@@ -25,7 +25,13 @@ from sv_engine.errors import SvEngineError
 log = logging.getLogger(__name__)
 
 STATE_VERSION = 1
-MOTION_MASK_NOTE = "no masks given: motion-based segmentation (flow vs. dominant homography) bootstrapped alpha; expect a lower-quality fg/bg split than with real masks"
+AUTO_MASK_NOTE = (
+    "no masks given: automatic fg/bg separation (motion, background residual, colour models) bootstrapped alpha;"
+    " check fit_preview.png, and give --fg-box / --fg-point, --mask or --mask-model where it missed the object"
+)
+COLLAPSE_FIX = (
+    "give --fg-box X,Y,W,H (or --fg-point X,Y) on the object, foreground masks with --mask, or --mask-model DIR"
+)
 
 
 @dataclass
@@ -50,7 +56,8 @@ class FitOptions:
     pretrain_fraction: float | None = (
         None  # warm start on direct targets (layout, colours, masks); default 0.3 on CUDA, 0.85 on CPU
     )
-    clock: str = "wall"  # "process": budget in CPU-seconds / torch threads ("M minutes of a dedicated machine"), robust to busy hosts
+    # "process": budget in CPU-seconds / torch threads ("M minutes of a dedicated machine"), robust to busy hosts
+    clock: str = "wall"
     bootstrap_fraction: float | None = (
         None  # alpha BCE against the masks for this part of the main phase; default 0.6 CUDA, 1.0 CPU
     )
@@ -60,6 +67,7 @@ class FitOptions:
     amp: bool = True  # bf16 autocast for atlas / alpha on CUDA
     progress: bool = True
     write_outputs: bool = True  # preview + report (the bench turns the preview off)
+    hints: separation.Hints | None = None  # --fg-box / --fg-point: seed the automatic separation
     weights: LossWeights = field(default_factory=LossWeights)
 
 
@@ -79,7 +87,8 @@ def resolve_device(name: str) -> torch.device:
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise SvEngineError(
             "--device cuda was requested but no CUDA GPU is available to torch.",
-            "use --device cpu (slow: minutes per tiny clip) or run on a machine with an NVIDIA GPU and a CUDA build of torch.",
+            "use --device cpu (slow: minutes per tiny clip) or run on a machine with an NVIDIA GPU and a CUDA build"
+            " of torch.",
         )
     if name not in ("cpu",) and not name.startswith("cuda"):
         raise SvEngineError(f"Unknown device {name!r}.", "use --device cuda or --device cpu.")
@@ -95,6 +104,8 @@ def fit_video(
 ) -> FitResult:
     """Reads the video (and masks) and fits it; see :func:`fit_arrays`."""
     frames, src_size, _ = read_frames(source, max_frames, size)
+    if options.hints:
+        separation.validate_hints(options.hints, len(frames), frames.shape[2], frames.shape[1])
     masks = None
     if mask_source is not None:
         masks = read_masks(mask_source, len(frames), src_size, (frames.shape[2], frames.shape[1]))
@@ -225,9 +236,14 @@ class _Trainer:
         t0 = time.time()
         flows = flow.compute_flows(frames, progress=options.progress)
         self.masks_given = masks is not None
+        self.separation_stats: dict | None = None
         if masks is None:
-            log.warning("%s", MOTION_MASK_NOTE)
-            masks = flow.motion_masks(frames, flows)
+            log.warning("%s", AUTO_MASK_NOTE)
+            if options.hints:
+                separation.validate_hints(options.hints, t_count, w, h)
+            found = separation.separate(frames, flows, options.hints, progress=options.progress)
+            masks, self.separation_stats = found.masks, found.stats
+        self.mask_coverage = masks.reshape(t_count, -1).mean(1)
         self.init = make_init_layout(frames, flows, masks)
         self.layout.bg_scale = self.init.bg_scale
         self.layout.fg_scale = self.init.fg_scale
@@ -294,8 +310,10 @@ class _Trainer:
             ) from err
         if state.get("signature") != self.signature or list(state.get("shape", [])) != list(self.frames_u8.shape):
             raise SvEngineError(
-                f"--resume: {path} was fitted on a different input (shape {state.get('shape')} vs {list(self.frames_u8.shape)}).",
-                "pass the same video with the same --frames / --size as the interrupted fit, or fit into a new --out folder.",
+                f"--resume: {path} was fitted on a different input"
+                f" (shape {state.get('shape')} vs {list(self.frames_u8.shape)}).",
+                "pass the same video with the same --frames / --size as the interrupted fit,"
+                " or fit into a new --out folder.",
             )
         self.nla.load_state_dict(state["nla"])
         self.opt.load_state_dict(state["optimizer"])
@@ -342,7 +360,8 @@ class _Trainer:
             torch.cuda.empty_cache()
             self.save()
             raise SvEngineError(
-                f"Out of GPU memory at {self.layout.resx}x{self.layout.resy}, {self.layout.num_frames} frames, batch {self.batch} ({err}).",
+                f"Out of GPU memory at {self.layout.resx}x{self.layout.resy}, {self.layout.num_frames} frames,"
+                f" batch {self.batch} ({err}).",
                 "use a smaller --batch, --size or --frames (state saved: --resume continues).",
             ) from err
         self.save()
@@ -413,7 +432,12 @@ class _Trainer:
     def finish(self, interrupted: bool) -> FitResult:
         for net in self.nla.modules().values():
             net.eval()
-        final = report.video_psnr(self.nla, self.layout, self.data.frames)
+        final, fg_coverage, fg_iou = report.video_psnr_and_coverage(
+            self.nla, self.layout, self.data.frames, self.data.masks
+        )
+        fg_check = report.foreground_check(fg_coverage, self.mask_coverage, fg_iou, COLLAPSE_FIX)
+        if fg_check["collapsed"]:
+            log.warning("%s", fg_check["warning"])
         self.psnr_history.append(
             {"time_s": round(self.elapsed, 2), "iteration": self.iteration, "psnr_db": round(final, 3), "full": True}
         )
@@ -427,8 +451,11 @@ class _Trainer:
             "iterations_per_s": round(self.iteration / max(self.elapsed, 1e-6), 3),
             "interrupted": interrupted,
             "masks_given": self.masks_given,
-            "mask_source": "user masks" if self.masks_given else "motion segmentation (fallback, lower quality)",
-            "quality_note": None if self.masks_given else MOTION_MASK_NOTE,
+            "mask_source": "user masks" if self.masks_given else "automatic fg/bg separation",
+            "quality_note": None if self.masks_given else AUTO_MASK_NOTE,
+            "separation": self.separation_stats,
+            "hints": None if not self.o.hints else asdict(self.o.hints),
+            **fg_check,
             "frames": self.layout.num_frames,
             "resx": self.layout.resx,
             "resy": self.layout.resy,
@@ -437,7 +464,11 @@ class _Trainer:
             + (f" ({torch.cuda.get_device_name(self.device)})" if self.device.type == "cuda" else ""),
             "batch_size": self.batch,
             "torch": torch.__version__,
-            "options": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self.o).items() if k != "weights"},
+            "options": {
+                k: (str(v) if isinstance(v, Path) else v)
+                for k, v in asdict(self.o).items()
+                if k not in ("weights", "hints")
+            },
             "loss_weights": asdict(self.o.weights),
         }
         if self.o.write_outputs:

@@ -22,7 +22,19 @@ def fit_command(
     mask: Path | None = typer.Option(
         None,
         "--mask",
-        help="Foreground masks: a video or a folder of PNGs, one per frame. Without: motion-based segmentation (lower quality).",
+        help="Foreground masks: a video or a folder of PNGs, one per frame (wins over the hints). "
+        "Without: automatic fg/bg separation.",
+    ),
+    fg_box: list[str] = typer.Option(
+        [],
+        "--fg-box",
+        help="X,Y,W,H[@FRAME] box around the moving object in pixels of --size (repeatable); "
+        "without @FRAME it holds for every frame.",
+    ),
+    fg_point: list[str] = typer.Option(
+        [],
+        "--fg-point",
+        help="X,Y[@FRAME] point on the moving object in pixels of --size (repeatable; default frame 0).",
     ),
     frames: int | None = typer.Option(None, "--frames", help="Use the first N frames (StableVideo clips are ~70)."),
     size: str = typer.Option("768x432", "--size", help="Fit resolution WIDTHxHEIGHT (StableVideo: 768x432)."),
@@ -49,6 +61,7 @@ def fit_command(
     import torch
 
     from sv_engine.stablevideo.fit import FitOptions, fit_video
+    from sv_engine.stablevideo.fit.separation import Hints, parse_box, parse_point, validate_hints
     from sv_engine.stablevideo.fit.video_input import parse_size
 
     if frames is not None and frames < 3:
@@ -61,6 +74,12 @@ def fit_command(
         raise SvEngineError(
             "--resume and --force together are ambiguous.", "use --resume to continue, or --force to start over."
         )
+    fit_size = parse_size(size)
+    hints = Hints([parse_box(b) for b in fg_box], [parse_point(p) for p in fg_point])
+    if hints:
+        validate_hints(hints, frames or 1 << 30, *fit_size)  # frame numbers are checked once the video is read
+        if mask is not None:
+            log.warning("--mask given: the masks are used, --fg-box / --fg-point are ignored")
     if device == "cpu":
         torch.set_num_threads(min(torch.get_num_threads(), 8))
     options = FitOptions(
@@ -75,8 +94,9 @@ def fit_command(
         batch_size=batch,
         checkpoint_minutes=checkpoint_minutes,
         progress=progress,
+        hints=hints if hints and mask is None else None,
     )
-    result = fit_video(video, options, mask_source=mask, max_frames=frames, size=parse_size(size))
+    result = fit_video(video, options, mask_source=mask, max_frames=frames, size=fit_size)
     log.info(
         "wrote %s (PSNR %.2f dB, %d iterations); use it with `sv-engine edit --data %s ...`",
         result.out,
