@@ -84,3 +84,26 @@ def reference_box_mask(name: str, frame: int, size: tuple[int, int]) -> np.ndarr
         int(round(y * size[1])) : int(round((y + h) * size[1])), int(round(x * size[0])) : int(round((x + w) * size[0]))
     ] = True
     return mask
+
+
+def main() -> None:
+    """``python -m sv_engine.stablevideo.fit.real_clips NAME DIR [--size WxH]``: the shot as JPEG frames."""
+    import argparse
+
+    import cv2
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("name", choices=sorted(CLIPS))
+    parser.add_argument("folder", type=Path)
+    parser.add_argument("--size", default="768x432")
+    args = parser.parse_args()
+    w, h = (int(v) for v in args.size.split("x"))
+    args.folder.mkdir(parents=True, exist_ok=True)
+    for i, frame in enumerate(load_clip(args.name, (w, h))):
+        cv2.imwrite(
+            str(args.folder / f"{i:05d}.jpg"), cv2.cvtColor(frame, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 97]
+        )
+
+
+if __name__ == "__main__":
+    main()

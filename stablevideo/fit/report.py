@@ -130,40 +130,72 @@ def _to_u8(x: torch.Tensor) -> np.ndarray:
     return (x * 255).astype(np.uint8)
 
 
-def _pad_to(img: np.ndarray, h: int, w: int) -> np.ndarray:
-    out = np.full((h, w, 3), 32, np.uint8)
-    out[: img.shape[0], : img.shape[1]] = img[:h, :w]
+def _label(img: np.ndarray, text: str, scale: float, warn: bool = False) -> np.ndarray:
+    """``text`` on a dark strip at the tile's top left (red when ``warn``)."""
+    import cv2
+
+    out = np.ascontiguousarray(img)
+    (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
+    pad = max(2, th // 3)
+    cv2.rectangle(out, (0, 0), (min(out.shape[1] - 1, tw + 2 * pad), th + base + 2 * pad), (0, 0, 0), -1)
+    colour = (255, 80, 80) if warn else (255, 255, 255)
+    cv2.putText(out, text, (pad, th + pad), cv2.FONT_HERSHEY_SIMPLEX, scale, colour, 1, cv2.LINE_AA)
     return out
+
+
+def _fit(img: np.ndarray, w: int, h: int) -> np.ndarray:
+    import cv2
+
+    interp = cv2.INTER_AREA if img.shape[1] > w else cv2.INTER_NEAREST
+    return cv2.resize(img, (w, h), interpolation=interp)
 
 
 @torch.no_grad()
 def write_preview(path: Path, nla: NLAModel, layout: Layout, frames: torch.Tensor, num_rows: int = 3) -> None:
-    """fit_preview.png: row 0 the fg and bg atlases over their used extent; then per sample frame
-    original | reconstruction | alpha | fg layer (alpha · fg atlas colour)."""
+    """fit_preview.png, a labelled contact sheet without empty area: per sample frame (first, middle, last)
+    input | reconstruction (PSNR) | alpha matte (fg coverage) | fg layer (alpha · fg atlas colour); below,
+    the fg and bg atlases over their used extent, scaled to share one row of the sheet's width."""
     device = frames.device
     t_count = frames.shape[0]
     ids = sorted({0, t_count // 2, t_count - 1})[:num_rows]
     rec, alpha, uf, ub = reconstruct_frames(nla, layout, ids, device)
     fg_mask = alpha > 0.5
-    fg_sel = uf[fg_mask] if fg_mask.any() else uf.reshape(-1, 2)
     h, w = layout.resy, layout.resx
-    tile = max(h, w)
-    atlases = [
-        atlas_image(nla, fg_sel.min(0).values, fg_sel.max(0).values, tile, device),
-        atlas_image(nla, ub.reshape(-1, 2).min(0).values, ub.reshape(-1, 2).max(0).values, tile, device),
-    ]
-    frame_rows = []
+    tw = int(np.clip(w, 320, 384))  # tiles legible for tiny clips, the sheet small for big ones
+    th = max(2, int(round(h * tw / w)))
+    scale = tw / 700
+    rows = []
     for i, t in enumerate(ids):
         fg_layer = atlas_rgb(nla.atlas(uf[i].reshape(-1, 2))).view(h, w, 3) * alpha[i][..., None]
-        frame_rows.append(
-            np.concatenate([_to_u8(frames[t]), _to_u8(rec[i]), _to_u8(alpha[i]), _to_u8(fg_layer)], axis=1)
-        )
-    width = frame_rows[0].shape[1]
-    atlas_row = np.concatenate([_pad_to(a, tile, a.shape[1]) for a in atlases], axis=1)
-    atlas_row = _pad_to(atlas_row, tile, max(width, atlas_row.shape[1]))
-    rows = [atlas_row] + [_pad_to(r, h, atlas_row.shape[1]) for r in frame_rows]
+        cover = float(fg_mask[i].float().mean())
+        tiles = [
+            _label(_fit(_to_u8(frames[t]), tw, th), f"frame {t}: input", scale),
+            _label(_fit(_to_u8(rec[i]), tw, th), f"reconstruction {psnr(rec[i].clamp(0, 1), frames[t]):.1f} dB", scale),
+            _label(_fit(_to_u8(alpha[i]), tw, th), f"alpha>0.5: {100 * cover:.1f}%", scale, warn=cover < 0.01),
+            _label(_fit(_to_u8(fg_layer), tw, th), "fg layer", scale),
+        ]
+        rows.append(np.concatenate(tiles, axis=1))
+    width = rows[0].shape[1]
+    empty = not bool(fg_mask.any())
+    fg_sel = uf.reshape(-1, 2) if empty else uf[fg_mask]
+    bg_sel = ub.reshape(-1, 2)
+    atlases = [
+        atlas_image(nla, fg_sel.min(0).values, fg_sel.max(0).values, 512, device),
+        atlas_image(nla, bg_sel.min(0).values, bg_sel.max(0).values, 512, device),
+    ]
+    aspects = [a.shape[1] / a.shape[0] for a in atlases]
+    row_h = max(2, int(round(width / sum(aspects))))
+    w_fg = int(round(row_h * aspects[0]))
+    fg_text = "fg atlas: EMPTY, the foreground layer holds nothing" if empty else "fg atlas (used extent)"
+    atlas_row = np.concatenate(
+        [
+            _label(_fit(atlases[0], w_fg, row_h), fg_text, scale, warn=empty),
+            _label(_fit(atlases[1], width - w_fg, row_h), "bg atlas (used extent)", scale),
+        ],
+        axis=1,
+    )
     buf = io.BytesIO()
-    Image.fromarray(np.concatenate(rows, axis=0)).save(buf, format="PNG")
+    Image.fromarray(np.concatenate(rows + [atlas_row], axis=0)).save(buf, format="PNG", optimize=True)
     atomic_write_bytes(path, buf.getvalue())
 
 

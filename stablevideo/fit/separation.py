@@ -191,9 +191,7 @@ def separate(
     ever_u8 = cv2.dilate(_fill_holes(ever_u8), kernel, iterations=2)
     regions = np.stack([canvas.from_canvas(ever_u8, t, cv2.INTER_NEAREST) > 0 for t in range(t_count)])
 
-    moving_fraction = float(strong_motion.mean())
-    if not hints.boxes and moving_fraction < 1e-4:
-        raise SvEngineError(*NOTHING_MOVES)
+    moving_fraction = float(some_motion.mean())
     box_masks, point_seeds = _hint_masks(hints, t_count, h0, w0, w, h, fw, bw)
     if box_masks is not None:  # the object may stand still: its box is where it may be, motion or not
         regions = regions | box_masks
@@ -214,6 +212,8 @@ def separate(
     res_thr = max(10.0, 3.0 * float(np.percentile(residual, 50)))
     some_res = residual > res_thr
     sure = (strong_motion & some_res) | ((residual > 2.0 * res_thr) & some_motion)
+    if not hints.boxes and sure.mean() < 1e-4:
+        raise SvEngineError(*NOTHING_MOVES)
     colour = _ColourModel.fit(lab, sure & regions, ~regions)
     ratio = colour.log_ratio(lab) if colour is not None else np.zeros((t_count, h, w), np.float32)
     # 4. GrabCut per frame: outside the region the object ever occupied is background for sure.
