@@ -125,7 +125,7 @@ def env_info() -> dict[str, Any]:
         info["tensorrt"] = {"flavor": flavor, "version": trt.__version__}
     except Exception as exc:  # noqa: BLE001
         info["tensorrt"] = f"unavailable: {exc}"
-    from sv_engine.engine.backend import backend_status
+    from sv_engine.engine.registry import backend_status
 
     info["backends_cuda"] = backend_status("cuda")
     return info
@@ -222,7 +222,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     # ---- timing of the fused UNet+ControlNet CFG step ------------------------------------------------
     def timing():
-        from sv_engine.engine.backend import get_backend, load_manifest
+        from sv_engine.engine.backend import load_manifest
+        from sv_engine.engine.registry import get_backend
         from sv_engine.export.registry import build_specs
 
         res: dict[str, Any] = {}

@@ -303,7 +303,7 @@ class BenchContext:
         key = (backend, name, precision)
         if key in self._compiled:
             return self._compiled[key][0], 0.0
-        from sv_engine.engine.backend import get_backend
+        from sv_engine.engine.registry import get_backend
 
         spec = self.spec(name, precision)
         t0 = time.perf_counter()
@@ -363,7 +363,7 @@ def skipped(reason: str) -> dict:
 def _backend_unavailable(ctx: BenchContext, backend: str) -> str | None:
     if backend in _EAGER_GPU:
         return None if ctx.cuda else _EAGER_GPU[backend]
-    from sv_engine.engine.backend import backend_class
+    from sv_engine.engine.registry import backend_class
 
     try:
         ok, reason = backend_class(_ENGINE_NAME[backend]).availability(ctx.device)
@@ -500,7 +500,7 @@ def stage_nla_maps(ctx: BenchContext) -> dict:
             continue
 
         def engine_variant(backend=backend) -> dict:
-            from sv_engine.engine.backend import get_backend
+            from sv_engine.engine.registry import get_backend
             from sv_engine.export.registry import build_specs
             from sv_engine.export.spec import DEFAULT_SHAPES, TINY_SHAPES
 

@@ -21,8 +21,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from sv_engine.engine.backend import backend_class, get_backend, load_manifest
+from sv_engine.engine.backend import load_manifest
 from sv_engine.engine.parity import PSNR_MIN_DB, THRESHOLDS, compare_outputs, psnr
+from sv_engine.engine.registry import backend_class, get_backend
 from sv_engine.export.onnx_export import reuse_or_export, write_manifest
 from sv_engine.export.registry import build_specs
 from sv_engine.export.spec import DEFAULT_SHAPES, ShapeRange

@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from sv_engine.engine.backend import CompiledModel, backend_class, default_backend, get_backend, load_manifest
+from sv_engine.engine.backend import CompiledModel, load_manifest
+from sv_engine.engine.registry import backend_class, default_backend, get_backend
 from sv_engine.export.onnx_export import reuse_or_export, write_manifest
 from sv_engine.export.registry import build_specs
 from sv_engine.export.spec import DEFAULT_SHAPES, ShapeRange

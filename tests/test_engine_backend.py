@@ -9,16 +9,9 @@ import numpy as np
 import pytest
 import torch
 from requires import import_or_skip
-from sv_engine.engine.backend import (
-    Backend,
-    CompiledModel,
-    available_backends,
-    backend_status,
-    default_backend,
-    get_backend,
-    load_manifest,
-)
+from sv_engine.engine.backend import Backend, CompiledModel, load_manifest
 from sv_engine.engine.parity import THRESHOLDS, compare, compare_outputs, passes, psnr
+from sv_engine.engine.registry import available_backends, backend_status, default_backend, get_backend
 from sv_engine.export.onnx_export import export_all
 from sv_engine.export.registry import build_specs
 from sv_engine.export.spec import TINY_SHAPES
@@ -71,7 +64,7 @@ def test_trt_not_usable_on_cpu_is_explained():
 def test_available_and_default_backend(caplog):
     names = available_backends("cpu")
     assert "torch" in names and "ort" in names and "trt" not in names
-    with caplog.at_level("INFO", logger="sv_engine.engine.backend"):
+    with caplog.at_level("INFO", logger="sv_engine.engine.registry"):
         assert default_backend("cpu") == "ort"
     assert "default backend: ort" in caplog.text
     status = backend_status("cpu")

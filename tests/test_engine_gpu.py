@@ -41,8 +41,8 @@ def exported(tmp_path_factory):
 @pytest.mark.parametrize("cuda_graph", [False, True])
 def test_ort_cuda_io_binding(exported, name, cuda_graph):
     _ort_cuda()
-    from sv_engine.engine.backend import get_backend
     from sv_engine.engine.parity import compare
+    from sv_engine.engine.registry import get_backend
 
     specs, sources = exported
     spec = specs[name]
@@ -62,8 +62,8 @@ def test_ort_cuda_io_binding(exported, name, cuda_graph):
 
 
 def test_torch_compile_cuda(exported):
-    from sv_engine.engine.backend import get_backend
     from sv_engine.engine.parity import compare
+    from sv_engine.engine.registry import get_backend
 
     specs, _ = exported
     spec = specs["nla_field"]
@@ -84,8 +84,8 @@ def test_torch_compile_cuda(exported):
 def test_torch_cuda_graph_replays_every_shape_correctly(exported, options, max_rel):
     """Per-shape CUDA graphs sharing one pool: each shape, revisited after another, and new inputs
     give the eager module's answer (not a stale replay); also with the edit's NHWC default."""
-    from sv_engine.engine.backend import get_backend
     from sv_engine.engine.parity import compare
+    from sv_engine.engine.registry import get_backend
 
     specs, _ = exported
     spec = specs["unet_controlnet_canny"]
@@ -107,8 +107,8 @@ def test_ort_cuda_fused_attention_fp16(tmp_path):
     keeps the fp32 reference's direction, as the per-component fp16 bound asks."""
     _ort_cuda()
     import onnx
-    from sv_engine.engine.backend import get_backend
     from sv_engine.engine.parity import compare
+    from sv_engine.engine.registry import get_backend
     from sv_engine.export.onnx_export import export_onnx
     from sv_engine.export.registry import build_specs
     from sv_engine.export.spec import TINY_SHAPES

@@ -32,8 +32,8 @@ def exported(tmp_path_factory):
 
 
 def test_trt_fused_unet_matches_torch_and_caches(exported, tmp_path):
-    from sv_engine.engine.backend import get_backend
     from sv_engine.engine.parity import compare
+    from sv_engine.engine.registry import get_backend
 
     specs, sources, _ = exported
     spec = specs["unet_controlnet_canny"]
@@ -57,8 +57,8 @@ def test_trt_fused_unet_matches_torch_and_caches(exported, tmp_path):
 
 
 def test_trt_cuda_graph_nla(exported, tmp_path):
-    from sv_engine.engine.backend import get_backend
     from sv_engine.engine.parity import compare
+    from sv_engine.engine.registry import get_backend
 
     specs, sources, _ = exported
     backend = get_backend("trt", device="cuda", cache_dir=tmp_path, precision="fp32", cuda_graph=True)

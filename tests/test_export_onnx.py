@@ -6,9 +6,10 @@ import json
 
 import pytest
 import torch
-from sv_engine.engine.backend import get_backend, load_manifest
+from sv_engine.engine.backend import load_manifest
 from sv_engine.engine.engine_cache import file_sha256
 from sv_engine.engine.parity import compare
+from sv_engine.engine.registry import get_backend
 from sv_engine.export.onnx_export import export_all, export_onnx, prepare_out_dir
 from sv_engine.export.registry import MODEL_NAMES, build_specs
 from sv_engine.export.spec import TINY_SHAPES, ExportSpec

@@ -24,7 +24,8 @@ def build_command(
     """Build (or load from the cache) one engine/session per exported model and check it runs."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from sv_engine.engine.backend import get_backend, load_manifest
+    from sv_engine.engine.backend import load_manifest
+    from sv_engine.engine.registry import get_backend
     from sv_engine.errors import SvEngineError
 
     if backend not in ("trt", "ort"):
