@@ -269,7 +269,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             entry = {}
             for shape_name, sym in SHAPES.items():
                 try:
-                    model = get_backend("ort", device="cuda", enable_cuda_graph=True).compile(src16)
+                    model = get_backend("ort", device="cuda", cuda_graphs=True).compile(src16)
                     x = spec16.sample_inputs("opt", device="cuda", **sym)
                     entry[shape_name] = time_cuda(lambda: model(**x), iters=args.iters)
                     del model

@@ -37,7 +37,7 @@ case ${1:?phase: models, rest, e2e, attention or service} in
     lane 0 e2e-graphs python3 -m sv_engine.benchmarks.e2e_parity --out "$OUT/e2e-graphs.json" --profile --budget-s 480 \
       --backends torch,torch-compile &
     lane 1 e2e-ort python3 -m sv_engine.benchmarks.e2e_parity --out "$OUT/e2e-ort.json" --profile --budget-s 480 \
-      --backends torch,torch:cuda_graph=1,torch:cuda_graph=1:channels_last=1,ort:cudnn_conv_algo_search=HEURISTIC &
+      --backends torch,torch:cuda_graphs=1,torch:cuda_graphs=1:channels_last=1,ort:cudnn_conv_algo_search=HEURISTIC &
     wait ;;
   attention)  # ORT's fused-attention export and the torch GPU default (graphs + NHWC): model stages and whole edits
     bench_models &

@@ -71,20 +71,17 @@ def accelerated_unet_controlnet(
     default); ``torch`` stays eager (``--no-cuda-graphs``)."""
     if backend in (None, "", "torch"):
         return None
-    from sv_engine.export.runtime import TORCH_GPU_OPTIONS, accelerate
+    from sv_engine.export.runtime import accelerate
     from sv_engine.export.spec import DEFAULT_SHAPES, TINY_SHAPES
 
-    options = {"cache_dir": engine_dir} if engine_dir is not None and backend == "trt" else {}
-    if backend == "torch-cuda-graph":
-        backend, options = "torch", TORCH_GPU_OPTIONS
     accelerated = accelerate(
         components,
-        backend.replace("-", "_"),
+        backend,
         precision,
         device,
         shapes=TINY_SHAPES if tiny else DEFAULT_SHAPES,
         models=("unet_controlnet_canny", "unet_controlnet_depth"),
-        backend_options=options,
+        cache_dir=engine_dir if backend == "trt" else None,
     )
     return accelerated.unet_controlnet
 

@@ -11,8 +11,8 @@ edit under torch.profiler (:mod:`.profile`). Each backend in try/except: one fai
 others; the JSON is rewritten after each.
 
 A backend entry may carry options, ``name:key=value:...``: backend options (e.g.
-``ort:allow_spinning=1:intra_op_threads=0`` = ONNX Runtime's own thread defaults, ``torch:cuda_graph=1``
-= eager torch replayed from CUDA graphs) and the pipeline's ``overlap=0|1`` (background edit
+``ort:allow_spinning=1:intra_op_threads=0`` = ONNX Runtime's own thread defaults, ``torch:cuda_graphs=1``
+= eager torch replayed from CUDA graphs; typed by sv_engine.engine.registry) and the pipeline's ``overlap=0|1`` (background edit
 overlapped with the keyframe loop; default off).
 """
 
@@ -31,6 +31,7 @@ from sv_engine.benchmarks.e2e import edit_params, synth_data_dir
 from sv_engine.benchmarks.profile import profile_call
 from sv_engine.benchmarks.timing import environment
 from sv_engine.engine.parity import PSNR_MIN_DB, psnr
+from sv_engine.engine.registry import BackendChoice, parse_choice
 from sv_engine.export.runtime import accelerate
 from sv_engine.export.spec import DEFAULT_SHAPES, TINY_SHAPES
 from sv_engine.stablevideo.model_source import load_components
@@ -44,21 +45,12 @@ def _sync() -> None:
         torch.cuda.synchronize()
 
 
-def parse_variant(entry: str) -> tuple[str, dict, dict]:
-    """``"ort:allow_spinning=1:overlap=0"`` -> ("ort", backend options, pipeline options)."""
-    name, *pairs = entry.split(":")
-    backend_options: dict = {}
-    pipeline_options: dict = {}
-    for pair in pairs:
-        key, sep, raw = pair.partition("=")
-        if not sep:
-            raise ValueError(f"backend option {pair!r} of {entry!r} is not key=value")
-        value = int(raw) if raw.lstrip("-").isdigit() else raw
-        if key == "overlap":
-            pipeline_options["overlap_background"] = bool(value)
-        else:
-            backend_options[key] = value
-    return name, backend_options, pipeline_options
+def parse_variant(entry: str) -> tuple[BackendChoice, dict]:
+    """``"ort:allow_spinning=1:overlap=0"`` -> (the ORT choice with its typed options, pipeline options)."""
+    pairs = entry.split(":")
+    overlap = [p for p in pairs[1:] if p.startswith("overlap=")]
+    pipeline_options = {"overlap_background": p.partition("=")[2] not in ("0", "false")} if overlap else {}
+    return parse_choice(":".join(p for p in pairs if p not in overlap)), pipeline_options
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -93,16 +85,16 @@ def run(args: argparse.Namespace) -> dict:
             continue
         entry: dict = {}
         try:
-            backend, backend_options, pipeline_options = parse_variant(variant)
+            choice, pipeline_options = parse_variant(variant)
             t0 = time.perf_counter()
             accelerated = accelerate(
                 components,
-                backend.replace("-", "_"),
+                choice.backend,
                 precision,
                 device,
                 onnx_dir=args.onnx_dir,
                 shapes=TINY_SHAPES if args.tiny else DEFAULT_SHAPES,
-                backend_options=backend_options,
+                options=choice.options,
             )
             entry["compile_s"] = round(time.perf_counter() - t0, 2)
             pipeline = StableVideoPipeline(

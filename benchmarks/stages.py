@@ -8,8 +8,8 @@ scipy ``griddata`` on the CPU, ``F.grid_sample``); the other columns get a ``spe
 
 Model stages (text encoder, UNet+ControlNet CFG step, VAE, depth) run the export specs' modules:
 ``reference`` = eager fp32 torch, ``torch-fp16`` = eager fp16 torch (GPU), ``torch-cuda-graph`` = the
-same replayed from a CUDA graph with NHWC convolutions (GPU; ``export.runtime.TORCH_GPU_OPTIONS``, the
-path `sv-engine edit` takes with torch on a GPU), ``torch-compile``, ``ort`` and ``trt`` (ONNX exported once into
+same replayed from a CUDA graph with NHWC convolutions (GPU; the registry's named choice, the path
+`sv-engine edit` takes with torch on a GPU), ``torch-compile``, ``ort`` and ``trt`` (ONNX exported once into
 a cache folder, compiled by ``sv_engine.engine``).
 """
 
@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 from sv_engine.benchmarks.timing import time_fn
+from sv_engine.engine.registry import CHOICES, backend_names, canonical_name
 
 from sv_engine.errors import SvEngineError
 from sv_engine.paths import cache_root
@@ -39,14 +40,14 @@ log = logging.getLogger(__name__)
 
 #: Which column a stage's speed-ups are measured against (first one that ran).
 REFERENCE_ORDER = ("reference", "scipy", "torch")
-#: Engine backends a user can ask for (``--backends``); "torch" means eager fp16 on the GPU.
-MODEL_BACKENDS = ("torch", "torch-cuda-graph", "torch-compile", "ort", "trt")
+#: Engine backends a user can ask for (``--backends``: the registry's names and named choices); "torch"
+#: means eager fp16 on the GPU.
+MODEL_BACKENDS = tuple(backend_names())
 #: Eager fp16 columns that need a GPU (the CPU's eager column is the fp32 reference).
 _EAGER_GPU = {
     "torch": "eager fp16 needs a CUDA GPU (the fp32 reference is the CPU's eager torch)",
     "torch-cuda-graph": "CUDA graphs need a CUDA GPU",
 }
-_ENGINE_NAME = {"torch-compile": "torch_compile", "ort": "ort", "trt": "trt"}
 
 
 class BudgetExceeded(Exception):
@@ -158,20 +159,16 @@ def parse_backends(backends: str | list[str] | None) -> list[str]:
     if backends is None or backends == "" or backends == "all":
         return list(MODEL_BACKENDS)
     items = [b.strip() for b in backends.split(",")] if isinstance(backends, str) else list(backends)
-    aliases = {
-        "torch_compile": "torch-compile",
-        "compile": "torch-compile",
-        "onnxruntime": "ort",
-        "tensorrt": "trt",
-        "eager": "torch",
-    }
     out = []
     for item in items:
         if not item:
             continue
-        name = aliases.get(item, item)
-        if name not in MODEL_BACKENDS:
-            raise SvEngineError(f"Unknown backend {item!r}.", f"use a comma list of {', '.join(MODEL_BACKENDS)}.")
+        try:
+            name = item if item in CHOICES else canonical_name(item)
+        except SvEngineError:
+            raise SvEngineError(
+                f"Unknown backend {item!r}.", f"use a comma list of {', '.join(MODEL_BACKENDS)}."
+            ) from None
         if name not in out:
             out.append(name)
     return out
@@ -307,16 +304,14 @@ class BenchContext:
 
         spec = self.spec(name, precision)
         t0 = time.perf_counter()
-        if backend in ("reference", "torch-fp16"):
-            model = get_backend("torch", self.device).compile(spec.model_source())
-        elif backend == "torch-cuda-graph":
-            from sv_engine.export.runtime import TORCH_GPU_OPTIONS
-
-            model = get_backend("torch", self.device, **TORCH_GPU_OPTIONS).compile(spec.model_source())
-        elif backend == "torch-compile":
-            model = get_backend("torch_compile", self.device).compile(spec.model_source())
+        engine = get_backend(
+            "torch" if backend in ("reference", "torch-fp16") else backend,
+            self.device,
+            cache_dir=self.engine_dir / backend,
+        )
+        if engine.needs == "module":
+            model = engine.compile(spec.model_source())
         else:
-            engine = get_backend(_ENGINE_NAME[backend], self.device, cache_dir=self.engine_dir / backend)
             source, _ = self.onnx_source(spec, engine.onnx_attention)
             model = engine.compile(source)
         seconds = time.perf_counter() - t0
@@ -366,7 +361,7 @@ def _backend_unavailable(ctx: BenchContext, backend: str) -> str | None:
     from sv_engine.engine.registry import backend_class
 
     try:
-        ok, reason = backend_class(_ENGINE_NAME[backend]).availability(ctx.device)
+        ok, reason = backend_class(backend).availability(ctx.device)
     except Exception as exc:  # noqa: BLE001
         ok, reason = False, error_string(exc)
     return None if ok else (reason or "not available")
@@ -509,12 +504,10 @@ def stage_nla_maps(ctx: BenchContext) -> dict:
             )["nla_field"]
             t0 = time.perf_counter()
             if backend == "torch-compile":
-                model = get_backend("torch_compile", ctx.device, dynamic=True).compile(spec.model_source())
+                model = get_backend(backend, ctx.device, dynamic=True).compile(spec.model_source())
             else:
                 source, _ = ctx.onnx_source(spec)
-                model = get_backend(_ENGINE_NAME[backend], ctx.device, cache_dir=ctx.engine_dir / backend).compile(
-                    source
-                )
+                model = get_backend(backend, ctx.device, cache_dir=ctx.engine_dir / backend).compile(source)
             compile_s = time.perf_counter() - t0
 
             def field_fn(xyt: torch.Tensor):

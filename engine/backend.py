@@ -317,32 +317,29 @@ def _resolve_device(device: str | torch.device | None) -> torch.device:
 class Backend(ABC):
     """A runtime that turns a :class:`ModelSource` into a :class:`CompiledModel`.
 
-    Subclasses set :attr:`name`, :attr:`pip_package` (named in not-installed errors) and implement
-    :meth:`availability` and :meth:`compile`.
+    Subclasses set :attr:`name` (the registry's canonical name), :attr:`pip_package` (named in
+    not-installed errors) and implement :meth:`availability` and :meth:`compile`; their options class,
+    aliases and defaults live in :mod:`sv_engine.engine.registry`.
     """
 
     name: ClassVar[str] = ""
     pip_package: ClassVar[str] = ""
     #: Which source field the backend needs: ``"onnx"`` or ``"module"``.
     needs: ClassVar[str] = "onnx"
-    #: Rank of a whole edit's latency for :func:`default_backend` (higher is faster) on (cuda, cpu),
-    #: from the committed device runs (benchmarks/results/, run 222e1bc): torch (CUDA graphs, the
-    #: edit's GPU default) 3.1 s warm; ONNX Runtime 4.5 s; torch.compile is fastest warm (2.3 s) but
-    #: compiles for minutes in every new process. TensorRT ranks first unmeasured.
-    speed_rank: ClassVar[tuple[int, int]] = (0, 0)
     #: The attention form of the ONNX graphs to export for this backend (``ModelSource.attention``).
     onnx_attention: str = "onnx"
 
     def __init__(
-        self, device: str | torch.device | None = None, cache_dir: str | Path | None = None, **options: Any
+        self, device: str | torch.device | None = None, cache_dir: str | Path | None = None, options: Any = None
     ) -> None:
+        from sv_engine.engine.registry import available_backends, make_options
+
         self.device = _resolve_device(device)
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
-        self.options = options
+        #: The backend's typed options (:mod:`sv_engine.engine.registry`), defaults when not given.
+        self.options = make_options(self.name, options)
         ok, reason = type(self).availability(self.device)
         if not ok:
-            from sv_engine.engine.registry import available_backends
-
             raise SvEngineError(
                 f"Backend {self.name!r} is not usable here: {reason}.",
                 f"Install it (`pip install {self.pip_package}`) or pick another backend "

@@ -5,27 +5,11 @@
   ``data_ptr()``, outputs are preallocated torch tensors (shapes from the manifest's symbolic
   output shapes, or one probe run per new input-shape signature), ORT runs on torch's current
   stream (``user_compute_stream``) so nothing goes through the host.
-* Optional CUDA graphs (``enable_cuda_graph=True``) for fixed shapes: inputs are copied into static
-  buffers and the captured graph is replayed; outputs are cloned out of the static buffers.
+* Optional CUDA graphs (``cuda_graphs``) for fixed shapes: inputs are copied into static buffers and
+  the graph ORT captured is replayed; outputs are cloned out of the static buffers.
 
-Options: ``enable_cuda_graph`` (False), ``graph_optimization`` ("all"), ``intra_op_threads`` (CUDA: 1,
-CPU: ORT's default), ``allow_spinning`` (CUDA: False, CPU: True), ``cudnn_conv_algo_search``
-("HEURISTIC", below), ``attention`` ("ort": the graphs exported for this backend use ORT's fused
-``MultiHeadAttention``; "onnx": the standard-operator form, see
-:mod:`sv_engine.export.ort_attention`), ``save_optimized`` (write the optimised model into the cache
-dir), ``provider_options`` (extra CUDA EP options), ``free_dimensions`` ({ONNX dim name: value}:
-fixes symbolic dims, which ORT's CUDA graphs need: with symbolic dims ORT keeps the shape arithmetic
-on the CPU EP and refuses to capture, as the H100 run e6a5af2 showed for the UNet+ControlNet graphs).
-
-Why one thread and no spinning on CUDA: the graph runs on the GPU, the CPU only launches kernels
-and evaluates a few shape ops. Every session otherwise owns a pool of one thread per core whose
-workers busy-wait after each run: five sessions per pipeline, and one pipeline per GPU on a host.
-On the H100 a whole edit took the same time either way (26.7 s before, 27.3 s after); the cores
-are simply left to the other workers.
-
-Why HEURISTIC: with ``EXHAUSTIVE`` every change of a session's input shape cost ~5 s in its next run
-(cuDNN algorithm search; only the last shape's plan is kept, H100 log of run 26909ec), and a clip's
-keyframes come in 2-3 shapes. Why the fused attention: ORT runs the standard form as written, every
+Options, their defaults and why: :class:`~sv_engine.engine.registry.OrtOptions`. Why the fused
+attention form (:mod:`sv_engine.export.ort_attention`): ORT runs the standard form as written, every
 fp32 score matrix materialised; its transformer optimizer (``optimize_model(model_type="unet")``)
 fuses GroupNorm and NHWC convolutions in these graphs but not their attention (ORT 1.32), so the
 export emits the fused operator itself.
@@ -40,6 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 from sv_engine.engine.backend import Backend, CompiledModel, ModelSource, torch_dtype
+from sv_engine.engine.registry import OrtOptions
 
 from sv_engine.errors import SvEngineError
 
@@ -156,7 +141,7 @@ class OrtModel(CompiledModel):
                     raise SvEngineError(
                         f"{self.name!r} runs with an ONNX Runtime CUDA graph captured for {n} shape "
                         f"{tuple(self._static[n].shape)}; got {tuple(t.shape)}.",
-                        "Create one session per shape, or disable enable_cuda_graph for dynamic shapes.",
+                        "Create one session per shape, or drop the cuda_graphs option for dynamic shapes.",
                     )
                 self._static[n].copy_(t)
         torch.cuda.current_stream(self.device).synchronize()
@@ -175,11 +160,11 @@ class OrtBackend(Backend):
     name = "ort"
     pip_package = "onnxruntime (CPU) / onnxruntime-gpu (CUDA)"
     needs = "onnx"
-    speed_rank = (20, 20)
+    options: OrtOptions
 
     @property
     def onnx_attention(self) -> str:  # type: ignore[override]
-        return self.options.get("attention", "ort")
+        return self.options.attention
 
     @classmethod
     def availability(cls, device=None):
@@ -198,7 +183,7 @@ class OrtBackend(Backend):
     def session_options(self, source: ModelSource):
         ort = _import_ort()
         so = ort.SessionOptions()
-        level = self.options.get("graph_optimization", "all")
+        level = self.options.graph_optimization
         so.graph_optimization_level = {
             "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
             "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
@@ -206,16 +191,19 @@ class OrtBackend(Backend):
             "none": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
         }[level]
         cuda = self.device.type == "cuda"
-        threads = self.options.get("intra_op_threads", 1 if cuda else 0)
+        threads = self.options.intra_op_threads
+        if threads is None:
+            threads = 1 if cuda else 0
         if threads:
             so.intra_op_num_threads = int(threads)
-        spinning = "1" if self.options.get("allow_spinning", not cuda) else "0"
+        allow_spinning = self.options.allow_spinning
+        spinning = "1" if (not cuda if allow_spinning is None else allow_spinning) else "0"
         so.add_session_config_entry("session.intra_op.allow_spinning", spinning)
         so.add_session_config_entry("session.inter_op.allow_spinning", spinning)
         so.log_severity_level = 3
-        for dim, value in self.options.get("free_dimensions", {}).items():
+        for dim, value in self.options.free_dimensions.items():
             so.add_free_dimension_override_by_name(dim, int(value))
-        if self.options.get("save_optimized") and self.cache_dir is not None:
+        if self.options.save_optimized and self.cache_dir is not None:
             self.cache_dir.mkdir(parents=True, exist_ok=True)
             so.optimized_model_filepath = str(self.cache_dir / f"{source.name}.{self.device.type}.ort.onnx")
         return so
@@ -227,15 +215,15 @@ class OrtBackend(Backend):
             "device_id": self.device.index or 0,
             "has_user_compute_stream": "1",
             "user_compute_stream": str(torch.cuda.current_stream(self.device).cuda_stream),
-            "cudnn_conv_algo_search": self.options.get("cudnn_conv_algo_search", "HEURISTIC"),
+            "cudnn_conv_algo_search": self.options.cudnn_conv_algo_search,
             "do_copy_in_default_stream": "1",
         }
         if source is not None and source.precision == "fp32":
             opts["use_tf32"] = "0"  # fp32 means fp32: TF32 convs/matmuls would cost ~1e-3 relative
-        if self.options.get("enable_cuda_graph"):
+        if self.options.cuda_graphs:
             opts["enable_cuda_graph"] = "1"
             del opts["user_compute_stream"], opts["has_user_compute_stream"]  # ORT captures on its own stream
-        opts.update(self.options.get("provider_options", {}))
+        opts.update(self.options.provider_options)
         return [("CUDAExecutionProvider", opts), "CPUExecutionProvider"]
 
     def compile(self, source: ModelSource) -> CompiledModel:
@@ -246,12 +234,12 @@ class OrtBackend(Backend):
                 str(path), sess_options=self.session_options(source), providers=self.providers(source)
             )
         except Exception as exc:  # noqa: BLE001 - ORT raises its own exception types
-            if self.options.get("enable_cuda_graph") and "graph capture" in str(exc):
+            if self.options.cuda_graphs and "graph capture" in str(exc):
                 raise SvEngineError(
                     f"ONNX Runtime cannot capture a CUDA graph of {source.name}: some of its nodes run on the CPU "
                     "(the shape arithmetic of symbolic dimensions).",
                     "Fix every symbolic dimension with the free_dimensions option ({ONNX dim name: value}), "
-                    "or drop enable_cuda_graph.",
+                    "or drop the cuda_graphs option.",
                 ) from exc
             raise SvEngineError(
                 f"ONNX Runtime could not load {path}: {exc}",
@@ -270,4 +258,4 @@ class OrtBackend(Backend):
             **{i.name: _ORT_TYPES[i.type] for i in session.get_inputs() if i.type in _ORT_TYPES},
         }
         logger.info("ORT session %s on %s (%s)", source.name, self.device, session.get_providers()[0])
-        return OrtModel(source, self.device, session, bool(self.options.get("enable_cuda_graph")))
+        return OrtModel(source, self.device, session, self.options.cuda_graphs)

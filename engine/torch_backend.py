@@ -1,15 +1,15 @@
 """Eager PyTorch backend: runs the export spec's torch module as is (the reference path).
 
-Option ``cuda_graph=True`` (CUDA only) replays each call from a CUDA graph captured once per input
-shape: an edit's UNet steps are ~136 k kernel launches, and the H100 profile shows the GPU busy only
-~20 % of a warm edit while the host launches them. Capture costs a few warm-up calls per shape, not
-a compile.
+Options (:class:`~sv_engine.engine.registry.TorchOptions`, where each is explained): ``cuda_graphs``
+replays each call from a CUDA graph captured once per input shape, ``channels_last`` keeps the
+convolution weights in NHWC.
 """
 
 from __future__ import annotations
 
 import torch
 from sv_engine.engine.backend import Backend, CompiledModel, ModelSource
+from sv_engine.engine.registry import TorchOptions
 
 from sv_engine.errors import SvEngineError
 
@@ -83,16 +83,12 @@ def _module_dtype(module: torch.nn.Module) -> torch.dtype | None:
 
 
 class TorchBackend(Backend):
-    """Eager torch; the module is moved to the backend device (its dtype is kept). Options:
-    ``cuda_graph`` (default False): replay per-shape CUDA graphs (:class:`CudaGraphModel`);
-    ``channels_last`` (default False): convolution weights in NHWC, the layout of cuDNN's fast fp16
-    kernels (the H100 profile of a warm edit spent 0.34 s of 2.1 s of kernels converting NCHW to NHWC;
-    with CUDA graphs a warm edit took 3.13 s against 3.72 s without it, H200 run 2506125)."""
+    """Eager torch; the module is moved to the backend device (its dtype is kept)."""
 
     name = "torch"
     pip_package = "torch"
     needs = "module"
-    speed_rank = (30, 10)
+    options: TorchOptions
 
     @classmethod
     def availability(cls, device=None):
@@ -100,16 +96,16 @@ class TorchBackend(Backend):
 
     def _prepare(self, source: ModelSource) -> torch.nn.Module:
         module = self._require_module(source).to(self.device).eval()
-        if self.options.get("channels_last"):
+        if self.options.channels_last:
             module = module.to(memory_format=torch.channels_last)
         return module
 
     def compile(self, source: ModelSource) -> CompiledModel:
-        if self.options.get("cuda_graph"):
+        if self.options.cuda_graphs:
             if self.device.type != "cuda":
                 raise SvEngineError(
                     f"CUDA graphs need a CUDA device; {source.name!r} is on {self.device}.",
-                    "run on a GPU (--device cuda), or drop the CUDA-graph option (--cuda-graphs) on the CPU.",
+                    "run on a GPU, or without CUDA graphs on the CPU.",
                 )
             return CudaGraphModel(source, self.device, self._prepare(source))
         return TorchModel(source, self.device, self._prepare(source))

@@ -1,8 +1,9 @@
 """torch.compile backend (inductor).
 
-On CUDA the default mode is ``"reduce-overhead"`` (inductor + CUDA graphs where shapes are static);
-on CPU plain inductor (it needs a C++ compiler; :meth:`availability` probes a one-op compile once
-and reports the reason when that fails).
+Options and their defaults: :class:`~sv_engine.engine.registry.CompileOptions` (on CUDA
+``"reduce-overhead"``, inductor + CUDA graphs where shapes are static; on CPU plain inductor, which
+needs a C++ compiler: :meth:`availability` probes a one-op compile once and reports the reason when
+that fails).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import logging
 
 import torch
 from sv_engine.engine.backend import Backend, CompiledModel, ModelSource
+from sv_engine.engine.registry import CompileOptions
 from sv_engine.engine.torch_backend import TorchModel
 
 logger = logging.getLogger(__name__)
@@ -36,18 +38,12 @@ def _probe_inductor(device_type: str) -> tuple[bool, str]:
 
 
 class TorchCompileBackend(Backend):
-    """``torch.compile(module, mode=...)``; options: ``mode`` (default reduce-overhead on CUDA, None on
-    CPU), ``dynamic`` (default False: one static graph per input shape).
+    """``torch.compile(module, mode=..., dynamic=...)``."""
 
-    Why static: on an H100 the fused SD UNet+ControlNet compiles in ~94 s per shape, while the
-    automatic-dynamic recompile that a second shape triggers (``dynamic=None``) took 329 s; one clip's
-    keyframe crops come in two or three sizes, so per-shape graphs compile sooner.
-    """
-
-    name = "torch_compile"
+    name = "torch-compile"
     pip_package = "torch"
     needs = "module"
-    speed_rank = (10, 5)
+    options: CompileOptions
 
     @classmethod
     def availability(cls, device=None):
@@ -58,8 +54,10 @@ class TorchCompileBackend(Backend):
 
     def compile(self, source: ModelSource) -> CompiledModel:
         module = self._require_module(source).to(self.device).eval()
-        mode = self.options.get("mode", "reduce-overhead" if self.device.type == "cuda" else None)
-        dynamic = self.options.get("dynamic", False)
+        mode = self.options.mode
+        if mode is None and self.device.type == "cuda":
+            mode = "reduce-overhead"
+        dynamic = self.options.dynamic
         logger.info("torch.compile %s (mode=%s, dynamic=%s)", source.name, mode, dynamic)
         compiled = torch.compile(module, mode=mode, dynamic=dynamic, fullgraph=False)
         if mode == "reduce-overhead":

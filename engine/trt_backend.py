@@ -12,7 +12,8 @@ TensorRT version). Precision handling for the two APIs:
 
 Run: torch device tensors bound with ``set_tensor_address``; outputs preallocated as torch
 tensors from ``context.get_tensor_shape``; ``execute_async_v3`` on torch's current stream. Optional
-CUDA graph (``cuda_graph=True``) captured per input-shape signature with static I/O buffers.
+CUDA graph (``cuda_graphs``) captured per input-shape signature with static I/O buffers. Options and
+their defaults: :class:`~sv_engine.engine.registry.TrtOptions`.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from typing import Any
 import torch
 from sv_engine.engine.backend import Backend, CompiledModel, ModelSource
 from sv_engine.engine.engine_cache import EngineCache, engine_key, file_sha256
+from sv_engine.engine.registry import TrtOptions
 
 from sv_engine.errors import SvEngineError
 from sv_engine.paths import cache_root
@@ -289,13 +291,12 @@ def check_parsable(source: ModelSource) -> None:
 
 
 class TrtBackend(Backend):
-    """TensorRT. Options: ``precision`` ("fp16" default on GPU), ``cuda_graph`` (False),
-    ``workspace_gb``, ``builder_optimization_level``, ``cache_dir`` (default ``<sv-engine cache>/trt``)."""
+    """TensorRT; engines are cached in ``cache_dir`` (default ``<sv-engine cache>/trt``)."""
 
     name = "trt"
     pip_package = "tensorrt (or tensorrt-rtx)"
     needs = "onnx"
-    speed_rank = (40, -1)
+    options: TrtOptions
 
     @classmethod
     def availability(cls, device=None):
@@ -304,8 +305,8 @@ class TrtBackend(Backend):
             return False, "TensorRT runs on CUDA devices only"
         return trt_available()
 
-    def __init__(self, device=None, cache_dir=None, **options: Any) -> None:
-        super().__init__(device=device, cache_dir=cache_dir, **options)
+    def __init__(self, device=None, cache_dir=None, options: TrtOptions | None = None) -> None:
+        super().__init__(device=device, cache_dir=cache_dir, options=options)
         self.trt, self.flavor = import_tensorrt()
         if self.cache_dir is None:
             self.cache_dir = cache_root() / "trt"
@@ -322,12 +323,12 @@ class TrtBackend(Backend):
             precision,
             gpu,
             f"{self.flavor}-{self.trt.__version__}",
-            extra={"onnx_precision": source.precision, "opt_level": self.options.get("builder_optimization_level")},
+            extra={"onnx_precision": source.precision, "opt_level": self.options.builder_optimization_level},
         )
 
     def build(self, source: ModelSource) -> tuple[Any, bool]:
         """``(deserialized engine, rebuilt?)`` from the cache, building on a miss."""
-        precision = self.options.get("precision", source.precision)
+        precision = self.options.precision or source.precision
         onnx_path = self._require_onnx(source)
         check_parsable(source)
         key = self.engine_key(source, precision)
@@ -342,8 +343,8 @@ class TrtBackend(Backend):
                 source,
                 precision,
                 timing_cache_path=self.cache_dir / f"timing-{self.flavor}.cache",
-                workspace_gb=self.options.get("workspace_gb"),
-                builder_optimization_level=self.options.get("builder_optimization_level"),
+                workspace_gb=self.options.workspace_gb,
+                builder_optimization_level=self.options.builder_optimization_level,
             )
             self.last_build_s = time.perf_counter() - t0
             return data
@@ -372,4 +373,4 @@ class TrtBackend(Backend):
 
     def compile(self, source: ModelSource) -> CompiledModel:
         engine, _ = self.build(source)
-        return TrtModel(source, self.device, self.trt, engine, bool(self.options.get("cuda_graph")))
+        return TrtModel(source, self.device, self.trt, engine, self.options.cuda_graphs)

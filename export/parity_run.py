@@ -40,7 +40,7 @@ def run_parity(
     shapes: ShapeRange = DEFAULT_SHAPES,
     device: str | None = None,
     onnx_dir: str | Path | None = None,
-    backend_options: dict[str, Any] | None = None,
+    options: Any = None,
     symbols: dict[str, dict[str, int]] | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
@@ -52,7 +52,7 @@ def run_parity(
     dev = torch.device(device) if device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
     ref_specs = build_specs(components, nla, names=models, precision="fp32", shapes=shapes, device=dev)
     test_specs = build_specs(components, nla, names=models, precision=precision, shapes=shapes, device=dev)
-    be = get_backend(backend, device=dev, **(backend_options or {}))
+    be = get_backend(backend, device=dev, options=options)
     needs_onnx = backend_class(backend).needs == "onnx"
     tmp = None
     if needs_onnx and onnx_dir is None:
@@ -141,7 +141,7 @@ def run_edit_parity(
     shapes: ShapeRange = DEFAULT_SHAPES,
     device: str | None = None,
     onnx_dir: str | Path | None = None,
-    backend_options: dict[str, Any] | None = None,
+    options: Any = None,
 ) -> dict[str, Any]:
     """``{"psnr_db", "min_db", "ok", "frames", "seed", ...}``: the frames of one edit of ``data_dir`` with
     ``params`` (give a fixed seed) on ``backend`` in ``precision`` against the torch fp32 pipeline's.
@@ -161,12 +161,12 @@ def run_edit_parity(
     ref_s = time.perf_counter() - t0
     accelerated = accelerate(
         candidate,
-        backend.replace("-", "_"),
+        backend,
         precision,
         dev,
         onnx_dir=Path(onnx_dir) if onnx_dir else None,
         shapes=shapes,
-        backend_options=backend_options,
+        options=options,
     )
     t0 = time.perf_counter()
     frames = (

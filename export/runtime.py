@@ -16,7 +16,17 @@ from pathlib import Path
 
 import torch
 from sv_engine.engine.backend import CompiledModel, load_manifest
-from sv_engine.engine.registry import backend_class, default_backend, get_backend
+from sv_engine.engine.registry import (
+    BackendChoice,
+    BackendOptions,
+    TorchOptions,
+    backend_class,
+    canonical_name,
+    default_backend,
+    get_backend,
+    make_options,
+    resolve_choice,
+)
 from sv_engine.export.onnx_export import reuse_or_export, write_manifest
 from sv_engine.export.registry import build_specs
 from sv_engine.export.spec import DEFAULT_SHAPES, ShapeRange
@@ -34,7 +44,7 @@ ACCELERATED_MODELS = ("unet_controlnet_canny", "unet_controlnet_depth", "vae_enc
 #: take only the UNet+ControlNet steps (~95% of the diffusion time) by default; the VAE and text
 #: encoder run a handful of times per edit and stay eager.
 DEFAULT_MODELS = {
-    "torch_compile": ("unet_controlnet_canny", "unet_controlnet_depth"),
+    "torch-compile": ("unet_controlnet_canny", "unet_controlnet_depth"),
     "torch": ("unet_controlnet_canny", "unet_controlnet_depth"),
 }
 
@@ -132,16 +142,20 @@ def accelerate(
     onnx_dir: Path | None = None,
     shapes: ShapeRange = DEFAULT_SHAPES,
     models: tuple[str, ...] | None = None,
-    backend_options: dict | None = None,
+    options: BackendOptions | None = None,
+    cache_dir: Path | None = None,
 ) -> AcceleratedModels:
     """Compile ``models`` (default: the backend's :data:`DEFAULT_MODELS`, else :data:`ACCELERATED_MODELS`)
-    with ``backend``; plain "torch" returns no overrides (the modules run as they are), "torch" with
-    ``backend_options={"cuda_graph": True}`` replays the UNet+ControlNet steps from CUDA graphs."""
-    result = AcceleratedModels(backend)
-    if backend == "torch" and not (backend_options or {}).get("cuda_graph"):
+    with ``backend`` (a registry name or named choice) and its typed ``options``; torch with its default
+    options returns no overrides (the modules run as they are), torch with ``cuda_graphs`` replays the
+    UNet+ControlNet steps from CUDA graphs. ``cache_dir``: the backend's engine cache."""
+    choice = resolve_choice(backend) if options is None else BackendChoice(canonical_name(backend), options)
+    backend, options = choice.backend, make_options(choice.backend, choice.options)
+    result = AcceleratedModels(backend, cuda_graphs=backend == "torch" and options.cuda_graphs)
+    if backend == "torch" and options == TorchOptions():
         return result
     models = models or DEFAULT_MODELS.get(backend, ACCELERATED_MODELS)
-    engine = get_backend(backend, device=device, **(backend_options or {}))
+    engine = get_backend(backend, device=device, options=options, cache_dir=cache_dir)
     specs = build_specs(
         components,
         None,
@@ -186,13 +200,6 @@ def _has_model(components: SDComponents, name: str) -> bool:
 TINY_MODEL_SHAPES = ShapeRange(height=(64, 256, 1024), width=(64, 256, 1536), multiple=64)
 
 
-#: Eager torch's fast path on a GPU (`sv-engine edit`'s default there): the UNet+ControlNet steps
-#: replayed from per-shape CUDA graphs, convolution weights in NHWC (cuDNN's fast fp16 layout).
-#: 2x H200, run 2506125, one 70-frame edit: warm 3.13 s against 4.68 s eager (3.72 s with graphs
-#: alone), first edit 6.6 s against 15.0 s, peak memory 6.48 GB against 6.23 GB, 60.9 dB vs eager.
-TORCH_GPU_OPTIONS = {"cuda_graph": True, "channels_last": True}
-
-
 def check_cuda_graphs(backend: str, cuda_graphs: bool | None) -> None:
     """``--cuda-graphs`` goes with eager torch only (also checked before the service starts workers)."""
     if cuda_graphs and backend not in ("auto", "torch"):
@@ -214,7 +221,7 @@ def accelerate_for_edit(
     workers run.
 
     ``auto`` is the fastest backend available on a GPU (announced) and eager torch on the CPU.
-    ``cuda_graphs`` (default: on for torch on a GPU) runs torch with :data:`TORCH_GPU_OPTIONS`;
+    ``cuda_graphs`` (default: on for torch on a GPU) runs the registry's ``torch-cuda-graph`` choice;
     ``False`` runs it eagerly."""
     check_cuda_graphs(backend, cuda_graphs)
     if backend == "auto":
@@ -227,13 +234,10 @@ def accelerate_for_edit(
                 "torch on %s: UNet+ControlNet steps replayed from CUDA graphs (--no-cuda-graphs runs them eagerly)",
                 device,
             )
-    result = accelerate(
+    return accelerate(
         components,
-        backend.replace("-", "_"),
+        "torch-cuda-graph" if cuda_graphs else backend,
         precision,
         device,
         shapes=TINY_MODEL_SHAPES if tiny else DEFAULT_SHAPES,
-        backend_options=TORCH_GPU_OPTIONS if cuda_graphs else None,
     )
-    result.cuda_graphs = bool(cuda_graphs)
-    return result

@@ -314,16 +314,19 @@ def test_profile_call_on_cpu_lists_host_ops():
 
 def test_e2e_parity_backend_variants():
     from sv_engine.benchmarks.e2e_parity import parse_variant
+    from sv_engine.engine.registry import BackendChoice, OrtOptions, TorchOptions
 
-    assert parse_variant("torch") == ("torch", {}, {})
+    assert parse_variant("torch") == (BackendChoice("torch", TorchOptions()), {})
     assert parse_variant("ort:allow_spinning=1:intra_op_threads=0:overlap=0") == (
-        "ort",
-        {"allow_spinning": 1, "intra_op_threads": 0},
+        BackendChoice("ort", OrtOptions(allow_spinning=True, intra_op_threads=0)),
         {"overlap_background": False},
     )
-    assert parse_variant("ort:cudnn_conv_algo_search=HEURISTIC")[1] == {"cudnn_conv_algo_search": "HEURISTIC"}
-    with pytest.raises(ValueError, match="key=value"):
+    assert parse_variant("ort:cudnn_conv_algo_search=EXHAUSTIVE")[0].options.cudnn_conv_algo_search == "EXHAUSTIVE"
+    assert parse_variant("torch-cuda-graph")[0].options == TorchOptions(cuda_graphs=True, channels_last=True)
+    with pytest.raises(SvEngineError, match="key=value"):
         parse_variant("ort:spin")
+    with pytest.raises(SvEngineError, match="no option spin"):
+        parse_variant("ort:spin=1")
 
 
 def test_merge_lanes_of_one_device_run(tiny_result, tmp_path):

@@ -163,7 +163,7 @@ def test_torch_compile_compiles_one_static_graph_per_shape(small):
 def test_torch_cuda_graph_needs_a_gpu(small):
     specs, _ = small
     with pytest.raises(SvEngineError, match="CUDA graphs need a CUDA device"):
-        get_backend("torch", device="cpu", cuda_graph=True).compile(specs["nla_atlas"].model_source())
+        get_backend("torch", device="cpu", cuda_graphs=True).compile(specs["nla_atlas"].model_source())
 
 
 def test_torch_channels_last_keeps_the_answer():
@@ -183,6 +183,7 @@ def test_torch_channels_last_keeps_the_answer():
 def test_ort_cuda_sessions_use_one_thread_without_spinning():
     import_or_skip("onnxruntime")
     from sv_engine.engine.ort_backend import OrtBackend
+    from sv_engine.engine.registry import OrtOptions
 
     backend = OrtBackend(device="cpu")
     cpu = backend.session_options(None)
@@ -191,7 +192,7 @@ def test_ort_cuda_sessions_use_one_thread_without_spinning():
     cuda = backend.session_options(None)
     assert cuda.intra_op_num_threads == 1
     assert cuda.get_session_config_entry("session.intra_op.allow_spinning") == "0"
-    tuned = OrtBackend(device="cpu", allow_spinning=True, intra_op_threads=4)
+    tuned = OrtBackend(device="cpu", options=OrtOptions(allow_spinning=True, intra_op_threads=4))
     tuned.device = torch.device("cuda", 0)
     options = tuned.session_options(None)
     assert options.intra_op_num_threads == 4
@@ -251,7 +252,7 @@ def test_ort_cuda_graph_refusal_names_the_fix(small, monkeypatch):
     monkeypatch.setattr(ort, "InferenceSession", refuse)
     _, sources = small
     with pytest.raises(SvEngineError) as err:
-        get_backend("ort", device="cpu", enable_cuda_graph=True).compile(sources["nla_field"])
+        get_backend("ort", device="cpu", cuda_graphs=True).compile(sources["nla_field"])
     assert "CUDA graph" in err.value.what and "free_dimensions" in err.value.fix
 
 
@@ -269,3 +270,31 @@ def test_trt_refuses_the_ort_attention_form(tmp_path):
     with pytest.raises(SvEngineError, match="--attention onnx"):
         check_parsable(source)
     check_parsable(ModelSource("unet_controlnet_canny", ["sample"], ["noise_pred"], attention="onnx"))
+
+
+def test_registry_names_aliases_and_named_choices():
+    """One vocabulary: every alias resolves to its canonical name, the named choice to torch with its
+    preset options, and unknown names/options are refused with the valid ones."""
+    from sv_engine.engine.registry import (
+        CHOICES,
+        CompileOptions,
+        TorchOptions,
+        backend_names,
+        canonical_name,
+        parse_choice,
+        resolve_choice,
+    )
+
+    assert backend_names() == ["torch", "torch-compile", "ort", "trt", *CHOICES]
+    for alias, name in [("torch_compile", "torch-compile"), ("compile", "torch-compile"), ("tensorrt", "trt")]:
+        assert canonical_name(alias) == name
+    assert resolve_choice("torch-cuda-graph").options == TorchOptions(cuda_graphs=True, channels_last=True)
+    assert resolve_choice("torch-cuda-graph", channels_last="0").options == TorchOptions(cuda_graphs=True)
+    assert parse_choice("compile:mode=max-autotune:dynamic=none").options == CompileOptions("max-autotune", None)
+    with pytest.raises(SvEngineError, match="no option cuda_graph"):
+        resolve_choice("torch", cuda_graph=True)
+    with pytest.raises(SvEngineError, match="not a"):
+        parse_choice("ort:intra_op_threads=many")
+    with pytest.raises(SvEngineError, match="takes TorchOptions"):
+        get_backend("torch", device="cpu", options=CompileOptions())
+    assert get_backend("torch-cuda-graph", device="cpu").options.cuda_graphs

@@ -47,9 +47,7 @@ def test_ort_cuda_io_binding(exported, name, cuda_graph):
     specs, sources = exported
     spec = specs[name]
     # A CUDA graph needs fixed dims (ORT keeps symbolic shape arithmetic on the CPU and refuses to capture).
-    fixed = (
-        {"enable_cuda_graph": True, "free_dimensions": spec.onnx_dim_values(spec.symbols("opt"))} if cuda_graph else {}
-    )
+    fixed = {"cuda_graphs": True, "free_dimensions": spec.onnx_dim_values(spec.symbols("opt"))} if cuda_graph else {}
     model = get_backend("ort", device="cuda", **fixed).compile(sources[name])
     for seed in (0, 1):
         x = spec.sample_inputs("opt", seed=seed, device="cuda")
@@ -79,7 +77,7 @@ def test_torch_compile_cuda(exported):
 # Graphs alone replay the eager kernels (1e-5); NHWC weights make cuDNN pick other convolution
 # algorithms (TF32 by default in both), whose summation order differs at ~1e-4-1e-3 relative.
 @pytest.mark.parametrize(
-    "options,max_rel", [({"cuda_graph": True}, 1e-5), ({"cuda_graph": True, "channels_last": True}, 5e-3)]
+    "options,max_rel", [({"cuda_graphs": True}, 1e-5), ({"cuda_graphs": True, "channels_last": True}, 5e-3)]
 )
 def test_torch_cuda_graph_replays_every_shape_correctly(exported, options, max_rel):
     """Per-shape CUDA graphs sharing one pool: each shape, revisited after another, and new inputs

@@ -61,7 +61,7 @@ def test_trt_cuda_graph_nla(exported, tmp_path):
     from sv_engine.engine.registry import get_backend
 
     specs, sources, _ = exported
-    backend = get_backend("trt", device="cuda", cache_dir=tmp_path, precision="fp32", cuda_graph=True)
+    backend = get_backend("trt", device="cuda", cache_dir=tmp_path, precision="fp32", cuda_graphs=True)
     if backend.flavor == "tensorrt_rtx" and torch.cuda.get_device_capability()[0] >= 9:
         pytest.skip("tensorrt_rtx engines do not run on datacenter GPUs")
     model = backend.compile(sources["nla_field"])

@@ -42,7 +42,7 @@ def build_command(
             "Re-export with those models or drop them from --models.",
         )
     options = {"save_optimized": True} if backend == "ort" else {}
-    if precision:
+    if precision and backend == "trt":  # an ORT session runs the export's precision
         options["precision"] = precision
     be = get_backend(backend, device=device, cache_dir=cache or (export_dir / "engines"), **options)
     with Progress(
