@@ -49,7 +49,7 @@ def parse_variant(entry: str) -> tuple[BackendChoice, dict]:
     """``"ort:allow_spinning=1:overlap=0"`` -> (the ORT choice with its typed options, pipeline options)."""
     pairs = entry.split(":")
     overlap = [p for p in pairs[1:] if p.startswith("overlap=")]
-    pipeline_options = {"overlap_background": p.partition("=")[2] not in ("0", "false")} if overlap else {}
+    pipeline_options = {"overlap_background": overlap[-1].partition("=")[2] not in ("0", "false")} if overlap else {}
     return parse_choice(":".join(p for p in pairs if p not in overlap)), pipeline_options
 
 
