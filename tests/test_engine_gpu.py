@@ -130,7 +130,7 @@ def test_ort_cuda_fused_attention_fp16(tmp_path):
 
 
 def test_edit_runs_torch_from_cuda_graphs_by_default_on_a_gpu():
-    from sv_engine.export.runtime import accelerate_for_edit
+    from sv_engine.export.compose import accelerate_for_edit
     from sv_engine.stablevideo.models.tiny import build_tiny_components
 
     components = build_tiny_components(0).to(torch.device("cuda"))

@@ -63,7 +63,7 @@ def test_export_attention_option(tmp_path):
 def test_edit_backend_on_a_cpu_is_eager_torch():
     """`edit`'s defaults on a CPU: eager torch, no CUDA graphs (they are the default only on a GPU)."""
     import torch
-    from sv_engine.export.runtime import accelerate_for_edit
+    from sv_engine.export.compose import accelerate_for_edit
     from sv_engine.stablevideo.models.tiny import build_tiny_components
 
     accelerated = accelerate_for_edit(build_tiny_components(0), "auto", "fp32", torch.device("cpu"), tiny=True)

@@ -39,7 +39,7 @@ def run_edit(
     """Shared by ``edit`` and ``demo``: checks outputs first, then loads models, edits and writes."""
     from PIL import Image
 
-    from sv_engine.export.runtime import accelerate_for_edit
+    from sv_engine.export.compose import accelerate_for_edit
     from sv_engine.stablevideo.data import read_config
     from sv_engine.stablevideo.device import resolve_device
     from sv_engine.stablevideo.keyframes import parse_keyframes

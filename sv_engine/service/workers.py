@@ -56,7 +56,7 @@ class ModelConfig:
                 f"Backend {self.backend!r} is not available to the render service yet.",
                 f"use --backend {' or '.join(BACKENDS)}.",
             )
-        from sv_engine.export.runtime import check_cuda_graphs
+        from sv_engine.export.compose import check_cuda_graphs
 
         check_cuda_graphs(self.backend, self.cuda_graphs)
 
@@ -64,7 +64,7 @@ class ModelConfig:
 def accelerate(components, cfg: ModelConfig, device):
     """Compiles the heavy models on ``cfg.backend`` (as ``sv-engine edit --backend``): the
     :class:`AcceleratedModels` whose callables the pipeline takes (none for torch)."""
-    from sv_engine.export.runtime import accelerate_for_edit
+    from sv_engine.export.compose import accelerate_for_edit
 
     return accelerate_for_edit(
         components, cfg.backend, cfg.precision, device, tiny=cfg.tiny, cuda_graphs=cfg.cuda_graphs
