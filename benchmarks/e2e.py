@@ -63,27 +63,29 @@ def pick_data_dir(
     return synth_data_dir(tmp, frames, height, width), f"synthesised {frames} frames {width}x{height}, random NLA"
 
 
-def accelerated_unet_controlnet(
-    backend: str, components, device: torch.device, tiny: bool, precision: str, engine_dir: Path | None = None
-) -> dict | None:
-    """The pipeline's ``unet_controlnet`` callables on ``backend`` (sv_engine.export.runtime); None = torch.
-    ``torch-cuda-graph`` is torch replayed from CUDA graphs with NHWC weights (``sv-engine edit``'s GPU
-    default); ``torch`` stays eager (``--no-cuda-graphs``)."""
-    if backend in (None, "", "torch"):
-        return None
-    from sv_engine.export.runtime import accelerate
+def runtime_config(
+    backend: str, device: torch.device, tiny: bool, weights: Path | None = None, engine_dir: Path | None = None
+):
+    """The warm edit's pipeline: the UNet+ControlNet steps on ``backend`` (a registry name or named
+    choice, with its registry options: ``torch`` stays eager, ``torch-cuda-graph`` is ``sv-engine
+    edit``'s GPU default), fp16 on a GPU."""
+    from sv_engine.engine.registry import resolve_choice
+    from sv_engine.export.compose import RuntimeConfig
     from sv_engine.export.spec import DEFAULT_SHAPES, TINY_SHAPES
 
-    accelerated = accelerate(
-        components,
-        backend,
-        precision,
-        device,
-        shapes=TINY_SHAPES if tiny else DEFAULT_SHAPES,
+    choice = resolve_choice(backend or "torch")
+    return RuntimeConfig(
+        tiny=tiny and weights is None,
+        random_full=not tiny and weights is None,
+        weights=str(weights) if weights is not None else None,
+        precision="fp16" if device.type == "cuda" else "fp32",
+        device=str(device),
+        backend=choice.backend,
+        options=choice.options,
         models=("unet_controlnet_canny", "unet_controlnet_depth"),
-        cache_dir=engine_dir if backend == "trt" else None,
+        shapes=TINY_SHAPES if tiny else DEFAULT_SHAPES,
+        cache_dir=str(engine_dir) if engine_dir is not None and choice.backend == "trt" else None,
     )
-    return accelerated.unet_controlnet
 
 
 def edit_params(steps: int, strength: float, tiny: bool, seed: int = 0):
@@ -122,18 +124,12 @@ def warm_edit(
 ) -> dict:
     """The warm timing on ``weights`` (else random models); ``save_weights``: also write the models
     there (diffusers layout) for the cold run."""
-    from sv_engine.stablevideo.model_source import load_components
-    from sv_engine.stablevideo.pipeline import StableVideoPipeline
+    from sv_engine.export.compose import build_pipeline
 
-    precision = "fp16" if device.type == "cuda" else "fp32"
-    t0 = time.perf_counter()
-    if weights is not None:
-        components = load_components(device, weights=weights, precision=precision)
-    else:
-        components = load_components(device, tiny=tiny, random_full=not tiny, precision=precision)
-    load_s = time.perf_counter() - t0
-    unet_controlnet = accelerated_unet_controlnet(backend, components, device, tiny, precision, engine_dir)
-    pipeline = StableVideoPipeline(components, device, unet_controlnet=unet_controlnet)
+    config = runtime_config(backend, device, tiny, weights, engine_dir)
+    runtime = build_pipeline(config)
+    pipeline, components, precision = runtime.pipeline, runtime.components, config.precision
+    load_s = runtime.seconds_per_phase["load models"]
     params = edit_params(steps, strength, tiny)
     _sync(device)
     t0 = time.perf_counter()

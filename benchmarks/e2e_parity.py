@@ -32,10 +32,9 @@ from sv_engine.benchmarks.profile import profile_call
 from sv_engine.benchmarks.timing import environment
 from sv_engine.engine.parity import PSNR_MIN_DB, psnr
 from sv_engine.engine.registry import BackendChoice, parse_choice
-from sv_engine.export.runtime import accelerate
+from sv_engine.export.compose import RuntimeConfig, build_pipeline
 from sv_engine.export.spec import DEFAULT_SHAPES, TINY_SHAPES
 from sv_engine.stablevideo.model_source import load_components
-from sv_engine.stablevideo.pipeline import StableVideoPipeline
 
 log = logging.getLogger("sv_engine.benchmarks.e2e_parity")
 
@@ -86,20 +85,18 @@ def run(args: argparse.Namespace) -> dict:
         entry: dict = {}
         try:
             choice, pipeline_options = parse_variant(variant)
-            t0 = time.perf_counter()
-            accelerated = accelerate(
-                components,
-                choice.backend,
-                precision,
-                device,
-                onnx_dir=args.onnx_dir,
-                shapes=TINY_SHAPES if args.tiny else DEFAULT_SHAPES,
+            config = RuntimeConfig(
+                precision=precision,
+                device=str(device),
+                backend=choice.backend,
                 options=choice.options,
+                shapes=TINY_SHAPES if args.tiny else DEFAULT_SHAPES,
+                onnx_dir=str(args.onnx_dir) if args.onnx_dir else None,
+                **pipeline_options,
             )
+            t0 = time.perf_counter()
+            pipeline = build_pipeline(config, components=components).pipeline
             entry["compile_s"] = round(time.perf_counter() - t0, 2)
-            pipeline = StableVideoPipeline(
-                components, device, accelerated.unet_controlnet, accelerated.denoiser_overrides(), **pipeline_options
-            )
             _sync()
             t0 = time.perf_counter()
             first = pipeline.edit(data, params)

@@ -4,7 +4,7 @@
    real scheduler (:class:`JobManager`); each edit's wall time from submit to outputs on disk.
 2. **Fresh process**: the same edit as a new ``python -m sv_engine edit`` process per edit (imports,
    model load, edit, outputs). ``--random-full`` has no ``edit`` flag, so there the fresh process runs
-   this module's ``--single-edit`` (the same steps as ``edit``: load_components -> pipeline -> write).
+   this module's ``--single-edit`` (the same steps as ``edit``: build_pipeline -> edit -> write).
 3. **Batch throughput** (only with 2+ GPUs): 8 edits through the scheduler on 1 worker vs 2 workers
    (one per GPU), models loaded before the clock starts.
 
@@ -81,9 +81,9 @@ def _spec(args, data_dir: Path, i: int):
 
 
 def _model(args):
-    from sv_engine.service.workers import ModelConfig
+    from sv_engine.export.compose import RuntimeConfig
 
-    return ModelConfig(
+    return RuntimeConfig(
         tiny=args.tiny,
         random_full=args.random_full,
         weights=args.weights,
@@ -187,26 +187,11 @@ def _fresh(args, data_dir: Path, scratch: Path, i: int) -> tuple[float, list[str
 def single_edit(args) -> None:
     """What ``sv-engine edit`` does, for model sources it has no flag for (``--random-full``)."""
     from PIL import Image
-    from sv_engine.stablevideo.device import resolve_device
-    from sv_engine.stablevideo.model_source import load_components
-    from sv_engine.stablevideo.pipeline import StableVideoPipeline
+    from sv_engine.export.compose import build_pipeline
     from sv_engine.stablevideo.video_io import write_mp4
 
-    from sv_engine.service.workers import accelerate
-
-    device = resolve_device("auto")
-    components = load_components(
-        device,
-        tiny=args.tiny,
-        random_full=args.random_full,
-        weights=Path(args.weights) if args.weights else None,
-        precision=args.precision,
-    )
-    accelerated = accelerate(components, _model(args), device)
     spec = _spec(args, Path(args.single_edit), args.seed)
-    result = StableVideoPipeline(
-        components, device, accelerated.unet_controlnet, accelerated.denoiser_overrides()
-    ).edit(args.single_edit, spec.to_params())
+    result = build_pipeline(_model(args)).pipeline.edit(args.single_edit, spec.to_params())
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     write_mp4(out, result.frames)

@@ -1,63 +1,195 @@
-"""The composition root: how the applications (CLI, render service, benchmarks, parity) choose an
-edit's backend: ``auto`` and the CUDA-graph default on a GPU."""
+"""The composition root: the one place that builds an edit's pipeline, and the application policy it
+applies (the ``auto`` backend, the CUDA-graph default of torch on a GPU).
+
+Every front end describes what it wants as a :class:`RuntimeConfig` and calls :func:`build_pipeline`:
+``sv-engine edit``, the render service's workers, the benchmarks (``bench --e2e``, e2e_parity,
+service_bench) and ``sv-engine parity --e2e``. Nothing else loads components, accelerates them and
+constructs a :class:`~sv_engine.stablevideo.pipeline.StableVideoPipeline`::
+
+    runtime = build_pipeline(RuntimeConfig(weights="models/", precision="fp16", backend="auto"))
+    result = runtime.pipeline.edit(data_dir, params)
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+from pathlib import Path
+from typing import Any
 
 import torch
-from sv_engine.engine.registry import default_backend
+from sv_engine.engine.registry import (
+    CHOICES,
+    BackendChoice,
+    BackendOptions,
+    default_backend,
+    make_options,
+    resolve_choice,
+)
 from sv_engine.export.runtime import AcceleratedModels, accelerate
-from sv_engine.export.spec import DEFAULT_SHAPES, ShapeRange
+from sv_engine.export.spec import DEFAULT_SHAPES, PRECISIONS, ShapeRange
+from sv_engine.stablevideo.device import resolve_device
+from sv_engine.stablevideo.model_source import check_model_source, load_components
 from sv_engine.stablevideo.models.components import SDComponents
+from sv_engine.stablevideo.pipeline import StableVideoPipeline
+from sv_engine.stablevideo.stage_timer import StageTimer
 
 from sv_engine.errors import SvEngineError
 
 log = logging.getLogger(__name__)
 
-
 #: The tiny random models run the CPU demo at small sizes; the production profile starts at SD's 512 px.
 TINY_MODEL_SHAPES = ShapeRange(height=(64, 256, 1024), width=(64, 256, 1536), multiple=64)
+#: What ``backend`` may be besides a registry name or named choice.
+AUTO = "auto"
+
+
+@dataclasses.dataclass(frozen=True)
+class RuntimeConfig:
+    """How an edit's pipeline is built.
+
+    Attributes:
+        tiny / random_full / weights: the model source, exactly one: tiny random models (tests, the
+            CPU demo), full-size SD 1.5 architectures with random weights (latency benchmarks), or
+            the user's weights folder.
+        precision: ``"fp32"`` or ``"fp16"`` (GPU).
+        device: ``"auto"`` (cuda if present), ``"cpu"``, ``"cuda"``, ``"cuda:N"``.
+        backend: a registry name or named choice (:mod:`sv_engine.engine.registry`) or ``"auto"``: the
+            fastest available on a GPU, eager torch on the CPU.
+        cuda_graphs: torch only; ``None`` = on with a GPU (the ``torch-cuda-graph`` choice), off on the
+            CPU.
+        options: the backend's typed options, replacing the registry's defaults (and the policy).
+        seed: seed of the random models.
+        models: the models to accelerate (default: the backend's, :data:`export.runtime.DEFAULT_MODELS`).
+        shapes: the engines' shape profile (default: :data:`TINY_MODEL_SHAPES` for tiny models, else
+            SD's production profile).
+        onnx_dir / cache_dir: where ONNX exports and compiled engines are kept (default: the cache).
+        overlap_background: run the background edit beside the keyframe loop (the pipeline's option).
+    """
+
+    tiny: bool = False
+    random_full: bool = False
+    weights: str | None = None
+    precision: str = "fp32"
+    device: str = "auto"
+    backend: str = AUTO
+    cuda_graphs: bool | None = None
+    options: BackendOptions | None = None
+    seed: int = 0
+    models: tuple[str, ...] | None = None
+    shapes: ShapeRange | None = None
+    onnx_dir: str | None = None
+    cache_dir: str | None = None
+    overlap_background: bool = False
+
+    def check(self) -> None:
+        """Everything that can be checked before a model loads (one clear error, nothing started)."""
+        check_model_source(self.tiny, self.random_full, self.weights)
+        if self.precision not in PRECISIONS:
+            raise SvEngineError(f"Unknown precision {self.precision!r}.", f"use --precision {' or '.join(PRECISIONS)}.")
+        if self.backend != AUTO:
+            choice = resolve_choice(self.backend)  # refuses an unknown name with the known ones
+            if self.options is not None:
+                make_options(choice.backend, self.options)  # the options are that backend's
+        check_cuda_graphs(self.backend, self.cuda_graphs)
 
 
 def check_cuda_graphs(backend: str, cuda_graphs: bool | None) -> None:
     """``--cuda-graphs`` goes with eager torch only (also checked before the service starts workers)."""
-    if cuda_graphs and backend not in ("auto", "torch"):
+    if cuda_graphs and backend != AUTO and resolve_choice(backend).backend != "torch":
         raise SvEngineError(
             f"--cuda-graphs is an option of the torch backend, not {backend!r}.",
             "drop --cuda-graphs (torch-compile captures its own graphs), or use --backend torch.",
         )
 
 
-def accelerate_for_edit(
-    components: SDComponents,
-    backend: str,
-    precision: str,
-    device: torch.device,
-    tiny: bool = False,
-    cuda_graphs: bool | None = None,
-) -> AcceleratedModels:
-    """What ``sv-engine edit --backend B [--cuda-graphs/--no-cuda-graphs]`` and the render service's
-    workers run.
-
-    ``auto`` is the fastest backend available on a GPU (announced) and eager torch on the CPU.
-    ``cuda_graphs`` (default: on for torch on a GPU) runs the registry's ``torch-cuda-graph`` choice;
-    ``False`` runs it eagerly."""
-    check_cuda_graphs(backend, cuda_graphs)
-    if backend == "auto":
-        backend = "torch" if cuda_graphs or device.type != "cuda" else default_backend(device)
+def choose_backend(config: RuntimeConfig, device: torch.device) -> BackendChoice:
+    """The policy: ``auto`` is the fastest backend available on a GPU (announced) and eager torch on
+    the CPU; torch on a GPU replays its UNet+ControlNet steps from CUDA graphs unless told not to."""
+    check_cuda_graphs(config.backend, config.cuda_graphs)
+    backend = config.backend
+    if backend == AUTO:
+        backend = "torch" if config.cuda_graphs or device.type != "cuda" else default_backend(device)
         log.info("backend: %s (pass --backend to choose)", backend)
+    choice = resolve_choice(backend)
+    if config.options is not None:
+        return BackendChoice(choice.backend, config.options)
+    if backend in CHOICES or choice.backend != "torch":
+        return choice
+    cuda_graphs = config.cuda_graphs
     if cuda_graphs is None:
-        cuda_graphs = backend == "torch" and device.type == "cuda"
+        cuda_graphs = device.type == "cuda"
         if cuda_graphs:
             log.info(
                 "torch on %s: UNet+ControlNet steps replayed from CUDA graphs (--no-cuda-graphs runs them eagerly)",
                 device,
             )
-    return accelerate(
-        components,
-        "torch-cuda-graph" if cuda_graphs else backend,
-        precision,
-        device,
-        shapes=TINY_MODEL_SHAPES if tiny else DEFAULT_SHAPES,
-    )
+    return resolve_choice("torch-cuda-graph" if cuda_graphs else "torch")
+
+
+@dataclasses.dataclass
+class EditRuntime:
+    """A built pipeline and what it was built from (for reports)."""
+
+    config: RuntimeConfig
+    device: torch.device
+    components: SDComponents
+    accelerated: AcceleratedModels
+    pipeline: StableVideoPipeline
+    #: Seconds of the build's phases: "load models", "prepare backend".
+    seconds_per_phase: dict[str, float]
+
+    @property
+    def backend(self) -> str:
+        return self.accelerated.backend
+
+    def describe(self) -> dict[str, Any]:
+        """The report fields every front end writes: backend, CUDA graphs, models."""
+        return {
+            "backend": self.accelerated.backend,
+            "cuda_graphs": self.accelerated.cuda_graphs,
+            "precision": self.config.precision,
+            "models": self.components.description,
+            "random_weights": self.components.is_random,
+        }
+
+
+def build_pipeline(config: RuntimeConfig, components: SDComponents | None = None) -> EditRuntime:
+    """Loads the components (unless given: they are then used as they are, on the config's device),
+    puts the heavy models on the chosen backend and builds the pipeline."""
+    if components is None:
+        config.check()
+    device = resolve_device(config.device)
+    phases = StageTimer(sync_cuda=False)
+    with phases("load models"):
+        if components is None:
+            components = load_components(
+                device,
+                tiny=config.tiny,
+                weights=Path(config.weights).expanduser() if config.weights is not None else None,
+                random_full=config.random_full,
+                precision=config.precision,
+                seed=config.seed,
+            )
+    with phases("prepare backend"):
+        choice = choose_backend(config, device)
+        shapes = config.shapes or (TINY_MODEL_SHAPES if config.tiny else DEFAULT_SHAPES)
+        accelerated = accelerate(
+            components,
+            choice.backend,
+            config.precision,
+            device,
+            onnx_dir=Path(config.onnx_dir) if config.onnx_dir else None,
+            shapes=shapes,
+            models=config.models,
+            options=choice.options,
+            cache_dir=Path(config.cache_dir) if config.cache_dir else None,
+        )
+        pipeline = StableVideoPipeline(
+            components,
+            device,
+            accelerated.unet_controlnet,
+            accelerated.denoiser_overrides(),
+            overlap_background=config.overlap_background,
+        )
+    return EditRuntime(config, device, components, accelerated, pipeline, phases.as_dict())

@@ -27,6 +27,7 @@ from sv_engine.engine.registry import backend_class, get_backend
 from sv_engine.export.onnx_export import reuse_or_export, write_manifest
 from sv_engine.export.registry import build_specs
 from sv_engine.export.spec import DEFAULT_SHAPES, ShapeRange
+from sv_engine.stablevideo.device import resolve_device
 
 logger = logging.getLogger(__name__)
 
@@ -49,7 +50,7 @@ def run_parity(
     ``onnx_dir``: reuse/keep the exported ONNX there (default: a temporary directory). ``symbols``:
     per-model symbol overrides of the sample inputs (default: the profile's opt point).
     """
-    dev = torch.device(device) if device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = resolve_device(device)
     ref_specs = build_specs(components, nla, names=models, precision="fp32", shapes=shapes, device=dev)
     test_specs = build_specs(components, nla, names=models, precision=precision, shapes=shapes, device=dev)
     be = get_backend(backend, device=dev, options=options)
@@ -148,32 +149,30 @@ def run_edit_parity(
 
     ``components`` (fp32) serve the reference; the backend's edit gets a copy in ``precision``.
     """
-    from sv_engine.export.runtime import accelerate
+    from sv_engine.engine.registry import TorchOptions, resolve_choice
+    from sv_engine.export.compose import RuntimeConfig, build_pipeline
     from sv_engine.stablevideo.model_source import resolve_precision, to_edit_precision
-    from sv_engine.stablevideo.pipeline import StableVideoPipeline
 
-    dev = torch.device(device) if device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = resolve_device(device)
     dtype = resolve_precision(precision, dev)
     reference = to_edit_precision(components, dev, torch.float32)
     candidate = reference if dtype == torch.float32 else to_edit_precision(copy.deepcopy(reference), dev, dtype)
     t0 = time.perf_counter()
-    ref_frames = StableVideoPipeline(reference, dev).edit(data_dir, params).frames
+    torch_fp32 = RuntimeConfig(device=str(dev), backend="torch", options=TorchOptions())
+    ref_frames = build_pipeline(torch_fp32, components=reference).pipeline.edit(data_dir, params).frames
     ref_s = time.perf_counter() - t0
-    accelerated = accelerate(
-        candidate,
-        backend,
-        precision,
-        dev,
-        onnx_dir=Path(onnx_dir) if onnx_dir else None,
+    choice = resolve_choice(backend)  # the backend as named, with its registry options: no edit policy
+    config = RuntimeConfig(
+        precision=precision,
+        device=str(dev),
+        backend=choice.backend,
+        options=options if options is not None else choice.options,
         shapes=shapes,
-        options=options,
+        onnx_dir=str(onnx_dir) if onnx_dir else None,
     )
+    pipeline = build_pipeline(config, components=candidate).pipeline
     t0 = time.perf_counter()
-    frames = (
-        StableVideoPipeline(candidate, dev, accelerated.unet_controlnet, accelerated.denoiser_overrides())
-        .edit(data_dir, params)
-        .frames
-    )
+    frames = pipeline.edit(data_dir, params).frames
     db = psnr(ref_frames, frames)
     return {
         "psnr_db": db,

@@ -26,6 +26,21 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
     return PRECISIONS[precision]
 
 
+def check_model_source(tiny: bool, random_full: bool, weights: str | Path | None) -> None:
+    """Exactly one model source, and weights that exist (checked before anything loads)."""
+    sources = sum([bool(tiny), bool(random_full), weights is not None])
+    if sources != 1:
+        raise SvEngineError(
+            "No model weights given." if sources == 0 else "More than one model source given (weights, tiny, random).",
+            "pass --weights DIR (see README: weight formats) or --tiny for small random models.",
+        )
+    if weights is not None and not Path(weights).expanduser().exists():
+        raise SvEngineError(
+            f"Weights folder {weights} does not exist.",
+            "pass --weights with an existing folder (see README: weight formats).",
+        )
+
+
 def load_components(
     device: torch.device,
     tiny: bool = False,
@@ -36,11 +51,7 @@ def load_components(
 ) -> SDComponents:
     """Exactly one source: ``tiny`` random models, ``random_full`` SD1.5-size random models, or ``weights``."""
     dtype = resolve_precision(precision, device)
-    if sum([tiny, random_full, weights is not None]) != 1:
-        raise SvEngineError(
-            "No model weights given.",
-            "pass --weights DIR (see README: weight formats) or --tiny for small random models.",
-        )
+    check_model_source(tiny, random_full, weights)
     if tiny:
         from sv_engine.stablevideo.models.tiny import build_tiny_components
 

@@ -13,9 +13,11 @@ from requires import import_or_skip
 ray = import_or_skip("ray")
 import_or_skip("yaml")
 
+from sv_engine.export.compose import RuntimeConfig  # noqa: E402
+
 from sv_engine.errors import SvEngineError  # noqa: E402
 from sv_engine.service.batch import RESULTS_NAME, load_jobs, read_results, run_batch  # noqa: E402
-from sv_engine.service.workers import ModelConfig, WorkerPool  # noqa: E402
+from sv_engine.service.workers import WorkerPool  # noqa: E402
 
 # The smallest edit the pipeline allows: one keyframe, one DDIM step, 64 px.
 TINY_JOB = {"steps": 1, "strength": 1.0, "image_resolution": 64, "depth_resolution": 64, "keyframes": [0], "seed": 3}
@@ -36,7 +38,7 @@ def pool(tmp_path_factory: pytest.TempPathFactory):
     os.environ["SV_ENGINE_CACHE"] = str(tmp_path_factory.mktemp("ray-cache"))  # Ray workers inherit it
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
-        workers = WorkerPool(ModelConfig(tiny=True, device="cpu"), num_workers=1)
+        workers = WorkerPool(RuntimeConfig(tiny=True, device="cpu"), num_workers=1)
         workers.wait_ready(timeout=120)
         yield workers
         workers.shutdown()
@@ -87,10 +89,10 @@ def test_load_jobs_validates_each_job(tmp_path: Path) -> None:
 def test_worker_model_config_is_checked_before_any_worker_starts() -> None:
     """A bad model choice stops the batch/service with one clear error, not a failing Ray actor."""
     with pytest.raises(SvEngineError, match="option of the torch backend"):
-        ModelConfig(tiny=True, backend="ort", cuda_graphs=True).check()
-    with pytest.raises(SvEngineError, match="not available to the render service"):
-        ModelConfig(tiny=True, backend="tensorflow").check()
-    ModelConfig(tiny=True, cuda_graphs=True).check()  # auto resolves to torch with CUDA graphs
+        RuntimeConfig(tiny=True, backend="ort", cuda_graphs=True).check()
+    with pytest.raises(SvEngineError, match="Unknown backend"):
+        RuntimeConfig(tiny=True, backend="tensorflow").check()
+    RuntimeConfig(tiny=True, cuda_graphs=True).check()  # auto resolves to torch with CUDA graphs
 
 
 def test_batch_runs_records_failures_and_resumes(tmp_path: Path, pool: WorkerPool) -> None:

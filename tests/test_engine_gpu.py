@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
+pytestmark = pytest.mark.gpu  # skipped without a CUDA GPU (tests/conftest.py)
 
 
 def _ort_cuda():
@@ -130,11 +130,9 @@ def test_ort_cuda_fused_attention_fp16(tmp_path):
 
 
 def test_edit_runs_torch_from_cuda_graphs_by_default_on_a_gpu():
-    from sv_engine.export.compose import accelerate_for_edit
-    from sv_engine.stablevideo.models.tiny import build_tiny_components
+    from sv_engine.export.compose import RuntimeConfig, build_pipeline
 
-    components = build_tiny_components(0).to(torch.device("cuda"))
-    auto = accelerate_for_edit(components, "torch", "fp32", torch.device("cuda"), tiny=True)
+    auto = build_pipeline(RuntimeConfig(tiny=True, device="cuda", backend="torch")).accelerated
     assert auto.cuda_graphs and set(auto.unet_controlnet) == {"canny", "depth"}
-    eager = accelerate_for_edit(components, "torch", "fp32", torch.device("cuda"), tiny=True, cuda_graphs=False)
+    eager = build_pipeline(RuntimeConfig(tiny=True, device="cuda", backend="torch", cuda_graphs=False)).accelerated
     assert not eager.cuda_graphs and not eager.unet_controlnet

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from typer.testing import CliRunner
 
 import sv_engine.cli.build_cmd  # noqa: F401 - registers the commands
@@ -62,12 +63,15 @@ def test_export_attention_option(tmp_path):
 
 def test_edit_backend_on_a_cpu_is_eager_torch():
     """`edit`'s defaults on a CPU: eager torch, no CUDA graphs (they are the default only on a GPU)."""
-    import torch
-    from sv_engine.export.compose import accelerate_for_edit
-    from sv_engine.stablevideo.models.tiny import build_tiny_components
+    from sv_engine.export.compose import RuntimeConfig, build_pipeline
 
-    accelerated = accelerate_for_edit(build_tiny_components(0), "auto", "fp32", torch.device("cpu"), tiny=True)
+    runtime = build_pipeline(RuntimeConfig(tiny=True, device="cpu"))
+    accelerated = runtime.accelerated
     assert (accelerated.backend, accelerated.cuda_graphs, accelerated.unet_controlnet) == ("torch", False, {})
+    assert runtime.describe()["backend"] == "torch" and set(runtime.seconds_per_phase) == {
+        "load models",
+        "prepare backend",
+    }
 
 
 def test_parity_e2e_compares_a_whole_edit(tmp_path):
@@ -103,3 +107,27 @@ def test_parity_e2e_compares_a_whole_edit(tmp_path):
     assert (tmp_path / "onnx" / "edit" / "manifest.json").is_file()  # the edit's exports beside the components'
     r = runner.invoke(app, ["parity", "--tiny", "--e2e", "--data", str(tmp_path / "missing")])
     assert isinstance(r.exception, SvEngineError) and "no config.json" in str(r.exception).lower()
+
+
+def test_runtime_config_policy_and_checks():
+    """The composition root's policy: auto is eager torch on a CPU and torch with CUDA graphs on a GPU
+    when asked; explicit options win; bad combinations are refused before anything loads."""
+    import torch
+    from sv_engine.engine.registry import OrtOptions, TorchOptions
+    from sv_engine.export.compose import RuntimeConfig, choose_backend
+
+    cpu, gpu = torch.device("cpu"), torch.device("cuda")
+    assert choose_backend(RuntimeConfig(tiny=True), cpu).options == TorchOptions()
+    assert choose_backend(RuntimeConfig(tiny=True, cuda_graphs=True), gpu).options.cuda_graphs
+    assert choose_backend(RuntimeConfig(tiny=True, backend="torch"), gpu).options == TorchOptions(True, True)
+    assert choose_backend(RuntimeConfig(backend="torch", options=TorchOptions()), gpu).options == TorchOptions()
+    assert choose_backend(RuntimeConfig(backend="onnxruntime"), gpu).backend == "ort"
+    with pytest.raises(SvEngineError, match="No model weights"):
+        RuntimeConfig().check()
+    with pytest.raises(SvEngineError, match="More than one model source"):
+        RuntimeConfig(tiny=True, random_full=True).check()
+    with pytest.raises(SvEngineError, match="takes OrtOptions"):
+        RuntimeConfig(tiny=True, backend="ort", options=TorchOptions()).check()
+    with pytest.raises(SvEngineError, match="Unknown backend"):
+        RuntimeConfig(tiny=True, backend="tensorflow").check()
+    RuntimeConfig(tiny=True, backend="ort", options=OrtOptions(intra_op_threads=2)).check()

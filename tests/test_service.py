@@ -20,11 +20,12 @@ import_or_skip("fastapi")
 httpx = import_or_skip("httpx")
 
 from fastapi.testclient import TestClient  # noqa: E402
+from sv_engine.export.compose import RuntimeConfig  # noqa: E402
 
 from sv_engine.errors import SvEngineError  # noqa: E402
 from sv_engine.service.app import check_bind, create_app  # noqa: E402
 from sv_engine.service.scheduler import JobManager  # noqa: E402
-from sv_engine.service.workers import ModelConfig, WorkerPool  # noqa: E402
+from sv_engine.service.workers import WorkerPool  # noqa: E402
 
 TOKEN = "t0ken-for-tests-0123456789"
 # The smallest edit the pipeline allows: one keyframe, one DDIM step, 64 px, foreground only.
@@ -64,7 +65,7 @@ def service(tmp_path_factory: pytest.TempPathFactory):
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     manager = None
     try:
-        pool = WorkerPool(ModelConfig(tiny=True, device="cpu"), num_workers=1)
+        pool = WorkerPool(RuntimeConfig(tiny=True, device="cpu"), num_workers=1)
         pool.wait_ready(timeout=120)
         manager = JobManager(pool, out_root, max_queue=2, max_retries=2).start()
         yield manager, data_root, out_root

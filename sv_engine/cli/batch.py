@@ -63,10 +63,10 @@ def batch(
     Exit code 0 when every job is done, 2 when a job is invalid (its reason on stderr, nothing run for it),
     1 when a job failed while running."""
     require_extra("serve")
+    from sv_engine.export.compose import RuntimeConfig
     from sv_engine.service.batch import run_batch
-    from sv_engine.service.workers import ModelConfig
 
-    model = ModelConfig(
+    model = RuntimeConfig(
         tiny=tiny,
         weights=str(weights) if weights else None,
         random_full=random_full,

@@ -39,13 +39,11 @@ def run_edit(
     """Shared by ``edit`` and ``demo``: checks outputs first, then loads models, edits and writes."""
     from PIL import Image
 
-    from sv_engine.export.compose import accelerate_for_edit
+    from sv_engine.export.compose import RuntimeConfig, build_pipeline
     from sv_engine.stablevideo.data import read_config
     from sv_engine.stablevideo.device import resolve_device
     from sv_engine.stablevideo.keyframes import parse_keyframes
-    from sv_engine.stablevideo.model_source import load_components
     from sv_engine.stablevideo.params import EditParams
-    from sv_engine.stablevideo.pipeline import StableVideoPipeline
     from sv_engine.stablevideo.stage_timer import StageTimer
     from sv_engine.stablevideo.video_io import check_writable, write_mp4, write_png_frames
 
@@ -53,7 +51,16 @@ def run_edit(
     report = out.with_name(f"{out.stem}_report.json")
     for path in (out, preview, report) + ((frames_dir,) if frames_dir else ()):
         check_writable(path, force)
-    torch_device = resolve_device(device)
+    resolve_device(device)
+    runtime_config = RuntimeConfig(
+        tiny=tiny,
+        weights=str(weights) if weights is not None else None,
+        precision=precision,
+        device=device,
+        backend=backend,
+        cuda_graphs=cuda_graphs,
+    )
+    runtime_config.check()
     # Validate cheap inputs before the (slow) model load.
     config = read_config(Path(data_dir).expanduser().resolve())
     frames = parse_keyframes(keyframes, config.num_frames) if keyframes else None
@@ -69,16 +76,10 @@ def run_edit(
     )
     params.validate()
     # The process's phases, for the report: a cold edit is mostly not the edit (sv-engine bench --e2e).
+    runtime = build_pipeline(runtime_config)  # its phases: load models, prepare backend
     phases = StageTimer(sync_cuda=False)
-    with phases("load models"):
-        components = load_components(torch_device, tiny=tiny, weights=weights, precision=precision)
-    with phases("prepare backend"):
-        accelerated = accelerate_for_edit(components, backend, precision, torch_device, tiny, cuda_graphs)
     with phases("edit"):
-        pipeline = StableVideoPipeline(
-            components, torch_device, accelerated.unet_controlnet, accelerated.denoiser_overrides()
-        )
-        result = pipeline.edit(data_dir, params)
+        result = runtime.pipeline.edit(data_dir, params)
     with phases("write outputs"):
         write_mp4(out, result.frames)
         Image.fromarray(result.preview()).save(preview)
@@ -87,14 +88,10 @@ def run_edit(
     report.write_text(
         json.dumps(
             {
-                "backend": accelerated.backend,
-                "cuda_graphs": accelerated.cuda_graphs,
-                "precision": precision,
+                **runtime.describe(),
                 "seed": result.seed,
                 "keyframes": result.keyframes,
-                "models": components.description,
-                "random_weights": components.is_random,
-                "seconds_per_phase": phases.as_dict(),
+                "seconds_per_phase": {**runtime.seconds_per_phase, **phases.as_dict()},
                 "seconds_per_stage": result.timings,
             },
             indent=2,

@@ -68,9 +68,10 @@ def serve(
     require_extra("serve")
     import uvicorn
 
+    from sv_engine.export.compose import RuntimeConfig
     from sv_engine.service.app import check_bind, create_app
     from sv_engine.service.scheduler import JobManager
-    from sv_engine.service.workers import ModelConfig, WorkerPool, init_ray
+    from sv_engine.service.workers import WorkerPool, init_ray
 
     check_bind(host, token)
     if not data_root.expanduser().is_dir():
@@ -78,7 +79,7 @@ def serve(
             f"Data root {data_root} is not a folder.",
             "pass --data-root with the folder that holds your StableVideo data folders.",
         )
-    model = ModelConfig(
+    model = RuntimeConfig(
         tiny=tiny,
         weights=str(weights) if weights else None,
         random_full=random_full,

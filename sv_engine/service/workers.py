@@ -15,88 +15,31 @@ import json
 import logging
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from sv_engine.atomic_write import atomic_write_bytes
 from sv_engine.errors import SvEngineError
+from sv_engine.export.compose import RuntimeConfig
 from sv_engine.service.jobs import PREVIEW_NAME, REPORT_NAME, VIDEO_NAME
 
 log = logging.getLogger(__name__)
-
-BACKENDS = ("auto", "torch", "torch-compile", "ort", "trt")
-
-
-@dataclass(frozen=True)
-class ModelConfig:
-    """Where the workers' models come from (exactly one of tiny / random_full / weights) and how they run."""
-
-    tiny: bool = False
-    weights: str | None = None
-    random_full: bool = False
-    precision: str = "fp32"
-    backend: str = "auto"  # auto: the fastest available on a GPU, torch on CPU (as `sv-engine edit`)
-    device: str = "auto"
-    cuda_graphs: bool | None = None  # torch: UNet+ControlNet steps from CUDA graphs (None: on a GPU; as `edit`)
-
-    def check(self) -> None:
-        if sum([self.tiny, self.random_full, self.weights is not None]) != 1:
-            raise SvEngineError(
-                "Exactly one model source is needed for the workers.",
-                "pass --weights DIR (see README: weight formats) or --tiny for small random models.",
-            )
-        if self.weights is not None and not Path(self.weights).expanduser().is_dir():
-            raise SvEngineError(
-                f"Weights folder {self.weights} does not exist.",
-                "pass --weights with an existing folder (see README: weight formats).",
-            )
-        if self.backend not in BACKENDS:
-            raise SvEngineError(
-                f"Backend {self.backend!r} is not available to the render service yet.",
-                f"use --backend {' or '.join(BACKENDS)}.",
-            )
-        from sv_engine.export.compose import check_cuda_graphs
-
-        check_cuda_graphs(self.backend, self.cuda_graphs)
-
-
-def accelerate(components, cfg: ModelConfig, device):
-    """Compiles the heavy models on ``cfg.backend`` (as ``sv-engine edit --backend``): the
-    :class:`AcceleratedModels` whose callables the pipeline takes (none for torch)."""
-    from sv_engine.export.compose import accelerate_for_edit
-
-    return accelerate_for_edit(
-        components, cfg.backend, cfg.precision, device, tiny=cfg.tiny, cuda_graphs=cfg.cuda_graphs
-    )
 
 
 class EditWorker:
     """Holds one warm :class:`StableVideoPipeline`; ``edit`` runs one job and writes its outputs."""
 
-    def __init__(self, model: dict[str, Any] | ModelConfig) -> None:
-        from sv_engine.stablevideo.device import resolve_device
-        from sv_engine.stablevideo.model_source import load_components
-        from sv_engine.stablevideo.pipeline import StableVideoPipeline
+    def __init__(self, model: RuntimeConfig) -> None:
+        from sv_engine.export.compose import build_pipeline
 
         if not logging.getLogger().handlers:
             logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-        cfg = model if isinstance(model, ModelConfig) else ModelConfig(**model)
-        cfg.check()
         start = time.perf_counter()
-        self.config = cfg
-        self.device = resolve_device(cfg.device)
-        self.components = load_components(
-            self.device,
-            tiny=cfg.tiny,
-            weights=Path(cfg.weights).expanduser() if cfg.weights else None,
-            random_full=cfg.random_full,
-            precision=cfg.precision,
-        )
-        self.accelerated = accelerate(self.components, cfg, self.device)
-        self.pipeline = StableVideoPipeline(
-            self.components, self.device, self.accelerated.unet_controlnet, self.accelerated.denoiser_overrides()
-        )
+        self.config = model
+        runtime = build_pipeline(model)
+        self.device, self.components, self.pipeline = runtime.device, runtime.components, runtime.pipeline
+        self.accelerated = runtime.accelerated
         self.load_seconds = time.perf_counter() - start
         self.edits = 0
         log.info(
@@ -163,7 +106,7 @@ class WorkerPool:
     """One Ray actor per GPU (one on a CPU-only cluster), each an :class:`EditWorker`."""
 
     def __init__(
-        self, model: ModelConfig, num_workers: int | None = None, max_restarts: int = 3, cpus_per_worker: float = 1.0
+        self, model: RuntimeConfig, num_workers: int | None = None, max_restarts: int = 3, cpus_per_worker: float = 1.0
     ) -> None:
         import ray
 
@@ -188,11 +131,11 @@ class WorkerPool:
             options["num_gpus"] = 1
         actor_cls = ray.remote(EditWorker).options(**options)
         self.model = model
-        self.actors = [actor_cls.remote(asdict(model))]
+        self.actors = [actor_cls.remote(model)]
         if num_workers > 1 and model.backend != "torch":
             # The first worker exports/builds the ONNX and engine caches; the others then only load them.
             self.wait_ready(actors=self.actors)
-        self.actors += [actor_cls.remote(asdict(model)) for _ in range(num_workers - 1)]
+        self.actors += [actor_cls.remote(model) for _ in range(num_workers - 1)]
         self.alive = [True] * num_workers
 
     def __len__(self) -> int:
