@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 from sv_engine.engine.backend import Backend, CompiledModel, ModelSource, torch_dtype
+from sv_engine.engine.cuda_graphs import CudaGraphCache
 from sv_engine.engine.registry import OrtOptions
 
 from sv_engine.errors import SvEngineError
@@ -72,9 +73,8 @@ class OrtModel(CompiledModel):
         self._graph_ort_inputs = {i.name: _ORT_TYPES.get(i.type) for i in session.get_inputs()}
         self._graph_ort_outputs = {o.name: _ORT_TYPES.get(o.type) for o in session.get_outputs()}
         self._shape_cache: dict[tuple, dict[str, tuple[int, ...]]] = {}
-        self._static: dict[str, torch.Tensor] | None = None
-        self._static_out: dict[str, torch.Tensor] | None = None
-        self._binding = None
+        # ORT captures the graph itself, once per session: a second input shape is refused.
+        self._graphs = CudaGraphCache(source.name, self._capture, recapture=False)
 
     # ---- CPU ------------------------------------------------------------------------------------
     def _run_cpu(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -118,7 +118,7 @@ class OrtModel(CompiledModel):
 
     def _run_cuda(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         if self.cuda_graph:
-            return self._run_cuda_graph(inputs)
+            return self._graphs(inputs)
         outs = self._alloc_outputs(inputs)
         binding = self.session.io_binding()
         self._bind_inputs(binding, inputs)
@@ -128,25 +128,17 @@ class OrtModel(CompiledModel):
         binding.synchronize_outputs()
         return outs
 
-    def _run_cuda_graph(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        if self._static is None:
-            self._static = {n: t.clone() for n, t in inputs.items()}
-            self._static_out = self._alloc_outputs(self._static)
-            self._binding = self.session.io_binding()
-            self._bind_inputs(self._binding, self._static)
-            self._bind_outputs(self._binding, self._static_out)
-        else:
-            for n, t in inputs.items():
-                if t.shape != self._static[n].shape:
-                    raise SvEngineError(
-                        f"{self.name!r} runs with an ONNX Runtime CUDA graph captured for {n} shape "
-                        f"{tuple(self._static[n].shape)}; got {tuple(t.shape)}.",
-                        "Create one session per shape, or drop the cuda_graphs option for dynamic shapes.",
-                    )
-                self._static[n].copy_(t)
-        torch.cuda.current_stream(self.device).synchronize()
-        self.session.run_with_iobinding(self._binding)
-        return {n: t.clone() for n, t in self._static_out.items()}
+    def _capture(self, static_in: dict[str, torch.Tensor]):
+        static_out = self._alloc_outputs(static_in)
+        binding = self.session.io_binding()
+        self._bind_inputs(binding, static_in)
+        self._bind_outputs(binding, static_out)
+
+        def replay() -> None:  # ORT captures on its first runs and replays on its own stream
+            torch.cuda.current_stream(self.device).synchronize()
+            self.session.run_with_iobinding(binding)
+
+        return static_out, replay
 
     def _run(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         if self.device.type == "cuda":

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 from sv_engine.engine.backend import Backend, CompiledModel, ModelSource
+from sv_engine.engine.cuda_graphs import CudaGraphCache, capture_cuda_graph
 from sv_engine.engine.registry import TorchOptions
 
 from sv_engine.errors import SvEngineError
@@ -28,11 +29,10 @@ class TorchModel(CompiledModel):
 
 
 class CudaGraphModel(CompiledModel):
-    """The eager module replayed from one CUDA graph per input-shape signature.
+    """The eager module replayed from one CUDA graph per input-shape signature (:class:`CudaGraphCache`).
 
-    Inputs are copied into the graph's static buffers and outputs cloned out of it right after the
-    replay; that is also why all graphs may share one memory pool: no graph's static outputs are
-    needed once the next graph runs.
+    All graphs share one memory pool: outputs are cloned out right after each replay, so no graph's
+    static outputs are needed once the next graph runs.
     """
 
     thread_safe = False  # static buffers are shared by every caller
@@ -42,37 +42,18 @@ class CudaGraphModel(CompiledModel):
         super().__init__(source, device)
         self._module = module
         self._pool = torch.cuda.graph_pool_handle()
-        self._graphs: dict[tuple, tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], torch.cuda.CUDAGraph]] = {}
+        self._graphs = CudaGraphCache(source.name, self._capture)
 
-    def _capture(
-        self, inputs: dict[str, torch.Tensor]
-    ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], torch.cuda.CUDAGraph]:
-        static_in = {n: t.clone() for n, t in inputs.items()}
+    def _capture(self, static_in: dict[str, torch.Tensor]):
         args = [static_in[n] for n in self.source.input_names]
-        current = torch.cuda.current_stream(self.device)
-        side = torch.cuda.Stream(self.device)
-        side.wait_stream(current)
-        with torch.cuda.stream(side):
-            for _ in range(self.WARMUP_CALLS):
-                self._module(*args)
-        current.wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self._pool):
-            outs = self._module(*args)
+        outs, replay = capture_cuda_graph(lambda: self._module(*args), self.device, self.WARMUP_CALLS, self._pool)
         outs = (outs,) if isinstance(outs, torch.Tensor) else outs
-        return static_in, dict(zip(self.source.output_names, outs)), graph
+        return dict(zip(self.source.output_names, outs, strict=True)), replay
 
     def _run(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        key = tuple((n, tuple(t.shape), t.dtype) for n, t in inputs.items())
         # Inference mode throughout, as TorchModel: the static buffers are inference tensors.
         with torch.inference_mode():
-            if key not in self._graphs:
-                self._graphs[key] = self._capture(inputs)
-            static_in, static_out, graph = self._graphs[key]
-            for n, t in inputs.items():
-                static_in[n].copy_(t)
-            graph.replay()
-            return {n: t.clone() for n, t in static_out.items()}
+            return self._graphs(inputs)
 
 
 def _module_dtype(module: torch.nn.Module) -> torch.dtype | None:

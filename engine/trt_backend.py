@@ -26,6 +26,7 @@ from typing import Any
 
 import torch
 from sv_engine.engine.backend import Backend, CompiledModel, ModelSource
+from sv_engine.engine.cuda_graphs import CudaGraphCache, capture_cuda_graph
 from sv_engine.engine.engine_cache import EngineCache, engine_key, file_sha256
 from sv_engine.engine.registry import TrtOptions
 
@@ -229,7 +230,8 @@ class TrtModel(CompiledModel):
             **source.input_dtypes,
             **{n: str(self._dtypes[n]).replace("torch.", "") for n in self._inputs},
         }
-        self._graphs: dict[tuple, tuple[torch.cuda.CUDAGraph, dict, dict]] = {}
+        # One live shape: a context's bound addresses and shapes are per context, not per graph.
+        self._graphs = CudaGraphCache(source.name, self._capture, max_shapes=1, outputs=source.output_names)
 
     def _bind(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         for n in self._inputs:
@@ -255,29 +257,21 @@ class TrtModel(CompiledModel):
                 "Check the input shapes/dtypes; rebuild the engine if the GPU changed.",
             )
 
+    def _execute_on_current_stream(self) -> None:
+        self._execute(torch.cuda.current_stream(self.device).cuda_stream)
+
+    def _capture(self, static_in: dict[str, torch.Tensor]):
+        static_out = self._bind(static_in)
+        # One warm-up run outside the capture: TensorRT allocates and initialises lazily.
+        _, replay = capture_cuda_graph(self._execute_on_current_stream, self.device, warmup_calls=1)
+        return static_out, replay
+
     def _run(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        if not self.cuda_graph:
-            outs = self._bind(inputs)
-            self._execute(torch.cuda.current_stream(self.device).cuda_stream)
-            return {n: outs[n] for n in self.source.output_names}
-        key = tuple((n, tuple(inputs[n].shape)) for n in self._inputs)
-        if key not in self._graphs:
-            static_in = {n: inputs[n].clone() for n in self._inputs}
-            static_out = self._bind(static_in)
-            side = torch.cuda.Stream(self.device)
-            side.wait_stream(torch.cuda.current_stream(self.device))
-            with torch.cuda.stream(side):
-                self._execute(side.cuda_stream)  # warm-up (TensorRT allocates/initialises lazily)
-            torch.cuda.current_stream(self.device).wait_stream(side)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
-                self._execute(torch.cuda.current_stream(self.device).cuda_stream)
-            self._graphs = {key: (graph, static_in, static_out)}  # one live shape: addresses are per context
-        graph, static_in, static_out = self._graphs[key]
-        for n in self._inputs:
-            static_in[n].copy_(inputs[n])
-        graph.replay()
-        return {n: static_out[n].clone() for n in self.source.output_names}
+        if self.cuda_graph:
+            return self._graphs({n: inputs[n] for n in self._inputs})
+        outs = self._bind(inputs)
+        self._execute_on_current_stream()
+        return {n: outs[n] for n in self.source.output_names}
 
 
 def check_parsable(source: ModelSource) -> None:

@@ -1,0 +1,91 @@
+"""One shape-keyed CUDA-graph cache for every backend that replays graphs (torch, TensorRT, ONNX Runtime).
+
+A replay needs its inputs at fixed addresses: each input-shape signature gets static input buffers,
+the backend's ``capture`` turns them into static outputs plus a ``replay`` callable, and every call
+copies its inputs in, replays and clones the outputs out (the next replay overwrites the static
+outputs, which is also why the torch graphs may share one memory pool).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+
+from sv_engine.errors import SvEngineError
+
+Tensors = dict[str, torch.Tensor]
+#: ``capture(static inputs) -> (static outputs, replay)``.
+Capture = Callable[[Tensors], tuple[Tensors, Callable[[], None]]]
+
+
+def shape_key(inputs: Tensors) -> tuple:
+    return tuple((n, tuple(t.shape), t.dtype) for n, t in inputs.items())
+
+
+class CudaGraphCache:
+    """Static buffers and a replay per input-shape signature.
+
+    ``max_shapes``: how many signatures stay captured (``None``: all); the oldest is dropped first.
+    ``recapture=False``: a second signature is refused (ONNX Runtime captures once per session).
+    ``outputs``: the output names handed out (default: every static output).
+    """
+
+    def __init__(
+        self,
+        name: str,
+        capture: Capture,
+        max_shapes: int | None = None,
+        recapture: bool = True,
+        outputs: Sequence[str] | None = None,
+    ) -> None:
+        self.name = name
+        self._capture = capture
+        self.max_shapes = max_shapes
+        self.recapture = recapture
+        self.outputs = list(outputs) if outputs is not None else None
+        self._entries: dict[tuple, tuple[Tensors, Tensors, Callable[[], None]]] = {}
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __call__(self, inputs: Tensors) -> Tensors:
+        key = shape_key(inputs)
+        if key not in self._entries:
+            if self._entries and not self.recapture:
+                captured = next(iter(self._entries))
+                raise SvEngineError(
+                    f"{self.name!r} replays a CUDA graph captured for input shapes "
+                    f"{[(n, s) for n, s, _ in captured]}; got {[(n, s) for n, s, _ in key]}.",
+                    "Create one session per shape, or drop the cuda_graphs option for dynamic shapes.",
+                )
+            if self.max_shapes is not None and len(self._entries) >= self.max_shapes:
+                del self._entries[next(iter(self._entries))]
+            static_in = {n: t.clone() for n, t in inputs.items()}
+            static_out, replay = self._capture(static_in)
+            self._entries[key] = (static_in, static_out, replay)
+        static_in, static_out, replay = self._entries[key]
+        for n, t in inputs.items():
+            static_in[n].copy_(t)
+        replay()
+        names = self.outputs if self.outputs is not None else list(static_out)
+        return {n: static_out[n].clone() for n in names}
+
+
+def capture_cuda_graph(
+    step: Callable[[], object], device: torch.device, warmup_calls: int, pool: object | None = None
+) -> tuple[object, Callable[[], None]]:
+    """``(what step returned inside the capture, replay)``: ``step`` runs ``warmup_calls`` times on a
+    side stream first (cuDNN/cuBLAS/TensorRT choose algorithms and allocate workspaces outside the
+    capture), then once under capture into ``pool``."""
+    current = torch.cuda.current_stream(device)
+    side = torch.cuda.Stream(device)
+    side.wait_stream(current)
+    with torch.cuda.stream(side):
+        for _ in range(warmup_calls):
+            step()
+    current.wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph, pool=pool):
+        captured = step()
+    return captured, graph.replay
