@@ -13,22 +13,11 @@ from __future__ import annotations
 
 import torch
 from sv_engine.export.spec import DEFAULT_SHAPES, ExportSpec, ShapeRange
-from sv_engine.stablevideo.nla import NLAModel, alpha_from_output, atlas_rgb, bg_uv, fg_uv
+from sv_engine.stablevideo.nla import NLAField, NLAModel, atlas_rgb
 from torch import nn
 
 #: Points per call: min, opt (one 512×512 frame), max (a 1024×1024 frame).
 POINTS_RANGE = (1, 512 * 512, 1024 * 1024)
-
-
-class _Field(nn.Module):
-    def __init__(self, nla: NLAModel) -> None:
-        super().__init__()
-        self.fg_mapping = nla.fg_mapping
-        self.bg_mapping = nla.bg_mapping
-        self.alpha = nla.alpha
-
-    def forward(self, xyt):
-        return fg_uv(self.fg_mapping(xyt)), bg_uv(self.bg_mapping(xyt)), alpha_from_output(self.alpha(xyt))
 
 
 class _Atlas(nn.Module):
@@ -74,7 +63,7 @@ class NLAFieldSpec(_NLABase):
     name = "nla_field"
 
     def build_module(self):
-        return _Field(self.nla)
+        return NLAField(self.nla, alpha_column=True)
 
     def input_names(self):
         return ["xyt"]

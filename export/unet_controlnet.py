@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import torch
 from sv_engine.export.spec import DEFAULT_SHAPES, ExportSpec, ShapeRange, latent_ranges
+from sv_engine.stablevideo.models.diffusion import TorchUNetControlNet
 from torch import nn
 
 #: Names of the UNet inputs shared by the three specs.
@@ -47,33 +48,11 @@ def residual_layout(unet_or_controlnet: nn.Module) -> list[tuple[str, int, int]]
     return out
 
 
-class _FusedUNetControlNet(nn.Module):
-    def __init__(self, unet: nn.Module, controlnet: nn.Module) -> None:
-        super().__init__()
-        self.unet = unet
-        self.controlnet = controlnet
+class _FusedUNetControlNet(TorchUNetControlNet):
+    """The pipeline's fused module with the spec's output contract (a tuple in output-name order)."""
 
     def forward(self, sample, timestep, encoder_hidden_states, controlnet_cond, control_scale):
-        scale = control_scale.to(sample.dtype)
-        down, mid = self.controlnet(
-            sample,
-            timestep,
-            encoder_hidden_states,
-            controlnet_cond=controlnet_cond,
-            conditioning_scale=1.0,
-            return_dict=False,
-        )
-        down = [d * scale for d in down]
-        mid = mid * scale
-        out = self.unet(
-            sample,
-            timestep,
-            encoder_hidden_states,
-            down_block_additional_residuals=down,
-            mid_block_additional_residual=mid,
-            return_dict=False,
-        )[0]
-        return (out,)
+        return (super().forward(sample, timestep, encoder_hidden_states, controlnet_cond, control_scale),)
 
 
 class _ControlNetOnly(nn.Module):

@@ -166,19 +166,19 @@ def atlas_rgb(out: torch.Tensor) -> torch.Tensor:
 class NLAField(nn.Module):
     """fg mapping, bg mapping and alpha evaluated together on normalised (x, y, t) points.
 
-    One module (and one exported graph) for the per-pixel maps of a video:
-    (N, 3) -> fg_uv (N, 2), bg_uv (N, 2), alpha (N,), in StableVideo's conventions.
+    One module (and one exported graph, ``export.nla_field``) for the per-pixel maps of a video:
+    (N, 3) -> fg_uv (N, 2), bg_uv (N, 2), alpha (N,), in StableVideo's conventions; alpha (N, 1) with
+    ``alpha_column`` (the exported graph's outputs are all 2-D).
     """
 
-    def __init__(self, nla: NLAModel) -> None:
+    def __init__(self, nla: NLAModel, alpha_column: bool = False) -> None:
         super().__init__()
         self.fg_mapping = nla.fg_mapping
         self.bg_mapping = nla.bg_mapping
         self.alpha = nla.alpha
+        self.alpha_column = alpha_column
 
     def forward(self, xyt: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        return (
-            fg_uv(self.fg_mapping(xyt)),
-            bg_uv(self.bg_mapping(xyt)),
-            alpha_from_output(self.alpha(xyt))[:, 0],
-        )
+        alpha = alpha_from_output(self.alpha(xyt))
+        alpha = alpha if self.alpha_column else alpha[:, 0]
+        return fg_uv(self.fg_mapping(xyt)), bg_uv(self.bg_mapping(xyt)), alpha

@@ -50,7 +50,12 @@ MAX_TOKENS = 77
 
 
 class TorchUNetControlNet(torch.nn.Module):
-    """``unet_controlnet`` from the diffusers modules: ControlNet residuals × scale into the UNet."""
+    """``unet_controlnet`` from the diffusers modules: ControlNet residuals × scale into the UNet.
+
+    The one fused module: the pipeline's eager call (``scale`` a float, as diffusers scales) and the
+    exported graph (``export.unet_controlnet``: ``scale`` a (1,) tensor, a runtime input of the graph
+    that multiplies every residual, so a new scale never re-exports).
+    """
 
     def __init__(self, unet: torch.nn.Module, controlnet: torch.nn.Module) -> None:
         super().__init__()
@@ -58,16 +63,25 @@ class TorchUNetControlNet(torch.nn.Module):
         self.controlnet = controlnet
 
     def forward(
-        self, latent: torch.Tensor, t: torch.Tensor, emb: torch.Tensor, control: torch.Tensor, scale: float
+        self,
+        latent: torch.Tensor,
+        t: torch.Tensor,
+        emb: torch.Tensor,
+        control: torch.Tensor,
+        scale: float | torch.Tensor,
     ) -> torch.Tensor:
+        runtime_scale = isinstance(scale, torch.Tensor)
         down, mid = self.controlnet(
             latent,
             t,
             encoder_hidden_states=emb,
             controlnet_cond=control,
-            conditioning_scale=float(scale),
+            conditioning_scale=1.0 if runtime_scale else float(scale),
             return_dict=False,
         )
+        if runtime_scale:
+            scale = scale.to(latent.dtype)
+            down, mid = [d * scale for d in down], mid * scale
         return self.unet(
             latent,
             t,
