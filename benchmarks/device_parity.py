@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import platform
 import time
 import traceback
 from collections.abc import Callable
@@ -33,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from sv_engine.benchmarks.timing import time_fn
+from sv_engine.benchmarks.timing import environment, time_fn
 
 logger = logging.getLogger("sv_engine.benchmarks.device_parity")
 
@@ -102,19 +101,11 @@ def time_cuda(fn: Callable[[], Any], iters: int = 10) -> dict[str, Any]:
 
 
 def env_info() -> dict[str, Any]:
-    info: dict[str, Any] = {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "cuda": torch.version.cuda,
-        "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
-    }
-    if torch.cuda.is_available():
-        info["capability"] = list(torch.cuda.get_device_capability())
-        info["gpu_mem_gb"] = round(torch.cuda.get_device_properties(0).total_memory / 2**30, 1)
+    """The benchmarks' one environment record, plus what this run's backends found."""
+    info = environment("cuda" if torch.cuda.is_available() else "cpu")
     try:
         import onnxruntime as ort
 
-        info["onnxruntime"] = ort.__version__
         info["ort_providers"] = ort.get_available_providers()
     except Exception as exc:  # noqa: BLE001
         info["onnxruntime"] = f"unavailable: {exc}"

@@ -26,7 +26,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from sv_engine.benchmarks.timing import git_commit, time_fn
+from sv_engine.benchmarks.timing import environment, time_fn
 from sv_engine.kernels import (
     render_composite,
     render_composite_reference,
@@ -162,30 +162,11 @@ def bench_splat(device: torch.device, repeat: int, bandwidth: float | None) -> d
     return _report("splat", kernel, baseline, floor, bandwidth) | {"shape": SPLAT}
 
 
-def _environment(device: torch.device) -> dict:
-    env = {"torch": torch.__version__, "cuda": torch.version.cuda, "git_commit": git_commit(), "device": str(device)}
-    try:
-        from cuda.bindings import nvrtc
-
-        _, major, minor = nvrtc.nvrtcVersion()
-        env["nvrtc"] = f"{major}.{minor}"
-    except ImportError:
-        env["nvrtc"] = None
-    if device.type == "cuda":
-        props = torch.cuda.get_device_properties(device)
-        env |= {
-            "gpu": props.name,
-            "sm_count": props.multi_processor_count,
-            "capability": f"{props.major}.{props.minor}",
-        }
-    return env
-
-
 def run(device: str | torch.device = "cuda", repeat: int = 50) -> dict:
     """Time every kernel and its torch baseline on ``device``; a JSON-ready dict of the results."""
     device = torch.device(device)
     bandwidth = copy_bandwidth(device) if device.type == "cuda" else None
-    result = {"environment": _environment(device), "copy_bandwidth_GBps": bandwidth / 1e9 if bandwidth else None}
+    result = {"environment": environment(device, note=None), "copy_bandwidth_GBps": bandwidth / 1e9 if bandwidth else None}
     for name, bench in (("render", bench_render), ("warp", bench_warp), ("splat", bench_splat)):
         log.info("benchmarking %s on %s", name, device)
         result[name] = bench(device, repeat, bandwidth)

@@ -131,8 +131,12 @@ def _nvidia_driver() -> str | None:
     return line or None
 
 
-def environment(device: torch.device | str, now: _dt.datetime | None = None) -> dict:
-    """Everything needed to compare two result files: hardware, software versions, commit, date."""
+def environment(
+    device: torch.device | str, now: _dt.datetime | None = None, note: str | None = RANDOM_WEIGHTS_NOTE
+) -> dict:
+    """Everything needed to compare two result files: hardware, software versions, commit, date (the one
+    environment record of every benchmark's JSON); ``note``: what the reader must know (the models'
+    random weights, by default)."""
     device = torch.device(device)
     now = now or _dt.datetime.now(_dt.UTC)
     env = {
@@ -145,6 +149,7 @@ def environment(device: torch.device | str, now: _dt.datetime | None = None) -> 
         "torch": torch.__version__,
         "onnxruntime": _version("onnxruntime"),
         "tensorrt": _version("tensorrt"),
+        "nvrtc": _nvrtc_version(),
         "python": platform.python_version(),
         "platform": platform.platform(),
         "cpu": platform.processor() or platform.machine(),
@@ -154,17 +159,29 @@ def environment(device: torch.device | str, now: _dt.datetime | None = None) -> 
         "datetime": now.isoformat(timespec="seconds"),
         "argv": list(sys.argv),
         "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
-        "note": RANDOM_WEIGHTS_NOTE,
     }
+    if note is not None:
+        env["note"] = note
     if device.type == "cuda" and torch.cuda.is_available():
         props = torch.cuda.get_device_properties(device)
         env.update(
             gpu=props.name,
             gpu_memory_gb=round(props.total_memory / 2**30, 1),
             capability=f"{props.major}.{props.minor}",
+            sm_count=props.multi_processor_count,
             driver=_nvidia_driver(),
         )
     return env
+
+
+def _nvrtc_version() -> str | None:
+    try:
+        from cuda.bindings import nvrtc
+
+        _, major, minor = nvrtc.nvrtcVersion()
+    except Exception:  # noqa: BLE001 - not installed, or no CUDA runtime: not part of this run
+        return None
+    return f"{major}.{minor}"
 
 
 def slug(text: str) -> str:
