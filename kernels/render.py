@@ -6,10 +6,7 @@ reproduces it):
 1. ``fg = clamp(grid_sample(fg_atlas, fg_grid, bilinear, fg_padding, align_corners=False), 0, 1)``
    and the same for ``bg``; only the first 3 atlas channels (RGB) are used.
 2. ``v = alpha * fg + (1 - alpha) * bg``.
-3. With a user ``mask``: ``v = mask * v + (1 - mask) * original / 255`` -- the mask selects the
-   edited composite (1) or the ``original`` frame (0). It is fused into the kernel because it costs
-   7 more bytes a pixel there but a whole extra read and write of the frames as a separate pass.
-4. ``frame = floor(255 * clamp(v, 0, 1))`` as uint8: truncation, exactly StableVideo's
+3. ``frame = floor(255 * clamp(v, 0, 1))`` as uint8: truncation, exactly StableVideo's
    ``(255 * video).to(torch.uint8)``.
 
 Padding: grid_sample's ``"zeros"`` or ``"border"``, chosen per atlas. StableVideo pads its cropped
@@ -26,8 +23,6 @@ import torch
 from sv_engine.kernels import _checks
 from sv_engine.kernels._atlas import check_atlas, rgba, sample_rgb
 from sv_engine.kernels._nvrtc import KernelSource, launch, ptr
-
-from sv_engine.errors import SvEngineError
 
 SOURCE = KernelSource("render.cu", includes=("sample.cuh",))
 _THREADS = 256
@@ -52,8 +47,6 @@ def render_composite(
     fg_grid: torch.Tensor,
     bg_grid: torch.Tensor,
     alpha: torch.Tensor,
-    mask: torch.Tensor | None = None,
-    original: torch.Tensor | None = None,
     *,
     fg_padding: str = "zeros",
     bg_padding: str = "zeros",
@@ -70,8 +63,6 @@ def render_composite(
             (x then y, [-1, 1] spans the atlas, align_corners=False). fp16 grids are refused: 10
             mantissa bits cannot address a 2048-texel atlas to sub-texel precision.
         alpha: (T, H, W) float32 foreground opacity.
-        mask: optional (T, H, W) float32 in [0, 1]; 1 keeps the composite, 0 the ``original``.
-        original: (T, H, W, 3) uint8 frames, required with ``mask`` (and only then).
         fg_padding, bg_padding: ``"zeros"`` or ``"border"`` (grid_sample's padding_mode).
         backend: ``"auto"`` (CUDA kernel for CUDA tensors, torch reference on CPU), ``"cuda"`` or
             ``"torch"``.
@@ -79,12 +70,12 @@ def render_composite(
     Returns:
         (T, H, W, 3) uint8 frames on the inputs' device.
     """
-    device = _check_inputs(fg_atlas, bg_atlas, fg_grid, bg_grid, alpha, mask, original, fg_padding, bg_padding)
+    device = _check_inputs(fg_atlas, bg_atlas, fg_grid, bg_grid, alpha, fg_padding, bg_padding)
     if _checks.resolve_backend(backend, device) == "torch":
         return render_composite_reference(
-            fg_atlas, bg_atlas, fg_grid, bg_grid, alpha, mask, original, fg_padding=fg_padding, bg_padding=bg_padding
+            fg_atlas, bg_atlas, fg_grid, bg_grid, alpha, fg_padding=fg_padding, bg_padding=bg_padding
         )
-    return _render_cuda(fg_atlas, bg_atlas, fg_grid, bg_grid, alpha, mask, original, fg_padding, bg_padding)
+    return _render_cuda(fg_atlas, bg_atlas, fg_grid, bg_grid, alpha, fg_padding, bg_padding)
 
 
 def render_composite_reference(
@@ -93,8 +84,6 @@ def render_composite_reference(
     fg_grid: torch.Tensor,
     bg_grid: torch.Tensor,
     alpha: torch.Tensor,
-    mask: torch.Tensor | None = None,
-    original: torch.Tensor | None = None,
     *,
     fg_padding: str = "zeros",
     bg_padding: str = "zeros",
@@ -104,7 +93,7 @@ def render_composite_reference(
     It is the specification the CUDA kernel is tested against and the CPU path. Runs on any device,
     ``_REFERENCE_FRAMES_PER_CHUNK`` frames at a time.
     """
-    _check_inputs(fg_atlas, bg_atlas, fg_grid, bg_grid, alpha, mask, original, fg_padding, bg_padding)
+    _check_inputs(fg_atlas, bg_atlas, fg_grid, bg_grid, alpha, fg_padding, bg_padding)
     frames = []
     for t0 in range(0, fg_grid.shape[0], _REFERENCE_FRAMES_PER_CHUNK):
         chunk = slice(t0, t0 + _REFERENCE_FRAMES_PER_CHUNK)
@@ -112,14 +101,11 @@ def render_composite_reference(
         bg = sample_rgb(bg_atlas, bg_grid[chunk], bg_padding).clamp(0, 1)
         a = alpha[chunk].unsqueeze(-1)
         v = a * fg + (1 - a) * bg
-        if mask is not None:
-            m = mask[chunk].unsqueeze(-1)
-            v = m * v + (1 - m) * (original[chunk].float() / 255)
         frames.append(torch.floor(v.clamp(0, 1) * 255).to(torch.uint8))
     return torch.cat(frames)
 
 
-def _check_inputs(fg_atlas, bg_atlas, fg_grid, bg_grid, alpha, mask, original, fg_padding, bg_padding) -> torch.device:
+def _check_inputs(fg_atlas, bg_atlas, fg_grid, bg_grid, alpha, fg_padding, bg_padding) -> torch.device:
     _checks.check_choice("fg_padding", fg_padding, _checks.PADDING_MODES)
     _checks.check_choice("bg_padding", bg_padding, _checks.PADDING_MODES)
     device = check_atlas("fg_atlas", fg_atlas).device
@@ -128,17 +114,11 @@ def _check_inputs(fg_atlas, bg_atlas, fg_grid, bg_grid, alpha, mask, original, f
     _checks.check_tensor("bg_grid", bg_grid, (torch.float32,), (None, None, None, 2), device)
     _checks.check_tensor("alpha", alpha, (torch.float32,), (None, None, None), device)
     sizes = {"fg_grid": fg_grid.shape[:3], "bg_grid": bg_grid.shape[:3], "alpha": alpha.shape}
-    if (mask is None) != (original is None):
-        raise SvEngineError("mask and original must be given together.", "Pass both (masked composite) or neither.")
-    if mask is not None:
-        _checks.check_tensor("mask", mask, (torch.float32,), (None, None, None), device)
-        _checks.check_tensor("original", original, (torch.uint8,), (None, None, None, 3), device)
-        sizes |= {"mask": mask.shape, "original": original.shape[:3]}
     _checks.check_same_size("(T, H, W)", sizes)
     return device
 
 
-def _render_cuda(fg_atlas, bg_atlas, fg_grid, bg_grid, alpha, mask, original, fg_padding, bg_padding) -> torch.Tensor:
+def _render_cuda(fg_atlas, bg_atlas, fg_grid, bg_grid, alpha, fg_padding, bg_padding) -> torch.Tensor:
     device = fg_grid.device
     t, h, w, _ = fg_grid.shape
     out = torch.empty((t, h, w, 3), dtype=torch.uint8, device=device)
@@ -147,8 +127,6 @@ def _render_cuda(fg_atlas, bg_atlas, fg_grid, bg_grid, alpha, mask, original, fg
         return out
     fg_atlas, bg_atlas = _checks.aligned(rgba(fg_atlas)), _checks.aligned(rgba(bg_atlas))
     fg_grid, bg_grid, alpha = (_checks.aligned(x) for x in (fg_grid, bg_grid, alpha))
-    if mask is not None:
-        mask, original = _checks.aligned(mask), _checks.aligned(original)
     padding = {"zeros": 0, "border": 1}
     atlases = [
         _SvAtlas(a.data_ptr(), a.shape[0], a.shape[1], padding[p])
@@ -157,6 +135,6 @@ def _render_cuda(fg_atlas, bg_atlas, fg_grid, bg_grid, alpha, mask, original, fg
     kernel = "render_composite_f32" if fg_atlas.dtype == torch.float32 else "render_composite_f16"
     func = SOURCE.function(device, kernel)
     threads_needed = (n + 3) // 4  # each thread shades 4 pixels
-    args = [*atlases, ptr(fg_grid), ptr(bg_grid), ptr(alpha), ptr(mask), ptr(original), ptr(out), ctypes.c_longlong(n)]
+    args = [*atlases, ptr(fg_grid), ptr(bg_grid), ptr(alpha), ptr(out), ctypes.c_longlong(n)]
     launch(func, ((threads_needed + _THREADS - 1) // _THREADS, 1, 1), (_THREADS, 1, 1), args, device)
     return out
