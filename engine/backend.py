@@ -298,10 +298,6 @@ class CompiledModel(ABC):
         raise NotImplementedError(f"{type(self).__name__} must implement _run()")
 
 
-#: The session interface name used in the design notes.
-Session = CompiledModel
-
-
 def _resolve_device(device: str | torch.device | None) -> torch.device:
     if device is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -58,9 +58,6 @@ class AcceleratedModels:
     vae_encode: Callable | None = None
     vae_decode: Callable | None = None
 
-    def unet_controlnet_factory(self, controlnet: str) -> Callable | None:
-        return self.unet_controlnet.get(controlnet)
-
     def denoiser_overrides(self) -> dict[str, Callable]:
         return {
             k: v

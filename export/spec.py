@@ -79,8 +79,8 @@ def _fp32_forward(norm: nn.Module):
 
 def _half_copy(module: nn.Module) -> nn.Module:
     """``module`` copied in fp16, sharing the tensors that are fp16 already: the pipeline's fp16 UNet
-    is not held twice on the GPU (the two fused UNet+ControlNet specs held 4.9 GB of copies, H100 run
-    829f95e). Norm layers get tensors of their own, as they turn fp32 in the copy."""
+    is not held twice on the GPU (the two fused UNet+ControlNet specs held 4.9 GB of copies on an
+    H100). Norm layers get tensors of their own, as they turn fp32 in the copy."""
     norm_tensors = {
         id(t)
         for sub in module.modules()
@@ -104,7 +104,7 @@ def prepare_for_precision(module: nn.Module, precision: str, fused_attention: bo
     ``fused_attention=True`` keeps diffusers' fused processor (``scaled_dot_product_attention``) for
     modules that torch runs: its kernels accumulate QKᵀ and softmax in fp32 internally, so the guard
     is built in, while the classic processor materialises every fp32 score matrix (on the H100 it made
-    attention 6× and the GEMMs 6.5× slower over a whole edit, run e6a5af2). The standard ONNX export
+    attention 6× and the GEMMs 6.5× slower over a whole edit). The standard ONNX export
     keeps the classic form (the ONNX decomposition of SDPA runs its softmax in fp16); ONNX Runtime's
     export form starts from the fused one (:mod:`sv_engine.export.ort_attention`).
     """
@@ -308,10 +308,6 @@ class ExportSpec(ABC):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r}, precision={self.precision!r})"
-
-
-def batch_range(shapes: ShapeRange) -> tuple[int, int, int]:
-    return shapes.batch
 
 
 def latent_ranges(shapes: ShapeRange) -> dict[str, tuple[int, int, int]]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from sv_engine.stablevideo.models.ddim import DDIMSampler
 
@@ -37,7 +37,6 @@ class EditParams:
     bg_added_prompt: str = BG_ADDED_PROMPT
     bg_negative_prompt: str = BG_NEGATIVE_PROMPT
     edit_background: bool = True
-    extra: dict = field(default_factory=dict)
 
     def validate(self) -> None:
         if not 1 <= self.steps <= 1000:
