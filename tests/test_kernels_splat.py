@@ -8,8 +8,6 @@ from sv_engine.kernels import splat_to_atlas, splat_to_atlas_reference
 
 from sv_engine.errors import SvEngineError
 
-needs_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-
 
 def grid_mapping(h, w, curvature=0.0, offset=(6.0, 4.0)):
     """Atlas positions of an h×w keyframe: an affine map whose p00-p11 quad diagonal is the shorter
@@ -106,7 +104,6 @@ def test_bad_inputs():
 
 
 @pytest.mark.gpu
-@needs_gpu
 @pytest.mark.parametrize("case", ["affine", "bent", "random"])
 def test_cuda_matches_reference_and_is_deterministic(case):
     seed = torch.seed()

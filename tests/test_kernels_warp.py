@@ -7,8 +7,6 @@ from sv_engine.kernels import pad_grids, warp_atlas, warp_atlas_reference
 
 from sv_engine.errors import SvEngineError
 
-needs_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-
 
 def make_inputs(gen, k=3, h=19, w=26, atlas=(50, 70), channels=4, dtype=torch.float32, device="cpu"):
     atlas_t = torch.randn(*atlas, channels, generator=gen).to(dtype)
@@ -65,7 +63,6 @@ def test_bad_inputs():
 
 
 @pytest.mark.gpu
-@needs_gpu
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 @pytest.mark.parametrize("size", [(3, 64, 96), (2, 37, 53)])
 def test_cuda_matches_reference(dtype, size):
