@@ -8,8 +8,8 @@ one self-attention layer's scores are 2×8×7168² floats, 3.3 GB).
 
 ``"ort"``: attention as ONNX Runtime's contrib operator ``com.microsoft.MultiHeadAttention``, which
 runs flash / memory-efficient attention on CUDA (QKᵀ and softmax accumulate in fp32 inside the
-kernel: the fp16 guard) and has CPU kernels. Only ONNX Runtime runs it. On the H200 (run 222e1bc)
-ORT's whole 70-frame edit took 4.47 s in this form against 9.93 s in the standard one. ORT's own
+kernel: the fp16 guard) and has CPU kernels. Only ONNX Runtime runs it. On an H200 ORT's whole
+70-frame edit took 4.47 s in this form against 9.93 s in the standard one. ORT's own
 transformer optimizer (``optimize_model(model_type="unet")``) fuses GroupNorm and NHWC convolutions in
 these graphs but not their attention (ORT 1.32), so the export emits the operator itself: while
 exporting, diffusers' attention modules run :class:`OrtAttnProcessor`, whose core is an autograd

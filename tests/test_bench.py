@@ -414,7 +414,7 @@ def test_bench_on_user_weights(tmp_path):
 
 def test_e2e_parity_never_compares_against_a_stand_in(tmp_path):
     """The first variant is the PSNR reference; when it fails, the others are not compared with
-    whichever variant happened to succeed next (run e6a5af2 labelled such a PSNR "vs torch")."""
+    whichever variant happened to succeed next (a device run once labelled such a PSNR "vs torch")."""
     from sv_engine.benchmarks.e2e_parity import main
 
     out = tmp_path / "e2e.json"

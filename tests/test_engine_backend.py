@@ -239,7 +239,7 @@ def test_ort_free_dimensions_fix_the_symbolic_dims(small):
 
 
 def test_ort_cuda_graph_refusal_names_the_fix(small, monkeypatch):
-    """ORT refuses graph capture when shape ops stay on the CPU (H100 run e6a5af2): the error says why
+    """ORT refuses graph capture when shape ops stay on the CPU (as on an H100): the error says why
     and how to fix it, instead of suggesting a re-export."""
     import onnxruntime as ort
 
@@ -298,3 +298,32 @@ def test_registry_names_aliases_and_named_choices():
     with pytest.raises(SvEngineError, match="takes TorchOptions"):
         get_backend("torch", device="cpu", options=CompileOptions())
     assert get_backend("torch-cuda-graph", device="cpu").options.cuda_graphs
+
+
+def test_cuda_graph_cache_keys_on_shapes_and_hands_out_copies():
+    """The one shape-keyed cache of the torch, TensorRT and ORT graph replays, with a stand-in capture
+    (a "replay" that doubles the static input): one capture per shape signature, inputs copied into
+    the static buffers, outputs cloned out; the oldest shape dropped past max_shapes; ORT's refusal of
+    a second shape."""
+    from sv_engine.engine.cuda_graphs import CudaGraphCache
+
+    captures = []
+
+    def capture(static_in):
+        captures.append(tuple(static_in["x"].shape))
+        out = {"y": torch.empty_like(static_in["x"])}
+        return out, lambda: out["y"].copy_(static_in["x"] * 2)
+
+    cache = CudaGraphCache("m", capture)
+    a, b = torch.ones(2), torch.full((2,), 3.0)
+    first = cache({"x": a})
+    assert torch.equal(cache({"x": b})["y"], b * 2) and torch.equal(first["y"], a * 2)  # a copy, not the buffer
+    cache({"x": torch.ones(3)})
+    assert captures == [(2,), (3,)] and len(cache) == 2
+    one = CudaGraphCache("m", capture, max_shapes=1)
+    one({"x": a}), one({"x": torch.ones(3)}), one({"x": a})
+    assert captures[2:] == [(2,), (3,), (2,)] and len(one) == 1
+    fixed = CudaGraphCache("m", capture, recapture=False)
+    fixed({"x": a})
+    with pytest.raises(SvEngineError, match="captured for input shapes"):
+        fixed({"x": torch.ones(3)})

@@ -114,7 +114,7 @@ def test_maps_cache_survives_concurrent_writers(
 ) -> None:
     """Two writers of one cache entry (the GPUs of a batch open the same clip) both finish, and the
     entry is whole. The barrier holds both between writing and renaming: with one shared temporary
-    name, the second rename found its file already moved (seen on the H100 run e6a5af2)."""
+    name, the second rename found its file already moved (seen on an H100 run)."""
     import os
 
     from sv_engine import atomic_write
