@@ -2,8 +2,8 @@
 
 engine/ -> sv_engine.engine, export/ -> sv_engine.export, kernels/ -> sv_engine.kernels,
 stablevideo/ -> sv_engine.stablevideo, benchmarks/ -> sv_engine.benchmarks; the applications (CLI,
-render service) and the shared error type live in sv_engine/ itself. Generic names like `engine` or `kernels` are never installed
-at top level.
+render service) and the shared utilities (errors, paths, atomic writes, device) live in sv_engine/ itself.
+Generic names like `engine` or `kernels` are never installed at top level.
 """
 
 from setuptools import find_packages, setup

@@ -102,7 +102,7 @@ def _finish_stage(name: str, stage: dict, tiny: bool) -> dict:
     ref = next((k for k in REFERENCE_ORDER if k in ok), None)
     stage["reference"] = ref
     if ref is not None:
-        for k, v in ok.items():
+        for v in ok.values():
             v["speedup"] = ok[ref]["median_ms"] / v["median_ms"]
     best = min(ok, key=lambda k: ok[k]["median_ms"]) if ok else None
     stage["best"] = best
@@ -433,13 +433,15 @@ def notes(result: dict) -> list[str]:
         if warm.get("status") == "ok":
             peak = f", peak {warm['peak_mem_gb']:.2f} GB" if warm.get("peak_mem_gb") else ""
             lines.append(
-                f"e2e warm: {warm['warm_s']:.3f} s (first edit {warm['first_edit_s']:.3f} s, model load {warm['load_s']:.2f} s{peak})"
+                f"e2e warm: {warm['warm_s']:.3f} s (first edit {warm['first_edit_s']:.3f} s, "
+                f"model load {warm['load_s']:.2f} s{peak})"
             )
             lines.append("  stages: " + ", ".join(f"{k} {v:.3f}s" for k, v in warm.get("timings", {}).items()))
             prof = warm.get("profile")
             if prof:
                 lines.append(
-                    f"  profile: GPU busy {prof['gpu_busy_s']:.3f} of {prof['wall_s']:.3f} s, kernels by category (ms): "
+                    f"  profile: GPU busy {prof['gpu_busy_s']:.3f} of {prof['wall_s']:.3f} s, "
+                    "kernels by category (ms): "
                     + ", ".join(f"{k} {v:.0f}" for k, v in prof["kernel_ms_by_category"].items())
                 )
         else:

@@ -248,7 +248,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 for shape_name, sym in SHAPES.items():
                     x = spec.sample_inputs("opt", device="cuda", **sym)
                     x["control_scale"] = torch.tensor([1.0], device="cuda")
-                    entry[shape_name] = time_cuda(lambda: model(**x), iters=args.iters)
+                    entry[shape_name] = time_cuda(lambda model=model, x=x: model(**x), iters=args.iters)
             except Exception as exc:  # noqa: BLE001
                 entry["error"] = f"{type(exc).__name__}: {exc}"
             res[label] = entry
@@ -262,7 +262,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 try:
                     model = get_backend("ort", device="cuda", cuda_graphs=True).compile(src16)
                     x = spec16.sample_inputs("opt", device="cuda", **sym)
-                    entry[shape_name] = time_cuda(lambda: model(**x), iters=args.iters)
+                    entry[shape_name] = time_cuda(lambda model=model, x=x: model(**x), iters=args.iters)
                     del model
                 except Exception as exc:  # noqa: BLE001
                     entry[shape_name] = {"error": f"{type(exc).__name__}: {exc}"}
@@ -282,7 +282,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     model(**x)
                     torch.cuda.synchronize()
                     entry[f"{shape_name}_compile_s"] = round(time.perf_counter() - t, 1)
-                    entry[shape_name] = time_cuda(lambda: model(**x), iters=args.iters)
+                    entry[shape_name] = time_cuda(lambda model=model, x=x: model(**x), iters=args.iters)
             except Exception as exc:  # noqa: BLE001
                 entry["error"] = f"{type(exc).__name__}: {exc}"
             res["torch_compile_fp16"] = entry
@@ -318,7 +318,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 if spec is not None:
                     for shape_name, sym in SHAPES.items():
                         x = spec.sample_inputs("opt", device="cuda", **sym)
-                        out[shape_name] = time_cuda(lambda: model(**x), iters=args.iters)
+                        out[shape_name] = time_cuda(lambda model=model, x=x: model(**x), iters=args.iters)
         except Exception as exc:  # noqa: BLE001 - expected for tensorrt_rtx on Hopper
             out["deserialize"] = f"{type(exc).__name__}: {exc}"
         if flavor == "tensorrt_rtx" and torch.cuda.get_device_capability()[0] >= 9 and out.get("deserialize") != "ok":

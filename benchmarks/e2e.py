@@ -12,6 +12,7 @@ The data folder: the bundled demo clip with ``--tiny`` when it is present, else 
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -159,7 +160,7 @@ def warm_edit(
     if profile:
         from sv_engine.benchmarks.profile import profile_call
 
-        out["profile"] = profile_call(lambda: pipeline.edit(data_dir, params), device)
+        out["profile"] = profile_call(functools.partial(pipeline.edit, data_dir, params), device)
     if save_weights is not None:
         from sv_engine.stablevideo.models.loaders import save_components
 

@@ -11,14 +11,15 @@ edit under torch.profiler (:mod:`.profile`). Each backend in try/except: one fai
 others; the JSON is rewritten after each.
 
 A backend entry may carry options, ``name:key=value:...``: backend options (e.g.
-``ort:allow_spinning=1:intra_op_threads=0`` = ONNX Runtime's own thread defaults, ``torch:cuda_graphs=1``
-= eager torch replayed from CUDA graphs; typed by sv_engine.engine.registry) and the pipeline's ``overlap=0|1`` (background edit
-overlapped with the keyframe loop; default off).
+``ort:allow_spinning=1:intra_op_threads=0`` = ONNX Runtime's own thread defaults,
+``torch:cuda_graphs=1`` = eager torch replayed from CUDA graphs; typed by sv_engine.engine.registry)
+and the pipeline's ``overlap=0|1`` (background edit overlapped with the keyframe loop; default off).
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import tempfile
@@ -128,7 +129,7 @@ def run(args: argparse.Namespace) -> dict:
             if args.profile:
                 result["backends"][variant] = entry
                 save()  # a profile cut off by a time limit keeps the timing and PSNR
-                entry["profile"] = profile_call(lambda: pipeline.edit(data, params), device)
+                entry["profile"] = profile_call(functools.partial(pipeline.edit, data, params), device)
             del pipeline, first, warm
         except Exception as exc:  # noqa: BLE001 - record and go on with the next backend
             entry.update(status="error", error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc()[-2500:])

@@ -166,7 +166,10 @@ def run(device: str | torch.device = "cuda", repeat: int = 50) -> dict:
     """Time every kernel and its torch baseline on ``device``; a JSON-ready dict of the results."""
     device = torch.device(device)
     bandwidth = copy_bandwidth(device) if device.type == "cuda" else None
-    result = {"environment": environment(device, note=None), "copy_bandwidth_GBps": bandwidth / 1e9 if bandwidth else None}
+    result = {
+        "environment": environment(device, note=None),
+        "copy_bandwidth_GBps": bandwidth / 1e9 if bandwidth else None,
+    }
     for name, bench in (("render", bench_render), ("warp", bench_warp), ("splat", bench_splat)):
         log.info("benchmarking %s on %s", name, device)
         result[name] = bench(device, repeat, bandwidth)
@@ -177,7 +180,8 @@ def run(device: str | torch.device = "cuda", repeat: int = 50) -> dict:
 
 def _table(result: dict) -> str:
     rows = [
-        f"{'op':<8}{'kernel ms':>11}{'p90':>8}{'torch ms':>10}{'speedup':>9}{'floor ms':>10}{'of floor':>10}{'target':>8}"
+        f"{'op':<8}{'kernel ms':>11}{'p90':>8}{'torch ms':>10}{'speedup':>9}"
+        f"{'floor ms':>10}{'of floor':>10}{'target':>8}"
     ]
     for name in ("render", "warp", "splat"):
         r = result[name]
@@ -185,7 +189,8 @@ def _table(result: dict) -> str:
         rows.append(
             f"{name:<8}{k.get('median_ms', float('nan')):>11.3f}{k.get('p90_ms', float('nan')):>8.3f}"
             f"{r['baseline_torch']['median_ms']:>10.3f}{r.get('speedup_vs_torch', float('nan')):>9.1f}"
-            f"{r.get('floor_ms', float('nan')):>10.3f}{r.get('fraction_of_floor', float('nan')):>10.2f}{r['target_ms']:>8.2f}"
+            f"{r.get('floor_ms', float('nan')):>10.3f}{r.get('fraction_of_floor', float('nan')):>10.2f}"
+            f"{r['target_ms']:>8.2f}"
         )
     return "\n".join(rows)
 

@@ -15,7 +15,8 @@ edit first (both paths then read it).
 Usage::
 
     python -m sv_engine.benchmarks.service_bench --out results/service.json --random-full [--edits 5] [--fresh 2]
-    python -m sv_engine.benchmarks.service_bench --out /tmp/s.json --tiny --edits 2 --fresh 1 --steps 2   # smoke (CPU ok)
+    # smoke test (CPU ok):
+    python -m sv_engine.benchmarks.service_bench --out /tmp/s.json --tiny --edits 2 --fresh 1 --steps 2
 """
 
 from __future__ import annotations

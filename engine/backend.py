@@ -143,7 +143,7 @@ class ModelSource:
         for name, dims in self.input_shapes.items():
             if name not in inputs:
                 continue
-            for dim, size in zip(dims, inputs[name].shape):
+            for dim, size in zip(dims, inputs[name].shape, strict=False):
                 if isinstance(dim, str) and dim.isidentifier():
                     symbols.setdefault(dim, int(size))
         return symbols
@@ -169,7 +169,7 @@ class ModelSource:
             )
         for name, (lo, _opt, hi) in self.profiles.items():
             shape = tuple(inputs[name].shape)
-            if len(shape) != len(lo) or any(s < a or s > b for s, a, b in zip(shape, lo, hi)):
+            if len(shape) != len(lo) or any(s < a or s > b for s, a, b in zip(shape, lo, hi, strict=False)):
                 raise SvEngineError(
                     f"Input {name!r} of {self.name!r} has shape {shape}, outside the engine profile "
                     f"min {tuple(lo)} .. max {tuple(hi)}.",

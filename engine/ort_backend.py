@@ -80,7 +80,8 @@ class OrtModel(CompiledModel):
     def _run_cpu(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         feeds = {n: t.detach().numpy() for n, t in inputs.items()}
         outs = self.session.run(self.source.output_names, feeds)
-        return {n: torch.from_numpy(np.ascontiguousarray(o)) for n, o in zip(self.source.output_names, outs)}
+        names = self.source.output_names
+        return {n: torch.from_numpy(np.ascontiguousarray(o)) for n, o in zip(names, outs, strict=True)}
 
     # ---- CUDA -----------------------------------------------------------------------------------
     def _out_dtype(self, name: str) -> torch.dtype:
@@ -98,7 +99,8 @@ class OrtModel(CompiledModel):
             for n in self.source.output_names:
                 binding.bind_output(n, "cuda", self.device.index or 0)
             self.session.run_with_iobinding(binding)
-            shapes = {n: tuple(v.shape()) for n, v in zip(self.source.output_names, binding.get_outputs())}
+            outputs = binding.get_outputs()
+            shapes = {n: tuple(v.shape()) for n, v in zip(self.source.output_names, outputs, strict=True)}
         self._shape_cache[key] = shapes
         return shapes
 

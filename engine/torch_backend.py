@@ -25,7 +25,7 @@ class TorchModel(CompiledModel):
             outs = self._fn(*[inputs[n] for n in self.source.input_names])
         if isinstance(outs, torch.Tensor):
             outs = (outs,)
-        return dict(zip(self.source.output_names, outs))
+        return dict(zip(self.source.output_names, outs, strict=False))
 
 
 class CudaGraphModel(CompiledModel):

@@ -73,7 +73,8 @@ def trt_available() -> tuple[bool, str]:
     if flavor == "tensorrt_rtx" and capability not in RTX_RUNNABLE_CAPABILITIES and capability[0] < 12:
         return (
             False,
-            f"TensorRT-RTX engines cannot run on compute capability {capability[0]}.{capability[1]} (they build there); use ort or torch-compile, or install full tensorrt",
+            f"TensorRT-RTX engines cannot run on compute capability {capability[0]}.{capability[1]} (they build "
+            "there); use ort or torch-compile, or install full tensorrt",
         )
     return True, ""
 
@@ -279,7 +280,8 @@ def check_parsable(source: ModelSource) -> None:
     fails on them with a less helpful message."""
     if source.attention != "onnx":
         raise SvEngineError(
-            f"{source.onnx_path} was exported with ONNX Runtime's fused attention operator, which TensorRT cannot parse.",
+            f"{source.onnx_path} was exported with ONNX Runtime's fused attention operator, which TensorRT cannot "
+            "parse.",
             "Export for TensorRT with `sv-engine export --attention onnx` (the default) and build from that folder.",
         )
 

@@ -64,7 +64,7 @@ def check_finite(
     with torch.inference_mode():
         outs = module(*[inputs[n] for n in spec.input_names()])
     outs = (outs,) if isinstance(outs, torch.Tensor) else outs
-    named = dict(zip(spec.output_names(), outs))
+    named = dict(zip(spec.output_names(), outs, strict=False))
     bad = [n for n, t in named.items() if not torch.isfinite(t).all()]
     if bad:
         raise SvEngineError(

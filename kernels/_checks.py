@@ -30,7 +30,7 @@ def check_tensor(
         raise SvEngineError(
             f"{name} has dtype {t.dtype}; expected one of {allowed}.", f"Convert it, e.g. {name}.to({dtypes[0]})."
         )
-    if t.dim() != len(shape) or any(s is not None and s != n for s, n in zip(shape, t.shape)):
+    if t.dim() != len(shape) or any(s is not None and s != n for s, n in zip(shape, t.shape, strict=False)):
         want = "(" + ", ".join("*" if s is None else str(s) for s in shape) + ")"
         raise SvEngineError(f"{name} has shape {tuple(t.shape)}; expected {want}.", f"Reshape {name} to {want}.")
     if device is not None and t.device != device:

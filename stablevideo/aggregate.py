@@ -56,7 +56,7 @@ def train_aggregation_net(
     with torch.enable_grad():
         for _ in tqdm(range(iterations), desc="aggregation net", disable=not progress, leave=False):
             refined = net(atlas[None])[0]
-            loss = sum(l1(rec, tgt) for rec, tgt in zip(sample_keyframes(refined), targets))
+            loss = sum(l1(rec, tgt) for rec, tgt in zip(sample_keyframes(refined), targets, strict=False))
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()

@@ -129,7 +129,7 @@ def foreground_atlas_bbox(
     """
     min_uv = torch.tensor(grid_atlas_hw, dtype=torch.float32)
     max_uv = torch.zeros(2)
-    for (y, x, h, w), uv in zip(boundaries.tolist(), fg_uv_pix.cpu()):
+    for (y, x, h, w), uv in zip(boundaries.tolist(), fg_uv_pix.cpu(), strict=False):
         crop = uv[max(y, 0) : y + h, max(x, 0) : x + w].reshape(-1, 2)
         min_uv = torch.minimum(crop.amin(dim=0), min_uv).floor()
         max_uv = torch.maximum(crop.amax(dim=0), max_uv).ceil()

@@ -87,7 +87,7 @@ def edit_foreground(
     atlases: list[torch.Tensor] = []
     edits: list[np.ndarray] = []
     edit_tensors: list[torch.Tensor] = []
-    for i, (crop, grid) in enumerate(zip(crops, grids)):
+    for i, (crop, grid) in enumerate(zip(crops, grids, strict=False)):
         source = resize_image(tensor_to_image(crop.image), params.image_resolution)
         height, width = source.shape[:2]
         control = canny_control(source, params.canny_low, params.canny_high)

@@ -137,7 +137,8 @@ class NLAModel:
 
 
 def normalize_xyt(xyt: torch.Tensor, resx: int, resy: int, num_frames: int) -> torch.Tensor:
-    """Pixel coordinates (x, y, t) -> the networks' input: (x/(m/2) − 1, y/(m/2) − 1, t/(T/2) − 1), m = max(resx, resy)."""
+    """Pixel coordinates (x, y, t) -> the networks' input: (x/(m/2) − 1, y/(m/2) − 1, t/(T/2) − 1), with
+    m = max(resx, resy)."""
     half = max(resx, resy) / 2.0
     scale = torch.tensor([half, half, num_frames / 2.0], dtype=xyt.dtype, device=xyt.device)
     return xyt / scale - 1.0

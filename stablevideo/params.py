@@ -13,7 +13,10 @@ FG_NEGATIVE_PROMPT = (
     "lowres, bad anatomy, bad hands, missing fingers, extra digit, fewer digits, cropped, worst quality, low quality"
 )
 BG_ADDED_PROMPT = "best quality, extremely detailed"
-BG_NEGATIVE_PROMPT = "longbody, lowres, bad anatomy, bad hands, missing fingers, extra digit, fewer digits, cropped, worst quality, low quality"
+BG_NEGATIVE_PROMPT = (
+    "longbody, lowres, bad anatomy, bad hands, missing fingers, extra digit, fewer digits, cropped, worst quality, "
+    "low quality"
+)
 
 
 @dataclass
@@ -48,7 +51,8 @@ class EditParams:
         propagates = self.keyframes is None or len(self.keyframes) > 1
         if propagates and not 1 <= int(self.steps * self.strength) < self.steps:
             raise SvEngineError(
-                f"strength {self.strength} with {self.steps} steps gives no valid img2img start (int(steps·strength) must be in 1..steps−1).",
+                f"strength {self.strength} with {self.steps} steps gives no valid img2img start "
+                "(int(steps·strength) must be in 1..steps−1).",
                 "use a strength in (0, 1), e.g. --strength 0.8.",
             )
         if self.aggregation not in ("median", "net"):

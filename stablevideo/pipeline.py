@@ -55,7 +55,8 @@ class EditResult:
             ("bg atlas", tensor_to_image(atlas.bg_grid_atlas)),
             ("bg atlas edited", tensor_to_image(self.bg_atlas)),
         ]
-        tiles += [(f"keyframe {k}", edit) for k, edit in zip(self.keyframes, self.foreground.keyframe_edits)]
+        edits = self.foreground.keyframe_edits
+        tiles += [(f"keyframe {k}", edit) for k, edit in zip(self.keyframes, edits, strict=False)]
         t = self.frames.shape[0]
         for i in sorted({0, t // 3, (2 * t) // 3, t - 1}):
             tiles += [(f"frame {i}", tensor_to_image(atlas.frames[i])), (f"frame {i} edited", self.frames[i])]

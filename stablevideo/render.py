@@ -44,7 +44,8 @@ def pad_fg_atlas(cropped: torch.Tensor, data: AtlasData) -> torch.Tensor:
 def check_bg_atlas(bg_atlas: torch.Tensor, data: AtlasData) -> None:
     if tuple(bg_atlas.shape[-2:]) != tuple(data.bg_grid_atlas.shape[-2:]):
         raise SvEngineError(
-            f"Background atlas is {bg_atlas.shape[-1]}x{bg_atlas.shape[-2]} but this video's is {data.bg_grid_atlas.shape[-1]}x{data.bg_grid_atlas.shape[-2]}.",
+            f"Background atlas is {bg_atlas.shape[-1]}x{bg_atlas.shape[-2]} but this video's is "
+            f"{data.bg_grid_atlas.shape[-1]}x{data.bg_grid_atlas.shape[-2]}.",
             "edit the bg atlas exported by `sv-engine atlas export` without resizing it.",
         )
 

@@ -112,6 +112,7 @@ def test_atlas_matches_textures(video):
     for (key, tex), box in zip(
         (("fg", scene.analytic_textures()[0]), ("bg", scene.analytic_textures()[1])),
         (scene.fg_fit_box(), scene.bg_fit_box()),
+        strict=False,
     ):
         uv = tex.grid_uv(box).reshape(-1, 2)
         uv = uv[torch.randperm(uv.shape[0], generator=gen)[:20000]]

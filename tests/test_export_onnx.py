@@ -48,7 +48,7 @@ def ort_cpu():
 def _reference(spec, inputs):
     with torch.inference_mode():
         outs = spec.torch_module()(*[inputs[n] for n in spec.input_names()])
-    return dict(zip(spec.output_names(), outs))
+    return dict(zip(spec.output_names(), outs, strict=False))
 
 
 def _other_point(name):
@@ -113,7 +113,7 @@ def test_manifest_describes_files(exported):
         assert entry["precision"] == "fp32"
         for inp in entry["inputs"]:
             lo, opt, hi = inp["profile"]
-            assert all(a <= b <= c for a, b, c in zip(lo, opt, hi))
+            assert all(a <= b <= c for a, b, c in zip(lo, opt, hi, strict=False))
     unet = sources["unet_controlnet_canny"]
     assert unet.input_names == ["sample", "timestep", "encoder_hidden_states", "controlnet_cond", "control_scale"]
     assert unet.profiles["sample"] == ((1, 4, 8, 8), (2, 4, 8, 8), (2, 4, 16, 16))

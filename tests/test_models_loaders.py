@@ -178,7 +178,7 @@ def same_outputs(a, b):
                 continue
             da, ma = ca(lat, t, encoder_hidden_states=emb, controlnet_cond=ctrl, return_dict=False)
             db, mb = cb(lat, t, encoder_hidden_states=emb, controlnet_cond=ctrl, return_dict=False)
-            for x, y in zip([*da, ma], [*db, mb]):
+            for x, y in zip([*da, ma], [*db, mb], strict=False):
                 torch.testing.assert_close(x, y, rtol=0, atol=0)
         ea = a.unet(
             lat, t, encoder_hidden_states=emb, down_block_additional_residuals=da, mid_block_additional_residual=ma
@@ -220,7 +220,7 @@ def test_folder_loads_straight_into_the_edit_dtype(tiny, tmp_path):
     loaded = loaders.load_weights(tmp_path, dtype=torch.float16)
     for name in ("unet", "controlnet_canny", "vae", "text_encoder"):
         for (key, ref), (_, got) in zip(
-            getattr(half, name).state_dict().items(), getattr(loaded, name).state_dict().items()
+            getattr(half, name).state_dict().items(), getattr(loaded, name).state_dict().items(), strict=False
         ):
             assert got.dtype == ref.dtype and torch.equal(got, ref), (name, key)
 

@@ -24,8 +24,8 @@ class ClipSimpleTokenizer:
         vocab = vocab + [v + "</w>" for v in vocab]
         vocab += ["".join(m) for m in merges]
         vocab += ["<|startoftext|>", "<|endoftext|>"]
-        self.encoder = dict(zip(vocab, range(len(vocab))))
-        self.bpe_ranks = dict(zip(merges, range(len(merges))))
+        self.encoder = dict(zip(vocab, range(len(vocab)), strict=False))
+        self.bpe_ranks = dict(zip(merges, range(len(merges)), strict=False))
         self.pat = re.compile(
             r"""<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+""",
             re.IGNORECASE,
@@ -33,7 +33,7 @@ class ClipSimpleTokenizer:
 
     def bpe(self, token: str) -> str:
         word = tuple(token[:-1]) + (token[-1] + "</w>",)
-        pairs = {(a, b) for a, b in zip(word, word[1:])}
+        pairs = {(a, b) for a, b in zip(word, word[1:], strict=False)}
         if not pairs:
             return token + "</w>"
         while True:
@@ -60,7 +60,7 @@ class ClipSimpleTokenizer:
             word = tuple(new_word)
             if len(word) == 1:
                 break
-            pairs = {(a, b) for a, b in zip(word, word[1:])}
+            pairs = {(a, b) for a, b in zip(word, word[1:], strict=False)}
         return " ".join(word)
 
     def encode(self, text: str) -> list[int]:

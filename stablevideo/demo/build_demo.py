@@ -215,7 +215,8 @@ def build(
     progress: bool = True,
     only: set[str] | None = None,
 ) -> dict:
-    """Renders the frames, fits the NLA nets (``only``: refit just these, starting from the checkpoint in ``out``) and writes the folder."""
+    """Renders the frames, fits the NLA nets (``only``: refit just these, starting from the checkpoint in ``out``)
+    and writes the folder."""
     torch.set_num_threads(threads)
     torch.use_deterministic_algorithms(True)
     steps = {**DEFAULT_STEPS, **(steps or {})}

@@ -448,7 +448,7 @@ def midas_key(hf_key: str) -> tuple[str, int | None]:
         if m:
             groups = list(m.groups())
 
-            def fill(match: re.Match) -> str:
+            def fill(match: re.Match, groups: list[str] = groups) -> str:
                 expr = match.group(1)
                 if "+" in expr:
                     i, k = expr.split("+")

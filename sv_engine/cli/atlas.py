@@ -49,7 +49,7 @@ def export(
         "fg": {
             "grid_size": [atlas.fg.max_u, atlas.fg.max_v],
             "grid_offset": [atlas.fg.min_u, atlas.fg.min_v],
-            "bbox": dict(zip(("top", "left", "height", "width"), atlas.fg_bbox)),
+            "bbox": dict(zip(("top", "left", "height", "width"), atlas.fg_bbox, strict=False)),
         },
         "bg": {"grid_size": [atlas.bg.max_u, atlas.bg.max_v], "grid_offset": [atlas.bg.min_u, atlas.bg.min_v]},
     }

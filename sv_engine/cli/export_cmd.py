@@ -90,9 +90,7 @@ def export_command(
     nla: Path | None = typer.Option(None, "--nla", help="Trained NLA checkpoint (.pth) for nla_field/nla_atlas."),
     precision: str = typer.Option("fp32", "--precision", help="fp32 or fp16 (fp16 keeps GroupNorm/softmax in fp32)."),
     models: str = typer.Option("all", "--models", help="Comma list of models (default: all)."),
-    max_side: int | None = typer.Option(
-        None, "--max-side", help="Largest image side of the profile (default 1024)."
-    ),
+    max_side: int | None = typer.Option(None, "--max-side", help="Largest image side of the profile (default 1024)."),
     max_batch: int | None = typer.Option(None, "--max-batch", help="Largest batch of the profile (default 2)."),
     device: str = typer.Option("cpu", "--device", help="Device used for tracing (cuda speeds up full-size fp16)."),
     seed: int = typer.Option(0, "--seed"),

@@ -44,7 +44,7 @@ def info(
         "checkpoint_sha256": video.checkpoint_sha256,
         "nla_parameters": params,
         "fg_grid_atlas": f"{atlas.fg.max_u}x{atlas.fg.max_v}",
-        "fg_atlas_bbox": dict(zip(("top", "left", "height", "width"), atlas.fg_bbox)),
+        "fg_atlas_bbox": dict(zip(("top", "left", "height", "width"), atlas.fg_bbox, strict=False)),
         "bg_grid_atlas": f"{atlas.bg.max_u}x{atlas.bg.max_v}",
         "alpha_mean": round(float(session.maps.alpha.mean()), 4),
     }

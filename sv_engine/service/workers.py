@@ -178,7 +178,8 @@ def _cause(err: BaseException) -> str:
 
 
 def init_ray(address: str = "local", num_cpus: int | None = None, num_gpus: int | None = None) -> bool:
-    """Starts (``local``) or joins (``auto`` / ``ray://…`` / host:port) a Ray cluster; returns True if this call started it."""
+    """Starts (``local``) or joins (``auto`` / ``ray://…`` / host:port) a Ray cluster; returns True if this call
+    started it."""
     import ray
 
     if ray.is_initialized():
