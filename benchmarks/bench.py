@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from sv_engine.benchmarks.options import BenchOptions, option_fields
 from sv_engine.benchmarks.stages import (
     E2E_TARGETS,
     FULL,
@@ -52,30 +53,6 @@ log = logging.getLogger(__name__)
 
 SCHEMA = "sv-engine-bench/1"
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
-
-
-@dataclasses.dataclass
-class BenchOptions:
-    stages: str | list[str] = "all"
-    backends: str | list[str] = "torch,torch-cuda-graph,torch-compile,ort,trt"
-    e2e: bool = False
-    e2e_cold: bool = True
-    e2e_backend: str = "torch"
-    e2e_steps: int = 20
-    e2e_data: Path | None = None
-    profile: bool = False  # with e2e: one more warm edit under torch.profiler (where the time goes)
-    frames: int | None = None
-    size: str | None = None  # "WxH"
-    tiny: bool = False
-    weights: Path | None = None  # the user's models (diffusers folder layout) instead of random ones
-    repeat: int | None = None  # default 20 on a GPU, 3 on the CPU
-    warmup: int | None = None  # default 3 on a GPU, 1 on the CPU
-    device: str = "auto"
-    json_path: Path | None = None
-    save_result: bool = False  # also write benchmarks/results/<gpu>-<date>-<commit>.json
-    time_budget: float | None = None
-    skip_slow_reference: bool = False
-    seed: int = 0
 
 
 def parse_size(size: str) -> tuple[int, int]:
@@ -473,53 +450,15 @@ def print_report(result: dict, console=None) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m sv_engine.benchmarks.bench", description=__doc__.splitlines()[0])
-    p.add_argument(
-        "--stages",
-        default="all",
-        help="all, or a comma list of stages/groups (unet, vae, aggregation, kernels, models)",
-    )
-    p.add_argument(
-        "--backends",
-        default="torch,torch-cuda-graph,torch-compile,ort,trt",
-        help="comma list of torch,torch-cuda-graph,torch-compile,ort,trt",
-    )
-    p.add_argument("--e2e", action="store_true", help="also time a whole edit (warm and cold)")
-    p.add_argument("--no-cold", dest="e2e_cold", action="store_false", help="with --e2e: skip the cold subprocess edit")
-    p.add_argument(
-        "--e2e-backend",
-        default="torch",
-        help="UNet+ControlNet backend of the e2e edit (torch, torch-cuda-graph, torch-compile, ort, trt)",
-    )
-    p.add_argument("--e2e-steps", type=int, default=20)
-    p.add_argument(
-        "--e2e-data", type=Path, default=None, help="data folder for the e2e edit (default: synthesised / demo clip)"
-    )
-    p.add_argument(
-        "--profile",
-        action="store_true",
-        help="with --e2e: profile one more warm edit (kernel time by category, top kernels)",
-    )
-    p.add_argument("--frames", type=int, default=None, help="clip frames (default 70; tiny 4)")
-    p.add_argument("--size", default=None, help="clip WIDTHxHEIGHT (default 768x432; tiny 64x48)")
-    p.add_argument(
-        "--tiny", action="store_true", help="tiny sizes, and tiny random models unless --weights (CPU smoke test)"
-    )
-    p.add_argument(
-        "--weights",
-        type=Path,
-        default=None,
-        help="benchmark these models (diffusers folder layout) instead of random ones",
-    )
-    p.add_argument("--repeat", type=int, default=None, help="timed repeats (default 20 GPU / 3 CPU)")
-    p.add_argument("--warmup", type=int, default=None, help="untimed warm-up calls (default 3 GPU / 1 CPU)")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--json", dest="json_path", type=Path, default=None, help="write the JSON result here")
-    p.add_argument(
-        "--save-result", action="store_true", help="also write benchmarks/results/<gpu>-<date>-<commit>.json"
-    )
-    p.add_argument("--time-budget", type=float, default=None, help="skip the remaining stages after this many seconds")
-    p.add_argument("--skip-slow-reference", action="store_true", help="skip the ~20 s scipy griddata splat reference")
-    p.add_argument("--seed", type=int, default=0)
+    for name, kind, default, flag, help_text in option_fields():
+        if kind is bool and "/" in flag:
+            p.add_argument(
+                flag.split("/")[0], dest=name, action=argparse.BooleanOptionalAction, default=default, help=help_text
+            )
+        elif kind is bool:
+            p.add_argument(flag, dest=name, action="store_true", help=help_text)
+        else:
+            p.add_argument(flag, dest=name, type=kind, default=default, help=help_text)
     p.add_argument(
         "--merge",
         nargs="+",

@@ -30,8 +30,9 @@ from typing import Any
 
 import numpy as np
 import torch
+from sv_engine.benchmarks.options import MODEL_BACKENDS
 from sv_engine.benchmarks.timing import time_fn
-from sv_engine.engine.registry import CHOICES, backend_names, canonical_name
+from sv_engine.engine.registry import CHOICES, canonical_name
 
 from sv_engine.errors import SvEngineError
 from sv_engine.paths import cache_root
@@ -40,10 +41,7 @@ log = logging.getLogger(__name__)
 
 #: Which column a stage's speed-ups are measured against (first one that ran).
 REFERENCE_ORDER = ("reference", "scipy", "torch")
-#: Engine backends a user can ask for (``--backends``: the registry's names and named choices); "torch"
-#: means eager fp16 on the GPU.
-MODEL_BACKENDS = tuple(backend_names())
-#: Eager fp16 columns that need a GPU (the CPU's eager column is the fp32 reference).
+#: Eager fp16 columns that need a GPU ("torch" is eager fp16 there; the CPU's eager column is the fp32 reference).
 _EAGER_GPU = {
     "torch": "eager fp16 needs a CUDA GPU (the fp32 reference is the CPU's eager torch)",
     "torch-cuda-graph": "CUDA graphs need a CUDA GPU",

@@ -20,11 +20,10 @@ import typing
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-import torch
-
 from sv_engine.errors import SvEngineError
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # torch is imported where a device is needed: the CLI reads names and options
+    import torch
     from sv_engine.engine.backend import Backend
 
 logger = logging.getLogger(__name__)
@@ -194,8 +193,8 @@ CHOICES: dict[str, BackendChoice] = {
 
 
 def backend_names() -> list[str]:
-    """Every name ``--backend`` accepts: the backends, then the named choices."""
-    return [*BACKENDS, *CHOICES]
+    """Every name ``--backend`` accepts: each backend followed by its named choices."""
+    return [n for b in BACKENDS for n in (b, *(c for c, choice in CHOICES.items() if choice.backend == b))]
 
 
 def canonical_name(name: str) -> str:
@@ -298,6 +297,8 @@ def get_backend(name: str, device: str | torch.device | None = None, options: An
 
 
 def _device(device: str | torch.device | None) -> torch.device:
+    import torch
+
     return torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 

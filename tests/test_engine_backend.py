@@ -285,7 +285,7 @@ def test_registry_names_aliases_and_named_choices():
         resolve_choice,
     )
 
-    assert backend_names() == ["torch", "torch-compile", "ort", "trt", *CHOICES]
+    assert backend_names() == ["torch", *CHOICES, "torch-compile", "ort", "trt"]
     for alias, name in [("torch_compile", "torch-compile"), ("compile", "torch-compile"), ("tensorrt", "trt")]:
         assert canonical_name(alias) == name
     assert resolve_choice("torch-cuda-graph").options == TorchOptions(cuda_graphs=True, channels_last=True)
