@@ -31,13 +31,13 @@ from typing import Any
 
 import torch
 from sv_engine.engine.backend import ModelSource, dtype_name, eval_dim
+from sv_engine.stablevideo.model_source import PRECISIONS
 from torch import nn
 
 from sv_engine.errors import SvEngineError
 
 logger = logging.getLogger(__name__)
 
-PRECISIONS = ("fp32", "fp16")
 #: ONNX opset of every export (17: LayerNormalization; TorchScript exporter maximum is 20).
 DEFAULT_OPSET = 17
 
@@ -109,7 +109,7 @@ def prepare_for_precision(module: nn.Module, precision: str, fused_attention: bo
     export form starts from the fused one (:mod:`sv_engine.export.ort_attention`).
     """
     if precision not in PRECISIONS:
-        raise SvEngineError(f"Unknown precision {precision!r}.", f"Use one of {PRECISIONS}.")
+        raise SvEngineError(f"Unknown precision {precision!r}.", f"Use one of {tuple(PRECISIONS)}.")
     if precision == "fp32":
         return module.float()
     module = _half_copy(module)
@@ -150,7 +150,7 @@ class ExportSpec(ABC):
         if not self.name:
             raise NotImplementedError(f"{type(self).__name__} must set the class attribute `name`")
         if precision not in PRECISIONS:
-            raise SvEngineError(f"Unknown precision {precision!r} for {self.name}.", f"Use one of {PRECISIONS}.")
+            raise SvEngineError(f"Unknown precision {precision!r} for {self.name}.", f"Use one of {tuple(PRECISIONS)}.")
         if precision == "fp16" and not self.fp16_ok:
             logger.info("%s stays fp32 (fp16 is not precise enough for it)", self.name)
             precision = "fp32"

@@ -12,6 +12,7 @@ from sv_engine.errors import SvEngineError
 
 log = logging.getLogger(__name__)
 
+#: The precisions an edit and an export run in (the one list), with their torch dtypes.
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16}
 
 
