@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 # The CPU build of torch; for a GPU machine: make setup TORCH="torch==2.13.0" with your CUDA wheel index.
 TORCH ?= torch==2.13.0
 
-.PHONY: setup demo test
+.PHONY: setup demo lint test
 
 setup: $(VENV)/.installed
 
@@ -17,5 +17,10 @@ $(VENV)/.installed: pyproject.toml setup.py
 demo: setup
 	$(VENV)/bin/sv-engine demo --out demo-out --force
 
-test: setup
+# ruff (configured in pyproject.toml) for lint and format; test runs it first.
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+test: lint
 	$(VENV)/bin/python -m pytest -q tests

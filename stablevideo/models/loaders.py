@@ -12,7 +12,8 @@ Three sources, one result (:class:`~.components.SDComponents`):
           vae/               config.json + diffusion_pytorch_model.safetensors | .bin  (AutoencoderKL)
           controlnet_canny/  config.json + diffusion_pytorch_model.safetensors | .bin  (ControlNetModel)
           controlnet_depth/  same                                                       (ControlNetModel)
-          dpt/               optional: config.json + model.safetensors | pytorch_model.bin (DPTForDepthEstimation, hybrid)
+          dpt/               optional: config.json + model.safetensors | pytorch_model.bin
+                             (DPTForDepthEstimation, hybrid)
 
     The usual diffusers SD 1.5 folder (e.g. a ``stable-diffusion-v1-5`` snapshot) already has
     ``text_encoder``, ``tokenizer``, ``unet`` and ``vae``; copy or link ``lllyasviel/sd-controlnet-canny``

@@ -47,7 +47,8 @@ def batch(
         str,
         typer.Option(
             "--backend",
-            help="torch, torch-compile, ort or trt for the heavy models (auto: fastest available on GPU, torch on CPU).",
+            help="torch, torch-compile, ort or trt for the heavy models "
+            "(auto: fastest available on GPU, torch on CPU).",
         ),
     ] = "auto",
     cuda_graphs: CudaGraphs = None,

@@ -135,7 +135,8 @@ def edit(
     device: Device = "auto",
     force: Force = False,
 ) -> None:
-    """Edit a video: foreground keyframes with canny ControlNet propagated through the atlas, background with depth ControlNet."""
+    """Edit a video: foreground keyframes with canny ControlNet propagated through the atlas, background with
+    depth ControlNet."""
     run_edit(
         data_dir,
         fg_prompt,

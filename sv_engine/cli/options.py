@@ -17,6 +17,7 @@ CudaGraphs = Annotated[
     bool | None,
     typer.Option(
         "--cuda-graphs/--no-cuda-graphs",
-        help="torch on a GPU: replay the UNet+ControlNet steps from CUDA graphs (default there: on; --no-cuda-graphs runs them eagerly).",
+        help="torch on a GPU: replay the UNet+ControlNet steps from CUDA graphs "
+        "(default there: on; --no-cuda-graphs runs them eagerly).",
     ),
 ]

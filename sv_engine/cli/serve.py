@@ -30,7 +30,8 @@ def serve(
         str,
         typer.Option(
             "--backend",
-            help="torch, torch-compile, ort or trt for the heavy models (auto: fastest available on GPU, torch on CPU).",
+            help="torch, torch-compile, ort or trt for the heavy models "
+            "(auto: fastest available on GPU, torch on CPU).",
         ),
     ] = "auto",
     cuda_graphs: CudaGraphs = None,
@@ -64,7 +65,8 @@ def serve(
         int, typer.Option("--max-body", min=1024, help="Largest request body in bytes (413 beyond).")
     ] = 64 * 1024,
 ) -> None:
-    """Serve edits over HTTP from warm GPU workers: POST /jobs, GET /jobs/{id} (/video, /preview), DELETE /jobs/{id}, GET /health."""
+    """Serve edits over HTTP from warm GPU workers: POST /jobs, GET /jobs/{id} (/video, /preview),
+    DELETE /jobs/{id}, GET /health."""
     require_extra("serve")
     import uvicorn
 
