@@ -67,7 +67,7 @@ def parse_size(size: str) -> tuple[int, int]:
 
 
 def _resolve_device(name: str) -> torch.device:
-    from sv_engine.stablevideo.device import resolve_device
+    from sv_engine.device import resolve_device
 
     return resolve_device(name)
 

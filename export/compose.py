@@ -28,12 +28,12 @@ from sv_engine.engine.registry import (
 )
 from sv_engine.export.runtime import AcceleratedModels, accelerate
 from sv_engine.export.spec import DEFAULT_SHAPES, ShapeRange
-from sv_engine.stablevideo.device import resolve_device
 from sv_engine.stablevideo.model_source import PRECISIONS, check_model_source, load_components
 from sv_engine.stablevideo.models.components import SDComponents
 from sv_engine.stablevideo.pipeline import StableVideoPipeline
 from sv_engine.stablevideo.stage_timer import StageTimer
 
+from sv_engine.device import resolve_device
 from sv_engine.errors import SvEngineError
 
 log = logging.getLogger(__name__)

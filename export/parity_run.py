@@ -27,7 +27,8 @@ from sv_engine.engine.registry import backend_class, get_backend
 from sv_engine.export.onnx_export import reuse_or_export, write_manifest
 from sv_engine.export.registry import build_specs
 from sv_engine.export.spec import DEFAULT_SHAPES, ShapeRange
-from sv_engine.stablevideo.device import resolve_device
+
+from sv_engine.device import resolve_device
 
 logger = logging.getLogger(__name__)
 

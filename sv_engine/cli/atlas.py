@@ -30,7 +30,7 @@ def export(
     force: Force = False,
 ) -> None:
     """Write fg_atlas.png (grid atlas cropped to its bounding box), bg_atlas.png and their placement JSON."""
-    from sv_engine.stablevideo.device import resolve_device
+    from sv_engine.device import resolve_device
     from sv_engine.stablevideo.images import tensor_to_image
     from sv_engine.stablevideo.session import open_video
     from sv_engine.stablevideo.video_io import check_writable

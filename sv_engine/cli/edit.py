@@ -39,9 +39,9 @@ def run_edit(
     """Shared by ``edit`` and ``demo``: checks outputs first, then loads models, edits and writes."""
     from PIL import Image
 
+    from sv_engine.device import resolve_device
     from sv_engine.export.compose import RuntimeConfig, build_pipeline
     from sv_engine.stablevideo.data import read_config
-    from sv_engine.stablevideo.device import resolve_device
     from sv_engine.stablevideo.keyframes import parse_keyframes
     from sv_engine.stablevideo.params import EditParams
     from sv_engine.stablevideo.stage_timer import StageTimer

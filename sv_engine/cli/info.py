@@ -28,7 +28,7 @@ def info(
     force: Force = False,
 ) -> None:
     """Frames, resolution, checkpoint summary and atlas sizes of a data folder."""
-    from sv_engine.stablevideo.device import resolve_device
+    from sv_engine.device import resolve_device
     from sv_engine.stablevideo.session import open_video
     from sv_engine.stablevideo.video_io import check_writable
 

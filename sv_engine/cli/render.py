@@ -29,7 +29,7 @@ def render(
     force: Force = False,
 ) -> None:
     """Render every frame from the two atlases and alpha-composite them into an mp4."""
-    from sv_engine.stablevideo.device import resolve_device
+    from sv_engine.device import resolve_device
     from sv_engine.stablevideo.images import image_to_tensor, read_png
     from sv_engine.stablevideo.render import render_video
     from sv_engine.stablevideo.session import open_video
