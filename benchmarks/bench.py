@@ -30,7 +30,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import torch
 from sv_engine.benchmarks.options import BenchOptions, option_fields
 from sv_engine.benchmarks.stages import (
     E2E_TARGETS,
@@ -47,6 +46,7 @@ from sv_engine.benchmarks.stages import (
 from sv_engine.benchmarks.timing import environment, format_ms, result_filename
 
 from sv_engine.atomic_write import atomic_write_bytes
+from sv_engine.device import resolve_device
 from sv_engine.errors import SvEngineError
 
 log = logging.getLogger(__name__)
@@ -64,12 +64,6 @@ def parse_size(size: str) -> tuple[int, int]:
     if w <= 0 or h <= 0:
         raise SvEngineError(f"Bad --size {size!r}: sides must be positive.", "use e.g. --size 768x432.")
     return w, h
-
-
-def _resolve_device(name: str) -> torch.device:
-    from sv_engine.device import resolve_device
-
-    return resolve_device(name)
 
 
 def _finish_stage(name: str, stage: dict, tiny: bool) -> dict:
@@ -104,7 +98,7 @@ def run_bench(options: BenchOptions | dict | None = None, **overrides: Any) -> d
         options = dataclasses.replace(options, **overrides)
     start = time.monotonic()
     deadline = start + options.time_budget if options.time_budget else None
-    device = _resolve_device(options.device)
+    device = resolve_device(options.device)
     stage_list = parse_stages(options.stages)
     backends = parse_backends(options.backends)
     sizes = TINY if options.tiny else FULL

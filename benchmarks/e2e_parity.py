@@ -37,6 +37,8 @@ from sv_engine.export.compose import RuntimeConfig, build_pipeline
 from sv_engine.export.spec import DEFAULT_SHAPES, TINY_SHAPES
 from sv_engine.stablevideo.model_source import load_components
 
+from sv_engine.device import default_device
+
 log = logging.getLogger("sv_engine.benchmarks.e2e_parity")
 
 
@@ -55,7 +57,7 @@ def parse_variant(entry: str) -> tuple[BackendChoice, dict]:
 
 def run(args: argparse.Namespace) -> dict:
     t_start = time.perf_counter()
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = default_device()
     precision = "fp16" if device.type == "cuda" else "fp32"
     width, height = (int(v) for v in args.size.split("x"))
     result: dict = {

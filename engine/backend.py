@@ -27,6 +27,7 @@ from typing import Any, ClassVar
 
 import torch
 
+from sv_engine.device import resolve_device
 from sv_engine.errors import SvEngineError
 
 logger = logging.getLogger(__name__)
@@ -298,18 +299,6 @@ class CompiledModel(ABC):
         raise NotImplementedError(f"{type(self).__name__} must implement _run()")
 
 
-def _resolve_device(device: str | torch.device | None) -> torch.device:
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise SvEngineError(
-            "A CUDA device was requested but torch sees no GPU.",
-            "Install a CUDA build of torch on a GPU machine, or use --device cpu.",
-        )
-    return device
-
-
 class Backend(ABC):
     """A runtime that turns a :class:`ModelSource` into a :class:`CompiledModel`.
 
@@ -330,7 +319,7 @@ class Backend(ABC):
     ) -> None:
         from sv_engine.engine.registry import available_backends, make_options
 
-        self.device = _resolve_device(device)
+        self.device = resolve_device(device)
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
         #: The backend's typed options (:mod:`sv_engine.engine.registry`), defaults when not given.
         self.options = make_options(self.name, options)

@@ -297,9 +297,12 @@ def get_backend(name: str, device: str | torch.device | None = None, options: An
 
 
 def _device(device: str | torch.device | None) -> torch.device:
+    """The device whose availability is asked (not validated: "cuda" without a GPU is a fair question)."""
     import torch
 
-    return torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    from sv_engine.device import default_device
+
+    return torch.device(device) if device is not None else default_device()
 
 
 def available_backends(device: str | torch.device | None = None) -> list[str]:

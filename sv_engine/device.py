@@ -1,4 +1,5 @@
-"""Choosing the torch device, with a clear error when CUDA is asked for but absent."""
+"""Choosing the torch device, with a clear error when CUDA is asked for but absent (the one resolver of
+the CLI, the composition root, the engine's backends, fit and the benchmarks)."""
 
 from __future__ import annotations
 
@@ -7,10 +8,15 @@ import torch
 from sv_engine.errors import SvEngineError
 
 
-def resolve_device(name: str | None) -> torch.device:
-    """``None``/"auto" -> cuda if available else cpu; "cuda"/"cuda:N"/"cpu" validated."""
-    if name in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+def default_device() -> torch.device:
+    """cuda if torch sees a GPU, else cpu."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def resolve_device(name: str | torch.device | None) -> torch.device:
+    """``None``/"auto" -> :func:`default_device`; "cuda"/"cuda:N"/"cpu" (or a torch.device) validated."""
+    if name is None or name == "auto":
+        return default_device()
     try:
         device = torch.device(name)
     except RuntimeError as err:

@@ -20,6 +20,7 @@ from sv_engine.stablevideo.nla import NLAModel
 from tqdm import tqdm
 
 from sv_engine.atomic_write import atomic_torch_save
+from sv_engine.device import resolve_device
 from sv_engine.errors import SvEngineError
 
 log = logging.getLogger(__name__)
@@ -79,20 +80,6 @@ class FitResult:
     psnr_db: float
     interrupted: bool
     report: dict
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise SvEngineError(
-            "--device cuda was requested but no CUDA GPU is available to torch.",
-            "use --device cpu (slow: minutes per tiny clip) or run on a machine with an NVIDIA GPU and a CUDA build"
-            " of torch.",
-        )
-    if name not in ("cpu",) and not name.startswith("cuda"):
-        raise SvEngineError(f"Unknown device {name!r}.", "use --device cuda or --device cpu.")
-    return torch.device(name)
 
 
 def fit_video(
