@@ -55,41 +55,27 @@ class _FusedUNetControlNet(TorchUNetControlNet):
         return (super().forward(sample, timestep, encoder_hidden_states, controlnet_cond, control_scale),)
 
 
-class _ControlNetOnly(nn.Module):
+class _ControlNetOnly(TorchUNetControlNet):
+    """The fused module's first half: the scaled residuals, as the ControlNet graph's outputs."""
+
     def __init__(self, controlnet: nn.Module) -> None:
-        super().__init__()
-        self.controlnet = controlnet
+        super().__init__(None, controlnet)
 
     def forward(self, sample, timestep, encoder_hidden_states, controlnet_cond, control_scale):
-        scale = control_scale.to(sample.dtype)
-        down, mid = self.controlnet(
-            sample,
-            timestep,
-            encoder_hidden_states,
-            controlnet_cond=controlnet_cond,
-            conditioning_scale=1.0,
-            return_dict=False,
-        )
-        return tuple(d * scale for d in down) + (mid * scale,)
+        down, mid = self.residuals(sample, timestep, encoder_hidden_states, controlnet_cond, control_scale)
+        return (*down, mid)
 
 
-class _UNetWithResiduals(nn.Module):
+class _UNetWithResiduals(TorchUNetControlNet):
+    """The fused module's second half: the UNet with the residuals as graph inputs."""
+
     def __init__(self, unet: nn.Module, n_down: int) -> None:
-        super().__init__()
-        self.unet = unet
+        super().__init__(unet, None)
         self.n_down = n_down
 
     def forward(self, sample, timestep, encoder_hidden_states, *residuals):
         down, mid = list(residuals[: self.n_down]), residuals[self.n_down]
-        out = self.unet(
-            sample,
-            timestep,
-            encoder_hidden_states,
-            down_block_additional_residuals=down,
-            mid_block_additional_residual=mid,
-            return_dict=False,
-        )[0]
-        return (out,)
+        return (self.denoise(sample, timestep, encoder_hidden_states, down, mid),)
 
 
 class _UNetBase(ExportSpec):

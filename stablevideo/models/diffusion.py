@@ -53,11 +53,12 @@ class TorchUNetControlNet(torch.nn.Module):
     """``unet_controlnet`` from the diffusers modules: ControlNet residuals × scale into the UNet.
 
     The one fused module: the pipeline's eager call (``scale`` a float, as diffusers scales) and the
-    exported graph (``export.unet_controlnet``: ``scale`` a (1,) tensor, a runtime input of the graph
-    that multiplies every residual, so a new scale never re-exports).
+    exported graphs (``export.unet_controlnet``: ``scale`` a (1,) tensor, a runtime input of the graph
+    that multiplies every residual, so a new scale never re-exports). Its two halves,
+    :meth:`residuals` and :meth:`denoise`, are the split export's two graphs.
     """
 
-    def __init__(self, unet: torch.nn.Module, controlnet: torch.nn.Module) -> None:
+    def __init__(self, unet: torch.nn.Module | None, controlnet: torch.nn.Module | None) -> None:
         super().__init__()
         self.unet = unet
         self.controlnet = controlnet
@@ -70,6 +71,18 @@ class TorchUNetControlNet(torch.nn.Module):
         control: torch.Tensor,
         scale: float | torch.Tensor,
     ) -> torch.Tensor:
+        down, mid = self.residuals(latent, t, emb, control, scale)
+        return self.denoise(latent, t, emb, down, mid)
+
+    def residuals(
+        self,
+        latent: torch.Tensor,
+        t: torch.Tensor,
+        emb: torch.Tensor,
+        control: torch.Tensor,
+        scale: float | torch.Tensor,
+    ) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """The ControlNet's down-block and mid-block residuals, × ``scale``."""
         runtime_scale = isinstance(scale, torch.Tensor)
         down, mid = self.controlnet(
             latent,
@@ -82,6 +95,12 @@ class TorchUNetControlNet(torch.nn.Module):
         if runtime_scale:
             scale = scale.to(latent.dtype)
             down, mid = [d * scale for d in down], mid * scale
+        return down, mid
+
+    def denoise(
+        self, latent: torch.Tensor, t: torch.Tensor, emb: torch.Tensor, down: list[torch.Tensor], mid: torch.Tensor
+    ) -> torch.Tensor:
+        """The UNet's noise prediction with the ControlNet residuals added."""
         return self.unet(
             latent,
             t,
