@@ -24,13 +24,17 @@ def parse_keyframes(text: str | None, num_frames: int) -> list[int]:
     """ "20,40,60" -> [20, 40, 60] (checked against the video); empty -> :func:`default_keyframes`."""
     if not text:
         return default_keyframes(num_frames)
+    return check_keyframes(keyframe_indices(text), num_frames)
+
+
+def keyframe_indices(text: str) -> list[int]:
+    """ "20,40,60" -> [20, 40, 60] (not yet checked against a video)."""
     try:
-        frames = [int(part) for part in text.split(",") if part.strip()]
+        return [int(part) for part in text.split(",") if part.strip()]
     except ValueError as err:
         raise SvEngineError(
-            f"Keyframes must be comma-separated integers, got {text!r}.", "pass e.g. --keyframes 20,40,60."
+            f"must be comma-separated integers, got {text!r}.", "pass e.g. 20,40,60.", field="keyframes"
         ) from err
-    return check_keyframes(frames, num_frames)
 
 
 def check_keyframes(frames: list[int], num_frames: int) -> list[int]:
@@ -40,6 +44,7 @@ def check_keyframes(frames: list[int], num_frames: int) -> list[int]:
         raise SvEngineError(
             f"Keyframe(s) {bad or frames} out of range for a {num_frames}-frame video.",
             f"use frame indices in 0..{num_frames - 1}.",
+            field="keyframes",
         )
     return frames
 

@@ -29,11 +29,16 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
 
 def check_model_source(tiny: bool, random_full: bool, weights: str | Path | None) -> None:
     """Exactly one model source, and weights that exist (checked before anything loads)."""
-    sources = sum([bool(tiny), bool(random_full), weights is not None])
-    if sources != 1:
+    chosen = [name for name, on in (("--tiny", tiny), ("--random-full", random_full), ("--weights", weights)) if on]
+    if not chosen:
         raise SvEngineError(
-            "No model weights given." if sources == 0 else "More than one model source given (weights, tiny, random).",
+            "No model weights given.",
             "pass --weights DIR (see README: weight formats) or --tiny for small random models.",
+        )
+    if len(chosen) > 1:
+        raise SvEngineError(
+            f"{' and '.join(chosen)} are exclusive: each chooses where the models come from.",
+            "pass only one of them (--weights DIR for real models, --tiny for small random ones).",
         )
     if weights is not None and not Path(weights).expanduser().exists():
         raise SvEngineError(

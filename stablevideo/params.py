@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from sv_engine.stablevideo.models.ddim import DDIMSampler
 
-from sv_engine.errors import SvEngineError
+from sv_engine.errors import SvEngineError, about
 
 FG_ADDED_PROMPT = "best quality, extremely detailed, no background"
 FG_NEGATIVE_PROMPT = (
@@ -42,23 +42,27 @@ class EditParams:
     edit_background: bool = True
 
     def validate(self) -> None:
+        """The knobs' own ranges (what needs the video, e.g. keyframes, is in :mod:`~sv_engine.stablevideo.inputs`)."""
         if not 1 <= self.steps <= 1000:
-            raise SvEngineError(f"steps {self.steps} is outside 1..1000.", "use e.g. --steps 20.")
-        DDIMSampler().make_schedule(self.steps)  # LDM's schedule rejects counts like 3 (timestep 1000)
+            raise SvEngineError(f"{self.steps} DDIM steps is outside 1..1000.", "use e.g. 20.", field="steps")
+        with about("steps"):
+            DDIMSampler().make_schedule(self.steps)  # LDM's schedule rejects counts like 3 (timestep 1000)
         if not 0.0 < self.strength <= 1.0:
-            raise SvEngineError(f"strength {self.strength} is outside (0, 1].", "use e.g. --strength 0.8.")
+            raise SvEngineError(f"strength {self.strength} is outside (0, 1].", "use e.g. 0.8.", field="strength")
         # Keyframes after the first are noised to DDIM index int(steps·strength), which must be a real step.
         propagates = self.keyframes is None or len(self.keyframes) > 1
         if propagates and not 1 <= int(self.steps * self.strength) < self.steps:
             raise SvEngineError(
                 f"strength {self.strength} with {self.steps} steps gives no valid img2img start "
                 "(int(steps·strength) must be in 1..steps−1).",
-                "use a strength in (0, 1), e.g. --strength 0.8.",
+                "use a strength in (0, 1), e.g. 0.8.",
+                field="strength",
             )
         if self.aggregation not in ("median", "net"):
-            raise SvEngineError(f"Unknown aggregation {self.aggregation!r}.", "use --aggregation median or net.")
+            raise SvEngineError(f"Unknown aggregation {self.aggregation!r}.", "use median or net.", field="aggregation")
         if self.image_resolution % 64 or self.image_resolution < 64:
             raise SvEngineError(
                 f"image resolution {self.image_resolution} is not a positive multiple of 64.",
                 "use 512 (SD 1.5's native size).",
+                field="image_resolution",
             )

@@ -116,13 +116,13 @@ def test_batch_runs_records_failures_and_resumes(tmp_path: Path, pool: WorkerPoo
                 "fg_prompt": "a cat",
                 "bg_prompt": "sand",
                 "keyframes": [99],
-            },  # fails in the worker
+            },  # out of range for the 4-frame clip: invalid before any worker runs it
             {"name": "bad-spec", "data": "clip-a", "fg_prompt": "", "bg_prompt": "sand"},  # fails validation
         ],
     )
     out = tmp_path / "out"
     first = run_batch(jobs, out, pool=pool, data_root=tmp_path / "data")
-    assert (first.total, first.skipped, first.done, first.invalid, first.failed) == (5, 0, 3, 1, 1), first.as_dict()
+    assert (first.total, first.skipped, first.done, first.invalid, first.failed) == (5, 0, 3, 2, 0), first.as_dict()
     rows = read_results(out / RESULTS_NAME)
     assert {n: r["status"] for n, r in rows.items()} == {
         "a": "done",
@@ -140,7 +140,7 @@ def test_batch_runs_records_failures_and_resumes(tmp_path: Path, pool: WorkerPoo
 
     mtime = (out / "a" / "edit.mp4").stat().st_mtime_ns
     second = run_batch(jobs, out, pool=pool, data_root=tmp_path / "data")
-    assert (second.skipped, second.done, second.invalid, second.failed) == (3, 0, 1, 1), second.as_dict()
+    assert (second.skipped, second.done, second.invalid, second.failed) == (3, 0, 2, 0), second.as_dict()
     assert (out / "a" / "edit.mp4").stat().st_mtime_ns == mtime  # done jobs were not re-run
     lines = (out / RESULTS_NAME).read_text().splitlines()
     assert len(lines) == 5 + 2  # only the two failures were recorded again
@@ -181,6 +181,6 @@ def test_batch_cli_exits_2_with_one_line_per_invalid_job(tmp_path: Path) -> None
     errors = [line for line in result.stderr.splitlines() if line.startswith("ERROR")]
     assert len(errors) == 3, result.stderr
     assert errors[0].startswith("ERROR sv_engine.cli.batch: job no-prompt: fg_prompt")
-    assert errors[1].startswith("ERROR sv_engine.cli.batch: job nowhere: Data folder 'nope' does not exist")
+    assert errors[1].startswith("ERROR sv_engine.cli.batch: job nowhere: data: Data folder 'nope' does not exist")
     assert "2 of 2 jobs are invalid" in errors[2]
     assert json.loads(result.stdout)["invalid"] == 2

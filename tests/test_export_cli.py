@@ -124,7 +124,7 @@ def test_runtime_config_policy_and_checks():
     assert choose_backend(RuntimeConfig(backend="onnxruntime"), gpu).backend == "ort"
     with pytest.raises(SvEngineError, match="No model weights"):
         RuntimeConfig().check()
-    with pytest.raises(SvEngineError, match="More than one model source"):
+    with pytest.raises(SvEngineError, match="--tiny and --random-full are exclusive"):
         RuntimeConfig(tiny=True, random_full=True).check()
     with pytest.raises(SvEngineError, match="takes OrtOptions"):
         RuntimeConfig(tiny=True, backend="ort", options=TorchOptions()).check()

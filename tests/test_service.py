@@ -129,8 +129,8 @@ def test_hostile_requests_get_4xx_with_a_message(client: TestClient) -> None:
     check(client.post("/jobs", json=job(data="../outside/secret")), 422, "'..'")
     check(client.post("/jobs", json=job(data="clip/../../outside/secret")), 422, "'..'")
     check(client.post("/jobs", json=job(data="/etc")), 422, "absolute")
-    check(client.post("/jobs", json=job(data="escape")), 400, "outside the data root")  # symlink out of the root
-    check(client.post("/jobs", json=job(data="nope")), 400, "does not exist")
+    check(client.post("/jobs", json=job(data="escape")), 422, "outside the data root")  # symlink out of the root
+    check(client.post("/jobs", json=job(data="nope")), 422, "does not exist")
     check(client.post("/jobs", json=job(fg_prompt="x" * 1001)), 422, "fg_prompt")
     check(client.post("/jobs", json=job(steps=10_000)), 422, "steps")
     check(client.post("/jobs", json=job(strength=0)), 422, "strength")

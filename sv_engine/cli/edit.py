@@ -41,8 +41,8 @@ def run_edit(
 
     from sv_engine.device import resolve_device
     from sv_engine.export.compose import RuntimeConfig, build_pipeline
-    from sv_engine.stablevideo.data import read_config
-    from sv_engine.stablevideo.keyframes import parse_keyframes
+    from sv_engine.stablevideo.inputs import check_edit_inputs
+    from sv_engine.stablevideo.keyframes import keyframe_indices
     from sv_engine.stablevideo.params import EditParams
     from sv_engine.stablevideo.stage_timer import StageTimer
     from sv_engine.stablevideo.video_io import check_writable, write_mp4, write_png_frames
@@ -61,20 +61,18 @@ def run_edit(
         cuda_graphs=cuda_graphs,
     )
     runtime_config.check()
-    # Validate cheap inputs before the (slow) model load.
-    config = read_config(Path(data_dir).expanduser().resolve())
-    frames = parse_keyframes(keyframes, config.num_frames) if keyframes else None
+    # Every input is checked before the (slow) model load: the same checks as the service's and batch's.
     params = EditParams(
         fg_prompt,
         bg_prompt,
-        keyframes=frames,
+        keyframes=keyframe_indices(keyframes) if keyframes else None,
         strength=strength,
         steps=steps,
         seed=seed,
         aggregation=aggregation,
         image_resolution=image_resolution,
     )
-    params.validate()
+    check_edit_inputs(data_dir, params)
     # The process's phases, for the report: a cold edit is mostly not the edit (sv-engine bench --e2e).
     runtime = build_pipeline(runtime_config)  # its phases: load models, prepare backend
     phases = StageTimer(sync_cuda=False)

@@ -4,7 +4,7 @@
 :class:`~sv_engine.service.scheduler.JobManager` (the caller owns its lifecycle; see
 ``sv-engine serve``). Endpoints::
 
-    POST   /jobs                 JobSpec JSON -> 202 {"id", "status", ...}   (429 when the queue is full)
+    POST   /jobs                 JobSpec JSON -> 202 {"id", "status", ...}   (422: invalid input, 429: queue full)
     GET    /jobs                 every job's status
     GET    /jobs/{id}            status, progress (0..1), attempts, error, timings
     GET    /jobs/{id}/video      the edited mp4 (409 until done)
@@ -34,6 +34,7 @@ from fastapi.responses import FileResponse, JSONResponse
 from sv_engine.errors import SvEngineError
 from sv_engine.service.jobs import CANCELLED, DONE, PREVIEW_NAME, VIDEO_NAME, JobSpec, resolve_data_dir
 from sv_engine.service.scheduler import JobManager, QueueFull
+from sv_engine.stablevideo.inputs import check_edit_inputs
 
 log = logging.getLogger(__name__)
 
@@ -141,9 +142,10 @@ def create_app(
 
     auth = [Depends(require_token)]
 
-    @app.exception_handler(SvEngineError)
+    @app.exception_handler(SvEngineError)  # a job's inputs failed check_edit_inputs (as `edit` and `batch` check them)
     async def _sv_error(request: Request, err: SvEngineError) -> JSONResponse:
-        return JSONResponse({"detail": err.what, "fix": err.fix}, status_code=400)
+        detail = f"{err.field}: {err.what}" if err.field else err.what
+        return JSONResponse({"detail": detail, "fix": err.fix, "field": err.field}, status_code=422)
 
     @app.exception_handler(QueueFull)
     async def _queue_full(request: Request, err: QueueFull) -> JSONResponse:
@@ -182,6 +184,7 @@ def create_app(
     @app.post("/jobs", status_code=202, dependencies=auth)
     def submit(spec: JobSpec) -> dict[str, Any]:
         data_dir = resolve_data_dir(data_root, spec.data)
+        check_edit_inputs(data_dir, spec.to_params())
         job = manager.submit(spec, data_dir)
         return job.public()
 

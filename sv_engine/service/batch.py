@@ -41,6 +41,7 @@ from sv_engine.service.jobs import (
     JobSpec,
     resolve_data_dir,
 )
+from sv_engine.stablevideo.inputs import check_edit_inputs
 
 log = logging.getLogger(__name__)
 
@@ -149,8 +150,10 @@ def load_jobs(jobs_file: str | Path, data_root: str | Path | None = None) -> lis
                 "give every job a unique name (outputs go to OUT/<name>/).",
             )
         seen.add(name)
-        try:
-            jobs.append(BatchJob(name, spec, resolve_data_dir(root, spec.data)))
+        try:  # the checks `edit` and the service run: before any worker loads a model
+            data_dir = resolve_data_dir(root, spec.data)
+            check_edit_inputs(data_dir, spec.to_params())
+            jobs.append(BatchJob(name, spec, data_dir))
         except SvEngineError as err:
             jobs.append(BatchJob(name, spec, error=str(err)))
     return jobs

@@ -151,7 +151,7 @@ def resolve_data_dir(data_root: str | Path, name: str) -> Path:
         check_data_name(name)
     except ValueError as err:
         raise SvEngineError(
-            f"Data folder {name!r} rejected: {err}", "pass the name of a folder inside the data root."
+            f"Data folder {name!r} rejected: {err}", "pass the name of a folder inside the data root.", field="data"
         ) from None
     root = Path(data_root).expanduser().resolve(strict=True)
     target = (root / name).resolve()
@@ -159,11 +159,13 @@ def resolve_data_dir(data_root: str | Path, name: str) -> Path:
         raise SvEngineError(
             f"Data folder {name!r} resolves outside the data root.",
             "pass the name of a folder inside the data root (symlinks must not point outside it).",
+            field="data",
         )
     if not target.is_dir() or not (target / "config.json").is_file():
         raise SvEngineError(
             f"Data folder {name!r} does not exist under the data root (or has no config.json).",
             "list the data root and pass one of its StableVideo data folders.",
+            field="data",
         )
     return target
 
