@@ -27,6 +27,6 @@ def read_png(path: str | Path, mode: str = "RGB") -> np.ndarray:
         raise SvEngineError(f"Image not found: {path}.", "pass an existing PNG file.")
     try:
         with Image.open(path) as img:
-            return np.asarray(img.convert(mode))
+            return np.array(img.convert(mode))  # a writable copy: torch.from_numpy warns on read-only arrays
     except OSError as err:
         raise SvEngineError(f"Cannot read image {path}: {err}.", "pass a valid PNG/JPEG image.") from err

@@ -53,10 +53,18 @@ def _read_video(path: Path, limit: int | None) -> list[np.ndarray]:
             reader.close()
     except Exception as err:  # imageio/ffmpeg raise many types for broken or foreign files
         raise SvEngineError(
-            f"Cannot read video {path}: {type(err).__name__}: {err}.",
+            f"Cannot read video {path}: {type(err).__name__}: {_one_line(err)}.",
             "pass a readable mp4/mov file (re-encode it with ffmpeg) or a folder of jpg/png frames.",
         ) from err
     return frames
+
+
+def _one_line(err: Exception) -> str:
+    """imageio-ffmpeg's errors carry ffmpeg's whole stderr (~20 lines of banner): their first line and ffmpeg's last."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip() and not line.startswith("===")]
+    if len(lines) < 2:
+        return lines[0] if lines else ""
+    return f"{lines[0]} ({lines[-1].rstrip('.')})"
 
 
 def _to_rgb_uint8(frame: np.ndarray) -> np.ndarray:

@@ -81,7 +81,11 @@ class SDComponents:
         (``components.depth_model.float()``).
         """
         for module in self.modules().values():
-            module.to(device=device, dtype=dtype)
+            if getattr(module, "_keep_in_fp32_modules", None):
+                module.to(device=device, dtype=dtype)
+            else:  # diffusers' ModelMixin.to() warns "should be kept in float32: []" on every dtype cast, even
+                # of models with nothing to keep in fp32 (it tests the list for None): torch's own to() for those
+                torch.nn.Module.to(module, device=device, dtype=dtype)
         return self
 
     def eval(self) -> SDComponents:
