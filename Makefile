@@ -1,8 +1,18 @@
 # Quick start (fresh CPU-only machine):  make demo   |   make test
 VENV ?= .venv
 PY := $(VENV)/bin/python
-# The CPU build of torch; for a GPU machine: make setup TORCH="torch==2.13.0" with your CUDA wheel index.
+# torch is installed first, on its own: the Linux torch on PyPI is the CUDA build (~5 GB with its libraries).
+# The default takes torch==2.13.0 from pip's configured sources: where a local CPU wheel of it is on pip's
+# find-links (as on this project's machines), that CPU build; elsewhere name the build's index:
+#   CPU build:  make setup TORCH_INDEX=https://download.pytorch.org/whl/cpu
+#   CUDA build: make setup TORCH_INDEX=https://download.pytorch.org/whl/cu130   (the index of your CUDA version)
 TORCH ?= torch==2.13.0
+TORCH_INDEX ?=
+# Every installed wheel, kept for tests/test_install.py (a fresh venv installed offline from pyproject.toml).
+WHEELS ?= .wheels
+
+TORCH_FROM := $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
+WHEELS_TORCH_FROM := $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX))
 
 .PHONY: setup demo lint test
 
@@ -10,8 +20,14 @@ setup: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml setup.py
 	python3 -m venv $(VENV)
-	$(PY) -m pip install -q "$(TORCH)"
+	$(PY) -m pip install -q $(TORCH_FROM) "$(TORCH)"
 	$(PY) -m pip install -q -e '.[dev,serve]'
+	touch $@
+
+# The wheels of exactly what setup installed (only `make test` needs them).
+$(WHEELS)/.complete: $(VENV)/.installed
+	$(PY) -m pip freeze --exclude-editable > $(VENV)/installed.txt
+	$(PY) -m pip wheel -q $(WHEELS_TORCH_FROM) -c $(VENV)/installed.txt -w $(WHEELS) '.[dev,serve]' 'setuptools>=68' wheel
 	touch $@
 
 demo: setup
@@ -22,5 +38,5 @@ lint: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
-test: lint
-	$(VENV)/bin/python -m pytest -q tests
+test: lint $(WHEELS)/.complete
+	SV_ENGINE_WHEELS=$(abspath $(WHEELS)) $(VENV)/bin/python -m pytest -q tests
