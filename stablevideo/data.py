@@ -110,6 +110,20 @@ def load_frames(root: Path, config: VideoConfig) -> tuple[torch.Tensor, list[Pat
 
 def load_checkpoint(path: Path) -> tuple[NLAModel, str]:
     """Loads an original NLA checkpoint (strict) and returns it with the file's sha256."""
+    checkpoint, blob = read_checkpoint(path)
+    nla = NLAModel.random()
+    try:
+        nla.load_state_dict(checkpoint)
+    except RuntimeError as err:
+        raise SvEngineError(
+            f"NLA checkpoint {path} does not match the original architecture: {err}.",
+            "use an original NLA checkpoint (fg mapping 6 layers, bg mapping 4, atlas 8 with skips 4 and 7, alpha 8).",
+        ) from err
+    return nla.eval(), hashlib.sha256(blob).hexdigest()
+
+
+def read_checkpoint(path: Path) -> tuple[dict, bytes]:
+    """An NLA checkpoint file's dict (holding the four networks under the original keys) and its bytes."""
     if not path.is_file():
         raise SvEngineError(
             f"NLA checkpoint not found: {path}.",
@@ -120,7 +134,7 @@ def load_checkpoint(path: Path) -> tuple[NLAModel, str]:
         checkpoint = torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises many types for truncated/foreign files
         raise SvEngineError(
-            f"Cannot read NLA checkpoint {path}: {type(err).__name__}: {err}.",
+            f"Cannot read NLA checkpoint {path}: {type(err).__name__}: {' '.join(str(err).split())[:300]}.",
             "the file is corrupt or not a torch checkpoint; copy it again.",
         ) from err
     missing = [key for key in CHECKPOINT_KEYS.values() if not isinstance(checkpoint, dict) or key not in checkpoint]
@@ -129,15 +143,7 @@ def load_checkpoint(path: Path) -> tuple[NLAModel, str]:
             f"NLA checkpoint {path} lacks {', '.join(missing)}.",
             "use the checkpoint written by Neural Layered Atlases / StableVideo / `sv-engine fit`.",
         )
-    nla = NLAModel.random()
-    try:
-        nla.load_state_dict(checkpoint)
-    except RuntimeError as err:
-        raise SvEngineError(
-            f"NLA checkpoint {path} does not match the original architecture: {err}.",
-            "use an original NLA checkpoint (fg mapping 6 layers, bg mapping 4, atlas 8 with skips 4 and 7, alpha 8).",
-        ) from err
-    return nla.eval(), hashlib.sha256(blob).hexdigest()
+    return checkpoint, blob
 
 
 def load_video_data(root: str | Path) -> VideoData:
