@@ -172,7 +172,8 @@ def run_entry_point(*args: str, python_prelude: str | None = None) -> subprocess
         argv = ["sv-engine", *args]
         script = f"{python_prelude}\nimport sys\nsys.argv = {argv!r}\nfrom sv_engine.cli import main\nmain()"
         command = [sys.executable, "-c", script]
-    return subprocess.run(command, capture_output=True, text=True, timeout=120)
+    # From tests/: the repo root's sv_engine/ folder must not shadow the installed package.
+    return subprocess.run(command, capture_output=True, text=True, timeout=120, cwd=Path(__file__).parent)
 
 
 @pytest.mark.parametrize(
