@@ -25,6 +25,9 @@ for name, folder in PACKAGE_DIRS.items():
 setup(
     packages=packages,
     package_dir=PACKAGE_DIRS,
-    package_data={"": ["*.cu", "*.cuh", "*.json", "*.txt.gz", "*.jpg", "*.png", "checkpoint"]},
+    package_data={
+        "": ["*.cu", "*.cuh", "*.json", "*.txt.gz", "*.jpg", "*.png", "checkpoint"],
+        "sv_engine.service.ui": ["static/*"],
+    },
     include_package_data=True,
 )

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -74,7 +75,9 @@ def edit_foreground(
     keyframes: list[int],
     seed: int,
     timer: StageTimer | None = None,
+    on_keyframe: Callable[[int, int, np.ndarray], None] | None = None,
 ) -> ForegroundEdit:
+    """``on_keyframe(index, frame, image)`` is told each keyframe's edit (uint8, × alpha) as soon as it exists."""
     timer = timer or StageTimer(enabled=False)
     device = data.alpha.device
     res = data.resolution
@@ -108,6 +111,8 @@ def edit_foreground(
         edit_t = torch.from_numpy(edit).to(device).permute(2, 0, 1).float() / 255.0 * crop.alpha
         edit_tensors.append(edit_t)
         edits.append(tensor_to_image(edit_t))
+        if on_keyframe is not None:
+            on_keyframe(i, crop.frame, edits[-1])
         with timer("splat"):
             atlases.append(splat_edit(edit_t, grid, res))
         log.info(

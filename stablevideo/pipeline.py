@@ -63,6 +63,26 @@ class EditResult:
         return np.asarray(contact_sheet(tiles))
 
 
+class EditListener:
+    """Follows one edit as it runs (the render service's live progress); every hook is optional.
+
+    Hooks are called from the edit's own threads (the background edit may run in a worker thread):
+    keep them quick and thread-safe.
+    """
+
+    def stage_started(self, stage: str) -> None:
+        """A :class:`StageTimer` stage (``"keyframe diffusion"``, ``"background"``, ``"render"``, ...) begins."""
+
+    def video_opened(self, session: VideoSession, keyframes: list[int]) -> None:
+        """The video's maps and atlases are ready and the keyframes are chosen."""
+
+    def keyframe_edited(self, index: int, frame: int, image: np.ndarray) -> None:
+        """Keyframe ``index`` (video frame ``frame``) is edited: (h, w, 3) uint8, × alpha."""
+
+    def atlas_edited(self, layer: str, atlas: torch.Tensor) -> None:
+        """The edited ``"fg"`` (cropped to its bbox) or ``"bg"`` atlas, (3, h, w) in [0, 1]."""
+
+
 def _should_overlap(callables: Iterable[Callable], requested: bool) -> bool:
     """Whether to run the background edit beside the keyframe loop.
 
@@ -114,9 +134,10 @@ class StableVideoPipeline:
         # One side stream for every edit, so the caching allocator reuses its blocks from edit to edit.
         self._side_stream = torch.cuda.Stream(device) if self.overlap_background and device.type == "cuda" else None
 
-    def edit(self, data_dir: str | Path, params: EditParams) -> EditResult:
+    def edit(self, data_dir: str | Path, params: EditParams, listener: EditListener | None = None) -> EditResult:
         params.validate()
-        timer = StageTimer()
+        listener = listener or EditListener()
+        timer = StageTimer(on_start=listener.stage_started)
         with timer("open video (maps, atlases)"):
             session = self.sessions.open(data_dir)
         num_frames = session.video.config.num_frames
@@ -124,6 +145,7 @@ class StableVideoPipeline:
             default_keyframes(num_frames) if params.keyframes is None else check_keyframes(params.keyframes, num_frames)
         )
         seed = resolve_seed(params.seed)
+        listener.video_opened(session, keyframes)
         log.info(
             "editing %s: keyframes %s, seed %d, %d steps, strength %.2f",
             session.video.name,
@@ -141,14 +163,18 @@ class StableVideoPipeline:
 
         def foreground() -> ForegroundEdit:
             with timer("foreground"):
-                return edit_foreground(session.atlas, self.fg_denoiser, params, keyframes, seed, timer)
+                return edit_foreground(
+                    session.atlas, self.fg_denoiser, params, keyframes, seed, timer, listener.keyframe_edited
+                )
 
         if overlap:
-            fg, bg_atlas = self._overlapped(foreground, bg_atlas, params, seed, timer)
+            fg, bg_atlas = self._overlapped(foreground, bg_atlas, params, seed, timer, listener)
+            listener.atlas_edited("fg", fg.atlas)
         else:
             fg = foreground()
+            listener.atlas_edited("fg", fg.atlas)
             if params.edit_background:
-                bg_atlas = self._edit_background(bg_atlas, params, seed, timer)
+                bg_atlas = self._edit_background(bg_atlas, params, seed, timer, listener)
         with timer("render"):
             frames = render_video(session.atlas, fg.atlas, bg_atlas).cpu().numpy()
         return EditResult(
@@ -156,10 +182,12 @@ class StableVideoPipeline:
         )
 
     def _edit_background(
-        self, bg_atlas: torch.Tensor, params: EditParams, seed: int, timer: StageTimer
+        self, bg_atlas: torch.Tensor, params: EditParams, seed: int, timer: StageTimer, listener: EditListener
     ) -> torch.Tensor:
         with timer("background"):
-            return edit_background(bg_atlas, self.components.depth_model, self.bg_denoiser, params, seed, timer)[0]
+            edited = edit_background(bg_atlas, self.components.depth_model, self.bg_denoiser, params, seed, timer)[0]
+        listener.atlas_edited("bg", edited)
+        return edited
 
     def _overlapped(
         self,
@@ -168,6 +196,7 @@ class StableVideoPipeline:
         params: EditParams,
         seed: int,
         timer: StageTimer,
+        listener: EditListener,
     ) -> tuple[ForegroundEdit, torch.Tensor]:
         """``foreground()`` here and the background edit in a worker thread (on CUDA: on the side stream)."""
         side, main = self._side_stream, None
@@ -179,7 +208,7 @@ class StableVideoPipeline:
 
         def background() -> torch.Tensor:
             with torch.cuda.stream(side):  # a no-op for None (CPU)
-                edited = self._edit_background(bg_atlas, params, seed, timer)
+                edited = self._edit_background(bg_atlas, params, seed, timer, listener)
             if side is not None:
                 edited.record_stream(main)  # render reads it on the main stream: keep its memory until then
             return edited

@@ -22,6 +22,22 @@ class VideoSession:
     device: torch.device
 
 
+def atlas_placement(session: VideoSession) -> dict:
+    """Where the exported atlas images sit in StableVideo's grid atlas (``atlas.json`` of ``atlas export``)."""
+    atlas = session.atlas
+    return {
+        "video": session.video.name,
+        "checkpoint_sha256": session.video.checkpoint_sha256,
+        "grid_atlas_resolution": atlas.resolution,
+        "fg": {
+            "grid_size": [atlas.fg.max_u, atlas.fg.max_v],
+            "grid_offset": [atlas.fg.min_u, atlas.fg.min_v],
+            "bbox": dict(zip(("top", "left", "height", "width"), atlas.fg_bbox, strict=True)),
+        },
+        "bg": {"grid_size": [atlas.bg.max_u, atlas.bg.max_v], "grid_offset": [atlas.bg.min_u, atlas.bg.min_v]},
+    }
+
+
 def open_video(data_dir: str | Path, device: torch.device) -> VideoSession:
     return session_for(load_video_data(data_dir), device)
 

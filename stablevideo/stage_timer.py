@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import torch
@@ -19,8 +19,11 @@ class StageTimer:
     do not wait for the work another thread runs on its own stream.
     """
 
-    def __init__(self, enabled: bool = True, sync_cuda: bool = True) -> None:
+    def __init__(
+        self, enabled: bool = True, sync_cuda: bool = True, on_start: Callable[[str], None] | None = None
+    ) -> None:
         self.enabled = enabled
+        self.on_start = on_start  # told each stage's name as it starts (a service's live progress)
         self.sync_cuda = sync_cuda and torch.cuda.is_available()
         self.seconds: dict[str, float] = defaultdict(float)
         self._lock = threading.Lock()
@@ -31,6 +34,8 @@ class StageTimer:
 
     @contextmanager
     def __call__(self, stage: str) -> Iterator[None]:
+        if self.on_start is not None:
+            self.on_start(stage)
         if not self.enabled:
             yield
             return

@@ -32,7 +32,7 @@ def export(
     """Write fg_atlas.png (grid atlas cropped to its bounding box), bg_atlas.png and their placement JSON."""
     from sv_engine.device import resolve_device
     from sv_engine.stablevideo.images import tensor_to_image
-    from sv_engine.stablevideo.session import open_video
+    from sv_engine.stablevideo.session import atlas_placement, open_video
     from sv_engine.stablevideo.video_io import check_writable
 
     files = [out / "fg_atlas.png", out / "bg_atlas.png", out / "atlas.json"]
@@ -42,16 +42,6 @@ def export(
     atlas = session.atlas
     Image.fromarray(tensor_to_image(atlas.cropped_fg_atlas)).save(files[0])
     Image.fromarray(tensor_to_image(atlas.bg_grid_atlas)).save(files[1])
-    placement = {
-        "video": session.video.name,
-        "checkpoint_sha256": session.video.checkpoint_sha256,
-        "grid_atlas_resolution": atlas.resolution,
-        "fg": {
-            "grid_size": [atlas.fg.max_u, atlas.fg.max_v],
-            "grid_offset": [atlas.fg.min_u, atlas.fg.min_v],
-            "bbox": dict(zip(("top", "left", "height", "width"), atlas.fg_bbox, strict=False)),
-        },
-        "bg": {"grid_size": [atlas.bg.max_u, atlas.bg.max_v], "grid_offset": [atlas.bg.min_u, atlas.bg.min_v]},
-    }
+    placement = atlas_placement(session)
     files[2].write_text(json.dumps(placement, indent=2))
     log.info("wrote %s", ", ".join(str(p) for p in files))

@@ -64,6 +64,9 @@ def serve(
     max_body: Annotated[
         int, typer.Option("--max-body", min=1024, help="Largest request body in bytes (413 beyond).")
     ] = 64 * 1024,
+    max_upload: Annotated[
+        int, typer.Option("--max-upload", min=1024, help="Largest video upload (PUT /uploads) in bytes.")
+    ] = 256 * 1024 * 1024,
 ) -> None:
     """Serve edits over HTTP from warm GPU workers: POST /jobs, GET /jobs/{id} (/video, /preview),
     DELETE /jobs/{id}, GET /health."""
@@ -104,9 +107,11 @@ def serve(
                 info["load_seconds"],
             )
         manager = JobManager(pool, out_root, max_queue=max_queue, max_retries=max_retries).start()
-        api = create_app(manager, data_root=data_root, token=token, max_body_bytes=max_body)
+        api = create_app(
+            manager, data_root=data_root, token=token, max_body_bytes=max_body, max_upload_bytes=max_upload
+        )
         log.info(
-            "serving on http://%s:%d (docs /docs, schema /openapi.json)%s",
+            "serving on http://%s:%d (studio /ui, docs /docs, schema /openapi.json)%s",
             host,
             port,
             "" if token else " without auth (loopback only)",

@@ -5,20 +5,31 @@
 ``sv-engine serve``). Endpoints::
 
     POST   /jobs                 JobSpec JSON -> 202 {"id", "status", ...}   (422: invalid input, 429: queue full)
+    POST   /jobs/atlas           AtlasSpec: export a video's original atlases
+    POST   /jobs/render          RenderSpec: re-render a done edit's atlases with a keep-mask (no diffusion)
+    POST   /jobs/fit             FitSpec: fit an uploaded video into a new data folder
     GET    /jobs                 every job's status
-    GET    /jobs/{id}            status, progress (0..1), attempts, error, timings
+    GET    /jobs/{id}            status, kind, stage, progress (0..1), attempts, error, timings, files
     GET    /jobs/{id}/video      the edited mp4 (409 until done)
     GET    /jobs/{id}/preview    the preview contact sheet (PNG)
+    GET    /jobs/{id}/files/{f}  an intermediate output (atlases, keyframe edits), also while running
     DELETE /jobs/{id}            cancel
+    GET    /clips                the data folders under the data root (frames, size, default keyframes)
+    GET    /clips/{name}/frames/{i}  one original frame
+    PUT    /uploads/{filename}   a video to fit (raw body, ``max_upload_bytes``), kept under the data root
+    GET    /ui                   the editing studio (static page on this API)
     GET    /health               liveness + queue counts (no auth)
     GET    /openapi.json, /docs  the schema
 
-With a token, every /jobs route needs ``Authorization: Bearer <token>``. Request bodies are capped
-(``max_body_bytes``, 413 beyond it).
+With a token, every route but /health and the studio's static files needs ``Authorization: Bearer
+<token>``. Request bodies are capped (``max_body_bytes``; a render's keep-mask
+``RENDER_BODY_BYTES``; uploads ``max_upload_bytes``; 413 beyond).
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hmac
 import json
 import logging
@@ -32,37 +43,67 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 
 from sv_engine.errors import SvEngineError
-from sv_engine.service.jobs import CANCELLED, DONE, PREVIEW_NAME, VIDEO_NAME, JobSpec, resolve_data_dir
+from sv_engine.service.clips import UPLOADS_PATH, clips_router, upload_path
+from sv_engine.service.jobs import (
+    ARTIFACT_NAME,
+    ATLAS,
+    CANCELLED,
+    DONE,
+    EDIT,
+    FIT,
+    PREVIEW_NAME,
+    RENDER,
+    TERMINAL,
+    VIDEO_NAME,
+    AtlasSpec,
+    FitSpec,
+    JobSpec,
+    RenderSpec,
+    resolve_data_dir,
+)
+from sv_engine.service.outputs import MASK
 from sv_engine.service.scheduler import JobManager, QueueFull
+from sv_engine.service.ui import mount_ui
 from sv_engine.stablevideo.inputs import check_edit_inputs
 
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_BODY_BYTES = 64 * 1024
+DEFAULT_MAX_UPLOAD_BYTES = 256 * 1024 * 1024
+RENDER_BODY_BYTES = 12 * 1024 * 1024  # a base64 keep-mask PNG of a large fg atlas
 JobId = Annotated[str, PathParam(pattern=r"^[0-9a-f]{32}$", description="Job id returned by POST /jobs.")]
 
 
 class BodySizeLimit:
-    """ASGI middleware: 413 for request bodies over ``limit`` bytes (declared or streamed)."""
+    """ASGI middleware: 413 for request bodies over ``limit`` bytes (declared or streamed).
 
-    def __init__(self, app, limit: int) -> None:
+    ``route_limits`` raise the limit for exact paths; paths under ``streamed_prefixes`` pass through
+    unread (their routes stream the body to disk and enforce their own limit).
+    """
+
+    def __init__(
+        self, app, limit: int, route_limits: dict[str, int] | None = None, streamed_prefixes: tuple[str, ...] = ()
+    ) -> None:
         self.app = app
         self.limit = limit
+        self.route_limits = route_limits or {}
+        self.streamed_prefixes = streamed_prefixes
 
     async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != "http" or scope["path"].startswith(self.streamed_prefixes):
             await self.app(scope, receive, send)
             return
+        limit = self.route_limits.get(scope["path"], self.limit)
         headers = dict(scope.get("headers") or [])
         declared = headers.get(b"content-length")
         if declared is not None:
             try:
-                too_big = int(declared) > self.limit
+                too_big = int(declared) > limit
             except ValueError:
                 await self._reject(send, 400, "Invalid Content-Length header.")
                 return
             if too_big:
-                await self._reject(send, 413, f"Request body is larger than {self.limit} bytes.")
+                await self._reject(send, 413, f"Request body is larger than {limit} bytes.")
                 return
         # Read the whole (small) body here, counting bytes, then replay it to the app.
         chunks, size = [], 0
@@ -72,8 +113,8 @@ class BodySizeLimit:
                 return
             body = message.get("body", b"")
             size += len(body)
-            if size > self.limit:
-                await self._reject(send, 413, f"Request body is larger than {self.limit} bytes.")
+            if size > limit:
+                await self._reject(send, 413, f"Request body is larger than {limit} bytes.")
                 return
             chunks.append(body)
             if not message.get("more_body", False):
@@ -113,6 +154,7 @@ def create_app(
     data_root: str | Path,
     token: str | None = None,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
 ) -> FastAPI:
     data_root = Path(data_root).expanduser().resolve()
     if not data_root.is_dir():
@@ -188,6 +230,33 @@ def create_app(
         job = manager.submit(spec, data_dir)
         return job.public()
 
+    @app.post("/jobs/atlas", status_code=202, dependencies=auth)
+    def submit_atlas(spec: AtlasSpec) -> dict[str, Any]:
+        return manager.submit(spec, resolve_data_dir(data_root, spec.data), kind=ATLAS).public()
+
+    @app.post("/jobs/render", status_code=202, dependencies=auth)
+    def submit_render(spec: RenderSpec) -> dict[str, Any]:
+        data_dir = resolve_data_dir(data_root, spec.data)
+        source = job_or_404(spec.atlases_from)
+        if source.kind != EDIT or source.status != DONE:
+            raise HTTPException(
+                409, f"Job {source.id} is a {source.status} {source.kind} job; render needs a done edit"
+            )
+        if source.spec.data != spec.data:
+            raise HTTPException(400, f"Job {source.id} edited {source.spec.data!r}, not {spec.data!r}.")
+        files = {MASK: decode_png(spec.mask_png)} if spec.mask_png else None
+        job = manager.submit(spec, data_dir, kind=RENDER, inputs={"atlases": str(source.out_dir)}, files=files)
+        return job.public()
+
+    @app.post("/jobs/fit", status_code=202, dependencies=auth)
+    def submit_fit(spec: FitSpec) -> dict[str, Any]:
+        video = upload_path(data_root, spec.upload)
+        target = data_root / spec.data
+        busy = any(j.kind == FIT and j.spec.data == spec.data and j.status not in TERMINAL for j in manager.list())
+        if target.exists() or busy:
+            raise HTTPException(409, f"Data folder {spec.data!r} already exists (or is being fitted); pick a new name.")
+        return manager.submit(spec, video, kind=FIT, inputs={"target": str(target)}).public()
+
     @app.get("/jobs", dependencies=auth)
     def list_jobs() -> dict[str, Any]:
         return {"jobs": [j.public() for j in manager.list()]}
@@ -213,6 +282,14 @@ def create_app(
     def preview(job_id: JobId) -> FileResponse:
         return output(job_id, PREVIEW_NAME, "image/png")
 
+    @app.get("/jobs/{job_id}/files/{name}", dependencies=auth, response_class=FileResponse)
+    def job_file(job_id: JobId, name: str) -> FileResponse:
+        job = job_or_404(job_id)
+        if not ARTIFACT_NAME.match(name) or not (job.out_dir / name).is_file():
+            raise HTTPException(404, f"Job {job_id} has no file {name!r} (yet); GET /jobs/{job_id} lists its files.")
+        media_type = "image/png" if name.endswith(".png") else "application/json"
+        return FileResponse(job.out_dir / name, media_type=media_type, headers={"Cache-Control": "no-store"})
+
     @app.delete("/jobs/{job_id}", dependencies=auth)
     def cancel(job_id: JobId) -> dict[str, Any]:
         job = job_or_404(job_id)
@@ -221,8 +298,27 @@ def create_app(
             raise HTTPException(409, f"Job {job_id} already finished ({job.status}).")
         return job.public()
 
-    app.add_middleware(BodySizeLimit, limit=max_body_bytes)
+    app.include_router(clips_router(data_root, max_upload_bytes), dependencies=auth)
+    mount_ui(app)
+    app.add_middleware(
+        BodySizeLimit,
+        limit=max_body_bytes,
+        route_limits={"/jobs/render": max(max_body_bytes, RENDER_BODY_BYTES)},
+        streamed_prefixes=(UPLOADS_PATH,),
+    )
     return app
+
+
+def decode_png(encoded: str) -> bytes:
+    """A client's base64 PNG (a ``data:image/png;base64,`` prefix allowed), checked to be a PNG."""
+    _, _, payload = encoded.rpartition(",")
+    try:
+        data = base64.b64decode(payload, validate=True)
+    except (binascii.Error, ValueError):
+        raise HTTPException(400, "mask_png is not valid base64.") from None
+    if not data.startswith(b"\x89PNG\r\n\x1a\n"):
+        raise HTTPException(400, "mask_png is not a PNG image.")
+    return data
 
 
 LOOPBACK_HOSTS = {"127.0.0.1", "::1", "localhost"}

@@ -3,12 +3,16 @@
 A :class:`JobSpec` is what a client sends (``POST /jobs``) or what one entry of a batch YAML holds:
 the data folder *name* and the edit parameters, every one range-checked. :meth:`JobSpec.to_params`
 turns it into the pipeline's :class:`EditParams` (the pipeline itself is never re-implemented here).
+The other job kinds run on the same warm workers: :class:`AtlasSpec` (export a video's atlases),
+:class:`RenderSpec` (re-render an edit's atlases with a keep-mask, no diffusion) and
+:class:`FitSpec` (fit an uploaded video into a new data folder).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import re
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -29,6 +33,13 @@ TERMINAL = frozenset({DONE, FAILED, CANCELLED})
 
 #: Names of the files each job writes into its own output folder (named by the job id).
 VIDEO_NAME, PREVIEW_NAME, REPORT_NAME = "edit.mp4", "preview.png", "report.json"
+#: Live progress a running job's worker rewrites (stage, fraction done); read by ``GET /jobs/{id}``.
+PROGRESS_NAME = "progress.json"
+#: Intermediate and extra outputs a client may fetch (``GET /jobs/{id}/files/{name}``), also while running:
+#: atlases (``fg_atlas.png``, ``bg_atlas_edited.png``, ...), ``keyframe_<i>.png``, ``mask.png``, ``atlas.json``.
+ARTIFACT_NAME = re.compile(r"^[a-z0-9_]{1,64}\.(png|json)$")
+#: Job kinds: the method of the worker that runs them.
+EDIT, ATLAS, RENDER, FIT = "edit", "atlas", "render", "fit"
 
 Prompt = Field(min_length=1, max_length=MAX_PROMPT_CHARS)
 ExtraPrompt = Field(default=None, max_length=MAX_PROMPT_CHARS)
@@ -130,6 +141,55 @@ class JobSpec(BaseModel):
         return hashlib.sha256(json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()[:16]
 
 
+JobIdField = Field(pattern=r"^[0-9a-f]{32}$", description="Job id returned by POST /jobs.")
+FolderName = Field(
+    min_length=1,
+    max_length=MAX_DATA_NAME_CHARS,
+    pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$",
+    description="A new folder name directly under the data root (letters, digits, . _ -).",
+)
+
+
+class AtlasSpec(BaseModel):
+    """Export a video's original fg/bg atlases (``fg_atlas.png``, ``bg_atlas.png``, ``atlas.json``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    data: str = Field(min_length=1, max_length=MAX_DATA_NAME_CHARS)
+
+    @field_validator("data")
+    @classmethod
+    def _relative_name(cls, value: str) -> str:
+        check_data_name(value)
+        return value
+
+
+class RenderSpec(AtlasSpec):
+    """Re-render a finished edit's atlases without diffusion (``sv-engine render``): where the keep-mask
+    is white the fg atlas keeps its original look (StableVideo's ``f_atlas·(1−mask) + original·mask``)."""
+
+    atlases_from: str = JobIdField
+    mask_png: str | None = Field(
+        default=None,
+        max_length=8 * 1024 * 1024,
+        description="Base64 PNG, the size of the edited fg atlas; white keeps the original fg atlas.",
+    )
+
+
+class FitSpec(BaseModel):
+    """Fit an uploaded video (``PUT /uploads/{name}``) into the new data folder ``data`` (``sv-engine fit``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    upload: str = Field(min_length=1, max_length=MAX_DATA_NAME_CHARS, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    data: str = FolderName
+    frames: int = Field(default=70, ge=3, le=300, description="Use the first N frames (StableVideo clips: ~70).")
+    width: int = Field(default=768, ge=32, le=1920)
+    height: int = Field(default=432, ge=32, le=1080)
+    minutes: float = Field(default=10.0, gt=0.0, le=240.0)
+    iters: int | None = Field(default=None, ge=1, le=10_000_000)
+
+
 def check_data_name(name: str) -> None:
     """Rejects names that are not a plain relative path: absolute, ``..``, backslashes, NUL, drive letters."""
     if "\x00" in name or "\\" in name:
@@ -192,17 +252,41 @@ class JobRecord:
     result: dict[str, Any] | None = None
     expected_seconds: float | None = None  # the worker's recent edit time (progress estimate)
     name: str | None = None  # batch job name
+    kind: str = EDIT  # the worker method that runs it
+    inputs: dict[str, str] = field(default_factory=dict)  # server-side paths the worker needs (never public)
 
     @property
     def terminal(self) -> bool:
         return self.status in TERMINAL
 
-    def progress(self) -> float:
-        """0 queued .. 1 done; while running, elapsed / the worker's recent edit time (capped at 0.95)."""
+    def live(self) -> dict[str, Any]:
+        """What the running worker last wrote to ``progress.json`` (stage, fraction), or nothing."""
+        if self.status != RUNNING:
+            return {}
+        try:
+            live = json.loads((self.out_dir / PROGRESS_NAME).read_text())
+        except (OSError, ValueError):
+            return {}
+        return live if isinstance(live, dict) else {}
+
+    def files(self) -> list[str]:
+        """The artifacts present in the job's folder (``GET /jobs/{id}/files/{name}``)."""
+        try:
+            names = [p.name for p in self.out_dir.iterdir()]
+        except OSError:
+            return []
+        return sorted(n for n in names if ARTIFACT_NAME.match(n) and n not in (PROGRESS_NAME, REPORT_NAME))
+
+    def progress(self, live: dict[str, Any] | None = None) -> float:
+        """0 queued .. 1 done; while running, the worker's own fraction when it reports one, else
+        elapsed / the worker's recent edit time (capped at 0.95)."""
         if self.status == DONE:
             return 1.0
         if self.status != RUNNING or self.started is None:
             return 0.0
+        fraction = (live if live is not None else self.live()).get("fraction")
+        if isinstance(fraction, int | float):
+            return round(min(0.99, max(0.0, float(fraction))), 3)
         expected = self.expected_seconds or 0.0
         if expected <= 0:
             return 0.05
@@ -210,10 +294,13 @@ class JobRecord:
 
     def public(self) -> dict[str, Any]:
         """JSON-safe status (no server paths)."""
+        live = self.live()
         out: dict[str, Any] = {
             "id": self.id,
+            "kind": self.kind,
             "status": self.status,
-            "progress": self.progress(),
+            "progress": self.progress(live),
+            "stage": live.get("stage"),
             "attempts": self.attempts,
             "worker": self.worker,
             "data": self.spec.data,
@@ -221,6 +308,8 @@ class JobRecord:
             "started": self.started,
             "finished": self.finished,
             "error": self.error,
+            "spec": self.spec.model_dump(mode="json", exclude={"mask_png"}),
+            "files": self.files(),
         }
         if self.name is not None:
             out["name"] = self.name
@@ -228,7 +317,7 @@ class JobRecord:
             out.update(
                 {k: self.result[k] for k in ("seed", "keyframes", "seconds", "timings", "frames") if k in self.result}
             )
-        if self.status == DONE:
+        if self.status == DONE and self.kind in (EDIT, RENDER):
             out["video"] = f"/jobs/{self.id}/video"
             out["preview"] = f"/jobs/{self.id}/preview"
         return out

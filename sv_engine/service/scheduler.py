@@ -17,8 +17,11 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
+from pydantic import BaseModel
+
+from sv_engine.atomic_write import atomic_write_bytes
 from sv_engine.errors import SvEngineError
-from sv_engine.service.jobs import CANCELLED, DONE, FAILED, QUEUED, RUNNING, JobRecord, JobSpec, new_job_id
+from sv_engine.service.jobs import CANCELLED, DONE, EDIT, FAILED, QUEUED, RUNNING, JobRecord, new_job_id
 from sv_engine.service.workers import _cause
 
 log = logging.getLogger(__name__)
@@ -74,9 +77,21 @@ class JobManager:
 
     # ---- client side ---------------------------------------------------------------------------
     def submit(
-        self, spec: JobSpec, data_dir: Path, *, name: str | None = None, out_dir: Path | None = None
+        self,
+        spec: BaseModel,
+        data_dir: Path,
+        *,
+        name: str | None = None,
+        out_dir: Path | None = None,
+        kind: str = EDIT,
+        inputs: dict[str, str] | None = None,
+        files: dict[str, bytes] | None = None,
     ) -> JobRecord:
-        """Queues one job; raises :class:`QueueFull` when ``max_queue`` jobs already wait."""
+        """Queues one job; raises :class:`QueueFull` when ``max_queue`` jobs already wait.
+
+        ``kind`` names the worker method that runs it (``edit``, ``atlas``, ``render``, ``fit``) with
+        ``inputs`` as its keyword arguments; ``files`` are written into the job's folder before it queues.
+        """
         with self.cond:
             if self.stopping.is_set():
                 raise SvEngineError("The scheduler is shutting down.", "retry once the service is back.")
@@ -90,12 +105,15 @@ class JobManager:
                 out_dir.mkdir(parents=True, exist_ok=False)  # a fresh folder per job: never another job's outputs
             else:
                 out_dir.mkdir(parents=True, exist_ok=True)
-            job = JobRecord(job_id, spec, Path(data_dir), Path(out_dir), name=name)
+            for file_name, content in (files or {}).items():
+                atomic_write_bytes(out_dir / file_name, content)
+            inputs = dict(inputs or {})
+            job = JobRecord(job_id, spec, Path(data_dir), Path(out_dir), name=name, kind=kind, inputs=inputs)
             self.jobs[job_id] = job
             self.queue.append(job_id)
             self._trim()
             self.cond.notify()
-        log.info("job %s queued (%s)", job_id, name or spec.data)
+        log.info("%s job %s queued (%s)", kind, job_id, name or getattr(spec, "data", ""))
         return job
 
     def get(self, job_id: str) -> JobRecord | None:
@@ -178,7 +196,7 @@ class JobManager:
             job.attempts += 1
             job.worker = worker
             job.started = time.time()
-            job.expected_seconds = self.recent_seconds[worker]
+            job.expected_seconds = self.recent_seconds[worker] if job.kind == EDIT else None
             return job
 
     def _dispatch(self, worker: int) -> None:
@@ -189,8 +207,11 @@ class JobManager:
             job = self._next(worker)
             if job is None:
                 return
-            log.info("job %s -> worker %d (attempt %d)", job.id, worker, job.attempts)
-            ref = actor.edit.remote(job.id, job.spec.model_dump(mode="json"), str(job.data_dir), str(job.out_dir))
+            log.info("%s job %s -> worker %d (attempt %d)", job.kind, job.id, worker, job.attempts)
+            method = getattr(actor, job.kind)
+            ref = method.remote(
+                job.id, job.spec.model_dump(mode="json"), str(job.data_dir), str(job.out_dir), **job.inputs
+            )
             while not self.stopping.is_set():
                 ready, _ = ray.wait([ref], timeout=self.poll_seconds)
                 if ready:
@@ -217,7 +238,8 @@ class JobManager:
                     finished = None  # already reported by cancel(); discard outputs below
                 elif result is not None:
                     job.status, job.result, job.finished = DONE, result, time.time()
-                    self.recent_seconds[worker] = result.get("seconds")
+                    if job.kind == EDIT:
+                        self.recent_seconds[worker] = result.get("seconds")
                     finished = job
                 elif worker_died and job.attempts <= self.max_retries:
                     log.warning(

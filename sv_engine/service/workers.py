@@ -71,13 +71,17 @@ class EditWorker:
         from PIL import Image
 
         from sv_engine.service.jobs import JobSpec
+        from sv_engine.service.outputs import BG_EDITED, FG_EDITED, EditProgress, write_atlas
         from sv_engine.stablevideo.video_io import write_mp4
 
         start = time.perf_counter()
         params = JobSpec.model_validate(spec).to_params()
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        result = self.pipeline.edit(data_dir, params)
+        result = self.pipeline.edit(data_dir, params, EditProgress(out, params.edit_background))
+        # The atlases a keep-mask re-render starts from (the bg one is the original without a bg edit).
+        write_atlas(out / FG_EDITED, result.fg_atlas)
+        write_atlas(out / BG_EDITED, result.bg_atlas)
         write_mp4(out / VIDEO_NAME, result.frames)
         preview = io.BytesIO()
         Image.fromarray(result.preview()).save(preview, format="PNG")
@@ -99,6 +103,36 @@ class EditWorker:
         }
         # Written last: its presence marks the job's outputs complete.
         atomic_write_bytes(out / REPORT_NAME, json.dumps(summary, indent=2).encode())
+        return summary
+
+    def atlas(self, job_id: str, spec: dict[str, Any], data_dir: str, out_dir: str) -> dict[str, Any]:
+        """Exports the video's original atlases (the video stays open for the edits that follow)."""
+        from sv_engine.service.outputs import export_atlases
+
+        return self._timed(job_id, lambda: export_atlases(self.pipeline.sessions.open(data_dir), Path(out_dir)))
+
+    def render(self, job_id: str, spec: dict[str, Any], data_dir: str, out_dir: str, atlases: str) -> dict[str, Any]:
+        """Renders the edit whose folder is ``atlases`` again with the job's keep-mask, without diffusion."""
+        from sv_engine.service.outputs import render_with_mask
+        from sv_engine.stablevideo.video_io import DEFAULT_FPS
+
+        def run() -> dict[str, Any]:
+            session = self.pipeline.sessions.open(data_dir)
+            return render_with_mask(session, Path(atlases), Path(out_dir), fps=DEFAULT_FPS)
+
+        return self._timed(job_id, run)
+
+    def fit(self, job_id: str, spec: dict[str, Any], data_dir: str, out_dir: str, target: str) -> dict[str, Any]:
+        """Fits the uploaded video ``data_dir`` into the new data folder ``target``."""
+        from sv_engine.service.outputs import fit_upload
+
+        device = str(self.device)
+        return self._timed(job_id, lambda: fit_upload(Path(data_dir), Path(target), spec, Path(out_dir), device))
+
+    def _timed(self, job_id: str, run) -> dict[str, Any]:
+        start = time.perf_counter()
+        summary = {"job": job_id, **run()}
+        summary["seconds"] = round(time.perf_counter() - start, 3)
         return summary
 
 
