@@ -14,7 +14,7 @@ WHEELS ?= .wheels
 TORCH_FROM := $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 WHEELS_TORCH_FROM := $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX))
 
-.PHONY: setup demo lint test
+.PHONY: setup demo lint test browser studio
 
 setup: $(VENV)/.installed
 
@@ -38,5 +38,17 @@ lint: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
-test: lint $(WHEELS)/.complete
+# The editing studio on the bundled clip with tiny random models: open http://127.0.0.1:8000/ui
+studio: setup
+	mkdir -p studio-data
+	[ -d studio-data/skicat ] || cp -r "$$($(PY) -c 'from sv_engine.stablevideo.demo import demo_data_dir; print(demo_data_dir())')" studio-data/
+	$(VENV)/bin/sv-engine serve --tiny --data-root studio-data --out-root studio-jobs
+
+# Debian's headless Chromium + ChromeDriver for the studio's browser test (root installs them; CI runs as root).
+browser:
+	@if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; \
+	  else echo "browser test: sudo apt-get install chromium chromium-driver (it skips without them, fails with CI=true)"; fi; fi
+
+test: lint browser $(WHEELS)/.complete
 	SV_ENGINE_WHEELS=$(abspath $(WHEELS)) $(VENV)/bin/python -m pytest -q tests

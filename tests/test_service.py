@@ -249,3 +249,145 @@ def test_killed_worker_mid_job_is_retried(client: TestClient, service) -> None:
     assert ray.get(actor.pid.remote(), timeout=30) != pid_before  # a fresh (warm again) worker process
     health = client.get("/health").json()
     assert health["workers_alive"] == 1 and health["status"] == "ok"
+
+
+# ---- the studio's job kinds and routes (atlas, render with a keep-mask, clips, uploads, fit) ---------
+def png_bytes(image: np.ndarray) -> bytes:
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def read_png_bytes(content: bytes, mode: str = "RGB") -> np.ndarray:
+    import io
+
+    from PIL import Image
+
+    return np.asarray(Image.open(io.BytesIO(content)).convert(mode)).astype(np.int16)
+
+
+def test_atlas_edit_outputs_and_keep_mask_render(client: TestClient) -> None:
+    import base64
+
+    atlas = client.post("/jobs/atlas", json={"data": "clip"})
+    assert atlas.status_code == 202 and atlas.json()["kind"] == "atlas", atlas.text
+    atlas = wait_for(client, atlas.json()["id"], {"done", "failed"})
+    assert atlas["status"] == "done" and {"fg_atlas.png", "bg_atlas.png", "atlas.json"} <= set(atlas["files"])
+    assert "video" not in atlas  # an atlas job has no video
+    placement = client.get(f"/jobs/{atlas['id']}/files/atlas.json").json()
+    assert placement["video"] == "clip" and set(placement["fg"]["bbox"]) == {"top", "left", "height", "width"}
+    original = read_png_bytes(client.get(f"/jobs/{atlas['id']}/files/fg_atlas.png").content)
+    assert original.shape[:2] == (placement["fg"]["bbox"]["height"], placement["fg"]["bbox"]["width"])
+
+    edit = wait_for(client, client.post("/jobs", json=job(seed=11)).json()["id"], {"done", "failed"})
+    assert edit["status"] == "done" and edit["spec"]["seed"] == 11 and edit["kind"] == "edit"
+    assert {"fg_atlas.png", "keyframe_0.png", "fg_atlas_edited.png", "bg_atlas_edited.png"} <= set(edit["files"])
+    edited = read_png_bytes(client.get(f"/jobs/{edit['id']}/files/fg_atlas_edited.png").content)
+    assert np.array_equal(read_png_bytes(client.get(f"/jobs/{edit['id']}/files/fg_atlas.png").content), original)
+    assert np.abs(edited - original).mean() > 10  # tiny random models change the atlas a lot
+
+    # Keep-mask: the left half keeps the original fg atlas, the right half the edit (±1: uint8 rounding).
+    mask = np.zeros(edited.shape[:2], np.uint8)
+    mask[:, : mask.shape[1] // 2] = 255
+    spec = {"data": "clip", "atlases_from": edit["id"], "mask_png": base64.b64encode(png_bytes(mask)).decode()}
+    render = client.post("/jobs/render", json=spec)
+    assert render.status_code == 202, render.text
+    assert "mask_png" not in render.json()["spec"]  # the mask is not echoed back
+    render = wait_for(client, render.json()["id"], {"done", "failed"})
+    assert render["status"] == "done" and render["kind"] == "render" and render["frames"] == 4, render
+    kept = read_png_bytes(client.get(f"/jobs/{render['id']}/files/fg_atlas_kept.png").content)
+    assert np.abs(kept[mask == 255] - original[mask == 255]).max() <= 1
+    assert np.abs(kept[mask == 0] - edited[mask == 0]).max() <= 1
+    assert client.get(render["video"]).content[4:8] == b"ftyp"
+
+    def check(response, code: int, needle: str) -> None:
+        assert response.status_code == code, (response.status_code, response.text)
+        assert needle.lower() in response.json()["detail"].lower(), response.text
+
+    check(client.post("/jobs/render", json={**spec, "atlases_from": atlas["id"]}), 409, "needs a done edit")
+    check(client.post("/jobs/render", json={**spec, "atlases_from": "0" * 32}), 404, "no job")
+    check(client.post("/jobs/render", json={**spec, "mask_png": "bm90IGEgcG5n"}), 400, "not a png")
+    check(client.post("/jobs/render", json={**spec, "mask_png": "%%%"}), 400, "base64")
+    check(client.post("/jobs/render", json={**spec, "data": "escape"}), 400, "outside the data root")
+    check(client.get(f"/jobs/{edit['id']}/files/nope.png"), 404, "no file")
+    assert client.get(f"/jobs/{edit['id']}/files/..%2F..%2Fsecret.png").status_code == 404
+    wrong = {**spec, "mask_png": base64.b64encode(png_bytes(np.zeros((5, 7), np.uint8))).decode()}
+    failed = wait_for(client, client.post("/jobs/render", json=wrong).json()["id"], {"done", "failed"})
+    assert failed["status"] == "failed" and "mask size" in failed["error"].lower(), failed
+
+
+def test_clips_uploads_and_fit(client: TestClient, service) -> None:
+    from sv_engine.stablevideo.video_io import write_mp4
+
+    manager, data_root, _ = service
+    clips = client.get("/clips").json()["clips"]
+    assert [c["name"] for c in clips] == ["clip"]  # the symlink out of the root is not listed
+    assert clips[0] | {"default_keyframes": None} == {
+        "name": "clip", "frames": 4, "width": 48, "height": 32, "fitted": True, "default_keyframes": None
+    }  # fmt: skip
+    frame = client.get("/clips/clip/frames/0")
+    assert frame.status_code == 200 and frame.headers["content-type"] == "image/jpeg"
+    assert client.get("/clips/clip/frames/4").status_code == 404
+    assert client.get("/clips/escape/frames/0").status_code == 400
+    assert client.get("/clips/..%2Foutside/frames/0").status_code in (404, 422)
+
+    assert client.put("/uploads/notes.txt", content=b"x").status_code == 400
+    assert client.put("/uploads/empty.mp4", content=b"").status_code == 400
+    assert client.put("/uploads/..%2F..%2Fx.mp4", content=b"x").status_code in (404, 422)
+    with TestClient(create_app(manager, data_root=data_root, max_upload_bytes=2048)) as small:
+        assert small.put("/uploads/big.mp4", content=b"x" * 4096).status_code == 413
+        chunks = iter([b"x" * 1500, b"x" * 1500])  # streamed, no Content-Length
+        assert small.put("/uploads/big.mp4", content=chunks).status_code == 413
+    assert not [p for p in (data_root / ".uploads").iterdir() if "big" in p.name]  # nothing half-written kept
+
+    # A small real clip (the demo's frames, downscaled) uploaded and fitted into a new data folder.
+    from sv_engine.stablevideo.data import load_frames, read_config
+    from sv_engine.stablevideo.demo import demo_data_dir
+
+    demo = demo_data_dir()
+    frames, _ = load_frames(demo, read_config(demo))
+    small_frames = torch_resize(frames[:8], (36, 64))
+    video = data_root.parent / "upload.mp4"
+    write_mp4(video, small_frames)
+    stored = client.put("/uploads/my clip.mp4".replace(" ", "_"), content=video.read_bytes())
+    assert stored.status_code == 201, stored.text
+    upload = stored.json()["upload"]
+    assert upload.endswith("-my_clip.mp4") and (data_root / ".uploads" / upload).is_file()
+    fit = {"upload": upload, "data": "fitted", "frames": 8, "width": 64, "height": 36, "minutes": 2, "iters": 40}
+    r = client.post("/jobs/fit", json=fit)
+    assert r.status_code == 202 and r.json()["kind"] == "fit", r.text
+    assert client.post("/jobs/fit", json=fit).status_code == 409  # the same folder is being fitted
+    done = wait_for(client, r.json()["id"], {"done", "failed"}, timeout=300)
+    assert done["status"] == "done" and done["frames"] == 8 and "fit_preview.png" in done["files"], done
+    assert "fitted" in {c["name"] for c in client.get("/clips").json()["clips"]}
+    assert client.post("/jobs/fit", json=fit).status_code == 409  # never over an existing folder
+    assert client.post("/jobs/fit", json={**fit, "data": "other", "upload": "nope.mp4"}).status_code == 404
+    assert client.post("/jobs/fit", json={**fit, "data": "../up"}).status_code == 422
+
+
+def torch_resize(frames, size: tuple[int, int]) -> np.ndarray:
+    """(T, 3, H, W) float frames -> (T, h, w, 3) uint8 at ``size`` (h, w)."""
+    import torch
+
+    small = torch.nn.functional.interpolate(frames, size=size, mode="area")
+    return (small.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+
+
+def test_studio_page_and_new_routes_behind_the_token(service) -> None:
+    manager, data_root, _ = service
+    with TestClient(create_app(manager, data_root=data_root, token=TOKEN)) as c:
+        page = c.get("/ui/")  # the static page needs no token; everything it calls does
+        assert page.status_code == 200 and "sv-engine studio" in page.text
+        assert "default-src 'self'" in page.headers["content-security-policy"]
+        assert "http" not in page.text.replace("http-equiv", "")  # no external asset of any kind
+        assert c.get("/ui", follow_redirects=False).status_code in (307, 308)
+        assert c.get("/ui/studio.js").status_code == 200 and c.get("/ui/__init__.py").status_code == 404
+        for method, path in [("get", "/clips"), ("get", "/clips/clip/frames/0"), ("put", "/uploads/a.mp4")]:
+            assert getattr(c, method)(path).status_code == 401, path
+        for path in ("/jobs/atlas", "/jobs/render", "/jobs/fit"):
+            assert c.post(path, json={}).status_code == 401, path
+        assert c.get("/clips", headers={"Authorization": f"Bearer {TOKEN}"}).status_code == 200

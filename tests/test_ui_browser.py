@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from requires import in_ci
 
 pytestmark = pytest.mark.slow
 
@@ -53,7 +54,7 @@ def require_browser() -> None:
         missing.append("the selenium package")
     if missing:
         why = f"the browser test needs {', '.join(missing)}: `make setup` installs them (Debian chromium + driver)"
-        if os.environ.get("CI"):
+        if in_ci():
             pytest.fail(why)
         pytest.skip(why)
 
@@ -257,33 +258,36 @@ def test_studio_edit_keep_mask_and_rerender(studio, browser) -> None:
     assert np.abs(kept[mask == 255] - original[mask == 255]).max() <= 1
     assert np.abs(kept[mask == 0] - edited[mask == 0]).max() <= 1
 
-    # The frames: rendered here from the same atlases, with and without the mask, to know where
-    # the mask shows; the service's two videos must differ there and agree elsewhere.
+    # The frames: rendered here from the same atlases, with and without the mask (the reference), to
+    # know where the mask shows. The service's videos are H.264 of noisy random-model textures: about
+    # 9-11 levels mean error (max over channels) against their reference everywhere, so each video is
+    # judged by which reference it matches, region by region.
     import torch
     from sv_engine.stablevideo.images import image_to_tensor
     from sv_engine.stablevideo.render import render_video
     from sv_engine.stablevideo.session import open_video
 
     session = open_video(data_root / "skicat", torch.device("cpu"))
-    fg, bg = (
-        image_to_tensor(edited.astype(np.uint8)),
-        image_to_tensor(png(edit_dir / "bg_atlas_edited.png").astype(np.uint8)),
-    )
+    fg = image_to_tensor(edited.astype(np.uint8))
+    bg = image_to_tensor(png(edit_dir / "bg_atlas_edited.png").astype(np.uint8))
     with_mask = render_video(session.atlas, fg, bg, image_to_tensor(mask.astype(np.uint8)[..., None])).numpy()
     without = render_video(session.atlas, fg, bg).numpy()
-    expected_change = np.abs(with_mask.astype(np.int16) - without).max(-1)  # (T, H, W)
-    reached = expected_change > 24
+    with_mask, without = with_mask.astype(np.int16), without.astype(np.int16)
+    reached = np.abs(with_mask - without).max(-1) > 24  # (T, H, W): where the keep-mask shows in the frames
     assert reached.mean() > 0.002, "the painted region should be visible in the frames"
-    # Away from it by more than a few pixels (H.264 blocks bleed): the codec's noise only.
+    # More than 4 px away from it (H.264's blocks bleed a little across the edge).
     near = torch.nn.functional.max_pool2d(torch.from_numpy(reached).float()[:, None], 9, 1, 4)[:, 0].numpy() > 0
     before, after = read_video(edit_dir / "edit.mp4"), read_video(render_dir / "edit.mp4")
     assert before.shape == after.shape == with_mask.shape
-    changed = np.abs(after - before).max(-1)
-    assert changed[reached].mean() > 0.5 * expected_change[reached].mean(), "the render did not change where painted"
-    assert changed[~near].mean() < 1.5 and np.percentile(changed[~near], 99) < 12, "it changed where not painted"
-    # And it is what the keep-mask render should be: PSNR vs the reference frames.
-    mse = np.mean((after - with_mask.astype(np.int16)) ** 2)
-    assert 10 * np.log10(255**2 / mse) > 30
+
+    def error(video: np.ndarray, reference: np.ndarray, where: np.ndarray) -> float:
+        return float(np.abs(video - reference).max(-1)[where].mean())
+
+    # Where painted: the re-render shows the original look (measured ~10 vs ~63), the edit did not.
+    assert error(after, with_mask, reached) < 0.3 * error(after, without, reached), "no change where painted"
+    assert error(before, without, reached) < 0.3 * error(before, with_mask, reached)
+    # Elsewhere: the re-render is the edit's frames, within the codec's own error (measured 9.1 vs 9.1).
+    assert error(after, with_mask, ~near) < 1.2 * error(before, without, ~near) + 0.5, "it changed where not painted"
 
     for shot in shots.iterdir():
         assert Image.open(io.BytesIO(shot.read_bytes())).size[0] > 800
