@@ -53,7 +53,7 @@ def require_browser() -> None:
     except ImportError:
         missing.append("the selenium package")
     if missing:
-        why = f"the browser test needs {', '.join(missing)}: `make setup` installs them (Debian chromium + driver)"
+        why = f"the browser test needs {', '.join(missing)}: `make test` installs them (Debian chromium + driver)"
         if in_ci():
             pytest.fail(why)
         pytest.skip(why)

@@ -254,6 +254,7 @@ class JobRecord:
     name: str | None = None  # batch job name
     kind: str = EDIT  # the worker method that runs it
     inputs: dict[str, str] = field(default_factory=dict)  # server-side paths the worker needs (never public)
+    _final_files: list[str] | None = field(default=None, repr=False)  # a finished job's files, listed once
 
     @property
     def terminal(self) -> bool:
@@ -271,11 +272,16 @@ class JobRecord:
 
     def files(self) -> list[str]:
         """The artifacts present in the job's folder (``GET /jobs/{id}/files/{name}``)."""
+        if self._final_files is not None:
+            return self._final_files
         try:
             names = [p.name for p in self.out_dir.iterdir()]
         except OSError:
-            return []
-        return sorted(n for n in names if ARTIFACT_NAME.match(n) and n not in (PROGRESS_NAME, REPORT_NAME))
+            names = []
+        found = sorted(n for n in names if ARTIFACT_NAME.match(n) and n not in (PROGRESS_NAME, REPORT_NAME))
+        if self.status in (DONE, FAILED):  # the worker wrote its last file (a cancelled job's are removed)
+            self._final_files = found
+        return found
 
     def progress(self, live: dict[str, Any] | None = None) -> float:
         """0 queued .. 1 done; while running, the worker's own fraction when it reports one, else

@@ -180,11 +180,15 @@ async function updateCurrent(job) {
     state.shown.add(name);
     const match = name.match(/^keyframe_(\d+)\.png$/);
     if (match) {
+      const figure = document.createElement("figure");
       const img = document.createElement("img");
       img.id = `keyframe-${match[1]}`;
       img.alt = `keyframe ${match[1]}`;
-      img.title = `keyframe ${match[1]} (frame ${(job.keyframes || state.keyframes)[match[1]] ?? "?"})`;
-      $("keyframe-gallery").append(img);
+      const caption = document.createElement("figcaption");
+      const frame = (job.keyframes || job.spec.keyframes || [])[Number(match[1])];
+      caption.textContent = `keyframe ${match[1]}${frame === undefined ? "" : ` · frame ${frame}`}`;
+      figure.append(img, caption);
+      $("keyframe-gallery").append(figure);
       await showBlob(img.id, `${base}/files/${name}`);
     } else if (name === "fg_atlas_edited.png") {
       await showBlob("fg-edited", `${base}/files/${name}`);
