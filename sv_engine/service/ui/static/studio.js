@@ -198,6 +198,7 @@ async function updateCurrent(job) {
   }
   if (job.status === "done" && job.kind === "edit" && !state.shown.has("video")) {
     state.shown.add("video");
+    if (!$("message").classList.contains("error")) say(`edit ${job.id.slice(0, 8)} done in ${job.seconds} s`);
     await Promise.all([
       showBlob("result-video", job.video), showBlob("download-video", job.video),
       showBlob("download-preview", job.preview),
