@@ -97,10 +97,13 @@ class EditProgress(EditListener):
                 self._report()
 
 
-def export_atlases(session, out: Path) -> dict[str, Any]:
-    """The atlas job: the original atlases and their placement, as ``sv-engine atlas export``."""
+def export_atlases(sessions, data_dir: str, out: Path) -> dict[str, Any]:
+    """The atlas job: the original atlases and their placement, as ``sv-engine atlas export``; the
+    video stays open in the worker's ``sessions`` for the edits that follow."""
     from sv_engine.stablevideo.session import atlas_placement
 
+    write_progress(out, "open video (maps, atlases)", 0.05)
+    session = sessions.open(data_dir)
     write_atlas(out / FG_ATLAS, session.atlas.cropped_fg_atlas)
     write_atlas(out / BG_ATLAS, session.atlas.bg_grid_atlas)
     placement = atlas_placement(session)

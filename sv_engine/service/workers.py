@@ -109,7 +109,7 @@ class EditWorker:
         """Exports the video's original atlases (the video stays open for the edits that follow)."""
         from sv_engine.service.outputs import export_atlases
 
-        return self._timed(job_id, lambda: export_atlases(self.pipeline.sessions.open(data_dir), Path(out_dir)))
+        return self._timed(job_id, lambda: export_atlases(self.pipeline.sessions, data_dir, Path(out_dir)))
 
     def render(self, job_id: str, spec: dict[str, Any], data_dir: str, out_dir: str, atlases: str) -> dict[str, Any]:
         """Renders the edit whose folder is ``atlases`` again with the job's keep-mask, without diffusion."""
