@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 from requires import in_ci
 
@@ -234,7 +235,7 @@ def test_studio_edit_keep_mask_and_rerender(studio, browser) -> None:
         blob = browser.execute_async_script(
             "const done = arguments[arguments.length - 1];"
             "fetch(document.getElementById(arguments[0]).href).then(r => r.blob())"
-            ".then(b => done([b.type, b.size]));",
+            ".then(b => done([b.type, b.size])).catch(e => done(['error', String(e)]));",
             link,
         )
         assert blob[0] == media and blob[1] > 1000, (link, blob)
@@ -277,7 +278,6 @@ def test_studio_edit_keep_mask_and_rerender(studio, browser) -> None:
     # know where the mask shows. The service's videos are H.264 of noisy random-model textures: about
     # 9-11 levels mean error (max over channels) against their reference everywhere, so each video is
     # judged by which reference it matches, region by region.
-    import torch
     from sv_engine.stablevideo.images import image_to_tensor
     from sv_engine.stablevideo.render import render_video
     from sv_engine.stablevideo.session import open_video
@@ -325,3 +325,33 @@ def test_studio_edit_keep_mask_and_rerender(studio, browser) -> None:
 
     for shot in shots.iterdir():
         assert Image.open(io.BytesIO(shot.read_bytes())).size[0] > 800
+
+
+def test_studio_upload_and_fit(studio, browser, tmp_path: Path) -> None:
+    """Add a clip from the page: upload a video (the demo's frames, small), fit it as a job, see it listed."""
+    from sv_engine.stablevideo.data import load_frames, read_config
+    from sv_engine.stablevideo.demo import demo_data_dir
+    from sv_engine.stablevideo.video_io import write_mp4
+
+    url, data_root, _, shots = studio
+    frames, _ = load_frames(demo_data_dir(), read_config(demo_data_dir()))
+    small = torch.nn.functional.interpolate(frames[:8], size=(72, 128), mode="area")
+    video = tmp_path / "my clip.mp4"
+    write_mp4(video, (small.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy())
+
+    browser.get(f"{url}/ui#token={TOKEN}")  # the token from the address (a fragment: never sent to the server)
+    wait_until(lambda: browser.find_elements("css selector", ".card.selected"), 30, "the clip list")
+    assert "token=" not in browser.current_url
+    browser.find_element("css selector", "#upload-panel summary").click()
+    browser.find_element("id", "upload-file").send_keys(str(video))
+    for field, value in {"upload-name": "uploaded", "upload-frames": "8", "upload-width": "128"}.items():
+        set_value(browser, field, value)
+    for field, value in {"upload-height": "72", "upload-minutes": "2", "upload-iters": "20"}.items():
+        set_value(browser, field, value)
+    browser.find_element("id", "upload-submit").click()
+    card = "[data-clip='uploaded']"
+    wait_until(lambda: browser.find_elements("css selector", card), 300, "the fitted clip in the list")
+    assert "8 frames · 128×72" in browser.find_element("css selector", card).text
+    assert (data_root / "uploaded" / "checkpoint").is_file()
+    assert [p.name for p in (data_root / ".uploads").iterdir()][0].endswith("-my_clip.mp4")  # the name made safe
+    browser.save_screenshot(str(shots / "4-upload-fit.png"))

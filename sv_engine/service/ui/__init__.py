@@ -16,7 +16,7 @@ from fastapi.staticfiles import StaticFiles
 UI_DIR = Path(__file__).resolve().parent / "static"
 # The page may talk to this server only (blob: URLs hold the images and videos it fetched with the token).
 CSP = (
-    "default-src 'self'; img-src 'self' blob: data:; media-src 'self' blob:; connect-src 'self'; "
+    "default-src 'self'; img-src 'self' blob: data:; media-src 'self' blob:; connect-src 'self' blob:; "
     "script-src 'self'; style-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'"
 )
 
