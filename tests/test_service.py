@@ -312,7 +312,7 @@ def test_atlas_edit_outputs_and_keep_mask_render(client: TestClient) -> None:
     check(client.post("/jobs/render", json={**spec, "atlases_from": "0" * 32}), 404, "no job")
     check(client.post("/jobs/render", json={**spec, "mask_png": "bm90IGEgcG5n"}), 400, "not a png")
     check(client.post("/jobs/render", json={**spec, "mask_png": "%%%"}), 400, "base64")
-    check(client.post("/jobs/render", json={**spec, "data": "escape"}), 400, "outside the data root")
+    check(client.post("/jobs/render", json={**spec, "data": "escape"}), 422, "outside the data root")
     check(client.get(f"/jobs/{edit['id']}/files/nope.png"), 404, "no file")
     assert client.get(f"/jobs/{edit['id']}/files/..%2F..%2Fsecret.png").status_code == 404
     wrong = {**spec, "mask_png": base64.b64encode(png_bytes(np.zeros((5, 7), np.uint8))).decode()}
@@ -332,7 +332,7 @@ def test_clips_uploads_and_fit(client: TestClient, service) -> None:
     frame = client.get("/clips/clip/frames/0")
     assert frame.status_code == 200 and frame.headers["content-type"] == "image/jpeg"
     assert client.get("/clips/clip/frames/4").status_code == 404
-    assert client.get("/clips/escape/frames/0").status_code == 400
+    assert client.get("/clips/escape/frames/0").status_code == 422
     assert client.get("/clips/..%2Foutside/frames/0").status_code in (404, 422)
 
     assert client.put("/uploads/notes.txt", content=b"x").status_code == 400
