@@ -312,6 +312,9 @@ def test_atlas_edit_outputs_and_keep_mask_render(client: TestClient) -> None:
     check(client.post("/jobs/render", json={**spec, "atlases_from": "0" * 32}), 404, "no job")
     check(client.post("/jobs/render", json={**spec, "mask_png": "bm90IGEgcG5n"}), 400, "not a png")
     check(client.post("/jobs/render", json={**spec, "mask_png": "%%%"}), 400, "base64")
+    huge = png_bytes(np.zeros((1, 1), np.uint8))
+    huge = huge[:16] + (100_000).to_bytes(4, "big") + huge[20:]  # IHDR says 100000 px wide
+    check(client.post("/jobs/render", json={**spec, "mask_png": base64.b64encode(huge).decode()}), 400, "at most")
     check(client.post("/jobs/render", json={**spec, "data": "escape"}), 422, "outside the data root")
     check(client.get(f"/jobs/{edit['id']}/files/nope.png"), 404, "no file")
     assert client.get(f"/jobs/{edit['id']}/files/..%2F..%2Fsecret.png").status_code == 404

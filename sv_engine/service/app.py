@@ -71,6 +71,7 @@ log = logging.getLogger(__name__)
 DEFAULT_MAX_BODY_BYTES = 64 * 1024
 DEFAULT_MAX_UPLOAD_BYTES = 256 * 1024 * 1024
 RENDER_BODY_BYTES = 12 * 1024 * 1024  # a base64 keep-mask PNG of a large fg atlas
+MAX_MASK_SIDE = 4096  # StableVideo's grid atlas is 2000 px a side
 JobId = Annotated[str, PathParam(pattern=r"^[0-9a-f]{32}$", description="Job id returned by POST /jobs.")]
 
 
@@ -316,8 +317,11 @@ def decode_png(encoded: str) -> bytes:
         data = base64.b64decode(payload, validate=True)
     except (binascii.Error, ValueError):
         raise HTTPException(400, "mask_png is not valid base64.") from None
-    if not data.startswith(b"\x89PNG\r\n\x1a\n"):
+    if not data.startswith(b"\x89PNG\r\n\x1a\n") or len(data) < 24:
         raise HTTPException(400, "mask_png is not a PNG image.")
+    width, height = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")  # IHDR
+    if width > MAX_MASK_SIDE or height > MAX_MASK_SIDE:  # a small file may still decode to gigabytes
+        raise HTTPException(400, f"mask_png is {width}x{height}; a fg atlas is at most {MAX_MASK_SIDE} px a side.")
     return data
 
 
