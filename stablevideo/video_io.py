@@ -20,7 +20,12 @@ def check_writable(path: Path, force: bool) -> None:
     """Refuses to overwrite an existing output unless ``force``; the user's files are never lost silently."""
     if path.exists() and not force:
         raise SvEngineError(f"Output {path} already exists.", "choose another --out or pass --force to overwrite it.")
-    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise SvEngineError(
+            f"Cannot create the folder for output {path}: {err.strerror}.", "choose an --out in a folder you can write."
+        ) from err
 
 
 def write_mp4(path: Path, frames: np.ndarray, fps: int = DEFAULT_FPS) -> str:

@@ -184,3 +184,13 @@ def test_batch_cli_exits_2_with_one_line_per_invalid_job(tmp_path: Path) -> None
     assert errors[1].startswith("ERROR sv_engine.cli.batch: job nowhere: data: Data folder 'nope' does not exist")
     assert "2 of 2 jobs are invalid" in errors[2]
     assert json.loads(result.stdout)["invalid"] == 2
+
+    (tmp_path / "broken.yaml").write_text("jobs: [unclosed")
+    result = subprocess.run(
+        [sv_engine, "batch", tmp_path / "broken.yaml", "--tiny", "--out", tmp_path / "out2"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2 and "not valid YAML" in result.stderr
+    assert not (tmp_path / "out2").exists()  # a bad jobs file leaves no output folder behind

@@ -235,3 +235,29 @@ def test_missing_serve_extra_names_the_install(tmp_path: Path, command: list[str
     assert result.stderr.splitlines() == [
         f"ERROR sv_engine: The Python package {module!r} is not installed. Fix: pip install 'sv-engine[serve]'."
     ]
+
+
+def test_serve_refuses_a_busy_port_before_loading_models(tmp_path: Path) -> None:
+    import socket
+
+    from requires import import_or_skip
+
+    import_or_skip("ray")
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = run_entry_point("serve", "--tiny", "--port", str(port), "--data-root", str(tmp_path))
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.splitlines() == [
+        f"ERROR sv_engine: Cannot listen on 127.0.0.1:{port}: Address already in use. "
+        "Fix: pass a free --port (or stop the process holding it)."
+    ]
+
+
+def test_output_folder_that_cannot_be_made_is_one_line(monkeypatch, caplog, random_data_dir: Path) -> None:
+    code, errors = run_cli(
+        monkeypatch, caplog, "edit", random_data_dir, "--fg-prompt", "a", "--bg-prompt", "b", "--tiny",
+        "--out", "/proc/sv-engine-test/o.mp4",
+    )  # fmt: skip
+    assert code == 2 and "Cannot create the folder for output /proc/sv-engine-test/o.mp4" in errors

@@ -19,7 +19,7 @@ log = logging.getLogger(__name__)
 @app.command("serve")
 def serve(
     host: Annotated[str, typer.Option(help="Bind address; anything but loopback requires --token.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
+    port: Annotated[int, typer.Option(min=1, max=65535, help="TCP port.")] = 8000,
     data_root: Annotated[
         Path, typer.Option("--data-root", help="Folder holding the StableVideo data folders jobs may name.")
     ] = Path("data"),
@@ -74,11 +74,12 @@ def serve(
     import uvicorn
 
     from sv_engine.export.compose import RuntimeConfig
-    from sv_engine.service.app import check_bind, create_app
+    from sv_engine.service.app import check_bind, check_port_free, create_app
     from sv_engine.service.scheduler import JobManager
     from sv_engine.service.workers import WorkerPool, init_ray
 
     check_bind(host, token)
+    check_port_free(host, port)  # before the models load, not after
     if not data_root.expanduser().is_dir():
         raise SvEngineError(
             f"Data root {data_root} is not a folder.",

@@ -340,3 +340,23 @@ def check_bind(host: str, token: str | None) -> None:
             "The --token is shorter than 16 characters.",
             "use a long random token, e.g. `python -c 'import secrets; print(secrets.token_urlsafe(32))'`.",
         )
+
+
+def check_port_free(host: str, port: int) -> None:
+    """The address can be bound now (uvicorn binds only once the workers are warm, minutes later)."""
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as err:
+        raise SvEngineError(f"Cannot resolve --host {host}: {err}.", "pass an IP address such as 127.0.0.1.") from err
+    family, _, _, _, address = infos[0]
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+        try:
+            probe.bind(address)
+        except OSError as err:
+            raise SvEngineError(
+                f"Cannot listen on {host}:{port}: {err.strerror}.",
+                "pass a free --port (or stop the process holding it).",
+            ) from err

@@ -213,8 +213,8 @@ def run_batch(
     """Runs the jobs not done yet on a :class:`WorkerPool` (``pool``, or one started from ``model``)."""
     start = time.perf_counter()
     out = Path(out).expanduser().resolve()
+    jobs = load_jobs(jobs_file, data_root)  # a bad jobs file stops here, before OUT is created
     out.mkdir(parents=True, exist_ok=True)
-    jobs = load_jobs(jobs_file, data_root)
     results = out / RESULTS_NAME
     writer = ResultsWriter(results)
     previous = read_results(results)
