@@ -16,7 +16,7 @@ log = logging.getLogger("sv_engine.cli.parity")
 
 @app.command("parity")
 def parity_command(
-    backend: str = typer.Option("ort", "--backend", help="torch, torch_compile, ort or trt."),
+    backend: str = typer.Option("ort", "--backend", help="torch, torch-compile, ort or trt (or an alias)."),
     tiny: bool = typer.Option(False, "--tiny", help="Tiny random models (CPU)."),
     random_full: bool = typer.Option(False, "--random", help="Full-size random-weight models (GPU)."),
     weights: Path | None = typer.Option(None, "--weights", help="Directory with the real model weights."),
