@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 from sv_engine.stablevideo.atlas import AtlasData, build_atlas_data
-from sv_engine.stablevideo.data import VideoData, load_video_data
+from sv_engine.stablevideo.data import VideoData, folder_stamp, load_video_data
 from sv_engine.stablevideo.maps import VideoMaps, load_or_compute_maps
 
 log = logging.getLogger(__name__)
@@ -49,27 +49,29 @@ def session_for(video: VideoData, device: torch.device) -> VideoSession:
 
 
 class SessionCache:
-    """Keeps the last few opened videos of a warm pipeline, so repeated edits skip maps and atlases.
+    """Keeps the last few opened videos of a warm pipeline, so repeated edits skip loading, maps and atlases.
 
-    A video is reused only while its checkpoint (sha256), config and frames (the decoded pixels
-    themselves) are unchanged: loading the folder again is cheap, the maps and grid atlases are not.
+    A video is reused while its folder's :func:`~sv_engine.stablevideo.data.folder_stamp` (size, mtime
+    and inode of config.json, the checkpoint and every frame) is unchanged, so a repeated edit does no
+    per-edit work for the video; any change to the folder loads it again (and the maps cache then
+    checks the checkpoint's sha256).
     """
 
     def __init__(self, device: torch.device, capacity: int = 2) -> None:
         self.device = device
         self.capacity = capacity
-        self._sessions: dict[tuple, VideoSession] = {}
+        self._sessions: dict[str, tuple[tuple, VideoSession]] = {}
 
     def open(self, data_dir: str | Path) -> VideoSession:
-        video = load_video_data(data_dir)
-        key = (str(video.root), video.checkpoint_sha256, video.config)
-        cached = self._sessions.pop(key, None)
-        if cached is not None and torch.equal(cached.video.frames, video.frames):
-            log.info("video %s: maps and atlases reused from this session", video.name)
-            self._sessions[key] = cached  # most recently used last
-            return cached
-        session = session_for(video, self.device)
-        self._sessions[key] = session
+        root = str(Path(data_dir).expanduser().resolve())
+        stamp = folder_stamp(root)  # taken before loading: a change made meanwhile shows at the next open
+        cached = self._sessions.pop(root, None)
+        if cached is not None and cached[0] == stamp:
+            log.info("video %s: reused from this session (folder unchanged)", Path(root).name)
+            self._sessions[root] = cached  # most recently used last
+            return cached[1]
+        session = session_for(load_video_data(root), self.device)
+        self._sessions[root] = (stamp, session)
         while len(self._sessions) > self.capacity:
             self._sessions.pop(next(iter(self._sessions)))
         return session
