@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-
 from sv_engine.stablevideo import session as session_module
 from sv_engine.stablevideo.data import folder_stamp
 from sv_engine.stablevideo.nla import NLAModel
