@@ -8,7 +8,11 @@ Layout in the cache directory::
 
 A missing, corrupt, truncated or stale entry (hash mismatch, failed deserialisation) is rebuilt with
 a log line — never a crash. The builder and loader are injected, so the cache logic is testable
-without TensorRT.
+without TensorRT. The ``.json`` is written last and names the engine's sha256: an engine whose build
+was cut short (a crash, a full disk) never has a matching one, so it is never taken as valid.
+
+Engines that a runtime loads from a path (AOTInductor packages) use :meth:`EngineCache.get_or_build_file`:
+the builder writes a temporary file in the cache folder, which is renamed into place once complete.
 """
 
 from __future__ import annotations
@@ -16,6 +20,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
+import tempfile
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,25 +77,93 @@ class EngineCache:
     and raises on corrupt data (the cache then rebuilds once).
     """
 
-    def __init__(self, directory: str | Path) -> None:
+    def __init__(self, directory: str | Path, suffix: str = ".engine") -> None:
         self.directory = Path(directory)
+        self.suffix = suffix  # runtimes that load from a path may insist on theirs (AOTInductor: .pt2)
 
     def paths(self, name: str, key: str) -> tuple[Path, Path]:
         stem = f"{name}-{key[:16]}"
-        return self.directory / f"{stem}.engine", self.directory / f"{stem}.json"
+        return self.directory / f"{stem}{self.suffix}", self.directory / f"{stem}.json"
 
-    def _read(self, name: str, key: str) -> bytes | None:
+    def _meta_ok(self, name: str, key: str) -> dict[str, Any] | None:
+        """The entry's metadata when it exists and names ``key``, else None (logged when stale/unreadable)."""
         path, meta_path = self.paths(name, key)
         if not path.exists() and not meta_path.exists():
             return None
         try:
             meta = json.loads(meta_path.read_text())
-            data = path.read_bytes()
         except (OSError, ValueError) as exc:
             logger.warning("engine cache entry %s unreadable (%s): rebuilding", path.name, exc)
             return None
         if meta.get("key") != key:
             logger.warning("engine cache entry %s is stale (key mismatch): rebuilding", path.name)
+            return None
+        return meta
+
+    def valid_file(self, name: str, key: str) -> bool:
+        """Whether a complete, uncorrupted engine file for ``key`` is present (its sha256 is checked)."""
+        meta = self._meta_ok(name, key)
+        if meta is None:
+            return False
+        path = self.paths(name, key)[0]
+        try:
+            ok = meta.get("sha256") == file_sha256([path])
+        except OSError as exc:
+            logger.warning("engine cache entry %s unreadable (%s): rebuilding", path.name, exc)
+            return False
+        if not ok:
+            logger.warning("engine cache entry %s is corrupt (hash mismatch): rebuilding", path.name)
+        return ok
+
+    def meta(self, name: str, key: str) -> dict[str, Any]:
+        """The ``meta`` an entry was written with (``{}`` when absent)."""
+        return (self._meta_ok(name, key) or {}).get("meta", {})
+
+    def _write_meta(self, name: str, key: str, sha256: str, meta: dict[str, Any] | None) -> None:
+        payload = {"key": key, "sha256": sha256, "meta": meta or {}}
+        atomic_write_bytes(self.paths(name, key)[1], json.dumps(payload, indent=1).encode())
+
+    def get_or_build_file(
+        self,
+        name: str,
+        key: str,
+        build: Callable[[Path], dict[str, Any] | None],
+        load: Callable[[Path], Any],
+        meta: dict[str, Any] | None = None,
+    ) -> tuple[Any, CacheEntry]:
+        """As :meth:`get_or_build` for engines kept as files: ``build(tmp_path)`` writes the engine to
+        ``tmp_path`` (and may return more metadata), ``load(path)`` opens it and raises when it cannot."""
+        path, meta_path = self.paths(name, key)
+        if self.valid_file(name, key):
+            try:
+                obj = load(path)
+                logger.info("engine cache hit: %s", path.name)
+                return obj, CacheEntry(path, meta_path, rebuilt=False)
+            except Exception as exc:  # noqa: BLE001 - any load failure means rebuild
+                logger.warning("engine cache entry %s failed to load (%s): rebuilding", path.name, exc)
+        logger.info("building engine %s (cache miss)", path.name)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(dir=self.directory, prefix=f".{path.name}-", suffix=f".tmp{self.suffix}")
+        os.close(fd)
+        tmp = Path(tmp_name)
+        try:
+            more = build(tmp)
+            sha = file_sha256([tmp])
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+        self._write_meta(name, key, sha, {**(meta or {}), **(more or {}), "bytes": path.stat().st_size})
+        return load(path), CacheEntry(path, meta_path, rebuilt=True)
+
+    def _read(self, name: str, key: str) -> bytes | None:
+        meta = self._meta_ok(name, key)
+        if meta is None:
+            return None
+        path = self.paths(name, key)[0]
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            logger.warning("engine cache entry %s unreadable (%s): rebuilding", path.name, exc)
             return None
         if meta.get("sha256") != hashlib.sha256(data).hexdigest():
             logger.warning("engine cache entry %s is corrupt (hash mismatch): rebuilding", path.name)
@@ -98,17 +172,8 @@ class EngineCache:
 
     def _write(self, name: str, key: str, data: bytes, meta: dict[str, Any] | None) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
-        path, meta_path = self.paths(name, key)
-        for target, blob in (
-            (path, data),
-            (
-                meta_path,
-                json.dumps(
-                    {"key": key, "sha256": hashlib.sha256(data).hexdigest(), "meta": meta or {}}, indent=1
-                ).encode(),
-            ),
-        ):
-            atomic_write_bytes(target, blob)
+        atomic_write_bytes(self.paths(name, key)[0], data)
+        self._write_meta(name, key, hashlib.sha256(data).hexdigest(), meta)  # last: it vouches for the engine
 
     def get_or_build(
         self,

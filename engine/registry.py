@@ -130,7 +130,26 @@ class TrtOptions:
     builder_optimization_level: int | None = None
 
 
-BackendOptions = TorchOptions | CompileOptions | OrtOptions | TrtOptions
+@dataclasses.dataclass(frozen=True)
+class AotiOptions:
+    """AOTInductor: engines compiled ahead of time (``sv-engine build --backend aoti``), kept in the
+    engine cache and loaded by later processes instead of compiled (engine/aoti_backend.py).
+
+    Attributes:
+        cuda_graphs: replay each input shape from a CUDA graph (``None`` = on CUDA): the package
+            launches its kernels from C++, but one by one.
+        dynamic: one package for the profile's whole height/width range (``torch.export`` ``Dim``
+            ranges, as a TensorRT profile); ``False`` = one package for the profile's opt shape.
+        multiples: ``{symbol: n}``: the dynamic sizes are multiples of n (the UNet's latents: 8, three
+            down-samplings); sizes that are not are refused before the engine runs.
+    """
+
+    cuda_graphs: bool | None = None
+    dynamic: bool = True
+    multiples: Mapping[str, int] = dataclasses.field(default_factory=dict)
+
+
+BackendOptions = TorchOptions | CompileOptions | OrtOptions | TrtOptions | AotiOptions
 
 
 # --------------------------------------------------------------------------------------------------
@@ -170,6 +189,8 @@ BACKENDS: dict[str, BackendEntry] = {
         ),
         BackendEntry("ort", "sv_engine.engine.ort_backend:OrtBackend", OrtOptions, ("onnxruntime",), (20, 20)),
         BackendEntry("trt", "sv_engine.engine.trt_backend:TrtBackend", TrtOptions, ("tensorrt",), (40, -1)),
+        # Not ranked: no whole edit has been timed with it on a GPU yet.
+        BackendEntry("aoti", "sv_engine.engine.aoti_backend:AotiBackend", AotiOptions, ("aotinductor",), (0, 0)),
     )
 }
 _ALIASES = {alias: entry.name for entry in BACKENDS.values() for alias in entry.aliases}

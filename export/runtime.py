@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +18,7 @@ from pathlib import Path
 import torch
 from sv_engine.engine.backend import CompiledModel, load_manifest
 from sv_engine.engine.registry import (
+    AotiOptions,
     BackendChoice,
     BackendOptions,
     TorchOptions,
@@ -31,6 +33,7 @@ from sv_engine.export.registry import build_specs
 from sv_engine.export.spec import DEFAULT_SHAPES, ShapeRange
 from sv_engine.stablevideo.models.components import SDComponents
 
+from sv_engine.errors import SvEngineError
 from sv_engine.paths import cache_root
 
 log = logging.getLogger(__name__)
@@ -44,7 +47,18 @@ ACCELERATED_MODELS = ("unet_controlnet_canny", "unet_controlnet_depth", "vae_enc
 DEFAULT_MODELS = {
     "torch-compile": ("unet_controlnet_canny", "unet_controlnet_depth"),
     "torch": ("unet_controlnet_canny", "unet_controlnet_depth"),
+    "aoti": ("unet_controlnet_canny", "unet_controlnet_depth"),
 }
+
+
+def aoti_options(shapes: ShapeRange, base: AotiOptions | None = None) -> AotiOptions:
+    """The AOTInductor options for a profile: unless ``base`` sets them, the latent sizes keep the
+    profile's multiple (8 for SD's 64 px: the UNet's three down-samplings)."""
+    base = base or AotiOptions()
+    if base.multiples:
+        return base
+    multiple = shapes.multiple // shapes.latent_factor
+    return make_options("aoti", base, multiples={"h": multiple, "w": multiple})
 
 
 @dataclass
@@ -146,19 +160,14 @@ def accelerate(
     UNet+ControlNet steps from CUDA graphs. ``cache_dir``: the backend's engine cache."""
     choice = resolve_choice(backend) if options is None else BackendChoice(canonical_name(backend), options)
     backend, options = choice.backend, make_options(choice.backend, choice.options)
+    if backend == "aoti":
+        options = aoti_options(shapes, options)
     result = AcceleratedModels(backend, cuda_graphs=backend == "torch" and options.cuda_graphs)
     if backend == "torch" and options == TorchOptions():
         return result
     models = models or DEFAULT_MODELS.get(backend, ACCELERATED_MODELS)
     engine = get_backend(backend, device=device, options=options, cache_dir=cache_dir)
-    specs = build_specs(
-        components,
-        None,
-        names=[m for m in models if _has_model(components, m)],
-        precision=precision,
-        shapes=shapes,
-        device=device,
-    )
+    specs = _specs(components, models, precision, shapes, device)
     if backend_class(backend).needs == "onnx":
         onnx_dir = onnx_dir or default_onnx_dir(components, precision, engine.onnx_attention)
         onnx_dir.mkdir(parents=True, exist_ok=True)
@@ -183,9 +192,65 @@ def accelerate(
     return result
 
 
+def _specs(
+    components: SDComponents, models: tuple[str, ...], precision: str, shapes: ShapeRange, device: torch.device
+) -> dict:
+    """The export specs of those of ``models`` the bundle has (a bundle may lack a ControlNet)."""
+    names = [m for m in models if _has_model(components, m)]
+    return build_specs(components, None, names=names, precision=precision, shapes=shapes, device=device)
+
+
 def _has_model(components: SDComponents, name: str) -> bool:
     if name.endswith("canny"):
         return components.controlnet_canny is not None
     if name.endswith("depth"):
         return components.controlnet_depth is not None
     return True
+
+
+#: Backends whose engines ``sv-engine build`` compiles from the torch modules (no export folder).
+MODULE_ENGINE_BACKENDS = ("aoti",)
+
+
+def build_engines(
+    components: SDComponents,
+    backend: str,
+    precision: str,
+    device: torch.device,
+    shapes: ShapeRange = DEFAULT_SHAPES,
+    models: tuple[str, ...] | None = None,
+    cache_dir: Path | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> list[dict]:
+    """Compiles the persistent engines of ``backend`` (``aoti``) for ``models`` into the engine cache;
+    models whose engine is there already are only checked (``sv-engine build`` twice is a no-op).
+    Returns one row per model: built or already there, seconds, the package's path and size."""
+    backend = canonical_name(backend)
+    if backend not in MODULE_ENGINE_BACKENDS:
+        raise SvEngineError(
+            f"`build` compiles module engines for {', '.join(MODULE_ENGINE_BACKENDS)}, not {backend!r}.",
+            "pass an export folder for trt/ort engines (`sv-engine build DIR --backend trt`).",
+        )
+    engine = get_backend(backend, device=device, options=aoti_options(shapes), cache_dir=cache_dir)
+    rows = []
+    for name, spec in _specs(components, models or DEFAULT_MODELS[backend], precision, shapes, device).items():
+        if progress is not None:
+            progress(name)
+        source = spec.model_source()
+        t0 = time.perf_counter()
+        already = engine.is_built(source)
+        if not already:
+            engine.compile(source)
+        entry = engine.last_entry if not already else {}
+        rows.append(
+            {
+                "model": name,
+                "built": not already,
+                "seconds": round(time.perf_counter() - t0, 2),
+                "path": entry.get("path"),
+                "bytes": entry.get("bytes"),
+                "export_s": entry.get("export_s"),
+                "compile_s": entry.get("compile_s"),
+            }
+        )
+    return rows

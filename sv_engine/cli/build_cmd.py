@@ -1,4 +1,5 @@
-"""``sv-engine build``: build TensorRT engines / ONNX Runtime sessions for an export directory."""
+"""``sv-engine build``: TensorRT engines / ONNX Runtime sessions for an export folder, or AOTInductor
+engines compiled from the models themselves (``--backend aoti --weights DIR``)."""
 
 from __future__ import annotations
 
@@ -14,25 +15,95 @@ log = logging.getLogger("sv_engine.cli.build")
 
 @app.command("build")
 def build_command(
-    export_dir: Path = typer.Argument(..., help="Directory written by `sv-engine export` (has manifest.json)."),
-    backend: str = typer.Option("trt", "--backend", help="trt (TensorRT engines) or ort (ONNX Runtime sessions)."),
+    export_dir: Path | None = typer.Argument(
+        None, help="Directory written by `sv-engine export` (has manifest.json); trt and ort only."
+    ),
+    backend: str = typer.Option(
+        "trt", "--backend", help="trt (TensorRT engines), ort (ONNX Runtime sessions) or aoti (AOTInductor)."
+    ),
     cache: Path | None = typer.Option(None, "--cache", help="Engine cache directory (default: DIR/engines)."),
     device: str | None = typer.Option(None, "--device", help="cuda (default when present) or cpu (ort only)."),
     precision: str | None = typer.Option(None, "--precision", help="Engine precision (default: the export's)."),
     models: str | None = typer.Option(None, "--models", help="Comma list (default: every model in the manifest)."),
+    weights: Path | None = typer.Option(None, "--weights", help="aoti: the model weights folder the edits use."),
+    tiny: bool = typer.Option(False, "--tiny", help="aoti: tiny random models (tests)."),
+    random_full: bool = typer.Option(False, "--random-full", help="aoti: full-size random models (benchmarks)."),
 ) -> None:
-    """Build (or load from the cache) one engine/session per exported model and check it runs."""
+    """Build (or load from the cache) one engine/session per model and check it runs."""
+    from sv_engine.errors import SvEngineError
+
+    if backend == "aoti":
+        if export_dir is not None:
+            raise SvEngineError(
+                "`build --backend aoti` compiles the models themselves and takes no export folder.",
+                "pass --weights DIR (the weights your edits use) instead of the folder.",
+            )
+        _build_module_engines(backend, weights, tiny, random_full, precision, device, cache, models)
+        return
+    if backend not in ("trt", "ort"):
+        raise SvEngineError(
+            f"`build` supports --backend trt, ort or aoti, not {backend!r}.",
+            "torch and torch-compile compile at run time; use trt, ort or aoti.",
+        )
+    if export_dir is None:
+        raise SvEngineError(
+            f"`build --backend {backend}` needs the folder `sv-engine export` wrote.",
+            "run `sv-engine export --out DIR` and pass DIR.",
+        )
+    _build_onnx_engines(export_dir, backend, cache, device, precision, models)
+
+
+def _build_module_engines(
+    backend: str,
+    weights: Path | None,
+    tiny: bool,
+    random_full: bool,
+    precision: str | None,
+    device: str | None,
+    cache: Path | None,
+    models: str | None,
+) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from sv_engine.device import resolve_device
+    from sv_engine.export.compose import TINY_MODEL_SHAPES
+    from sv_engine.export.runtime import build_engines
+    from sv_engine.export.spec import DEFAULT_SHAPES
+    from sv_engine.stablevideo.model_source import load_components
+
+    torch_device = resolve_device(device or "auto")
+    precision = precision or ("fp16" if torch_device.type == "cuda" else "fp32")  # the edit's precision there
+    components = load_components(torch_device, tiny=tiny, weights=weights, random_full=random_full, precision=precision)
+    names = tuple(m.strip() for m in models.split(",")) if models else None
+    console = Console(stderr=True)
+    with console.status("building") as status:
+        rows = build_engines(
+            components,
+            backend,
+            precision,
+            torch_device,
+            shapes=TINY_MODEL_SHAPES if tiny else DEFAULT_SHAPES,
+            models=names,
+            cache_dir=cache,
+            progress=lambda name: status.update(f"building {name} (AOTInductor: minutes for a new engine)"),
+        )
+    table = Table("model", "engine", "seconds", "MB")
+    for row in rows:
+        size = f"{row['bytes'] / 1e6:.1f}" if row["bytes"] else "-"
+        table.add_row(row["model"], "built" if row["built"] else "present (nothing to do)", str(row["seconds"]), size)
+    console.print(table)
+
+
+def _build_onnx_engines(
+    export_dir: Path, backend: str, cache: Path | None, device: str | None, precision: str | None, models: str | None
+) -> None:
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     from sv_engine.engine.backend import load_manifest
     from sv_engine.engine.registry import get_backend
     from sv_engine.errors import SvEngineError
 
-    if backend not in ("trt", "ort"):
-        raise SvEngineError(
-            f"`build` supports --backend trt or ort, not {backend!r}.",
-            "torch backends compile at run time; use trt or ort.",
-        )
     sources = load_manifest(export_dir)
     names = list(sources) if not models else [m.strip() for m in models.split(",")]
     missing = [n for n in names if n not in sources]

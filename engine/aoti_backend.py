@@ -1,0 +1,304 @@
+"""AOTInductor backend: ahead-of-time compiled engines that persist like TensorRT's.
+
+``torch.export`` (dynamic height and width over the model's profile, ``Dim`` ranges) ->
+``torch._inductor.aoti_compile_and_package`` -> one ``.pt2`` package per model architecture in the
+engine cache, loaded by a later process in seconds instead of compiling for minutes.
+
+The weights stay outside the package (``aot_inductor.package_constants_in_so=False``): at load time
+the package is pointed at the pipeline's own GPU tensors (``load_constants(..., user_managed=True)``,
+pytorch/pytorch#142246, #141997, #155078). So
+
+* the package holds kernels only (a weights-inside package of the UNet+ControlNet was 2.45 GB and
+  crashed with SIGSEGV when loaded in a fresh process under torch 2.11),
+* no weight is held twice on the GPU, and
+* the UNet+canny and UNet+depth steps, being one architecture, share one package: the engine key is
+  the architecture's fingerprint (module classes, their source code, parameter names, shapes and
+  dtypes), the profile, the precision, the GPU and the torch version; weight values are not in it.
+
+Options: :class:`~sv_engine.engine.registry.AotiOptions` (CUDA-graph replay, dynamic or static
+shapes, the multiples the dynamic sizes keep).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import inspect
+import logging
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from sv_engine.engine.backend import Backend, CompiledModel, ModelSource, eval_dim, torch_dtype
+from sv_engine.engine.engine_cache import EngineCache, engine_key
+from sv_engine.engine.registry import AotiOptions
+from sv_engine.engine.torch_backend import CudaGraphModel
+
+from sv_engine.errors import SvEngineError
+from sv_engine.paths import cache_root
+
+logger = logging.getLogger(__name__)
+
+#: Bumped when the way packages are built changes (so old cache entries are not taken for new ones).
+PACKAGE_FORMAT = 1
+
+
+@functools.lru_cache(maxsize=256)
+def _source_digest(path: str) -> str:
+    try:
+        return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    except OSError:
+        return "unreadable"
+
+
+def _code_of(obj: Any) -> str:
+    try:
+        return _source_digest(inspect.getsourcefile(obj) or "")
+    except TypeError:  # built-in
+        return "builtin"
+
+
+#: Inductor writes 1-D tensors of at most this many elements into the generated code as literals
+#: (``can_inline_constant``): those few values are compiled in, not loaded with the weights.
+INLINED_NUMEL = 8
+
+
+def _inlined(t: torch.Tensor) -> bool:
+    return t.dim() == 1 and t.numel() <= INLINED_NUMEL
+
+
+def architecture_fingerprint(module: torch.nn.Module) -> str:
+    """What an engine compiled with the weights outside depends on: every submodule's class and the
+    source file it is defined in (forwards replaced per instance too), and every parameter's and
+    buffer's name, shape and dtype. Weight values are not part of it, except those of the tiny
+    tensors inductor compiles in (:data:`INLINED_NUMEL`)."""
+    digest = hashlib.sha256()
+    for name, sub in module.named_modules():
+        cls = type(sub)
+        digest.update(f"{name}:{cls.__module__}.{cls.__qualname__}:{_code_of(cls)}".encode())
+        forward = sub.__dict__.get("forward")
+        if forward is not None:
+            digest.update(f"forward:{_code_of(getattr(forward, '__func__', forward))}".encode())
+    for name, t in (*module.named_parameters(), *module.named_buffers()):
+        digest.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
+        if _inlined(t):
+            digest.update(t.detach().float().cpu().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _symbol_ranges(source: ModelSource) -> dict[str, tuple[int, int, int]]:
+    """``{symbol: (min, opt, max)}`` read off the profile where the symbol is a whole dimension."""
+    ranges: dict[str, tuple[int, int, int]] = {}
+    for name, dims in source.input_shapes.items():
+        if name not in source.profiles:
+            continue
+        lo, opt, hi = source.profiles[name]
+        for i, dim in enumerate(dims):
+            if isinstance(dim, str) and dim.isidentifier():
+                ranges.setdefault(dim, (lo[i], opt[i], hi[i]))
+    return ranges
+
+
+def served_profile(source: ModelSource, ranges: dict[str, tuple[int, int, int]]) -> dict:
+    """The profile the package serves: ``source.profiles`` with every symbol's range replaced by ``ranges``."""
+    profiles = {}
+    for name, dims in source.input_shapes.items():
+        points = []
+        for k in range(3):
+            symbols = {s: r[k] for s, r in ranges.items()}
+            points.append(tuple(eval_dim(d, symbols) for d in dims))
+        profiles[name] = tuple(points)
+    return profiles
+
+
+class AotiModel(CompiledModel):
+    """A loaded AOTInductor package running on the module's live weights (optionally from CUDA graphs)."""
+
+    def __init__(
+        self,
+        source: ModelSource,
+        device: torch.device,
+        runner: Any,
+        multiples: dict[str, int],
+        cuda_graph: bool,
+        module: torch.nn.Module,
+    ) -> None:
+        super().__init__(source, device)
+        self._runner = runner
+        self._module = module  # keeps the user-managed weights alive as long as the package uses them
+        self._multiples = multiples
+        self._graphs = CudaGraphModel(source, device, runner) if cuda_graph else None
+        self.thread_safe = not cuda_graph
+
+    def _check_multiples(self, inputs: dict[str, torch.Tensor]) -> None:
+        symbols = self.source.bind_symbols(inputs)
+        bad = {s: v for s, v in symbols.items() if v % self._multiples.get(s, 1)}
+        if bad:
+            raise SvEngineError(
+                f"{self.name!r}: sizes {bad} are not multiples of {self._multiples} (the compiled engine's profile).",
+                "use an image resolution and clip size in multiples of 64 px (the UNet's latent multiple of 8).",
+            )
+
+    def _run(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        self._check_multiples(inputs)
+        if self._graphs is not None:
+            return self._graphs._run(inputs)
+        with torch.inference_mode():
+            outs = self._runner(*[inputs[n] for n in self.source.input_names])
+        outs = (outs,) if isinstance(outs, torch.Tensor) else outs
+        return dict(zip(self.source.output_names, outs, strict=True))
+
+
+class AotiBackend(Backend):
+    """Builds (once per architecture, profile, precision, GPU and torch version) and loads AOTInductor
+    packages from the engine cache (default ``<cache>/engines``)."""
+
+    name = "aoti"
+    pip_package = "torch"
+    needs = "module"
+    options: AotiOptions
+
+    @classmethod
+    def availability(cls, device: torch.device | None = None) -> tuple[bool, str]:
+        dev = torch.device(device) if device is not None else torch.device("cpu")
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            return False, "no CUDA GPU"
+        try:
+            from torch._inductor import aoti_compile_and_package, aoti_load_package  # noqa: F401
+        except ImportError as exc:
+            return False, f"this torch has no AOTInductor packaging ({exc})"
+        if not (shutil.which("c++") or shutil.which("g++")):
+            return False, "AOTInductor needs a C++ compiler (c++ / g++) on PATH"
+        return True, ""
+
+    def __init__(
+        self, device: str | torch.device | None = None, cache_dir: str | Path | None = None, options: Any = None
+    ) -> None:
+        super().__init__(device=device, cache_dir=cache_dir, options=options)
+        if self.cache_dir is None:
+            self.cache_dir = cache_root() / "engines"
+        self.cache = EngineCache(self.cache_dir, suffix=".pt2")
+        self.last_entry: dict[str, Any] = {}
+
+    # ---- the key ---------------------------------------------------------------------------------
+
+    def _ranges(self, source: ModelSource) -> dict[str, tuple[int, int, int]]:
+        """The symbols the package is dynamic in; the batch stays at its opt value (classifier-free
+        guidance always runs 2 images), as do symbols that are not sizes of the profile."""
+        ranges = _symbol_ranges(source)
+        dynamic = self.options.dynamic
+        return {s: (r if dynamic and s != "B" and r[0] < r[2] else (r[1], r[1], r[1])) for s, r in ranges.items()}
+
+    def _multiples(self, source: ModelSource) -> dict[str, int]:
+        ranges = self._ranges(source)
+        return {s: int(n) for s, n in self.options.multiples.items() if s in ranges}
+
+    def engine_key(self, source: ModelSource, module: torch.nn.Module) -> str:
+        gpu = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else "cpu"
+        return engine_key(
+            architecture_fingerprint(module),
+            served_profile(source, self._ranges(source)),
+            source.precision,
+            gpu,
+            f"torch-{torch.__version__}",
+            extra={"backend": "aoti", "format": PACKAGE_FORMAT, "multiples": self._multiples(source)},
+        )
+
+    @staticmethod
+    def entry_name(source: ModelSource) -> str:
+        """The cache entry's name: models of one architecture (UNet+canny, UNet+depth) share it."""
+        return f"aoti-{source.name.removesuffix('_canny').removesuffix('_depth')}"
+
+    def is_built(self, source: ModelSource) -> bool:
+        """Whether a valid package for ``source`` is in the cache (``sv-engine build`` is then a no-op)."""
+        return self.cache.valid_file(self.entry_name(source), self.engine_key(source, self._require_module(source)))
+
+    # ---- build and load --------------------------------------------------------------------------
+
+    def _example_inputs(self, source: ModelSource, ranges: dict[str, tuple[int, int, int]]) -> tuple:
+        gen = torch.Generator().manual_seed(0)
+        args = []
+        for name in source.input_names:
+            shape = tuple(eval_dim(d, {s: r[1] for s, r in ranges.items()}) for d in source.input_shapes[name])
+            dtype = torch_dtype(source.input_dtypes.get(name, "float32"))
+            t = torch.rand(shape, generator=gen) if dtype.is_floating_point else torch.zeros(shape)
+            args.append(t.to(dtype).to(self.device))
+        return tuple(args)
+
+    def _dynamic_shapes(self, source: ModelSource, ranges: dict[str, tuple[int, int, int]]) -> dict:
+        from torch.export import Dim
+
+        multiples = self._multiples(source)
+        dims = {}
+        for s, (lo, _opt, hi) in ranges.items():
+            if lo == hi:
+                continue
+            n = multiples.get(s, 1)
+            base = Dim(f"_{s}", min=-(-lo // n), max=hi // n)
+            dims[s] = base * n if n > 1 else base
+        spec: dict[str, dict[int, Any] | None] = {}
+        for name in source.input_names:
+            axes = {}
+            for i, d in enumerate(source.input_shapes[name]):
+                if not isinstance(d, str):
+                    continue
+                sym, _, factor = d.partition("*")
+                if sym in dims and (not factor or factor.isdigit()):
+                    axes[i] = dims[sym] * int(factor) if factor else dims[sym]
+            spec[name] = axes or None
+        return spec
+
+    def _build(self, source: ModelSource, module: torch.nn.Module, out: Path) -> dict[str, Any]:
+        ranges = self._ranges(source)
+        args = self._example_inputs(source, ranges)
+        t0 = time.perf_counter()
+        with torch.inference_mode(False), torch.no_grad():
+            program = torch.export.export(
+                module, args, dynamic_shapes=self._dynamic_shapes(source, ranges), strict=False
+            )
+        export_s = time.perf_counter() - t0
+        torch._inductor.aoti_compile_and_package(
+            program, package_path=str(out), inductor_configs={"aot_inductor.package_constants_in_so": False}
+        )
+        compile_s = time.perf_counter() - t0 - export_s
+        logger.info("AOTInductor %s: export %.1f s, compile %.1f s", source.name, export_s, compile_s)
+        return {"export_s": round(export_s, 2), "compile_s": round(compile_s, 2)}
+
+    def _load(self, path: Path, module: torch.nn.Module) -> Any:
+        runner = torch._inductor.aoti_load_package(str(path))
+        tensors = {**dict(module.named_parameters()), **dict(module.named_buffers())}
+        fqns = runner.get_constant_fqns()
+        missing = [f for f in fqns if f not in tensors]
+        if missing:
+            raise RuntimeError(f"the package needs constants the module lacks: {missing[:5]}")
+        compiled_in = [n for n, t in tensors.items() if n not in set(fqns) and not _inlined(t)]
+        if compiled_in:  # their values would silently be the build's: refuse (the key does not cover them)
+            raise RuntimeError(f"the package compiled in weights the key does not cover: {compiled_in[:5]}")
+        runner.load_constants({f: tensors[f] for f in fqns}, check_full_update=True, user_managed=True)
+        return runner
+
+    def compile(self, source: ModelSource) -> CompiledModel:
+        module = self._require_module(source).to(self.device).eval()
+        ranges = self._ranges(source)
+        key = self.engine_key(source, module)
+        name = self.entry_name(source)
+        if not self.cache.valid_file(name, key):
+            logger.warning(
+                "no AOTInductor engine for %s on this device/torch/profile: compiling it now (minutes); "
+                "`sv-engine build --backend aoti` builds it ahead of the edit",
+                source.name,
+            )
+        runner, entry = self.cache.get_or_build_file(
+            name,
+            key,
+            lambda out: self._build(source, module, out),
+            lambda path: self._load(path, module),
+            meta={"model": source.name, "precision": source.precision, "torch": torch.__version__, "ranges": ranges},
+        )
+        self.last_entry = {"path": str(entry.path), "rebuilt": entry.rebuilt, **self.cache.meta(name, key)}
+        served = dataclasses.replace(source, profiles=served_profile(source, ranges))
+        cuda_graph = self.options.cuda_graphs if self.options.cuda_graphs is not None else self.device.type == "cuda"
+        return AotiModel(served, self.device, runner, self._multiples(source), cuda_graph, module)
