@@ -18,11 +18,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from sv_engine.engine.parity_gate import gated_default_backend
 from sv_engine.engine.registry import (
     CHOICES,
     BackendChoice,
     BackendOptions,
-    default_backend,
     make_options,
     resolve_choice,
 )
@@ -104,12 +104,15 @@ def check_cuda_graphs(backend: str, cuda_graphs: bool | None) -> None:
 
 
 def choose_backend(config: RuntimeConfig, device: torch.device) -> BackendChoice:
-    """The policy: ``auto`` is the fastest backend available on a GPU (announced) and eager torch on
-    the CPU; torch on a GPU replays its UNet+ControlNet steps from CUDA graphs unless told not to."""
+    """The policy: ``auto`` is the fastest backend available on a GPU that passed its parity probe on
+    the machine (:func:`parity_probe`, announced) and eager torch on the CPU; torch on a GPU replays
+    its UNet+ControlNet steps from CUDA graphs unless told not to."""
     check_cuda_graphs(config.backend, config.cuda_graphs)
     backend = config.backend
     if backend == AUTO:
-        backend = "torch" if config.cuda_graphs or device.type != "cuda" else default_backend(device)
+        backend = (
+            "torch" if config.cuda_graphs or device.type != "cuda" else gated_default_backend(device, parity_probe)
+        )
         log.info("backend: %s (pass --backend to choose)", backend)
     choice = resolve_choice(backend)
     if config.options is not None:
@@ -125,6 +128,34 @@ def choose_backend(config: RuntimeConfig, device: torch.device) -> BackendChoice
                 device,
             )
     return resolve_choice("torch-cuda-graph" if cuda_graphs else "torch")
+
+
+def parity_probe(backend: str, device: torch.device) -> tuple[bool, str]:
+    """The auto backend's parity probe (:mod:`sv_engine.engine.parity_gate`): the tiny random
+    UNet+ControlNet (the real architecture) through ``backend`` and through torch on the same inputs,
+    in the edit's precision on ``device``; passes at the precision's cosine bar (engine.parity)."""
+    from sv_engine.engine.parity import THRESHOLDS, compare
+    from sv_engine.export.registry import build_specs
+    from sv_engine.stablevideo.model_source import to_edit_precision
+    from sv_engine.stablevideo.models.tiny import build_tiny_components
+
+    precision = "fp16" if device.type == "cuda" else "fp32"
+    components = to_edit_precision(build_tiny_components(0), device, PRECISIONS[precision])
+    name = "unet_controlnet_canny"
+    spec = build_specs(components, None, names=[name], precision=precision, shapes=TINY_MODEL_SHAPES, device=device)[
+        name
+    ]
+    step = accelerate(components, backend, precision, device, shapes=TINY_MODEL_SHAPES, models=(name,))
+    x = spec.sample_inputs("opt", device=device)
+    with torch.inference_mode():
+        ref = spec.torch_module(fused_attention=True)(*[x[n] for n in spec.input_names()])[0]
+        out = step.unet_controlnet["canny"](
+            x["sample"], x["timestep"], x["encoder_hidden_states"], x["controlnet_cond"], 1.0
+        )
+    metrics = compare(ref, out)
+    bar = THRESHOLDS[precision].min_cosine
+    passed = bool(metrics["finite"]) and metrics["cosine"] >= bar
+    return passed, f"cosine {metrics['cosine']:.6f} vs torch (bar {bar}), {precision}, tiny UNet+ControlNet"
 
 
 @dataclasses.dataclass
