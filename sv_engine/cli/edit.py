@@ -123,7 +123,7 @@ def edit(
     aggregation: Annotated[str, typer.Option(help="median or net (train the aggregation network).")] = "median",
     image_resolution: Annotated[int, typer.Option(help="Short side of the diffusion images (multiple of 64).")] = 512,
     backend: Annotated[
-        str, typer.Option(help="torch, torch-compile, ort or trt (auto: fastest available on GPU, torch on CPU).")
+        str, typer.Option(help="torch, torch-compile, aoti, ort or trt (auto: fastest available on GPU, torch on CPU).")
     ] = "auto",
     cuda_graphs: CudaGraphs = None,
     out: Annotated[

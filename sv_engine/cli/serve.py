@@ -30,7 +30,7 @@ def serve(
         str,
         typer.Option(
             "--backend",
-            help="torch, torch-compile, ort or trt for the heavy models "
+            help="torch, torch-compile, aoti, ort or trt for the heavy models "
             "(auto: fastest available on GPU, torch on CPU).",
         ),
     ] = "auto",
