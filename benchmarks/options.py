@@ -11,8 +11,10 @@ from typing import Any
 
 from sv_engine.engine.registry import backend_names
 
-#: The model columns (``--backends``): the registry's backends and named choices.
-MODEL_BACKENDS = tuple(backend_names())
+#: The model columns (``--backends``): the registry's backends and named choices, except AOTInductor,
+#: whose engines are built ahead by ``sv-engine build`` (minutes per architecture) and timed by
+#: benchmarks/engine_bench.py.
+MODEL_BACKENDS = tuple(name for name in backend_names() if name != "aoti")
 
 
 def _option(default: Any, flag: str, help: str) -> Any:

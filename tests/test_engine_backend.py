@@ -308,8 +308,13 @@ def test_registry_names_aliases_and_named_choices():
         resolve_choice,
     )
 
-    assert backend_names() == ["torch", *CHOICES, "torch-compile", "ort", "trt"]
-    for alias, name in [("torch_compile", "torch-compile"), ("compile", "torch-compile"), ("tensorrt", "trt")]:
+    assert backend_names() == ["torch", *CHOICES, "torch-compile", "ort", "trt", "aoti"]
+    for alias, name in [
+        ("torch_compile", "torch-compile"),
+        ("compile", "torch-compile"),
+        ("tensorrt", "trt"),
+        ("aotinductor", "aoti"),
+    ]:
         assert canonical_name(alias) == name
     assert resolve_choice("torch-cuda-graph").options == TorchOptions(cuda_graphs=True, channels_last=True)
     assert resolve_choice("torch-cuda-graph", channels_last="0").options == TorchOptions(cuda_graphs=True)
