@@ -16,8 +16,13 @@ log = logging.getLogger(__name__)
 DEFAULT_FPS = 10
 
 
-def check_writable(path: Path, force: bool) -> None:
-    """Refuses to overwrite an existing output unless ``force``; the user's files are never lost silently."""
+def check_writable(path: Path, force: bool, folder: bool = False) -> None:
+    """Refuses to overwrite an existing output unless ``force``; the user's files are never lost silently.
+
+    ``folder``: the output is a folder (PNG frames); a file output never replaces a folder, nor the reverse."""
+    if path.exists() and path.is_dir() != folder:
+        is_kind, wanted = ("a file", "a folder") if folder else ("a folder", "a file name")
+        raise SvEngineError(f"Output {path} is {is_kind}.", f"give {wanted} there (--force does not replace it).")
     if path.exists() and not force:
         raise SvEngineError(f"Output {path} already exists.", "choose another --out or pass --force to overwrite it.")
     try:

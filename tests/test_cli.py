@@ -261,3 +261,17 @@ def test_output_folder_that_cannot_be_made_is_one_line(monkeypatch, caplog, rand
         "--out", "/proc/sv-engine-test/o.mp4",
     )  # fmt: skip
     assert code == 2 and "Cannot create the folder for output /proc/sv-engine-test/o.mp4" in errors
+
+
+def test_force_never_replaces_a_folder_with_a_file(monkeypatch, caplog, tmp_path: Path, random_data_dir: Path) -> None:
+    """`--out some_folder --force` used to run the whole edit, then fail writing the mp4 onto the folder."""
+    folder = tmp_path / "my-videos"
+    (folder / "keep").mkdir(parents=True)
+    args = ["edit", random_data_dir, "--fg-prompt", "a", "--bg-prompt", "b", "--tiny", "--force"]
+    code, errors = run_cli(monkeypatch, caplog, *args, "--out", folder)
+    assert code == 2 and f"Output {folder} is a folder" in errors
+    a_file = tmp_path / "frames.txt"
+    a_file.write_text("notes")
+    code, errors = run_cli(monkeypatch, caplog, *args, "--out", tmp_path / "o.mp4", "--frames-dir", a_file)
+    assert code == 2 and f"Output {a_file} is a file" in errors
+    assert (folder / "keep").is_dir() and a_file.read_text() == "notes" and not (tmp_path / "o.mp4").exists()

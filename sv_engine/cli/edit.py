@@ -49,8 +49,10 @@ def run_edit(
 
     preview = out.with_name(f"{out.stem}_preview.png")
     report = out.with_name(f"{out.stem}_report.json")
-    for path in (out, preview, report) + ((frames_dir,) if frames_dir else ()):
+    for path in (out, preview, report):
         check_writable(path, force)
+    if frames_dir:
+        check_writable(frames_dir, force, folder=True)
     resolve_device(device)
     runtime_config = RuntimeConfig(
         tiny=tiny,
