@@ -247,7 +247,7 @@ def test_foreground_collapse_is_reported(
         assert (
             rep["collapsed"] and rep["fg_coverage_per_frame"] == [0.0] * 6 and rep["fg_frames_lost"] == list(range(6))
         )
-        assert "--fg-box" in rep["warning"] and "--mask" in rep["warning"] and "--mask-model" in rep["warning"]
+        assert "--fg-box" in rep["warning"] and "--mask" in rep["warning"]
         assert any("foreground layer collapsed" in r.getMessage() for r in caplog.records)
     else:
         assert not rep["collapsed"] and rep["warning"] is None and rep["fg_coverage_per_frame"] == [1.0] * 6

@@ -128,7 +128,7 @@ class Separation:
 
 NOTHING_MOVES = (
     "nothing moves in this clip against its background, so no foreground can be found automatically",
-    "give --fg-box X,Y,W,H (or --fg-point X,Y) on the object, foreground masks with --mask, or --mask-model",
+    "give --fg-box X,Y,W,H (or --fg-point X,Y) on the object, or foreground masks with --mask",
 )
 
 

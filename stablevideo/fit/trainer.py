@@ -28,11 +28,9 @@ log = logging.getLogger(__name__)
 STATE_VERSION = 1
 AUTO_MASK_NOTE = (
     "no masks given: automatic fg/bg separation (motion, background residual, colour models) bootstrapped alpha;"
-    " check fit_preview.png, and give --fg-box / --fg-point, --mask or --mask-model where it missed the object"
+    " check fit_preview.png, and give --fg-box / --fg-point or --mask where it missed the object"
 )
-COLLAPSE_FIX = (
-    "give --fg-box X,Y,W,H (or --fg-point X,Y) on the object, foreground masks with --mask, or --mask-model DIR"
-)
+COLLAPSE_FIX = "give --fg-box X,Y,W,H (or --fg-point X,Y) on the object, or foreground masks with --mask"
 
 
 @dataclass
