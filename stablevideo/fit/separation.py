@@ -128,7 +128,8 @@ class Separation:
 
 NOTHING_MOVES = (
     "nothing moves in this clip against its background, so no foreground can be found automatically",
-    "give --fg-box X,Y,W,H (or --fg-point X,Y) on the object, or foreground masks with --mask",
+    "give --fg-box X,Y,W,H (or --fg-point X,Y) on the object, foreground masks with --mask, or --mask-model DIR"
+    " (SAM 2) with a box / point",
 )
 
 
@@ -229,7 +230,7 @@ def separate(
     sure = np.stack([cv2.erode(x.astype(np.uint8), np.ones((2, 2), np.uint8)) > 0 for x in sure])
     if point_seeds is not None:
         sure |= point_seeds
-    masks = _propagating_grabcut(small, gc_base, sure, fw, bw, kernel, progress)
+    masks = _propagating_grabcut(small, gc_base, sure, fw, bw, progress)
 
     # 5. temporal smoothing: vote of the frame and its flow-warped neighbours, holes filled, specks removed.
     smoothed = np.zeros_like(masks)
@@ -267,7 +268,6 @@ def _propagating_grabcut(
     sure: np.ndarray,
     fw: np.ndarray,
     bw: np.ndarray,
-    kernel: np.ndarray,
     progress: bool,
 ) -> np.ndarray:
     """GrabCut per frame, forward then backward through the clip: each frame also takes the previous
@@ -416,9 +416,10 @@ def _grabcut(img: np.ndarray, gc: np.ndarray, iterations: int = 3) -> np.ndarray
 def _hint_masks(
     hints: Hints, t_count: int, h0: int, w0: int, w: int, h: int, fw: np.ndarray, bw: np.ndarray
 ) -> tuple[np.ndarray | None, np.ndarray | None]:
-    """Boxes -> per-frame 'may be foreground' regions (a box without @FRAME holds for every frame; one
-    with @FRAME moves along the flow to the other frames, grown 25% for the object's deformation).
-    Points -> per-frame sure-foreground seeds, tracked along the flow from their frame."""
+    """Boxes -> per-frame regions where the object may be: a box without @FRAME holds for every frame;
+    one with @FRAME follows the flow (its corners tracked) to the other frames, growing with the distance
+    from its frame (by up to 10 % of the frame each side) for the object's deformation and the drift.
+    Points -> per-frame sure-foreground dots, tracked along the flow from their frame (default 0)."""
     sx, sy = w / w0, h / h0
     box_masks = None
     if hints.boxes:
@@ -428,37 +429,24 @@ def _hint_masks(
             if b.frame is None:
                 box_masks[:, int(y0) : int(np.ceil(y1)), int(x0) : int(np.ceil(x1))] = True
                 continue
-            corners = _track(
-                np.array([[x0, y0], [x1, y0], [x0, y1], [x1, y1], [(x0 + x1) / 2, (y0 + y1) / 2]]), b.frame, fw, bw
-            )
+            corners = _track(np.array([[x0, y0], [x1, y0], [x0, y1], [x1, y1]]), b.frame, fw, bw)
             for t in range(t_count):
-                c = corners[t]
-                cx, cy = c[4]
-                hw = 0.625 * (c[:4, 0].max() - c[:4, 0].min()) + (
-                    0 if t == b.frame else 0.1 * w * min(1.0, abs(t - b.frame) / 10)
-                )
-                hh = 0.625 * (c[:4, 1].max() - c[:4, 1].min()) + (
-                    0 if t == b.frame else 0.1 * h * min(1.0, abs(t - b.frame) / 10)
-                )
-                if t == b.frame:
-                    hw, hh = (x1 - x0) / 2, (y1 - y0) / 2
-                box_masks[
-                    t, max(0, int(cy - hh)) : int(np.ceil(cy + hh)), max(0, int(cx - hw)) : int(np.ceil(cx + hw))
-                ] = True
+                grow = 0.1 * min(1.0, abs(t - b.frame) / 10)
+                lo = corners[t].min(0) - grow * np.array([w, h])
+                hi = corners[t].max(0) + grow * np.array([w, h])
+                box_masks[t, max(0, int(lo[1])) : int(np.ceil(hi[1])), max(0, int(lo[0])) : int(np.ceil(hi[0]))] = True
     seeds = None
     if hints.points:
-        seeds = np.zeros((t_count, h, w), bool)
+        dots = np.zeros((t_count, h, w), np.uint8)
         r = max(1, int(round(0.015 * max(h, w))))
         for p in hints.points:
             frame = p.frame or 0
             track = _track(np.array([[p.x * sx, p.y * sy]]), frame, fw, bw)
             for t in range(t_count):
-                if abs(t - frame) <= max(3, t_count):  # tracked points drift: trust them over the clip, thinly
-                    x, y = track[t][0]
-                    if 0 <= x < w and 0 <= y < h:
-                        cv2.circle(
-                            seeds[t].view(np.uint8), (int(x), int(y)), r if t == frame else max(1, r // 2), 1, -1
-                        )
+                x, y = track[t][0]
+                if 0 <= x < w and 0 <= y < h:  # thinner away from its frame: tracked points drift
+                    cv2.circle(dots[t], (int(x), int(y)), r if t == frame else max(1, r // 2), 1, -1)
+        seeds = dots > 0
     return box_masks, seeds
 
 
@@ -466,20 +454,19 @@ def _track(points: np.ndarray, frame: int, fw: np.ndarray, bw: np.ndarray) -> li
     """Follows (N, 2) points from ``frame`` through the chained flows to every frame."""
     t_count = len(fw) + 1
     h, w = fw.shape[1:3]
-    out: list[np.ndarray] = [points] * t_count
-    out = [None] * t_count  # type: ignore[list-item]
+    out: list[np.ndarray] = [np.empty(0)] * t_count
     out[frame] = points.astype(np.float64)
     for t in range(frame, t_count - 1):
         out[t + 1] = out[t] + _sample(fw[t], out[t], w, h)
     for t in range(frame, 0, -1):
         out[t - 1] = out[t] + _sample(bw[t - 1], out[t], w, h)
-    return out  # type: ignore[return-value]
+    return out
 
 
-def _sample(field_: np.ndarray, pts: np.ndarray, w: int, h: int) -> np.ndarray:
+def _sample(vectors: np.ndarray, pts: np.ndarray, w: int, h: int) -> np.ndarray:
     xi = np.clip(np.round(pts[:, 0]).astype(int), 0, w - 1)
     yi = np.clip(np.round(pts[:, 1]).astype(int), 0, h - 1)
-    return field_[yi, xi].astype(np.float64)
+    return vectors[yi, xi].astype(np.float64)
 
 
 def _fill_holes(mask: np.ndarray) -> np.ndarray:

@@ -28,9 +28,12 @@ log = logging.getLogger(__name__)
 STATE_VERSION = 1
 AUTO_MASK_NOTE = (
     "no masks given: automatic fg/bg separation (motion, background residual, colour models) bootstrapped alpha;"
-    " check fit_preview.png, and give --fg-box / --fg-point or --mask where it missed the object"
+    " check fit_preview.png, and give --fg-box / --fg-point, --mask or --mask-model where it missed the object"
 )
-COLLAPSE_FIX = "give --fg-box X,Y,W,H (or --fg-point X,Y) on the object, or foreground masks with --mask"
+COLLAPSE_FIX = (
+    "give --fg-box X,Y,W,H (or --fg-point X,Y) on the object, foreground masks with --mask, or --mask-model DIR"
+    " (SAM 2) with a box / point"
+)
 
 
 @dataclass
@@ -66,7 +69,8 @@ class FitOptions:
     amp: bool = True  # bf16 autocast for atlas / alpha on CUDA
     progress: bool = True
     write_outputs: bool = True  # preview + report (the bench turns the preview off)
-    hints: separation.Hints | None = None  # --fg-box / --fg-point: seed the automatic separation
+    hints: separation.Hints | None = None  # --fg-box / --fg-point: seed the automatic separation (or prompt SAM 2)
+    mask_model: Path | None = None  # --mask-model: SAM 2 checkpoint folder, prompted by the hints
     weights: LossWeights = field(default_factory=LossWeights)
 
 
@@ -89,8 +93,6 @@ def fit_video(
 ) -> FitResult:
     """Reads the video (and masks) and fits it; see :func:`fit_arrays`."""
     frames, src_size, _ = read_frames(source, max_frames, size)
-    if options.hints:
-        separation.validate_hints(options.hints, len(frames), frames.shape[2], frames.shape[1])
     masks = None
     if mask_source is not None:
         masks = read_masks(mask_source, len(frames), src_size, (frames.shape[2], frames.shape[1]))
@@ -215,6 +217,8 @@ class _Trainer:
             )
         self.batch = options.batch_size or (131072 if self.device.type == "cuda" else 1024)
         self.layout = Layout(w, h, t_count)
+        if options.hints:
+            separation.validate_hints(options.hints, t_count, w, h)
         datafolder.prepare_out_dir(self.root, options.resume, options.force)
         torch.manual_seed(options.seed)
 
@@ -222,12 +226,17 @@ class _Trainer:
         flows = flow.compute_flows(frames, progress=options.progress)
         self.masks_given = masks is not None
         self.separation_stats: dict | None = None
-        if masks is None:
+        self.mask_source = "user masks"
+        if masks is None and options.mask_model is not None:
+            from sv_engine.stablevideo.fit.sam2_masks import sam2_masks
+
+            masks = sam2_masks(Path(options.mask_model), frames, options.hints or separation.Hints(), self.device)
+            self.mask_source = f"SAM 2 ({options.mask_model})"
+        elif masks is None:
             log.warning("%s", AUTO_MASK_NOTE)
-            if options.hints:
-                separation.validate_hints(options.hints, t_count, w, h)
             found = separation.separate(frames, flows, options.hints, progress=options.progress)
             masks, self.separation_stats = found.masks, found.stats
+            self.mask_source = "automatic fg/bg separation"
         self.mask_coverage = masks.reshape(t_count, -1).mean(1)
         self.init = make_init_layout(frames, flows, masks)
         self.layout.bg_scale = self.init.bg_scale
@@ -436,10 +445,11 @@ class _Trainer:
             "iterations_per_s": round(self.iteration / max(self.elapsed, 1e-6), 3),
             "interrupted": interrupted,
             "masks_given": self.masks_given,
-            "mask_source": "user masks" if self.masks_given else "automatic fg/bg separation",
-            "quality_note": None if self.masks_given else AUTO_MASK_NOTE,
+            "mask_source": self.mask_source,
+            "quality_note": AUTO_MASK_NOTE if self.separation_stats is not None else None,
             "separation": self.separation_stats,
             "hints": None if not self.o.hints else asdict(self.o.hints),
+            "mask_model": None if self.o.mask_model is None else str(self.o.mask_model),
             **fg_check,
             "frames": self.layout.num_frames,
             "resx": self.layout.resx,
@@ -452,7 +462,7 @@ class _Trainer:
             "options": {
                 k: (str(v) if isinstance(v, Path) else v)
                 for k, v in asdict(self.o).items()
-                if k not in ("weights", "hints")
+                if k not in ("weights", "hints", "mask_model")
             },
             "loss_weights": asdict(self.o.weights),
         }

@@ -31,6 +31,12 @@ def fit_command(
         help="X,Y,W,H[@FRAME] box around the moving object in pixels of --size (repeatable); "
         "without @FRAME it holds for every frame.",
     ),
+    mask_model: Path | None = typer.Option(
+        None,
+        "--mask-model",
+        help="SAM 2 checkpoint folder (Hugging Face layout, your own download): masks prompted by --fg-box / "
+        "--fg-point and propagated through the clip, instead of the automatic separation.",
+    ),
     fg_point: list[str] = typer.Option(
         [],
         "--fg-point",
@@ -80,6 +86,14 @@ def fit_command(
         validate_hints(hints, frames or 1 << 30, *fit_size)  # frame numbers are checked once the video is read
         if mask is not None:
             log.warning("--mask given: the masks are used, --fg-box / --fg-point are ignored")
+    if mask_model is not None and mask is None:
+        from sv_engine.stablevideo.fit.sam2_masks import check_sam2_folder
+
+        check_sam2_folder(mask_model)
+        if not hints:
+            raise SvEngineError(
+                "--mask-model needs a prompt on the object.", "give --fg-box X,Y,W,H[@FRAME] or --fg-point X,Y[@FRAME]."
+            )
     if device == "cpu":
         torch.set_num_threads(min(torch.get_num_threads(), 8))
     options = FitOptions(
@@ -95,6 +109,7 @@ def fit_command(
         checkpoint_minutes=checkpoint_minutes,
         progress=progress,
         hints=hints if hints and mask is None else None,
+        mask_model=mask_model if mask is None else None,
     )
     result = fit_video(video, options, mask_source=mask, max_frames=frames, size=fit_size)
     log.info(

