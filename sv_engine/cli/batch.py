@@ -11,7 +11,7 @@ import typer
 
 from sv_engine.cli.app import app
 from sv_engine.cli.extras import require_extra
-from sv_engine.cli.options import CudaGraphs
+from sv_engine.cli.options import CudaGraphs, EditBackend
 
 log = logging.getLogger(__name__)
 
@@ -43,14 +43,7 @@ def batch(
         bool, typer.Option("--random-full", help="Full-size random-weight models (throughput tests).")
     ] = False,
     precision: Annotated[str, typer.Option(help="fp32 or fp16 (GPU).")] = "fp32",
-    backend: Annotated[
-        str,
-        typer.Option(
-            "--backend",
-            help="torch, torch-compile, aoti, ort or trt for the heavy models "
-            "(auto: fastest available on GPU, torch on CPU).",
-        ),
-    ] = "auto",
+    backend: EditBackend = "auto",
     cuda_graphs: CudaGraphs = None,
     workers: Annotated[
         int | None, typer.Option("--workers", min=1, help="Warm workers (default: one per GPU, one on CPU).")

@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 
 from sv_engine.cli.app import app
-from sv_engine.cli.options import CudaGraphs, DataDir, Device, Force
+from sv_engine.cli.options import CudaGraphs, DataDir, Device, EditBackend, Force
 
 log = logging.getLogger(__name__)
 
@@ -124,9 +124,7 @@ def edit(
     precision: Annotated[str, typer.Option(help="fp32 or fp16 (GPU).")] = "fp32",
     aggregation: Annotated[str, typer.Option(help="median or net (train the aggregation network).")] = "median",
     image_resolution: Annotated[int, typer.Option(help="Short side of the diffusion images (multiple of 64).")] = 512,
-    backend: Annotated[
-        str, typer.Option(help="torch, torch-compile, aoti, ort or trt (auto: fastest available on GPU, torch on CPU).")
-    ] = "auto",
+    backend: EditBackend = "auto",
     cuda_graphs: CudaGraphs = None,
     out: Annotated[
         Path, typer.Option("--out", help="Output mp4; a _preview.png and _report.json are written beside it.")

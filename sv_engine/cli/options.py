@@ -21,3 +21,11 @@ CudaGraphs = Annotated[
         "(default there: on; --no-cuda-graphs runs them eagerly).",
     ),
 ]
+EditBackend = Annotated[
+    str,
+    typer.Option(
+        "--backend",
+        help="torch, torch-compile, aoti, ort or trt for the heavy models "
+        "(auto: the fastest that passed its parity probe on a GPU, torch on a CPU).",
+    ),
+]

@@ -10,7 +10,7 @@ import typer
 
 from sv_engine.cli.app import app
 from sv_engine.cli.extras import require_extra
-from sv_engine.cli.options import CudaGraphs
+from sv_engine.cli.options import CudaGraphs, EditBackend
 from sv_engine.errors import SvEngineError
 
 log = logging.getLogger(__name__)
@@ -26,14 +26,7 @@ def serve(
     out_root: Annotated[
         Path, typer.Option("--out-root", help="Outputs go to OUT_ROOT/<job id>/ (edit.mp4, preview.png, report.json).")
     ] = Path("sv-jobs"),
-    backend: Annotated[
-        str,
-        typer.Option(
-            "--backend",
-            help="torch, torch-compile, aoti, ort or trt for the heavy models "
-            "(auto: fastest available on GPU, torch on CPU).",
-        ),
-    ] = "auto",
+    backend: EditBackend = "auto",
     cuda_graphs: CudaGraphs = None,
     weights: Annotated[
         Path | None, typer.Option("--weights", help="Model weights folder (see README: weight formats).")
