@@ -225,8 +225,11 @@ def test_studio_edit_keep_mask_and_rerender(studio, browser) -> None:
 
     wait_until(edit_done, 300, "the edit's video", poll=0.2)
     assert len(stages) >= 2, f"live stages shown while the edit ran: {stages}"
-    # The background edit runs after the keyframes (seconds here): their edits show before the end.
-    assert early == {"keyframe-0", "fg-edited"}, f"shown while running: {early}"
+    # Intermediate outputs show while the job runs: the first keyframe's edit comes seconds before the end.
+    # The edited fg atlas goes through the same job.files loop of the page, but only the tiny background
+    # edit and the video write follow it, which an idle machine finishes within one 1 s poll of the page:
+    # it is checked below, once the job is done, not here.
+    assert "keyframe-0" in early, f"shown while running: {early}"
     wait_until(lambda: len(browser.find_elements("css selector", "#keyframe-gallery img")) == 2, 10, "keyframes")
     for element_id in ("keyframe-0", "keyframe-1", "fg-edited", "bg-edited", "mask-base"):
         wait_until(lambda e=element_id: image_ready(browser, e), 20, element_id)
