@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from sv_engine.benchmarks.options import BenchOptions, option_fields
+from sv_engine.benchmarks.options import BenchOptions, option_fields, option_flag
 from sv_engine.benchmarks.stages import (
     E2E_TARGETS,
     FULL,
@@ -60,9 +60,9 @@ def parse_size(size: str) -> tuple[int, int]:
     try:
         w, h = (int(v) for v in size.lower().replace("×", "x").split("x"))
     except ValueError:
-        raise SvEngineError(f"Bad --size {size!r}.", "use WIDTHxHEIGHT, e.g. --size 768x432.") from None
+        raise SvEngineError(f"Bad size {size!r}.", "use WIDTHxHEIGHT, e.g. 768x432.", field="size") from None
     if w <= 0 or h <= 0:
-        raise SvEngineError(f"Bad --size {size!r}: sides must be positive.", "use e.g. --size 768x432.")
+        raise SvEngineError(f"Bad size {size!r}: sides must be positive.", "use e.g. 768x432.", field="size")
     return w, h
 
 
@@ -104,7 +104,7 @@ def run_bench(options: BenchOptions | dict | None = None, **overrides: Any) -> d
     sizes = TINY if options.tiny else FULL
     if options.frames is not None:
         if options.frames < 1:
-            raise SvEngineError(f"--frames {options.frames} must be at least 1.", "use e.g. --frames 70.")
+            raise SvEngineError(f"{options.frames} frames: at least 1 is needed.", "use e.g. 70.", field="frames")
         sizes = dataclasses.replace(sizes, frames=options.frames)
     if options.size:
         w, h = parse_size(options.size)
@@ -113,13 +113,18 @@ def run_bench(options: BenchOptions | dict | None = None, **overrides: Any) -> d
     repeat = options.repeat if options.repeat is not None else (20 if cuda else 3)
     warmup = options.warmup if options.warmup is not None else (3 if cuda else 1)
     if repeat < 1 or warmup < 0:
-        raise SvEngineError(f"--repeat {repeat} / warm-up {warmup} out of range.", "use --repeat 1 or more.")
+        raise SvEngineError(
+            f"{repeat} repeats / {warmup} warm-up calls: out of range.",
+            "use $repeat 1 or more and $warmup 0 or more.",
+            mentions=("repeat", "warmup"),
+        )
     if not options.tiny and not cuda:
-        log.warning("full-size SD 1.5 models on the CPU are very slow; pass --tiny for a smoke test")
+        log.warning("full-size SD 1.5 models on the CPU are very slow; the tiny option makes a smoke test")
     if options.weights is not None and not Path(options.weights).expanduser().is_dir():
         raise SvEngineError(
             f"Weights folder {options.weights} does not exist.",
-            "pass --weights with a folder in the diffusers layout (README: weight formats).",
+            "pass a folder in the diffusers layout (README: weight formats).",
+            field="weights",
         )
     if options.weights is not None:
         models = f"weights from {options.weights}"
@@ -477,7 +482,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         result = run_bench(BenchOptions(**{k: v for k, v in vars(args).items() if k != "merge"}))
     except SvEngineError as err:
-        log.error("%s", err)
+        log.error("%s", err.describe(option_flag))
         return 2
     print_report(result)
     if args.json_path:

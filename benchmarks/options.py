@@ -71,6 +71,12 @@ class BenchOptions:
     seed: int = _option(0, "--seed", "Seed of the random weights and inputs.")
 
 
+def option_flag(field: str) -> str:
+    """The flag of a :class:`BenchOptions` field (``json_path`` -> ``--json``); other inputs as the CLI spells them."""
+    flags = {f.name: f.metadata["flag"].split("/")[0] for f in dataclasses.fields(BenchOptions)}
+    return flags.get(field) or "--" + field.replace("_", "-")
+
+
 def option_fields() -> list[tuple[str, type, Any, str, str]]:
     """``(name, type, default, flag, help)`` of every :class:`BenchOptions` field (``X | None`` -> ``X``)."""
     hints = typing.get_type_hints(BenchOptions)

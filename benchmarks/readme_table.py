@@ -182,7 +182,7 @@ def update_readme(readme: Path, result_paths: Path | list[Path]) -> Path:
         results.append(result)
     readme = Path(readme)
     if not readme.is_file():
-        raise SvEngineError(f"{readme} does not exist.", "pass --readme PATH to a README with the bench-table markers.")
+        raise SvEngineError(f"{readme} does not exist.", "pass a README with the bench-table markers.", field="readme")
     table = render_table(results[0] if len(results) == 1 else combine_newest(results))
     readme.write_text(replace_block(readme.read_text(), table))
     return readme
@@ -203,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
         sources = a.json or results_newest_first(a.results)
         update_readme(a.readme, sources)
     except SvEngineError as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {err.describe(lambda field: '--' + field)}", file=sys.stderr)
         return 2
     print(f"updated {a.readme} from {', '.join(str(s) for s in sources)}")
     return 0

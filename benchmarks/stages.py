@@ -147,8 +147,9 @@ def parse_stages(stages: str | list[str] | None) -> list[str]:
         else:
             raise SvEngineError(
                 f"Unknown benchmark stage {item!r}.",
-                f"use --stages all or a comma list of {', '.join(STAGE_NAMES)} "
+                f"use all or a comma list of {', '.join(STAGE_NAMES)} "
                 f"(groups: {', '.join(k for k in STAGE_GROUPS if k != 'all')}).",
+                field="stages",
             )
     return [s for s in STAGE_NAMES if s in wanted]
 

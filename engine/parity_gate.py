@@ -97,7 +97,7 @@ def gated_default_backend(device: torch.device, probe: Probe, candidates: list[s
             return name
         logger.warning(
             "%s is not picked automatically: it failed its parity probe on this machine (%s); "
-            "pass --backend %s to use it anyway",
+            "choosing %s explicitly still uses it",
             name,
             found["detail"],
             name,

@@ -162,11 +162,13 @@ def build_serialized_engine(
         if hasattr(trt.BuilderFlag, "FP16"):
             config.set_flag(trt.BuilderFlag.FP16)
         else:  # pragma: no cover - only RTX lacks the flag and it is strongly typed above
-            raise SvEngineError("This TensorRT has no FP16 builder flag.", "Export with --precision fp16.")
+            raise SvEngineError(
+                "This TensorRT has no FP16 builder flag.", "Export with `sv-engine export --precision fp16`."
+            )
     if precision == "fp16" and flavor == "tensorrt_rtx" and not onnx_is_fp16:
         logger.warning(
-            "tensorrt_rtx is strongly typed: an fp32 ONNX builds an fp32 engine; export with "
-            "--precision fp16 for an fp16 engine"
+            "tensorrt_rtx is strongly typed: an fp32 ONNX builds an fp32 engine; `sv-engine export "
+            "--precision fp16` exports for an fp16 engine"
         )
 
     profile = builder.create_optimization_profile()
@@ -197,7 +199,8 @@ def build_serialized_engine(
     if serialized is None:
         raise SvEngineError(
             f"TensorRT failed to build an engine for {source.name!r} (see the [TRT] log lines).",
-            "Check the GPU memory/workspace and the ONNX; try --precision fp32.",
+            "Check the GPU memory/workspace and the ONNX; try $precision fp32.",
+            mentions=("precision",),
         )
     logger.info("built %s engine for %s in %.1fs", flavor, source.name, time.perf_counter() - t0)
     if timing_cache is not None and timing_cache_path is not None:

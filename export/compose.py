@@ -86,7 +86,9 @@ class RuntimeConfig:
         """Everything that can be checked before a model loads (one clear error, nothing started)."""
         check_model_source(self.tiny, self.random_full, self.weights)
         if self.precision not in PRECISIONS:
-            raise SvEngineError(f"Unknown precision {self.precision!r}.", f"use --precision {' or '.join(PRECISIONS)}.")
+            raise SvEngineError(
+                f"Unknown precision {self.precision!r}.", f"use {' or '.join(PRECISIONS)}.", field="precision"
+            )
         if self.backend != AUTO:
             choice = resolve_choice(self.backend)  # refuses an unknown name with the known ones
             if self.options is not None:
@@ -95,11 +97,13 @@ class RuntimeConfig:
 
 
 def check_cuda_graphs(backend: str, cuda_graphs: bool | None) -> None:
-    """``--cuda-graphs`` goes with eager torch only (also checked before the service starts workers)."""
+    """``cuda_graphs`` goes with eager torch only (also checked before the service starts workers)."""
     if cuda_graphs and backend != AUTO and resolve_choice(backend).backend != "torch":
         raise SvEngineError(
-            f"--cuda-graphs is an option of the torch backend, not {backend!r}.",
-            "drop --cuda-graphs (torch-compile captures its own graphs), or use --backend torch.",
+            f"It is an option of the torch backend, not {backend!r}.",
+            "drop it (torch-compile captures its own graphs), or use $backend torch.",
+            field="cuda_graphs",
+            mentions=("backend",),
         )
 
 
@@ -113,7 +117,7 @@ def choose_backend(config: RuntimeConfig, device: torch.device) -> BackendChoice
         backend = (
             "torch" if config.cuda_graphs or device.type != "cuda" else gated_default_backend(device, parity_probe)
         )
-        log.info("backend: %s (pass --backend to choose)", backend)
+        log.info("backend: %s (chosen automatically: name a backend to choose)", backend)
     choice = resolve_choice(backend)
     if config.options is not None:
         return BackendChoice(choice.backend, config.options)
@@ -124,7 +128,7 @@ def choose_backend(config: RuntimeConfig, device: torch.device) -> BackendChoice
         cuda_graphs = device.type == "cuda"
         if cuda_graphs:
             log.info(
-                "torch on %s: UNet+ControlNet steps replayed from CUDA graphs (--no-cuda-graphs runs them eagerly)",
+                "torch on %s: UNet+ControlNet steps replayed from CUDA graphs (cuda_graphs off: eager steps)",
                 device,
             )
     return resolve_choice("torch-cuda-graph" if cuda_graphs else "torch")

@@ -69,7 +69,8 @@ def check_finite(
     if bad:
         raise SvEngineError(
             f"{spec.name} in {spec.precision} produces NaN/inf in {bad} on its sample inputs.",
-            "Export this model with --precision fp32 (or keep more layers in fp32).",
+            "Export this model in $precision fp32 (or keep more layers in fp32).",
+            mentions=("precision",),
         )
     return named
 
@@ -164,7 +165,8 @@ def _export_checked(
         except Exception as exc:
             raise SvEngineError(
                 f"torch.onnx.export failed for {spec.name}: {type(exc).__name__}: {exc}",
-                "Report the model config; try --precision fp32 or a smaller --models list.",
+                "Report the model config; try $precision fp32 or a smaller $models list.",
+                mentions=("precision", "models"),
             ) from exc
         model = onnx.load(str(raw), load_external_data=True)
         big = _initializer_bytes(model) > EXTERNAL_DATA_THRESHOLD
@@ -229,7 +231,9 @@ def prepare_out_dir(out_dir: str | Path, force: bool) -> Path:
         if not force:
             raise SvEngineError(
                 f"The output directory {out_dir} exists and is not empty.",
-                "Pass --force to overwrite it, or choose another --out.",
+                "Pass $force to overwrite it, or choose another one.",
+                field="out",
+                mentions=("force",),
             )
         if out_dir.is_dir():
             for child in out_dir.iterdir():

@@ -94,7 +94,8 @@ def build_specs(
             if explicit:
                 raise SvEngineError(
                     f"Cannot export {name}: the model bundle has no weights for it.",
-                    "Load a bundle that includes it, or leave it out of --models.",
+                    "Load a bundle that includes it, or leave it out of the list.",
+                    field="models",
                 )
             continue
         specs[name] = factories[name]()

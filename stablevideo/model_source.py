@@ -18,32 +18,36 @@ PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16}
 
 def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
     if precision not in PRECISIONS:
-        raise SvEngineError(f"Unknown precision {precision!r}.", "use --precision fp32 or fp16.")
+        raise SvEngineError(f"Unknown precision {precision!r}.", "use fp32 or fp16.", field="precision")
     if precision == "fp16" and device.type == "cpu":
         raise SvEngineError(
             "fp16 needs a CUDA GPU (CPU kernels for half precision are slow or missing).",
-            "use --precision fp32 on CPU.",
+            "use fp32 on CPU.",
+            field="precision",
         )
     return PRECISIONS[precision]
 
 
 def check_model_source(tiny: bool, random_full: bool, weights: str | Path | None) -> None:
     """Exactly one model source, and weights that exist (checked before anything loads)."""
-    chosen = [name for name, on in (("--tiny", tiny), ("--random-full", random_full), ("--weights", weights)) if on]
+    chosen = [name for name, on in (("tiny", tiny), ("random_full", random_full), ("weights", weights)) if on]
     if not chosen:
         raise SvEngineError(
             "No model weights given.",
-            "pass --weights DIR (see README: weight formats) or --tiny for small random models.",
+            "pass $weights DIR (see README: weight formats) or $tiny for small random models.",
+            mentions=("weights", "tiny"),
         )
     if len(chosen) > 1:
         raise SvEngineError(
-            f"{' and '.join(chosen)} are exclusive: each chooses where the models come from.",
-            "pass only one of them (--weights DIR for real models, --tiny for small random ones).",
+            f"{' and '.join('$' + name for name in chosen)} are exclusive: each chooses where the models come from.",
+            "pass only one of them ($weights DIR for real models, $tiny for small random ones).",
+            mentions=(*chosen, "weights", "tiny"),
         )
     if weights is not None and not Path(weights).expanduser().exists():
         raise SvEngineError(
             f"Weights folder {weights} does not exist.",
-            "pass --weights with an existing folder (see README: weight formats).",
+            "pass an existing folder (see README: weight formats).",
+            field="weights",
         )
 
 

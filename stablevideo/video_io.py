@@ -16,20 +16,33 @@ log = logging.getLogger(__name__)
 DEFAULT_FPS = 10
 
 
-def check_writable(path: Path, force: bool, folder: bool = False) -> None:
+def check_writable(path: Path, force: bool, folder: bool = False, field: str = "out") -> None:
     """Refuses to overwrite an existing output unless ``force``; the user's files are never lost silently.
 
-    ``folder``: the output is a folder (PNG frames); a file output never replaces a folder, nor the reverse."""
+    ``folder``: the output is a folder (PNG frames); a file output never replaces a folder, nor the reverse.
+    ``field``: the input that named the output."""
     if path.exists() and path.is_dir() != folder:
         is_kind, wanted = ("a file", "a folder") if folder else ("a folder", "a file name")
-        raise SvEngineError(f"Output {path} is {is_kind}.", f"give {wanted} there (--force does not replace it).")
+        raise SvEngineError(
+            f"Output {path} is {is_kind}.",
+            f"give {wanted} there ($force does not replace it).",
+            field=field,
+            mentions=("force",),
+        )
     if path.exists() and not force:
-        raise SvEngineError(f"Output {path} already exists.", "choose another --out or pass --force to overwrite it.")
+        raise SvEngineError(
+            f"Output {path} already exists.",
+            "choose another one or pass $force to overwrite it.",
+            field=field,
+            mentions=("force",),
+        )
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise SvEngineError(
-            f"Cannot create the folder for output {path}: {err.strerror}.", "choose an --out in a folder you can write."
+            f"Cannot create the folder for output {path}: {err.strerror}.",
+            "choose one in a folder you can write.",
+            field=field,
         ) from err
 
 

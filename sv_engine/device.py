@@ -21,13 +21,14 @@ def resolve_device(name: str | torch.device | None) -> torch.device:
         device = torch.device(name)
     except RuntimeError as err:
         raise SvEngineError(
-            f"Unknown device {name!r}.", "use --device cpu or --device cuda (cuda:N for another GPU)."
+            f"Unknown device {name!r}.", "use cpu or cuda (cuda:N for another GPU).", field="device"
         ) from err
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SvEngineError(
             "CUDA was requested but no CUDA GPU is available to torch.",
-            "run with --device cpu, or install a CUDA build of torch on a machine with an NVIDIA GPU.",
+            "run with $device cpu, or install a CUDA build of torch on a machine with an NVIDIA GPU.",
+            field="device",
         )
     if device.type not in ("cpu", "cuda"):
-        raise SvEngineError(f"Unsupported device {name!r}.", "use --device cpu or --device cuda.")
+        raise SvEngineError(f"Unsupported device {name!r}.", "use cpu or cuda.", field="device")
     return device

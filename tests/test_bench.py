@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
 from pathlib import Path
 
 import pytest
@@ -101,6 +102,16 @@ def test_bad_options_raise_clear_errors():
         run_bench(BenchOptions(stages="warp", backends="tensorflow", tiny=True, device="cpu"))
     assert stages_mod.parse_stages("vae,warp") == ["vae_encode", "vae_decode", "warp"]
     assert bench_mod.parse_size("768x432") == (768, 432)
+    with pytest.raises(SvEngineError, match="Bad size") as err:
+        bench_mod.parse_size("768")
+    assert err.value.field == "size"
+
+
+def test_bench_script_names_its_flags(caplog):
+    """``python -m sv_engine.benchmarks.bench`` spells the input at fault as its flag."""
+    with caplog.at_level(logging.ERROR):
+        assert bench_mod.main(["--stages", "warp", "--tiny", "--device", "cpu", "--repeat", "0"]) == 2
+    assert "Fix: use --repeat 1 or more and --warmup 0 or more." in caplog.text
 
 
 def test_cli_bench_writes_json_and_prints_table(tmp_path):

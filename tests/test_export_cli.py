@@ -10,6 +10,7 @@ from typer.testing import CliRunner
 import sv_engine.cli.build_cmd  # noqa: F401 - registers the commands
 import sv_engine.cli.export_cmd  # noqa: F401
 import sv_engine.cli.parity_cmd  # noqa: F401
+from sv_engine.cli import flag_of
 from sv_engine.cli.app import app
 from sv_engine.errors import SvEngineError
 
@@ -22,7 +23,7 @@ def test_export_build_parity(tmp_path):
     manifest = json.loads((out / "manifest.json").read_text())
     assert [m["name"] for m in manifest["models"]] == ["nla_atlas", "vae_decoder"]
     r = runner.invoke(app, ["export", "--tiny", "--out", str(out), "--models", "nla_atlas"])
-    assert isinstance(r.exception, SvEngineError) and "--force" in str(r.exception)
+    assert isinstance(r.exception, SvEngineError) and "Pass --force" in r.exception.describe(flag_of)
     r = runner.invoke(app, ["build", "--backend", "ort", "--device", "cpu", str(out)])
     assert r.exit_code == 0, r.output
     report = tmp_path / "parity.json"
@@ -124,8 +125,9 @@ def test_runtime_config_policy_and_checks():
     assert choose_backend(RuntimeConfig(backend="onnxruntime"), gpu).backend == "ort"
     with pytest.raises(SvEngineError, match="No model weights"):
         RuntimeConfig().check()
-    with pytest.raises(SvEngineError, match="--tiny and --random-full are exclusive"):
+    with pytest.raises(SvEngineError, match="tiny and random_full are exclusive") as err:
         RuntimeConfig(tiny=True, random_full=True).check()
+    assert err.value.describe(flag_of).startswith("--tiny and --random-full are exclusive")
     with pytest.raises(SvEngineError, match="takes OrtOptions"):
         RuntimeConfig(tiny=True, backend="ort", options=TorchOptions()).check()
     with pytest.raises(SvEngineError, match="Unknown backend"):

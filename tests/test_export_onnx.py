@@ -150,8 +150,9 @@ def test_fp16_export_guards_and_parity(bundle, tmp_path, ort_cpu):
 
 def test_out_dir_refuses_overwrite(tmp_path):
     (tmp_path / "x.onnx").write_bytes(b"1")
-    with pytest.raises(SvEngineError, match="--force"):
+    with pytest.raises(SvEngineError, match="not empty") as err:
         prepare_out_dir(tmp_path, force=False)
+    assert err.value.field == "out" and "force" in err.value.mentions
     prepare_out_dir(tmp_path, force=True)
     assert not any(tmp_path.iterdir())
 

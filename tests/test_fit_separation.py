@@ -79,8 +79,9 @@ def test_box_hint_finds_an_object_that_never_moves() -> None:
     bg = smooth_texture(48, 64, 4.0, rng)
     bg[14:34, 20:40] = np.clip(smooth_texture(20, 20, 2.0, rng)[..., ::-1] * 1.2, 0, 1)
     frames = np.repeat((bg * 255).astype(np.uint8)[None], 6, axis=0)
-    with pytest.raises(SvEngineError, match="nothing moves.*--fg-box"):
+    with pytest.raises(SvEngineError, match="nothing moves.*give fg_box") as err:
         _separate(frames)
+    assert {"fg_box", "fg_point", "mask", "mask_model"} <= set(err.value.mentions)
     truth = np.zeros((6, 48, 64), bool)
     truth[:, 14:34, 20:40] = True
     found = _separate(frames, sep.Hints(boxes=[sep.Box(16, 10, 28, 28)]))
@@ -100,12 +101,14 @@ def test_hint_parsing_and_validation() -> None:
     assert sep.parse_box("1.5,2,3,4") == sep.Box(1.5, 2, 3, 4, None)
     assert sep.parse_point("7,8") == sep.Point(7, 8, None)
     for bad in ("1,2,3", "a,b,c,d", "1,2,3,4@x"):
-        with pytest.raises(SvEngineError, match="--fg-box"):
+        with pytest.raises(SvEngineError) as err:
             sep.parse_box(bad)
+        assert err.value.field == "fg_box"
     with pytest.raises(SvEngineError, match="no area"):
         sep.parse_box("1,2,0,4")
-    with pytest.raises(SvEngineError, match="--fg-point"):
+    with pytest.raises(SvEngineError) as err:
         sep.parse_point("1")
+    assert err.value.field == "fg_point"
     ok = sep.Hints([sep.Box(0, 0, 64, 48, 2)], [sep.Point(63, 47)])
     sep.validate_hints(ok, 3, 64, 48)
     for hints, what in [
@@ -127,9 +130,9 @@ def test_cli_bad_box_is_one_line_exit_2(tmp_path: Path) -> None:
     out = tmp_path / "out"
     base = [sys.executable, "-m", "sv_engine", "fit", str(src), "--out", str(out), "--size", "32x24", "--iters", "1"]
     for extra, what in [
-        (["--fg-box", "20,10,30,10"], "outside the 32x24 frame"),
-        (["--fg-box", "1,1,5,5@9"], "no frame 9"),
-        (["--fg-point", "nope"], "Bad --fg-point"),
+        (["--fg-box", "20,10,30,10"], "--fg-box: Box 20,10,30,10 is outside the 32x24 frame"),
+        (["--fg-box", "1,1,5,5@9"], "--fg-box: Box 1,1,5,5@9: no frame 9"),
+        (["--fg-point", "nope"], "--fg-point: Bad point 'nope'"),
     ]:
         run = subprocess.run(base + extra, capture_output=True, text=True, timeout=120)
         errors = [ln for ln in run.stderr.splitlines() if "ERROR" in ln or "Traceback" in ln]

@@ -28,26 +28,30 @@ OUR_FILES = {"config.json", "checkpoint", STATE_FILE, "fit_report.json", "fit_pr
 def prepare_out_dir(root: Path, resume: bool, force: bool) -> None:
     """Refuses an existing non-empty folder unless ``resume`` / ``force``; creates it otherwise."""
     if root.exists() and not root.is_dir():
-        raise SvEngineError(f"{root} exists and is not a folder.", "pass a new folder for --out.")
+        raise SvEngineError(f"{root} exists and is not a folder.", "pass a new folder.", field="out")
     contents = [p for p in root.iterdir()] if root.is_dir() else []
     if resume:
         if not (root / STATE_FILE).is_file():
             raise SvEngineError(
-                f"--resume: no {STATE_FILE} in {root}.",
-                "run `sv-engine fit` without --resume first (or point --out at the folder of the interrupted fit).",
+                f"no {STATE_FILE} in {root}.",
+                "fit without $resume first (or point $out at the folder of the interrupted fit).",
+                field="resume",
+                mentions=("out",),
             )
         return
     if contents and not force:
         raise SvEngineError(
             f"Output folder {root} is not empty.",
-            "pass a new folder, --resume to continue an interrupted fit there, or --force to overwrite the fit's"
+            "pass a new folder, $resume to continue an interrupted fit there, or $force to overwrite the fit's"
             " files (other files are kept).",
+            field="out",
+            mentions=("resume", "force"),
         )
     if contents and force:
         frames_dir = root / root.name
         others = [p.name for p in contents if p.name not in OUR_FILES and p != frames_dir]
         if others:
-            log.warning("--force: keeping unrelated files in %s: %s", root, ", ".join(sorted(others)[:5]))
+            log.warning("overwriting the fit: keeping unrelated files in %s: %s", root, ", ".join(sorted(others)[:5]))
     root.mkdir(parents=True, exist_ok=True)
 
 

@@ -34,33 +34,37 @@ def check_sam2_folder(folder: Path) -> None:
     """One clear error unless ``folder`` holds a SAM 2 checkpoint in Hugging Face layout."""
     fix = "pass the folder of a SAM 2 checkpoint in Hugging Face layout (config.json + model.safetensors)"
     if not folder.is_dir():
-        raise SvEngineError(f"--mask-model {folder} is not a folder.", fix + ".")
+        raise SvEngineError(f"{folder} is not a folder.", fix + ".", field="mask_model")
     config = folder / "config.json"
     try:
         model_type = json.loads(config.read_text()).get("model_type")
     except (OSError, ValueError) as err:
-        raise SvEngineError(f"--mask-model {folder} has no readable config.json ({err}).", fix + ".") from err
+        raise SvEngineError(f"{folder} has no readable config.json ({err}).", fix + ".", field="mask_model") from err
     if model_type not in SAM2_TYPES:
         raise SvEngineError(
-            f"--mask-model {folder} is not a SAM 2 checkpoint (config.json model_type {model_type!r}).",
+            f"{folder} is not a SAM 2 checkpoint (config.json model_type {model_type!r}).",
             fix + ", e.g. facebook/sam2.1-hiera-tiny.",
+            field="mask_model",
         )
     if not any((folder / name).is_file() for name in WEIGHT_FILES):
-        raise SvEngineError(f"--mask-model {folder} holds no weights ({' / '.join(WEIGHT_FILES)}).", fix + ".")
+        raise SvEngineError(f"{folder} holds no weights ({' / '.join(WEIGHT_FILES)}).", fix + ".", field="mask_model")
 
 
 def _prompts(hints: Hints, num_frames: int) -> dict[int, dict]:
     """Prompts per frame: {frame: {"box": (x0, y0, x1, y1) or None, "points": [(x, y), ...]}}."""
     if not hints:
         raise SvEngineError(
-            "--mask-model needs a prompt on the object.", "give --fg-box X,Y,W,H[@FRAME] or --fg-point X,Y[@FRAME]."
+            "SAM 2 needs a prompt on the object.",
+            "give $fg_box X,Y,W,H[@FRAME] or $fg_point X,Y[@FRAME].",
+            field="mask_model",
+            mentions=("fg_box", "fg_point"),
         )
     prompts: dict[int, dict] = {}
     for b in hints.boxes:
         entry = prompts.setdefault(b.frame or 0, {"box": None, "points": []})
         if entry["box"] is not None:
             raise SvEngineError(
-                f"Two --fg-box on frame {b.frame or 0} for --mask-model.", "give SAM 2 one box per frame."
+                f"Two boxes on frame {b.frame or 0} for SAM 2.", "give SAM 2 one box per frame.", field="fg_box"
             )
         entry["box"] = (b.x, b.y, b.x + b.w, b.y + b.h)
     for p in hints.points:

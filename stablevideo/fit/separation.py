@@ -68,32 +68,34 @@ def _parse_frame(text: str, what: str) -> tuple[str, int | None]:
         return body, int(frame)
     except ValueError as err:
         raise SvEngineError(
-            f"Bad {what} {text!r}: frame {frame!r} is not an integer.", f"write {what} like ...@12."
+            f"Bad value {text!r}: frame {frame!r} is not an integer.", "write it like ...@12.", field=what
         ) from err
 
 
 def parse_box(text: str) -> Box:
     """'X,Y,W,H[@FRAME]' -> :class:`Box` (numbers in the fitted frames' pixels)."""
-    body, frame = _parse_frame(text, "--fg-box")
+    body, frame = _parse_frame(text, "fg_box")
     try:
         x, y, w, h = (float(v) for v in body.split(","))
     except ValueError as err:
         raise SvEngineError(
-            f"Bad --fg-box {text!r}.", "give X,Y,W,H[@FRAME] in pixels of the fitted size, e.g. --fg-box 40,10,60,80@0."
+            f"Bad box {text!r}.",
+            "give X,Y,W,H[@FRAME] in pixels of the fitted size, e.g. 40,10,60,80@0.",
+            field="fg_box",
         ) from err
     if w <= 0 or h <= 0:
-        raise SvEngineError(f"--fg-box {text!r} has no area.", "give a positive width and height.")
+        raise SvEngineError(f"Box {text!r} has no area.", "give a positive width and height.", field="fg_box")
     return Box(x, y, w, h, frame)
 
 
 def parse_point(text: str) -> Point:
     """'X,Y[@FRAME]' -> :class:`Point`."""
-    body, frame = _parse_frame(text, "--fg-point")
+    body, frame = _parse_frame(text, "fg_point")
     try:
         x, y = (float(v) for v in body.split(","))
     except ValueError as err:
         raise SvEngineError(
-            f"Bad --fg-point {text!r}.", "give X,Y[@FRAME] in pixels of the fitted size, e.g. --fg-point 70,50@0."
+            f"Bad point {text!r}.", "give X,Y[@FRAME] in pixels of the fitted size, e.g. 70,50@0.", field="fg_point"
         ) from err
     return Point(x, y, frame)
 
@@ -104,20 +106,28 @@ def validate_hints(hints: Hints, num_frames: int, width: int, height: int) -> No
         spec = f"{b.x:g},{b.y:g},{b.w:g},{b.h:g}" + (f"@{b.frame}" if b.frame is not None else "")
         if b.x < 0 or b.y < 0 or b.x + b.w > width or b.y + b.h > height:
             raise SvEngineError(
-                f"--fg-box {spec} is outside the {width}x{height} frame.",
-                f"give X,Y,W,H inside 0..{width} x 0..{height} (pixels of the fitted --size).",
+                f"Box {spec} is outside the {width}x{height} frame.",
+                f"give X,Y,W,H inside 0..{width} x 0..{height} (pixels of the fitted $size).",
+                field="fg_box",
+                mentions=("size",),
             )
         if b.frame is not None and not 0 <= b.frame < num_frames:
-            raise SvEngineError(f"--fg-box {spec}: no frame {b.frame}.", f"use a frame in 0..{num_frames - 1}.")
+            raise SvEngineError(
+                f"Box {spec}: no frame {b.frame}.", f"use a frame in 0..{num_frames - 1}.", field="fg_box"
+            )
     for p in hints.points:
         spec = f"{p.x:g},{p.y:g}" + (f"@{p.frame}" if p.frame is not None else "")
         if not (0 <= p.x < width and 0 <= p.y < height):
             raise SvEngineError(
-                f"--fg-point {spec} is outside the {width}x{height} frame.",
-                f"give X,Y inside 0..{width} x 0..{height} (pixels of the fitted --size).",
+                f"Point {spec} is outside the {width}x{height} frame.",
+                f"give X,Y inside 0..{width} x 0..{height} (pixels of the fitted $size).",
+                field="fg_point",
+                mentions=("size",),
             )
         if p.frame is not None and not 0 <= p.frame < num_frames:
-            raise SvEngineError(f"--fg-point {spec}: no frame {p.frame}.", f"use a frame in 0..{num_frames - 1}.")
+            raise SvEngineError(
+                f"Point {spec}: no frame {p.frame}.", f"use a frame in 0..{num_frames - 1}.", field="fg_point"
+            )
 
 
 @dataclass
@@ -128,7 +138,7 @@ class Separation:
 
 NOTHING_MOVES = (
     "nothing moves in this clip against its background, so no foreground can be found automatically",
-    "give --fg-box X,Y,W,H (or --fg-point X,Y) on the object, foreground masks with --mask, or --mask-model DIR"
+    "give $fg_box X,Y,W,H (or $fg_point X,Y) on the object, foreground masks with $mask, or $mask_model DIR"
     " (SAM 2) with a box / point",
 )
 
@@ -214,7 +224,7 @@ def separate(
     some_res = residual > res_thr
     sure = (strong_motion & some_res) | ((residual > 2.0 * res_thr) & some_motion)
     if not hints.boxes and sure.mean() < 1e-4:
-        raise SvEngineError(*NOTHING_MOVES)
+        raise SvEngineError(*NOTHING_MOVES, mentions=("fg_box", "fg_point", "mask", "mask_model"))
     colour = _ColourModel.fit(lab, sure & regions, ~regions)
     ratio = colour.log_ratio(lab) if colour is not None else np.zeros((t_count, h, w), np.float32)
     # 4. GrabCut per frame: outside the region the object ever occupied is background for sure.

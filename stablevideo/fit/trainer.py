@@ -190,8 +190,9 @@ class _Trainer:
         self.device = resolve_device(options.device)
         if options.arch != "nla":
             raise SvEngineError(
-                f"--arch {options.arch} is not available.",
-                "use --arch nla (the original NLA architecture, loadable by StableVideo).",
+                f"{options.arch} is not available.",
+                "use nla (the original NLA architecture, loadable by StableVideo).",
+                field="arch",
             )
         if options.minutes is None and options.iters is None:
             options.minutes = 10.0
@@ -300,14 +301,16 @@ class _Trainer:
         except Exception as err:
             raise SvEngineError(
                 f"Cannot read {path}: {type(err).__name__}: {err}.",
-                "the state file is damaged; start over in a new --out folder.",
+                "the state file is damaged; start over in a new $out folder.",
+                mentions=("out",),
             ) from err
         if state.get("signature") != self.signature or list(state.get("shape", [])) != list(self.frames_u8.shape):
             raise SvEngineError(
-                f"--resume: {path} was fitted on a different input"
-                f" (shape {state.get('shape')} vs {list(self.frames_u8.shape)}).",
-                "pass the same video with the same --frames / --size as the interrupted fit,"
-                " or fit into a new --out folder.",
+                f"{path} was fitted on a different input (shape {state.get('shape')} vs {list(self.frames_u8.shape)}).",
+                "pass the same video with the same $frames / $size as the interrupted fit,"
+                " or fit into a new $out folder.",
+                field="resume",
+                mentions=("frames", "size", "out"),
             )
         self.nla.load_state_dict(state["nla"])
         self.opt.load_state_dict(state["optimizer"])
@@ -349,14 +352,15 @@ class _Trainer:
             self._loop()
         except KeyboardInterrupt:
             interrupted = True
-            log.warning("interrupted at iteration %d: saving (resume with --resume)", self.iteration)
+            log.warning("interrupted at iteration %d: saving (a resumed fit continues from here)", self.iteration)
         except torch.cuda.OutOfMemoryError as err:
             torch.cuda.empty_cache()
             self.save()
             raise SvEngineError(
                 f"Out of GPU memory at {self.layout.resx}x{self.layout.resy}, {self.layout.num_frames} frames,"
                 f" batch {self.batch} ({err}).",
-                "use a smaller --batch, --size or --frames (state saved: --resume continues).",
+                "use a smaller $batch, $size or $frames (state saved: $resume continues).",
+                mentions=("batch", "size", "frames", "resume"),
             ) from err
         self.save()
         return self.finish(interrupted)

@@ -21,9 +21,9 @@ def parse_size(text: str) -> tuple[int, int]:
     try:
         w, h = (int(v) for v in text.lower().replace("×", "x").split("x"))
     except ValueError as err:
-        raise SvEngineError(f"Bad size {text!r}.", "give WIDTHxHEIGHT, e.g. --size 768x432.") from err
+        raise SvEngineError(f"Bad size {text!r}.", "give WIDTHxHEIGHT, e.g. 768x432.", field="size") from err
     if w < 8 or h < 8:
-        raise SvEngineError(f"Size {w}x{h} is too small.", "use at least 8x8 (StableVideo uses 768x432).")
+        raise SvEngineError(f"Size {w}x{h} is too small.", "use at least 8x8 (StableVideo uses 768x432).", field="size")
     return w, h
 
 

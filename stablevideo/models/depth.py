@@ -63,7 +63,7 @@ def estimate_depth(
             f"Depth input has shape {image.shape} / {image.dtype}, expected uint8 H×W×3.", "Pass an RGB uint8 image."
         )
     if model is None:
-        raise SvEngineError("No depth model is loaded.", "Load the MiDaS dpt_hybrid weights (--depth-weights).")
+        raise SvEngineError("No depth model is loaded.", "Load the MiDaS dpt_hybrid weights.")
     if detect_resolution is not None:
         from sv_engine.stablevideo.keyframes import resize_image
 

@@ -69,10 +69,8 @@ def usage_error_line(err: UsageError) -> str:
     return f"{what} Fix: {fix} {usage}"
 
 
-def flag_of(field: str | None) -> str | None:
+def flag_of(field: str) -> str:
     """The CLI's name for a library input (``fg_prompt`` -> ``--fg-prompt``; the data folder is an argument)."""
-    if field is None:
-        return None
     return "DATA_DIR" if field == "data" else "--" + field.replace("_", "-")
 
 
@@ -82,7 +80,7 @@ def main() -> None:
     try:
         code = app(standalone_mode=False)  # a command's typer.Exit(n) comes back as n
     except SvEngineError as err:
-        log.error("%s", err.describe(flag_of(err.field)))
+        log.error("%s", err.describe(flag_of))
         sys.exit(2)
     except NoArgsIsHelpError as err:  # bare `sv-engine`: the help text is what the user asked for
         err.show()

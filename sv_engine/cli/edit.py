@@ -52,7 +52,7 @@ def run_edit(
     for path in (out, preview, report):
         check_writable(path, force)
     if frames_dir:
-        check_writable(frames_dir, force, folder=True)
+        check_writable(frames_dir, force, folder=True, field="frames_dir")
     resolve_device(device)
     runtime_config = RuntimeConfig(
         tiny=tiny,

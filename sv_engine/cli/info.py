@@ -33,7 +33,7 @@ def info(
     from sv_engine.stablevideo.video_io import check_writable
 
     if export_maps is not None:
-        check_writable(export_maps, force)
+        check_writable(export_maps, force, field="export_maps")
     session = open_video(data_dir, resolve_device(device))
     video, atlas = session.video, session.atlas
     params = {name: sum(p.numel() for p in net.parameters()) for name, net in video.nla.modules().items()}

@@ -37,7 +37,7 @@ def render(
 
     check_writable(out, force)
     if frames_dir is not None:
-        check_writable(frames_dir, force, folder=True)
+        check_writable(frames_dir, force, folder=True, field="frames_dir")
     fg = image_to_tensor(read_png(fg_atlas))
     bg = image_to_tensor(read_png(bg_atlas))
     user_mask = image_to_tensor(read_png(mask, "L")[..., None]) if mask is not None else None

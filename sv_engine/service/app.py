@@ -187,8 +187,9 @@ def create_app(
 
     @app.exception_handler(SvEngineError)  # a job's inputs failed check_edit_inputs (as `edit` and `batch` check them)
     async def _sv_error(request: Request, err: SvEngineError) -> JSONResponse:
-        detail = f"{err.field}: {err.what}" if err.field else err.what
-        return JSONResponse({"detail": detail, "fix": err.fix, "field": err.field}, status_code=422)
+        what, fix = err.texts()
+        detail = f"{err.field}: {what}" if err.field else what
+        return JSONResponse({"detail": detail, "fix": fix, "field": err.field}, status_code=422)
 
     @app.exception_handler(QueueFull)
     async def _queue_full(request: Request, err: QueueFull) -> JSONResponse:
