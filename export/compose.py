@@ -30,6 +30,7 @@ from sv_engine.export.runtime import AcceleratedModels, accelerate
 from sv_engine.export.spec import DEFAULT_SHAPES, ShapeRange
 from sv_engine.stablevideo.model_source import PRECISIONS, check_model_source, load_components
 from sv_engine.stablevideo.models.components import SDComponents
+from sv_engine.stablevideo.models.model_classes import model_classes
 from sv_engine.stablevideo.pipeline import StableVideoPipeline
 from sv_engine.stablevideo.stage_timer import StageTimer
 
@@ -171,7 +172,8 @@ class EditRuntime:
     components: SDComponents
     accelerated: AcceleratedModels
     pipeline: StableVideoPipeline
-    #: Seconds of the build's phases: "load models", "prepare backend".
+    #: Seconds of the build's phases: "init CUDA" (on a GPU), "import model libraries" (when it loaded
+    #: the models), "load models", "prepare backend".
     seconds_per_phase: dict[str, float]
 
     @property
@@ -196,6 +198,12 @@ def build_pipeline(config: RuntimeConfig, components: SDComponents | None = None
         config.check()
     device = resolve_device(config.device)
     phases = StageTimer(sync_cuda=False)
+    if device.type == "cuda":
+        with phases("init CUDA"):  # the context, created by the first CUDA call: timed on its own
+            torch.zeros(1, device=device)
+    if components is None:
+        with phases("import model libraries"):  # diffusers, transformers: a cold start's largest import
+            model_classes()
     with phases("load models"):
         if components is None:
             components = load_components(

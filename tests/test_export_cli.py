@@ -70,6 +70,7 @@ def test_edit_backend_on_a_cpu_is_eager_torch():
     accelerated = runtime.accelerated
     assert (accelerated.backend, accelerated.cuda_graphs, accelerated.unet_controlnet) == ("torch", False, {})
     assert runtime.describe()["backend"] == "torch" and set(runtime.seconds_per_phase) == {
+        "import model libraries",
         "load models",
         "prepare backend",
     }

@@ -46,6 +46,7 @@ import torch
 from sv_engine.errors import SvEngineError
 
 from .components import SDComponents
+from .model_classes import model_classes
 from .tiny import build_dpt, build_text_encoder, load_config
 from .tokenizer import load_clip_tokenizer
 
@@ -190,7 +191,7 @@ def convert_control_sd15(
         ``{"text_encoder": CLIPTextModel, "unet": UNet2DConditionModel, "vae": AutoencoderKL,
         "controlnet": ControlNetModel}`` (only the requested parts), in eval mode, float32 as stored.
     """
-    from diffusers import AutoencoderKL, ControlNetModel, UNet2DConditionModel
+    classes = model_classes()  # first: the single-file helpers import diffusers' models too
     from diffusers.loaders.single_file_utils import (
         convert_controlnet_checkpoint,
         convert_ldm_clip_checkpoint,
@@ -217,17 +218,17 @@ def convert_control_sd15(
     out: dict[str, torch.nn.Module] = {}
     if "unet" in parts:
         sd = _check_converted(convert_ldm_unet_checkpoint(split["unet"], cfg["unet"]), "UNet", source)
-        out["unet"] = _instantiate(lambda: UNet2DConditionModel.from_config(cfg["unet"]), sd, "UNet", source)
+        out["unet"] = _instantiate(lambda: classes.unet.from_config(cfg["unet"]), sd, "UNet", source)
     if "controlnet" in parts:
         sd = _check_converted(
             convert_controlnet_checkpoint(split["controlnet"], cfg["controlnet"]), "ControlNet", source
         )
         out["controlnet"] = _instantiate(
-            lambda: ControlNetModel.from_config(cfg["controlnet"]), sd, "ControlNet", source
+            lambda: classes.controlnet.from_config(cfg["controlnet"]), sd, "ControlNet", source
         )
     if "vae" in parts:
         sd = _check_converted(convert_ldm_vae_checkpoint(split["vae"], cfg["vae"]), "VAE", source)
-        out["vae"] = _instantiate(lambda: AutoencoderKL.from_config(cfg["vae"]), sd, "VAE", source)
+        out["vae"] = _instantiate(lambda: classes.vae.from_config(cfg["vae"]), sd, "VAE", source)
     if "text_encoder" in parts:
         sd = convert_ldm_clip_checkpoint(split["text_encoder"])
         sd = {k: v for k, v in sd.items() if not k.endswith("position_ids")}  # a buffer in old transformers
@@ -352,9 +353,6 @@ def load_diffusers_folder(
             Absent optional models that are not needed become ``None``.
         dtype: load in this dtype (default: as stored).
     """
-    from diffusers import AutoencoderKL, ControlNetModel, UNet2DConditionModel
-    from transformers import CLIPTextModel, DPTForDepthEstimation
-
     root = Path(model_dir)
     if not root.is_dir():
         raise SvEngineError(
@@ -365,13 +363,14 @@ def load_diffusers_folder(
     unknown = need - {"canny", "depth", "dpt"}
     if unknown:
         raise SvEngineError(f"Unknown model names {sorted(unknown)}.", "Use 'canny', 'depth', 'dpt'.")
+    found = model_classes()
     classes = {
-        "text_encoder": CLIPTextModel,
-        "unet": UNet2DConditionModel,
-        "vae": AutoencoderKL,
-        "controlnet_canny": ControlNetModel,
-        "controlnet_depth": ControlNetModel,
-        "depth_model": DPTForDepthEstimation,
+        "text_encoder": found.text_encoder,
+        "unet": found.unet,
+        "vae": found.vae,
+        "controlnet_canny": found.controlnet,
+        "controlnet_depth": found.controlnet,
+        "depth_model": found.depth,
     }
     required = {"text_encoder", "unet", "vae"} | {f"controlnet_{n}" for n in ("canny", "depth") if n in need}
     if "dpt" in need:

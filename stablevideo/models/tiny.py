@@ -21,6 +21,7 @@ import torch
 from sv_engine.errors import SvEngineError
 
 from .components import SDComponents
+from .model_classes import model_classes
 from .tokenizer import load_clip_tokenizer
 
 logger = logging.getLogger(__name__)
@@ -139,12 +140,11 @@ def _randomize_zero_convs(controlnet: torch.nn.Module, generator: torch.Generato
 
 def _tiny_controlnet(unet: torch.nn.Module, seed: int) -> torch.nn.Module:
     """A ControlNet with the tiny UNet's layout (``ControlNetModel.from_unet``) and its own random weights."""
-    from diffusers import ControlNetModel
-
-    controlnet = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=TINY_CONTROLNET_COND_CHANNELS)
+    controlnet_class = model_classes().controlnet
+    controlnet = controlnet_class.from_unet(unet, conditioning_embedding_out_channels=TINY_CONTROLNET_COND_CHANNELS)
     # from_unet copies the UNet weights: re-seed so each ControlNet is an independent random model.
     torch.manual_seed(seed)
-    fresh = ControlNetModel.from_config(controlnet.config)
+    fresh = controlnet_class.from_config(controlnet.config)
     controlnet.load_state_dict(fresh.state_dict())
     _randomize_zero_convs(controlnet, torch.Generator().manual_seed(seed))
     return controlnet
@@ -193,15 +193,14 @@ def build_tiny_components(seed: int = 0) -> SDComponents:
     Deterministic for a given ``seed``. Latent factor 8, 4 latent channels, text width 32, 77 tokens.
     Runs a 64×64 image through everything in well under a second on CPU.
     """
-    from diffusers import AutoencoderKL, UNet2DConditionModel
-
+    classes = model_classes()
     return _seeded_bundle(
         seed,
         f"tiny random SD1.5+ControlNet+DPT-hybrid (seed {seed})",
         text_encoder=lambda: build_text_encoder(TINY_TEXT_CONFIG),
-        unet=lambda: UNet2DConditionModel(**TINY_UNET_CONFIG),
+        unet=lambda: classes.unet(**TINY_UNET_CONFIG),
         controlnet=_tiny_controlnet,
-        vae=lambda: AutoencoderKL(**TINY_VAE_CONFIG),
+        vae=lambda: classes.vae(**TINY_VAE_CONFIG),
         depth=lambda: build_dpt(TINY_DPT_CONFIG),
     )
 
@@ -230,15 +229,13 @@ def load_config(name: str) -> dict[str, Any]:
 
 
 def build_text_encoder(config: dict[str, Any]) -> torch.nn.Module:
-    from transformers import CLIPTextConfig, CLIPTextModel
-
-    return CLIPTextModel(CLIPTextConfig(**config))
+    classes = model_classes()
+    return classes.text_encoder(classes.text_config(**config))
 
 
 def build_dpt(config: dict[str, Any]) -> torch.nn.Module:
-    from transformers import DPTConfig, DPTForDepthEstimation
-
-    return DPTForDepthEstimation(DPTConfig(**config))
+    classes = model_classes()
+    return classes.depth(classes.depth_config(**config))
 
 
 def build_random_components(
@@ -258,13 +255,12 @@ def build_random_components(
     if device is not None:
         with torch.device(device):
             return build_random_components(seed, size, with_depth, device=None)
-    from diffusers import AutoencoderKL, ControlNetModel, UNet2DConditionModel
-
+    classes = model_classes()
     cn_config = load_config("controlnet")
 
     def controlnet(unet: torch.nn.Module, cn_seed: int) -> torch.nn.Module:
         torch.manual_seed(cn_seed)
-        model = ControlNetModel.from_config(cn_config)
+        model = classes.controlnet.from_config(cn_config)
         _randomize_zero_convs(model, torch.Generator().manual_seed(cn_seed), std=0.01)
         return model
 
@@ -272,8 +268,8 @@ def build_random_components(
         seed,
         f"full-size random SD1.5+ControlNet1.0+DPT-hybrid (seed {seed})",
         text_encoder=lambda: build_text_encoder(load_config("text_encoder")),
-        unet=lambda: UNet2DConditionModel.from_config(load_config("unet")),
+        unet=lambda: classes.unet.from_config(load_config("unet")),
         controlnet=controlnet,
-        vae=lambda: AutoencoderKL.from_config(load_config("vae")),
+        vae=lambda: classes.vae.from_config(load_config("vae")),
         depth=(lambda: build_dpt(load_config("dpt_hybrid"))) if with_depth else None,
     )

@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from PIL import Image
 
 from sv_engine.cli.app import app
 from sv_engine.cli.options import DataDir, Device, Force
@@ -30,6 +29,8 @@ def export(
     force: Force = False,
 ) -> None:
     """Write fg_atlas.png (grid atlas cropped to its bounding box), bg_atlas.png and their placement JSON."""
+    from PIL import Image
+
     from sv_engine.device import resolve_device
     from sv_engine.stablevideo.images import tensor_to_image
     from sv_engine.stablevideo.session import atlas_placement, open_video

@@ -1,0 +1,169 @@
+"""Cold ``sv-engine edit`` of several installs of sv-engine side by side (issue 16's cold path: a change's
+before and after), on one GPU, on the same saved weights, clip and caches.
+
+    python -m sv_engine.benchmarks.cold_start --out cold.json --variant before=/tmp/before --variant after=/tmp/after
+
+Each ``--variant NAME=DIR`` is a folder put first on ``PYTHONPATH`` holding an ``sv_engine`` package (e.g.
+a checkout laid out as installed). The setup runs once in this process: a 70-frame 768×432 clip with a
+random NLA, full-size random fp16 weights saved in the diffusers folder layout, the clip's NLA maps cached
+(as a warm edit leaves them). Then each variant's cold edit (:func:`sv_engine.benchmarks.e2e.cold_edit`:
+process start to written video, the report's phases), alternating the variants' order each round, and,
+time left, each variant's import of its model libraries (``-X importtime``, the slowest imports).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+log = logging.getLogger(__name__)
+
+#: How each variant imports its model libraries: through ``model_classes`` where it has it, else the
+#: diffusers / transformers top levels (what ``loaders`` did before it).
+_IMPORT_SCRIPT = """
+import json, time
+t0 = time.perf_counter()
+import torch
+torch.zeros(1, device="cuda")
+t1 = time.perf_counter()
+try:
+    from sv_engine.stablevideo.models.model_classes import model_classes
+except ImportError:
+    from diffusers import AutoencoderKL, ControlNetModel, UNet2DConditionModel
+    from transformers import CLIPTextModel, DPTForDepthEstimation
+    how = "diffusers and transformers top levels"
+else:
+    model_classes()
+    how = "model_classes()"
+t2 = time.perf_counter()
+print("IMPORTS " + json.dumps({"how": how, "torch import + CUDA init": t1 - t0, "model libraries": t2 - t1}))
+"""
+
+
+def parse_variant(text: str) -> tuple[str, Path]:
+    name, sep, folder = text.partition("=")
+    if not sep or not name or not folder:
+        raise argparse.ArgumentTypeError(f"--variant takes NAME=DIR, not {text!r}")
+    return name, Path(folder)
+
+
+def variant_env(folder: Path) -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(folder), *filter(None, [os.environ.get("PYTHONPATH")])])}
+
+
+def import_profile(folder: Path, timeout: float) -> dict:
+    """A fresh process's torch + CUDA init and model-library import seconds, and its slowest imports."""
+    proc = subprocess.run(
+        [sys.executable, "-X", "importtime", "-c", _IMPORT_SCRIPT],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=variant_env(folder),
+        cwd=tempfile.gettempdir(),
+    )
+    line = next((x for x in proc.stdout.splitlines() if x.startswith("IMPORTS ")), None)
+    if line is None:
+        return {"status": "error", "error": " | ".join(proc.stderr.strip().splitlines()[-4:])}
+    imports = []
+    for row in proc.stderr.splitlines():
+        parts = row.split("|")
+        if row.startswith("import time:") and len(parts) == 3 and parts[1].strip().isdigit():
+            imports.append((int(parts[1]), parts[2].rstrip()))
+    seconds = json.loads(line[len("IMPORTS ") :])
+    return {
+        "status": "ok",
+        "how": seconds.pop("how"),
+        "seconds": {k: round(v, 3) for k, v in seconds.items()},
+        "modules": len(imports),
+        "slowest_imports_cumulative_s": [[name, round(us / 1e6, 3)] for us, name in sorted(imports, reverse=True)[:15]],
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--variant", type=parse_variant, action="append", required=True, help="NAME=DIR (repeatable)")
+    ap.add_argument("--rounds", type=int, default=1, help="cold edits per variant (time allowing)")
+    ap.add_argument("--budget-s", type=float, default=120.0)
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    deadline = time.monotonic() + args.budget_s
+    from sv_engine.benchmarks.e2e import cold_edit, synth_data_dir
+    from sv_engine.benchmarks.timing import environment
+    from sv_engine.stablevideo.model_source import load_components
+    from sv_engine.stablevideo.models.loaders import save_components
+    from sv_engine.stablevideo.session import open_video
+
+    device = torch.device("cuda")
+    variants = dict(args.variant)
+    result: dict = {
+        "environment": environment(device),
+        "what": "cold `sv-engine edit` (process start to written video) per sv-engine install, side by side",
+        "params": {"frames": 70, "size": "768x432", "steps": 20, "keyframes": 3, "precision": "fp16"},
+        "variants": {name: str(folder) for name, folder in variants.items()},
+        "cold_edit": {name: [] for name in variants},
+        "imports": {},
+    }
+
+    def save() -> None:
+        args.out.write_text(json.dumps(result, indent=1, default=str))
+
+    tmp = Path(tempfile.mkdtemp(prefix="sv-engine-cold-"))
+    os.environ["SV_ENGINE_CACHE"] = str(tmp / "cache")  # this process's maps and every edit's: one cache
+    t0 = time.perf_counter()
+    data_dir = synth_data_dir(tmp, 70, 432, 768)
+    weights = save_components(load_components(device, random_full=True, precision="fp16"), tmp / "weights")
+    torch.cuda.empty_cache()
+    open_video(data_dir, device)  # the NLA maps into the cache, as a warm edit leaves them
+    result["setup_s"] = round(time.perf_counter() - t0, 2)
+    save()
+    names = list(variants)
+    for round_ in range(args.rounds):
+        for name in names if round_ % 2 == 0 else names[::-1]:
+            left = deadline - time.monotonic()
+            if left < 45:
+                result["cold_edit"][name].append({"status": "skipped", "reason": "time budget"})
+                continue
+            run_dir = tmp / f"{name}-{round_}"
+            run_dir.mkdir()
+            res = cold_edit(
+                data_dir,
+                weights,
+                run_dir,
+                device,
+                False,
+                20,
+                0.8,
+                left - 5,
+                "torch-cuda-graph",
+                variant_env(variants[name]),
+            )
+            res.pop("command", None)
+            log.info("cold edit %s: %s", name, {k: v for k, v in res.items() if k != "seconds_per_phase"})
+            result["cold_edit"][name].append(res)
+            save()
+    for name in names:
+        left = deadline - time.monotonic()
+        if left < 25:
+            result["imports"][name] = {"status": "skipped", "reason": "time budget"}
+            continue
+        try:
+            result["imports"][name] = import_profile(variants[name], left - 5)
+        except subprocess.TimeoutExpired:
+            result["imports"][name] = {"status": "error", "error": "timed out"}
+        save()
+    save()
+    print(json.dumps(result, indent=1, default=str)[-5000:])
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,159 @@
+"""The cold path imports only what a command uses (issue 16): ``--help`` and usage errors no ML library,
+bad input no model library, and an edit only the model modules it runs (no peft, no diffusers pipelines,
+no model family it does not run). Each case is a fresh ``sv-engine`` process that records its
+``sys.modules`` at exit."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+#: What the command line must not import before a command needs it.
+ML_LIBRARIES = ("torch", "numpy", "diffusers", "transformers", "peft", "scipy", "cv2", "onnx", "onnxruntime", "PIL")
+MODEL_LIBRARIES = ("diffusers", "transformers", "peft")
+#: One model per diffusers model family that StableVideo never runs.
+UNRELATED_MODELS = (
+    "diffusers.models.autoencoders.autoencoder_asym_kl",
+    "diffusers.models.controlnets.controlnet_flux",
+    "diffusers.models.transformers.ace_step_transformer",
+    "diffusers.models.transformers.transformer_flux",
+    "diffusers.models.unets.unet_3d_condition",
+)
+
+_HARNESS = """
+import atexit, json, os, sys
+atexit.register(lambda: json.dump(sorted(sys.modules), open(os.environ["SV_TEST_MODULES_OUT"], "w")))
+sys.argv = ["sv-engine", *json.loads(os.environ["SV_TEST_ARGV"])]
+from sv_engine.cli import main
+main()
+"""
+
+
+def run_recording_modules(tmp_path: Path, *args: str, pythonpath: Path | None = None) -> tuple[int, str, set[str]]:
+    """``sv-engine ARGS`` in a fresh process: exit code, stderr, the modules imported by its end."""
+    out = tmp_path / "modules.json"
+    env = {**os.environ, "SV_TEST_ARGV": json.dumps([str(a) for a in args]), "SV_TEST_MODULES_OUT": str(out)}
+    if pythonpath is not None:
+        env["PYTHONPATH"] = os.pathsep.join([str(pythonpath), *filter(None, [env.get("PYTHONPATH")])])
+    # From tests/: the repo root's sv_engine/ folder must not shadow the installed package.
+    proc = subprocess.run(
+        [sys.executable, "-c", _HARNESS],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+        cwd=Path(__file__).parent,
+    )
+    return proc.returncode, proc.stderr, set(json.loads(out.read_text()))
+
+
+def top_level(modules: set[str]) -> set[str]:
+    return {m.split(".")[0] for m in modules}
+
+
+@pytest.mark.parametrize(
+    "args, code",
+    [
+        (["--help"], 0),
+        (["edit", "--help"], 0),
+        (["serve", "--help"], 0),
+        (["batch", "--help"], 0),
+        (["edit"], 2),
+        (["edit", "clip", "--fg-prompt", "a"], 2),
+        (["edit", "clip", "--fg-prompt", "a", "--bg-prompt", "b", "--stepz", "3"], 2),
+    ],
+    ids=["help", "edit help", "serve help", "batch help", "missing argument", "missing option", "unknown option"],
+)
+def test_help_and_usage_errors_import_no_ml_library(tmp_path: Path, args: list[str], code: int) -> None:
+    returncode, stderr, modules = run_recording_modules(tmp_path, *args)
+    assert returncode == code, stderr
+    assert not top_level(modules) & set(ML_LIBRARIES), sorted(top_level(modules) & set(ML_LIBRARIES))
+
+
+def test_bad_input_is_refused_before_the_model_libraries(tmp_path: Path, random_data_dir: Path) -> None:
+    """A missing model source is found by the input checks: torch is imported, diffusers and transformers not."""
+    returncode, stderr, modules = run_recording_modules(
+        tmp_path, "edit", random_data_dir, "--fg-prompt", "a", "--bg-prompt", "b", "--out", tmp_path / "o.mp4"
+    )
+    assert returncode == 2 and "No model weights given" in stderr, stderr
+    assert not top_level(modules) & set(MODEL_LIBRARIES), sorted(top_level(modules) & set(MODEL_LIBRARIES))
+
+
+@pytest.fixture
+def installed_peft_that_must_not_load(tmp_path: Path) -> Path:
+    """A ``peft`` distribution that diffusers sees as installed (it imports peft's hooks whenever peft is
+    installed) and that fails when imported."""
+    site = tmp_path / "site"
+    (site / "peft").mkdir(parents=True)
+    (site / "peft" / "__init__.py").write_text('raise ImportError("sv-engine test: peft was imported")\n')
+    (site / "peft-0.17.0.dist-info").mkdir()
+    (site / "peft-0.17.0.dist-info" / "METADATA").write_text("Metadata-Version: 2.1\nName: peft\nVersion: 0.17.0\n")
+    return site
+
+
+def test_a_tiny_edit_imports_only_the_models_it_runs(
+    tmp_path: Path, random_data_dir: Path, installed_peft_that_must_not_load: Path
+) -> None:
+    out = tmp_path / "edit.mp4"
+    returncode, stderr, modules = run_recording_modules(
+        tmp_path,
+        "edit",
+        random_data_dir,
+        *("--fg-prompt", "a", "--bg-prompt", "b", "--tiny", "--steps", "1", "--image-resolution", "64"),
+        *("--keyframes", "1", "--out", out),
+        pythonpath=installed_peft_that_must_not_load,
+    )
+    assert returncode == 0 and out.is_file(), stderr
+    assert "peft" not in top_level(modules)
+    assert not any(m.startswith("diffusers.pipelines") for m in modules)
+    assert not set(UNRELATED_MODELS) & modules, sorted(set(UNRELATED_MODELS) & modules)
+    # what it does run: the classes' own modules
+    assert {
+        "diffusers.models.unets.unet_2d_condition",
+        "diffusers.models.controlnets.controlnet",
+        "diffusers.models.autoencoders.autoencoder_kl",
+        "transformers.models.clip.modeling_clip",
+        "transformers.models.dpt.modeling_dpt",
+    } <= modules
+    report = json.loads(out.with_name("edit_report.json").read_text())
+    assert list(report["seconds_per_phase"])[:5] == [
+        "start python and the CLI",
+        "import torch and the pipeline",
+        "check inputs",
+        "import model libraries",
+        "load models",
+    ]
+
+
+def test_peft_imports_again_after_the_model_classes(installed_peft_that_must_not_load: Path) -> None:
+    """peft is hidden only while diffusers and transformers look for it: a later ``import peft`` is a real import."""
+    script = (
+        "from sv_engine.stablevideo.models.model_classes import model_classes\n"
+        "model_classes()\n"
+        "print('model classes imported')\n"
+        "import peft\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(installed_peft_that_must_not_load)}
+    proc = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=300, env=env, cwd=Path(__file__).parent
+    )
+    assert proc.stdout == "model classes imported\n", proc.stderr
+    assert proc.returncode == 1 and "sv-engine test: peft was imported" in proc.stderr, proc.stderr
+
+
+def test_a_deferred_family_package_still_gives_every_name() -> None:
+    """Other code asking a deferred family package for a name gets it: the package's ``__init__`` runs then."""
+    from sv_engine.stablevideo.models.model_classes import model_classes
+
+    classes = model_classes()
+    import diffusers
+    import diffusers.models.unets as unets
+
+    assert unets.UNet2DConditionModel is classes.unet
+    assert unets.UNet3DConditionModel.__name__ == "UNet3DConditionModel"  # a model the edit never imports
+    assert diffusers.AutoencoderKL is classes.vae and diffusers.models.ControlNetModel is classes.controlnet
