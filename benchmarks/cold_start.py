@@ -52,7 +52,7 @@ print("IMPORTS " + json.dumps({"how": how, "torch import + CUDA init": t1 - t0, 
 def parse_variant(text: str) -> tuple[str, Path]:
     name, sep, folder = text.partition("=")
     if not sep or not name or not folder:
-        raise argparse.ArgumentTypeError(f"--variant takes NAME=DIR, not {text!r}")
+        raise argparse.ArgumentTypeError(f"a variant is NAME=DIR, not {text!r}")
     return name, Path(folder)
 
 
