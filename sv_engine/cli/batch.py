@@ -11,7 +11,18 @@ import typer
 
 from sv_engine.cli.app import app
 from sv_engine.cli.extras import require_extra
-from sv_engine.cli.options import CudaGraphs, EditBackend
+from sv_engine.cli.options import (
+    CudaGraphs,
+    EditBackend,
+    MaxRetries,
+    Precision,
+    RandomFull,
+    RayAddress,
+    Tiny,
+    Weights,
+    Workers,
+    runtime_config,
+)
 
 log = logging.getLogger(__name__)
 
@@ -31,38 +42,26 @@ def batch(
         Path | None,
         typer.Option("--data-root", help="Job `data:` folders are relative to this (default: the YAML file's folder)."),
     ] = None,
-    ray_address: Annotated[
-        str,
-        typer.Option("--ray-address", help="'local' starts Ray here; 'auto' or an address joins a running cluster."),
-    ] = "local",
-    weights: Annotated[
-        Path | None, typer.Option("--weights", help="Model weights folder (see README: weight formats).")
-    ] = None,
-    tiny: Annotated[bool, typer.Option("--tiny", help="Tiny random-weight models (testing without weights).")] = False,
-    random_full: Annotated[
-        bool, typer.Option("--random-full", help="Full-size random-weight models (throughput tests).")
-    ] = False,
-    precision: Annotated[str, typer.Option(help="fp32 or fp16 (GPU).")] = "fp32",
+    ray_address: RayAddress = "local",
+    weights: Weights = None,
+    tiny: Tiny = False,
+    random_full: RandomFull = False,
+    precision: Precision = "fp32",
     backend: EditBackend = "auto",
     cuda_graphs: CudaGraphs = None,
-    workers: Annotated[
-        int | None, typer.Option("--workers", min=1, help="Warm workers (default: one per GPU, one on CPU).")
-    ] = None,
-    max_retries: Annotated[
-        int, typer.Option("--max-retries", min=0, help="Resubmissions of a job whose worker died.")
-    ] = 2,
+    workers: Workers = None,
+    max_retries: MaxRetries = 2,
 ) -> None:
     """Run many edits on warm workers (one Ray actor per GPU); jobs already done in OUT/results.jsonl are skipped.
 
     Exit code 0 when every job is done, 2 when a job is invalid (its reason on stderr, nothing run for it),
     1 when a job failed while running."""
     require_extra("serve")
-    from sv_engine.export.compose import RuntimeConfig
     from sv_engine.service.batch import run_batch
 
-    model = RuntimeConfig(
+    model = runtime_config(
+        weights=weights,
         tiny=tiny,
-        weights=str(weights) if weights else None,
         random_full=random_full,
         precision=precision,
         backend=backend,

@@ -11,7 +11,17 @@ from typing import Annotated
 import typer
 
 from sv_engine.cli.app import app
-from sv_engine.cli.options import CudaGraphs, DataDir, Device, EditBackend, Force
+from sv_engine.cli.options import (
+    CudaGraphs,
+    DataDir,
+    Device,
+    EditBackend,
+    Force,
+    Precision,
+    Tiny,
+    Weights,
+    runtime_config,
+)
 from sv_engine.process_clock import seconds_since_process_start
 
 log = logging.getLogger(__name__)
@@ -49,7 +59,7 @@ def run_edit(
     from PIL import Image
 
     from sv_engine.device import resolve_device
-    from sv_engine.export.compose import RuntimeConfig, build_pipeline
+    from sv_engine.export.compose import build_pipeline
     from sv_engine.stablevideo.inputs import check_edit_inputs
     from sv_engine.stablevideo.keyframes import keyframe_indices
     from sv_engine.stablevideo.params import EditParams
@@ -65,15 +75,10 @@ def run_edit(
     if frames_dir:
         check_writable(frames_dir, force, folder=True, field="frames_dir")
     resolve_device(device)
-    runtime_config = RuntimeConfig(
-        tiny=tiny,
-        weights=str(weights) if weights is not None else None,
-        precision=precision,
-        device=device,
-        backend=backend,
-        cuda_graphs=cuda_graphs,
+    config = runtime_config(
+        weights=weights, tiny=tiny, precision=precision, device=device, backend=backend, cuda_graphs=cuda_graphs
     )
-    runtime_config.check()
+    config.check()
     # Every input is checked before the (slow) model load: the same checks as the service's and batch's.
     params = EditParams(
         fg_prompt,
@@ -87,7 +92,7 @@ def run_edit(
     )
     check_edit_inputs(data_dir, params)
     phases["check inputs"] = time.perf_counter() - started
-    runtime = build_pipeline(runtime_config)
+    runtime = build_pipeline(config)
     phases.update(runtime.seconds_per_phase)
     timer = StageTimer(sync_cuda=False)
     with timer("edit"):
@@ -128,13 +133,9 @@ def edit(
     strength: Annotated[float, typer.Option(help="Noise strength for keyframes after the first.")] = 0.8,
     steps: Annotated[int, typer.Option(help="DDIM steps.")] = 20,
     seed: Annotated[int, typer.Option(help="Random seed (-1: random); the same seed gives the same video.")] = -1,
-    weights: Annotated[
-        Path | None, typer.Option("--weights", help="Model weights folder (see README: weight formats).")
-    ] = None,
-    tiny: Annotated[
-        bool, typer.Option("--tiny", help="Tiny random-weight models (testing the pipeline without weights).")
-    ] = False,
-    precision: Annotated[str, typer.Option(help="fp32 or fp16 (GPU).")] = "fp32",
+    weights: Weights = None,
+    tiny: Tiny = False,
+    precision: Precision = "fp32",
     aggregation: Annotated[str, typer.Option(help="median or net (train the aggregation network).")] = "median",
     image_resolution: Annotated[int, typer.Option(help="Short side of the diffusion images (multiple of 64).")] = 512,
     backend: EditBackend = "auto",

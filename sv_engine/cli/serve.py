@@ -10,7 +10,18 @@ import typer
 
 from sv_engine.cli.app import app
 from sv_engine.cli.extras import require_extra
-from sv_engine.cli.options import CudaGraphs, EditBackend
+from sv_engine.cli.options import (
+    CudaGraphs,
+    EditBackend,
+    MaxRetries,
+    Precision,
+    RandomFull,
+    RayAddress,
+    Tiny,
+    Weights,
+    Workers,
+    runtime_config,
+)
 from sv_engine.errors import SvEngineError
 
 log = logging.getLogger(__name__)
@@ -28,14 +39,10 @@ def serve(
     ] = Path("sv-jobs"),
     backend: EditBackend = "auto",
     cuda_graphs: CudaGraphs = None,
-    weights: Annotated[
-        Path | None, typer.Option("--weights", help="Model weights folder (see README: weight formats).")
-    ] = None,
-    tiny: Annotated[bool, typer.Option("--tiny", help="Tiny random-weight models (testing without weights).")] = False,
-    random_full: Annotated[
-        bool, typer.Option("--random-full", help="Full-size random-weight models (latency tests).")
-    ] = False,
-    precision: Annotated[str, typer.Option(help="fp32 or fp16 (GPU).")] = "fp32",
+    weights: Weights = None,
+    tiny: Tiny = False,
+    random_full: RandomFull = False,
+    precision: Precision = "fp32",
     token: Annotated[
         str | None,
         typer.Option(
@@ -45,15 +52,9 @@ def serve(
         ),
     ] = None,
     max_queue: Annotated[int, typer.Option("--max-queue", min=1, help="Queued jobs beyond this get HTTP 429.")] = 16,
-    max_retries: Annotated[
-        int, typer.Option("--max-retries", min=0, help="Resubmissions of a job whose worker died.")
-    ] = 2,
-    workers: Annotated[
-        int | None, typer.Option("--workers", min=1, help="Warm workers (default: one per GPU, one on CPU).")
-    ] = None,
-    ray_address: Annotated[
-        str, typer.Option("--ray-address", help="'local' starts Ray here; 'auto' or an address joins a cluster.")
-    ] = "local",
+    max_retries: MaxRetries = 2,
+    workers: Workers = None,
+    ray_address: RayAddress = "local",
     max_body: Annotated[
         int, typer.Option("--max-body", min=1024, help="Largest request body in bytes (413 beyond).")
     ] = 64 * 1024,
@@ -66,7 +67,6 @@ def serve(
     require_extra("serve")
     import uvicorn
 
-    from sv_engine.export.compose import RuntimeConfig
     from sv_engine.service.app import check_bind, check_port_free, create_app
     from sv_engine.service.scheduler import JobManager
     from sv_engine.service.workers import WorkerPool, init_ray
@@ -78,9 +78,9 @@ def serve(
             f"Data root {data_root} is not a folder.",
             "pass --data-root with the folder that holds your StableVideo data folders.",
         )
-    model = RuntimeConfig(
+    model = runtime_config(
+        weights=weights,
         tiny=tiny,
-        weights=str(weights) if weights else None,
         random_full=random_full,
         precision=precision,
         backend=backend,
