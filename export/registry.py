@@ -70,8 +70,12 @@ def build_specs(
         "unet_controlnet_depth": lambda: UNetControlNetSpec(
             c.unet, c.controlnet_depth, name="unet_controlnet_depth", seq_len=seq, **kw
         ),
-        "controlnet_canny": lambda: ControlNetSpec(c.controlnet_canny, name="controlnet_canny", seq_len=seq, **kw),
-        "controlnet_depth": lambda: ControlNetSpec(c.controlnet_depth, name="controlnet_depth", seq_len=seq, **kw),
+        "controlnet_canny": lambda: ControlNetSpec(
+            controlnet=c.controlnet_canny, name="controlnet_canny", seq_len=seq, **kw
+        ),
+        "controlnet_depth": lambda: ControlNetSpec(
+            controlnet=c.controlnet_depth, name="controlnet_depth", seq_len=seq, **kw
+        ),
         "unet": lambda: UNetSpec(c.unet, seq_len=seq, **kw),
         "vae_encoder": lambda: VAEEncoderSpec(c.vae, **kw),
         "vae_decoder": lambda: VAEDecoderSpec(c.vae, **kw),

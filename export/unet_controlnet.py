@@ -79,22 +79,32 @@ class _UNetWithResiduals(TorchUNetControlNet):
 
 
 class _UNetBase(ExportSpec):
-    """Shared I/O of the three UNet-family specs."""
+    """Construction and shared I/O of the three UNet-family specs: the UNet, the ControlNet, or both
+    (the sizes come from the UNet when there is one; ``layout``: the ControlNet residuals that the
+    split specs pass between them)."""
 
     def __init__(
         self,
-        unet: nn.Module,
+        unet: nn.Module | None = None,
+        controlnet: nn.Module | None = None,
+        *,
         precision: str = "fp32",
         shapes: ShapeRange = DEFAULT_SHAPES,
         device="cpu",
+        name: str | None = None,
         seq_len: int = 77,
     ) -> None:
+        if name:
+            self.name = name
         super().__init__(precision, shapes, device)
         self.unet = unet
+        self.controlnet = controlnet
+        config = (unet if unet is not None else controlnet).config
         self.seq_len = seq_len
-        self.context_dim = int(unet.config.cross_attention_dim)
-        self.latent_channels = int(unet.config.in_channels)
-        self.out_channels = int(getattr(unet.config, "out_channels", unet.config.in_channels))
+        self.context_dim = int(config.cross_attention_dim)
+        self.latent_channels = int(config.in_channels)
+        self.out_channels = int(getattr(config, "out_channels", config.in_channels))
+        self.layout = residual_layout(controlnet if controlnet is not None else unet)
 
     def symbol_ranges(self):
         return latent_ranges(self.shapes)
@@ -131,21 +141,6 @@ class UNetControlNetSpec(_UNetBase):
 
     name = "unet_controlnet"
 
-    def __init__(
-        self,
-        unet: nn.Module,
-        controlnet: nn.Module,
-        precision: str = "fp32",
-        shapes: ShapeRange = DEFAULT_SHAPES,
-        device="cpu",
-        name: str | None = None,
-        seq_len: int = 77,
-    ) -> None:
-        if name:
-            self.name = name
-        super().__init__(unet, precision, shapes, device, seq_len)
-        self.controlnet = controlnet
-
     def build_module(self):
         return _FusedUNetControlNet(self.unet, self.controlnet)
 
@@ -167,22 +162,6 @@ class ControlNetSpec(_UNetBase):
 
     name = "controlnet"
 
-    def __init__(
-        self,
-        controlnet: nn.Module,
-        precision: str = "fp32",
-        shapes: ShapeRange = DEFAULT_SHAPES,
-        device="cpu",
-        name: str | None = None,
-        seq_len: int = 77,
-    ) -> None:
-        if name:
-            self.name = name
-        super().__init__(controlnet, precision, shapes, device, seq_len)
-        self.controlnet = controlnet
-        self.layout = residual_layout(controlnet)
-        self.out_channels = self.latent_channels
-
     def build_module(self):
         return _ControlNetOnly(self.controlnet)
 
@@ -203,17 +182,6 @@ class UNetSpec(_UNetBase):
     """UNet taking the ControlNet residuals as inputs (serves every ControlNet)."""
 
     name = "unet"
-
-    def __init__(
-        self,
-        unet: nn.Module,
-        precision: str = "fp32",
-        shapes: ShapeRange = DEFAULT_SHAPES,
-        device="cpu",
-        seq_len: int = 77,
-    ) -> None:
-        super().__init__(unet, precision, shapes, device, seq_len)
-        self.layout = residual_layout(unet)
 
     def build_module(self):
         return _UNetWithResiduals(self.unet, len(self.layout) - 1)
