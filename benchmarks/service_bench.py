@@ -127,57 +127,17 @@ def _run_jobs(
 def _fresh(args, data_dir: Path, scratch: Path, i: int) -> tuple[float, list[str]]:
     spec = _spec(args, data_dir, 1000 + i)
     out = scratch / "fresh" / f"edit{i}.mp4"
+    edit_flags = ["--steps", str(args.steps), "--strength", str(args.strength), "--seed", str(spec.seed)]
+    edit_flags += ["--precision", args.precision, "--backend", args.backend]
+    edit_flags += ["--keyframes", args.keyframes] if args.keyframes else []
     if args.random_full:
-        cmd = [
-            sys.executable,
-            "-m",
-            "sv_engine.benchmarks.service_bench",
-            "--single-edit",
-            str(data_dir),
-            "--out",
-            str(out),
-            "--random-full",
-            "--steps",
-            str(args.steps),
-            "--strength",
-            str(args.strength),
-            "--precision",
-            args.precision,
-            "--backend",
-            args.backend,
-            "--seed",
-            str(spec.seed),
-        ]
-        if args.keyframes:
-            cmd += ["--keyframes", args.keyframes]
+        module = ["sv_engine.benchmarks.service_bench", "--single-edit", str(data_dir), "--random-full"]
+        cmd = [sys.executable, "-m", *module, "--out", str(out), *edit_flags]
     else:
-        cmd = [
-            sys.executable,
-            "-m",
-            "sv_engine",
-            "edit",
-            str(data_dir),
-            "--fg-prompt",
-            spec.fg_prompt,
-            "--bg-prompt",
-            spec.bg_prompt,
-            "--steps",
-            str(args.steps),
-            "--strength",
-            str(args.strength),
-            "--seed",
-            str(spec.seed),
-            "--precision",
-            args.precision,
-            "--backend",
-            args.backend,
-            "--out",
-            str(out),
-            "--force",
-        ]
-        cmd += ["--tiny"] if args.tiny else ["--weights", args.weights]
-        if args.keyframes:
-            cmd += ["--keyframes", args.keyframes]
+        source = ["--tiny"] if args.tiny else ["--weights", args.weights]
+        prompts = ["--fg-prompt", spec.fg_prompt, "--bg-prompt", spec.bg_prompt]
+        cmd = [sys.executable, "-m", "sv_engine", "edit", str(data_dir), *prompts, *edit_flags, *source]
+        cmd += ["--out", str(out), "--force"]
     if args.cuda_graphs is not None:  # both commands take it; unset, both use edit's default like the warm workers
         cmd += ["--cuda-graphs" if args.cuda_graphs else "--no-cuda-graphs"]
     t0 = time.perf_counter()
