@@ -22,109 +22,23 @@ def run_cli(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, *
     return int(exit_info.value.code or 0), "\n".join(errors)
 
 
+#: An edit of the random data folder: each case adds the flags at fault.
+EDIT = ["edit", "{data}", "--fg-prompt", "a", "--bg-prompt", "b", "--out", "{tmp}/o.mp4"]
+
+
 @pytest.mark.parametrize(
     "args, message",
     [
         (["info", "{missing}"], "Data folder not found"),
-        (
-            [
-                "edit",
-                "{data}",
-                "--fg-prompt",
-                "a",
-                "--bg-prompt",
-                "b",
-                "--tiny",
-                "--keyframes",
-                "1,99",
-                "--out",
-                "{tmp}/o.mp4",
-            ],
-            "out of range",
-        ),
-        (
-            [
-                "edit",
-                "{data}",
-                "--fg-prompt",
-                "a",
-                "--bg-prompt",
-                "b",
-                "--tiny",
-                "--device",
-                "cuda",
-                "--out",
-                "{tmp}/o.mp4",
-            ],
-            "CUDA was requested",
-        ),
-        (
-            [
-                "edit",
-                "{data}",
-                "--fg-prompt",
-                "a",
-                "--bg-prompt",
-                "b",
-                "--tiny",
-                "--device",
-                "tpu",
-                "--out",
-                "{tmp}/o.mp4",
-            ],
-            "Unknown device",
-        ),
-        (["edit", "{data}", "--fg-prompt", "a", "--bg-prompt", "b", "--out", "{tmp}/o.mp4"], "No model weights given"),
-        (
-            [
-                "edit",
-                "{data}",
-                "--fg-prompt",
-                "a",
-                "--bg-prompt",
-                "b",
-                "--tiny",
-                "--strength",
-                "1.5",
-                "--out",
-                "{tmp}/o.mp4",
-            ],
-            "strength",
-        ),
-        (
-            [
-                "edit",
-                "{data}",
-                "--fg-prompt",
-                "a",
-                "--bg-prompt",
-                "b",
-                "--tiny",
-                "--backend",
-                "ort",
-                "--cuda-graphs",
-                "--out",
-                "{tmp}/o.mp4",
-            ],
-            "option of the torch backend",
-        ),
-        (
-            [
-                "edit",
-                "{data}",
-                "--fg-prompt",
-                "a",
-                "--bg-prompt",
-                "b",
-                "--tiny",
-                "--device",
-                "cpu",
-                "--cuda-graphs",
-                "--out",
-                "{tmp}/o.mp4",
-            ],
-            "CUDA graphs need a CUDA device",
-        ),
+        ([*EDIT, "--tiny", "--keyframes", "1,99"], "--keyframes: Keyframe(s) [99] out of range"),
+        ([*EDIT, "--tiny", "--device", "cuda"], "--device: CUDA was requested"),
+        ([*EDIT, "--tiny", "--device", "tpu"], "--device: Unknown device 'tpu'"),
+        (EDIT, "No model weights given. Fix: pass --weights DIR"),
+        ([*EDIT, "--tiny", "--strength", "1.5"], "--strength: "),
+        ([*EDIT, "--tiny", "--backend", "ort", "--cuda-graphs"], "--cuda-graphs: It is an option of the torch backend"),
+        ([*EDIT, "--tiny", "--device", "cpu", "--cuda-graphs"], "CUDA graphs need a CUDA device"),
+        ([*EDIT, "--tiny", "--weights", "{tmp}"], "--tiny and --weights are exclusive"),
+        ([*EDIT, "--tiny", "--precision", "fp8"], "--precision: Unknown precision 'fp8'. Fix: use fp32 or fp16."),
     ],
 )
 def test_bad_input_is_one_clear_error(
@@ -145,7 +59,7 @@ def test_existing_output_is_not_overwritten(monkeypatch, caplog, tmp_path: Path,
     code, errors = run_cli(
         monkeypatch, caplog, "edit", random_data_dir, "--fg-prompt", "a", "--bg-prompt", "b", "--tiny", "--out", out
     )
-    assert code == 2 and "already exists" in errors and "--force" in errors
+    assert code == 2 and errors.startswith(f"--out: Output {out} already exists.") and "pass --force" in errors
     assert out.read_bytes() == b"user's video"
 
 

@@ -7,41 +7,30 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-import sv_engine.cli.build_cmd  # noqa: F401 - registers the commands
-import sv_engine.cli.export_cmd  # noqa: F401
-import sv_engine.cli.parity_cmd  # noqa: F401
-from sv_engine.cli import flag_of
-from sv_engine.cli.app import app
+from sv_engine.cli import app, flag_of  # the package registers every command on the app
 from sv_engine.errors import SvEngineError
+
+#: ``sv-engine parity`` of the tiny models through ONNX Runtime on the CPU.
+PARITY_ORT = ["parity", "--tiny", "--backend", "ort", "--device", "cpu"]
+
+
+def invoke(*args: object):
+    """Runs ``sv-engine ARGS`` in-process; the result keeps the exception a library error raised."""
+    return CliRunner().invoke(app, [str(a) for a in args])
 
 
 def test_export_build_parity(tmp_path):
-    runner = CliRunner()
     out = tmp_path / "onnx"
-    r = runner.invoke(app, ["export", "--tiny", "--out", str(out), "--models", "nla_atlas,vae_decoder"])
+    r = invoke("export", "--tiny", "--out", out, "--models", "nla_atlas,vae_decoder")
     assert r.exit_code == 0, r.output
     manifest = json.loads((out / "manifest.json").read_text())
     assert [m["name"] for m in manifest["models"]] == ["nla_atlas", "vae_decoder"]
-    r = runner.invoke(app, ["export", "--tiny", "--out", str(out), "--models", "nla_atlas"])
+    r = invoke("export", "--tiny", "--out", out, "--models", "nla_atlas")
     assert isinstance(r.exception, SvEngineError) and "Pass --force" in r.exception.describe(flag_of)
-    r = runner.invoke(app, ["build", "--backend", "ort", "--device", "cpu", str(out)])
+    r = invoke("build", "--backend", "ort", "--device", "cpu", out)
     assert r.exit_code == 0, r.output
     report = tmp_path / "parity.json"
-    r = runner.invoke(
-        app,
-        [
-            "parity",
-            "--tiny",
-            "--backend",
-            "ort",
-            "--device",
-            "cpu",
-            "--models",
-            "nla_atlas,vae_decoder",
-            "--json",
-            str(report),
-        ],
-    )
+    r = invoke(*PARITY_ORT, "--models", "nla_atlas,vae_decoder", "--json", report)
     assert r.exit_code == 0, r.output
     data = json.loads(report.read_text())
     assert data["ok"] and set(data["models"]) == {"nla_atlas", "vae_decoder"}
@@ -51,13 +40,10 @@ def test_export_build_parity(tmp_path):
 
 
 def test_export_attention_option(tmp_path):
-    runner = CliRunner()
-    r = runner.invoke(app, ["export", "--tiny", "--out", str(tmp_path / "a"), "--attention", "flash"])
+    r = invoke("export", "--tiny", "--out", tmp_path / "a", "--attention", "flash")
     assert isinstance(r.exception, SvEngineError) and "onnx, ort" in str(r.exception)
     assert not (tmp_path / "a").exists()  # refused before anything was written
-    r = runner.invoke(
-        app, ["export", "--tiny", "--out", str(tmp_path / "b"), "--models", "vae_decoder", "--attention", "ort"]
-    )
+    r = invoke("export", "--tiny", "--out", tmp_path / "b", "--models", "vae_decoder", "--attention", "ort")
     assert r.exit_code == 0, r.output
     assert json.loads((tmp_path / "b" / "manifest.json").read_text())["models"][0]["attention"] == "ort"
 
@@ -81,33 +67,15 @@ def test_parity_e2e_compares_a_whole_edit(tmp_path):
     fp32 bar (40 dB: only the final uint8 rounding may differ); a missing clip is refused up front."""
     from sv_engine.engine.parity import PSNR_MIN_DB
 
-    runner = CliRunner()
     report = tmp_path / "parity.json"
-    r = runner.invoke(
-        app,
-        [
-            "parity",
-            "--tiny",
-            "--backend",
-            "ort",
-            "--device",
-            "cpu",
-            "--models",
-            "vae_decoder",
-            "--e2e",
-            "--steps",
-            "4",
-            "--onnx-dir",
-            str(tmp_path / "onnx"),
-            "--json",
-            str(report),
-        ],
+    r = invoke(
+        *PARITY_ORT, "--models", "vae_decoder", "--e2e", "--steps", 4, "--onnx-dir", tmp_path / "onnx", "--json", report
     )
     assert r.exit_code == 0, r.output
     edit = json.loads(report.read_text())["edit"]
     assert edit["ok"] and edit["psnr_db"] >= PSNR_MIN_DB["fp32"] and edit["frames"][0] == 30
     assert (tmp_path / "onnx" / "edit" / "manifest.json").is_file()  # the edit's exports beside the components'
-    r = runner.invoke(app, ["parity", "--tiny", "--e2e", "--data", str(tmp_path / "missing")])
+    r = invoke("parity", "--tiny", "--e2e", "--data", tmp_path / "missing")
     assert isinstance(r.exception, SvEngineError) and "no config.json" in str(r.exception).lower()
 
 
