@@ -56,13 +56,6 @@ class CudaGraphModel(CompiledModel):
             return self._graphs(inputs)
 
 
-def _module_dtype(module: torch.nn.Module) -> torch.dtype | None:
-    for p in module.parameters():
-        if p.is_floating_point():
-            return p.dtype
-    return None
-
-
 class TorchBackend(Backend):
     """Eager torch; the module is moved to the backend device (its dtype is kept)."""
 

@@ -35,9 +35,8 @@ from sv_engine.errors import SvEngineError
 
 logger = logging.getLogger(__name__)
 
-#: protobuf's hard limit: bigger models must keep weights as external data.
-PROTOBUF_LIMIT = 2**31 - 1
-#: Leave headroom below the limit (graph structure + inferred shapes add to the initializers).
+#: Models over protobuf's hard limit (2**31 - 1 bytes) must keep their weights as external data; this
+#: leaves headroom below it (graph structure + inferred shapes add to the initializers).
 EXTERNAL_DATA_THRESHOLD = int(1.8 * 2**30)
 
 
