@@ -48,6 +48,17 @@ def test_export_attention_option(tmp_path):
     assert json.loads((tmp_path / "b" / "manifest.json").read_text())["models"][0]["attention"] == "ort"
 
 
+def test_export_and_parity_check_the_model_source_as_edit_does(tmp_path):
+    """One check of the model source for every command (before anything loads or is written)."""
+    for args in (["export", "--out", tmp_path / "x"], ["parity"]):
+        r = invoke(*args, "--tiny", "--random")
+        assert isinstance(r.exception, SvEngineError), r.output
+        assert r.exception.describe(flag_of).startswith("--tiny and --random-full are exclusive")
+        r = invoke(*args, "--weights", tmp_path / "missing")
+        assert r.exception.describe(flag_of).startswith(f"--weights: Weights folder {tmp_path / 'missing'} does not")
+    assert not (tmp_path / "x").exists()
+
+
 def test_edit_backend_on_a_cpu_is_eager_torch():
     """`edit`'s defaults on a CPU: eager torch, no CUDA graphs (they are the default only on a GPU)."""
     from sv_engine.export.compose import RuntimeConfig, build_pipeline

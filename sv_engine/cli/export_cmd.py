@@ -20,34 +20,19 @@ def load_bundle(
     """``(SDComponents, NLAModel | None, description)`` from the CLI flags (shared by export/parity)."""
     import torch
 
+    from sv_engine.stablevideo.model_source import check_model_source
     from sv_engine.stablevideo.nla import NLAModel
 
-    chosen = sum(bool(x) for x in (tiny, weights, random_full))
-    if chosen != 1:
-        raise SvEngineError(
-            "Choose exactly one model source.",
-            "Pass --tiny (tiny random models), --random (full-size random) or --weights DIR.",
-        )
+    check_model_source(tiny, random_full, weights)
     if tiny or random_full:
         from sv_engine.stablevideo.models.tiny import build_random_components, build_tiny_components
 
         components = build_tiny_components(seed) if tiny else build_random_components(seed, size="full")
         nla = NLAModel.random(seed)
     else:
-        try:
-            from sv_engine.stablevideo.models import loaders  # type: ignore[attr-defined]
-        except ImportError as exc:
-            raise SvEngineError(
-                "Loading real weights is not available in this build (no models.loaders).",
-                "Use --tiny or --random, or update sv-engine.",
-            ) from exc
-        load = getattr(loaders, "load_components", None)
-        if load is None:
-            raise SvEngineError(
-                "sv_engine.stablevideo.models.loaders has no load_components().",
-                "Use --tiny or --random, or update sv-engine.",
-            )
-        components = load(weights)
+        from sv_engine.stablevideo.models.loaders import load_components
+
+        components = load_components(weights)
         nla = None
     if nla_checkpoint is not None:
         if not nla_checkpoint.is_file():
@@ -85,7 +70,9 @@ def shape_range(tiny: bool, max_side: int | None = None, max_batch: int | None =
 def export_command(
     out: Path = typer.Option(..., "--out", help="Output directory for the ONNX files and manifest.json."),
     tiny: bool = typer.Option(False, "--tiny", help="Tiny random models (tests, CPU)."),
-    random_full: bool = typer.Option(False, "--random", help="Full-size random-weight models (benchmarks)."),
+    random_full: bool = typer.Option(
+        False, "--random", "--random-full", help="Full-size random-weight models (benchmarks)."
+    ),
     weights: Path | None = typer.Option(None, "--weights", help="Directory with the real model weights."),
     nla: Path | None = typer.Option(None, "--nla", help="Trained NLA checkpoint (.pth) for nla_field/nla_atlas."),
     precision: str = typer.Option("fp32", "--precision", help="fp32 or fp16 (fp16 keeps GroupNorm/softmax in fp32)."),
@@ -108,10 +95,12 @@ def export_command(
     from sv_engine.export.onnx_export import disk_usage, export_all, prepare_out_dir
     from sv_engine.export.ort_attention import ATTENTION_FORMS
     from sv_engine.export.registry import build_specs, parse_model_list
+    from sv_engine.stablevideo.model_source import check_model_source
 
     names = parse_model_list(models)
     if attention not in ATTENTION_FORMS:
         raise SvEngineError(f"Unknown --attention {attention!r}.", f"Use one of {', '.join(ATTENTION_FORMS)}.")
+    check_model_source(tiny, random_full, weights)  # before the output folder is made
     prepare_out_dir(out, force)  # fail before loading any model
     components, nla_model, description = load_bundle(tiny, weights, random_full, seed, nla)
     specs = build_specs(

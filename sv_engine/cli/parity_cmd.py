@@ -18,7 +18,7 @@ log = logging.getLogger("sv_engine.cli.parity")
 def parity_command(
     backend: str = typer.Option("ort", "--backend", help="torch, torch-compile, ort or trt (or an alias)."),
     tiny: bool = typer.Option(False, "--tiny", help="Tiny random models (CPU)."),
-    random_full: bool = typer.Option(False, "--random", help="Full-size random-weight models (GPU)."),
+    random_full: bool = typer.Option(False, "--random", "--random-full", help="Full-size random-weight models (GPU)."),
     weights: Path | None = typer.Option(None, "--weights", help="Directory with the real model weights."),
     precision: str = typer.Option("fp32", "--precision", help="fp32 or fp16 engines/graphs."),
     models: str = typer.Option("all", "--models", help="Comma list of models (default: all)."),
