@@ -11,6 +11,8 @@ from typing import Any
 
 from sv_engine.engine.registry import backend_names
 
+from sv_engine.errors import as_flag
+
 #: The model columns (``--backends``): the registry's backends and named choices, except AOTInductor,
 #: whose engines are built ahead by ``sv-engine build`` (minutes per architecture) and timed by
 #: benchmarks/engine_bench.py.
@@ -74,7 +76,7 @@ class BenchOptions:
 def option_flag(field: str) -> str:
     """The flag of a :class:`BenchOptions` field (``json_path`` -> ``--json``); other inputs as the CLI spells them."""
     flags = {f.name: f.metadata["flag"].split("/")[0] for f in dataclasses.fields(BenchOptions)}
-    return flags.get(field) or "--" + field.replace("_", "-")
+    return flags.get(field) or as_flag(field)
 
 
 def option_fields() -> list[tuple[str, type, Any, str, str]]:

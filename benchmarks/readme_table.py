@@ -17,7 +17,7 @@ from pathlib import Path
 
 from sv_engine.benchmarks.timing import format_ms
 
-from sv_engine.errors import SvEngineError
+from sv_engine.errors import SvEngineError, as_flag
 
 START = "<!-- bench-table:start -->"
 END = "<!-- bench-table:end -->"
@@ -203,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
         sources = a.json or results_newest_first(a.results)
         update_readme(a.readme, sources)
     except SvEngineError as err:
-        print(f"error: {err.describe(lambda field: '--' + field)}", file=sys.stderr)
+        print(f"error: {err.describe(as_flag)}", file=sys.stderr)
         return 2
     print(f"updated {a.readme} from {', '.join(str(s) for s in sources)}")
     return 0

@@ -25,6 +25,11 @@ def _as_field(field: str) -> str:
     return field
 
 
+def as_flag(field: str) -> str:
+    """An input's command-line spelling (``fg_prompt`` -> ``--fg-prompt``): the CLI's, and its scripts'."""
+    return "--" + field.replace("_", "-")
+
+
 class SvEngineError(Exception):
     """A user-facing error: ``what`` went wrong and the ``fix``; ``field``: the input at fault, if one is;
     ``mentions``: the other inputs the texts name as ``$name``."""

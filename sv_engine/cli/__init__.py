@@ -12,7 +12,7 @@ import sys
 
 from sv_engine.cli.app import app
 from sv_engine.cli.extras import missing_module_error
-from sv_engine.errors import SvEngineError
+from sv_engine.errors import SvEngineError, as_flag
 
 # Command modules, in the order they appear in --help.
 COMMAND_MODULES = [
@@ -71,7 +71,7 @@ def usage_error_line(err: UsageError) -> str:
 
 def flag_of(field: str) -> str:
     """The CLI's name for a library input (``fg_prompt`` -> ``--fg-prompt``; the data folder is an argument)."""
-    return "DATA_DIR" if field == "data" else "--" + field.replace("_", "-")
+    return "DATA_DIR" if field == "data" else as_flag(field)
 
 
 def main() -> None:
