@@ -248,7 +248,8 @@ def cold_edit(
     if proc.returncode != 0 or not out.is_file():
         tail = (proc.stderr or proc.stdout or "").strip().splitlines()[-5:]
         return {**res, "status": "error", "error": " | ".join(tail) or f"exit code {proc.returncode}"}
-    return {**res, "status": "ok", "seconds_per_phase": cold_phases(out.with_name(f"{out.stem}_report.json"), seconds)}
+    report = out.with_name(f"{out.stem}_report.json")
+    return {**res, "status": "ok", "seconds_per_phase": cold_phases(report, seconds), **first_edit_stages(report)}
 
 
 #: A cold edit's seconds outside its report's phases: the process's exit, and (reports without the
@@ -264,6 +265,15 @@ def cold_phases(report: Path, seconds: float) -> dict[str, float]:
     except (OSError, ValueError, KeyError):
         return {}
     return {**{k: round(v, 3) for k, v in phases.items()}, OUTSIDE_PHASES: round(seconds - sum(phases.values()), 3)}
+
+
+def first_edit_stages(report: Path) -> dict[str, dict[str, float]]:
+    """``{"seconds_per_stage": ...}`` of a cold edit's report: its one (first) edit's stages; empty when unreadable."""
+    try:
+        stages = json.loads(report.read_text())["seconds_per_stage"]
+    except (OSError, ValueError, KeyError):
+        return {}
+    return {"seconds_per_stage": {k: round(v, 3) for k, v in stages.items()}}
 
 
 def run_e2e(

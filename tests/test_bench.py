@@ -276,6 +276,7 @@ def test_tiny_e2e_warm_and_cold_through_the_cli(tmp_path):
     assert all(v >= 0 for v in phases.values()) and sum(phases.values()) == pytest.approx(cold["seconds"], abs=0.01)
     # what the report cannot see is the interpreter's exit and the subprocess wrapper around it
     assert phases[OUTSIDE_PHASES] < 0.25 * cold["seconds"]
+    assert {"foreground", "background", "render"} <= set(cold["seconds_per_stage"])  # the first edit's stages
 
 
 def test_model_stage_columns_report_accuracy_against_the_fp32_reference():

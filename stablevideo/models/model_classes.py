@@ -1,20 +1,22 @@
-"""The diffusers / transformers classes of the pipeline's models, imported the cheap way.
+"""The diffusers / transformers classes of the pipeline's models, imported from their own modules.
 
-A cold ``sv-engine edit`` spent more time importing diffusers than loading its weights (H200: 13.7 s of
-imports against 1.4 s of fp16 weights). Most of it is not the five classes the pipeline uses:
+diffusers' model families are packages whose ``__init__`` imports every model of the family
+(``diffusers.models.transformers`` ~80 transformers, ``autoencoders`` ~40 VAEs, ...), and the five
+classes the pipeline uses live in leaf modules (``unets.unet_2d_condition``, ...). :func:`model_classes`
+registers those packages with their ``__init__`` deferred (:func:`defer_package_init`): importing a leaf
+module runs only what it imports itself, and anything that asks the package for a name still gets the
+whole ``__init__`` run first, so nothing changes for other code but the moment the family is imported.
 
-* diffusers' model families are packages whose ``__init__`` imports every model of the family
-  (``diffusers.models.transformers`` imports ~80 transformers, ``autoencoders`` ~40 VAEs). The classes
-  live in leaf modules (``unets.unet_2d_condition``, ...), so those packages are registered with their
-  ``__init__`` deferred (:func:`defer_package_init`): importing a leaf module runs only what it imports
-  itself; anything that asks the package for a name still gets the whole ``__init__`` run first, so
-  nothing changes for other code but the moment the family is imported.
-* diffusers imports ``peft`` (its hooks) whenever peft is installed, 3.3 s on the H200, for LoRA
-  adapters the pipeline never loads: :func:`model_classes` hides it while diffusers and transformers
-  decide what is available (an import-system ``None`` entry, then removed: ``import peft`` works again
-  afterwards, only diffusers and transformers keep taking it as absent for this process).
-* ``torch._dynamo`` (5.4 s on the H200) stays: transformers' CLIP and DPT import it too, and diffusers
-  registers its blocks with dynamo (``allow_in_graph``), which the torch-compile backend relies on.
+What it saves, measured (``python -X importtime``; benchmarks/results/cold-start-nvidia-h200-*): ~140
+family modules (~400 modules with what they import) stay unimported; on a CPU their own import time
+drops from 0.38 s to 0.01 s (of ~5.8 s for torch + the model libraries); on the H200 the model
+libraries took 8.6 s before and 8.9 s after in one sample each, i.e. no gain beyond that run's noise.
+What the import costs there is shared by every class and stays: ``torch._dynamo`` (3.4-3.8 s; diffusers'
+``maybe_allow_in_graph`` and transformers' masking utils import it, and the torch-compile backend relies
+on diffusers' blocks being registered with it), ``diffusers.loaders`` (2.4 s: the model classes' LoRA /
+single-file mixins, which pull in transformers' losses and scipy) and transformers' core. peft, which
+diffusers' hooks import whenever it is installed, is left alone: its cost on the H200 is mostly those
+shared transformers modules, and hiding it would change what diffusers offers to other code.
 """
 
 from __future__ import annotations
@@ -42,8 +44,6 @@ EAGER_DIFFUSERS_PACKAGES = (
     "diffusers.models.transformers",
     "diffusers.models.unets",
 )
-#: Installed packages the pipeline never uses that diffusers / transformers import when present.
-UNUSED_OPTIONAL_PACKAGES = ("peft",)
 
 _init_lock = threading.RLock()
 
@@ -63,27 +63,18 @@ class ModelClasses(NamedTuple):
 @functools.cache
 def model_classes() -> ModelClasses:
     """The model classes, imported once per process from their own modules (see the module docstring)."""
-    hidden = [name for name in UNUSED_OPTIONAL_PACKAGES if name not in sys.modules]
-    for name in hidden:
-        sys.modules[name] = None  # type: ignore[assignment]  # find_spec() -> None, import -> ImportError
-    try:
-        for package in EAGER_DIFFUSERS_PACKAGES:
-            defer_package_init(package)
-        from diffusers.models.autoencoders.autoencoder_kl import AutoencoderKL
-        from diffusers.models.controlnets.controlnet import ControlNetModel
-        from diffusers.models.unets.unet_2d_condition import UNet2DConditionModel
-        from transformers import CLIPTextConfig, CLIPTextModel, DPTConfig, DPTForDepthEstimation
+    for package in EAGER_DIFFUSERS_PACKAGES:
+        defer_package_init(package)
+    from diffusers.models.autoencoders.autoencoder_kl import AutoencoderKL
+    from diffusers.models.controlnets.controlnet import ControlNetModel
+    from diffusers.models.unets.unet_2d_condition import UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, DPTConfig, DPTForDepthEstimation
 
-        # transformers' top level is lazy: resolving the names imports the CLIP and DPT modules now.
-        classes = ModelClasses(
-            UNet2DConditionModel, ControlNetModel, AutoencoderKL, CLIPTextModel, CLIPTextConfig, DPTForDepthEstimation,
-            DPTConfig,
-        )  # fmt: skip
-    finally:
-        for name in hidden:
-            if sys.modules.get(name, ...) is None:
-                del sys.modules[name]
-    return classes
+    # transformers' top level is lazy: resolving the names imports the CLIP and DPT modules now.
+    return ModelClasses(
+        UNet2DConditionModel, ControlNetModel, AutoencoderKL, CLIPTextModel, CLIPTextConfig, DPTForDepthEstimation,
+        DPTConfig,
+    )  # fmt: skip
 
 
 def defer_package_init(name: str) -> bool:

@@ -51,9 +51,10 @@ def run_edit(
     """Shared by ``edit`` and ``demo``: checks outputs first, then loads models, edits and writes.
 
     The report's ``seconds_per_phase`` follow the process from its start (a cold edit is mostly not the
-    edit): start python and the CLI, import torch and the pipeline, check inputs, then the build's phases
-    (import model libraries, load models, prepare backend), the edit (its stages in ``seconds_per_stage``)
-    and writing the outputs."""
+    edit): start python and the CLI (the process's age here: the whole command's when it is ``sv-engine``),
+    import torch and the pipeline, check inputs, then the build's phases (init CUDA, import model
+    libraries, load models, prepare backend), the edit (its stages in ``seconds_per_stage``) and writing
+    the outputs."""
     phases = {"start python and the CLI": seconds_since_process_start()}
     started = time.perf_counter()
     from PIL import Image
