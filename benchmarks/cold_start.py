@@ -7,8 +7,18 @@ Each ``--variant NAME=DIR`` is a folder put first on ``PYTHONPATH`` holding an `
 a checkout laid out as installed). The setup runs once in this process: a 70-frame 768×432 clip with a
 random NLA, full-size random fp16 weights saved in the diffusers folder layout, the clip's NLA maps cached
 (as a warm edit leaves them). Then each variant's cold edit (:func:`sv_engine.benchmarks.e2e.cold_edit`:
-process start to written video, the report's phases), alternating the variants' order each round, and,
-time left, each variant's import of its model libraries (``-X importtime``, the slowest imports).
+process start to written video, the report's phases and the first edit's stages), alternating the
+variants' order each round, and, time left, each variant's import of its model libraries
+(``-X importtime``, the slowest imports).
+
+A variant folder from a source tree (``git archive REV | tar -x -C TREE``), as installed::
+
+    mkdir -p DIR/sv_engine && cp -r TREE/sv_engine/. DIR/sv_engine/ &&
+      for p in stablevideo engine export kernels benchmarks; do cp -r TREE/$p DIR/sv_engine/$p; done
+
+then ``python -m compileall -q -j0`` over the variants and site-packages, so that no variant pays
+another's bytecode compilation; run from a folder without a ``kernels/`` of its own (transformers
+probes for a ``kernels`` package).
 """
 
 from __future__ import annotations
@@ -24,6 +34,7 @@ import time
 from pathlib import Path
 
 import torch
+from sv_engine.benchmarks.timing import slowest_imports
 
 log = logging.getLogger(__name__)
 
@@ -73,18 +84,13 @@ def import_profile(folder: Path, timeout: float) -> dict:
     line = next((x for x in proc.stdout.splitlines() if x.startswith("IMPORTS ")), None)
     if line is None:
         return {"status": "error", "error": " | ".join(proc.stderr.strip().splitlines()[-4:])}
-    imports = []
-    for row in proc.stderr.splitlines():
-        parts = row.split("|")
-        if row.startswith("import time:") and len(parts) == 3 and parts[1].strip().isdigit():
-            imports.append((int(parts[1]), parts[2].rstrip()))
     seconds = json.loads(line[len("IMPORTS ") :])
     return {
         "status": "ok",
         "how": seconds.pop("how"),
         "seconds": {k: round(v, 3) for k, v in seconds.items()},
-        "modules": len(imports),
-        "slowest_imports_cumulative_s": [[name, round(us / 1e6, 3)] for us, name in sorted(imports, reverse=True)[:15]],
+        "modules": proc.stderr.count("import time:") - 1,  # less the header line
+        "slowest_imports_cumulative_s": slowest_imports(proc.stderr, 15),
     }
 
 

@@ -117,16 +117,12 @@ def load_phases(weights: Path, env: dict) -> dict:
     line = next((x for x in proc.stdout.splitlines() if x.startswith("LOAD ")), None)
     if line is None:
         return {"status": "error", "error": " | ".join(proc.stderr.strip().splitlines()[-4:])}
-    imports = []
-    for row in proc.stderr.splitlines():
-        parts = row.split("|")
-        if row.startswith("import time:") and len(parts) == 3 and parts[1].strip().isdigit():
-            imports.append((int(parts[1]), parts[2].rstrip()))
-    top = sorted(imports, reverse=True)[:25]
+    from sv_engine.benchmarks.timing import slowest_imports
+
     return {
         "status": "ok",
         "seconds": json.loads(line[5:]),
-        "slowest_imports_cumulative_s": [[name, round(us / 1e6, 3)] for us, name in top],
+        "slowest_imports_cumulative_s": slowest_imports(proc.stderr, 25),
     }
 
 

@@ -90,6 +90,17 @@ def time_fn(fn: Callable[[], object], device: torch.device | str, repeat: int, w
     return out
 
 
+def slowest_imports(importtime_stderr: str, top: int) -> list[list]:
+    """``[[module, cumulative seconds], ...]``, the ``top`` slowest imports of a ``python -X importtime``
+    run's stderr (its module names keep the nesting indent)."""
+    imports = []
+    for row in importtime_stderr.splitlines():
+        parts = row.split("|")
+        if row.startswith("import time:") and len(parts) == 3 and parts[1].strip().isdigit():
+            imports.append((int(parts[1]), parts[2].rstrip()))
+    return [[name, round(us / 1e6, 3)] for us, name in sorted(imports, reverse=True)[:top]]
+
+
 def git_commit(cwd: str | Path | None = None) -> str:
     """``git rev-parse --short HEAD`` of the source tree; ``$SV_ENGINE_COMMIT`` where the tree has no .git
     (a copy sent to a GPU machine); ``"unknown"`` otherwise."""
