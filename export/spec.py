@@ -95,7 +95,15 @@ def _half_copy(module: nn.Module) -> nn.Module:
     return copy.deepcopy(module, shared).half()
 
 
-def prepare_for_precision(module: nn.Module, precision: str, fused_attention: bool = False) -> nn.Module:
+#: Whether the torch backends' form (``fused_attention=True``) keeps GroupNorm/LayerNorm in fp16:
+#: PyTorch's CUDA norm kernels accumulate their statistics in fp32 already, so the export form's
+#: upcast only adds a cast in and out of every norm.
+TORCH_NATIVE_NORMS = False
+
+
+def prepare_for_precision(
+    module: nn.Module, precision: str, fused_attention: bool = False, native_norms: bool = False
+) -> nn.Module:
     """A copy of ``module`` in ``precision`` with fp16 overflow guards.
 
     fp16: weights in half, but GroupNorm/LayerNorm compute in fp32 (variance of large activations
@@ -119,6 +127,8 @@ def prepare_for_precision(module: nn.Module, precision: str, fused_attention: bo
         Attention = AttnProcessor = None  # type: ignore[assignment,misc]
     for sub in module.modules():
         if isinstance(sub, (nn.GroupNorm, nn.LayerNorm)):
+            if native_norms:
+                continue
             sub.float()
             sub.forward = _fp32_forward(sub)
         elif Attention is not None and isinstance(sub, Attention) and not fused_attention:
@@ -209,7 +219,11 @@ class ExportSpec(ABC):
             module = self.build_module().eval()
             module.requires_grad_(False)
             self._modules[fused_attention] = (
-                prepare_for_precision(module, self.precision, fused_attention).to(self.device).eval()
+                prepare_for_precision(
+                    module, self.precision, fused_attention, native_norms=fused_attention and TORCH_NATIVE_NORMS
+                )
+                .to(self.device)
+                .eval()
             )
         return self._modules[fused_attention]
 

@@ -220,26 +220,44 @@ class ControlledDenoiser:
         ``cond_emb`` / ``uncond_emb``: (B or 1, 77, D); ``control``: (B or 1, 3, 8h, 8w) in [0, 1].
         One batch of 2B = [uncond; cond] goes through ``unet_controlnet``.
         """
-        b = latents.shape[0]
-        if control.shape[-2:] != (latents.shape[-2] * self.latent_factor, latents.shape[-1] * self.latent_factor):
+        emb_2b, control_2b = self.guidance_inputs(latents.shape, cond_emb, uncond_emb, control)
+        return self._guided(latents, t, emb_2b, control_2b, control_scale, cfg)
+
+    def guidance_inputs(
+        self,
+        latent_shape: torch.Size | tuple[int, ...],
+        cond_emb: torch.Tensor,
+        uncond_emb: torch.Tensor,
+        control: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The CFG batch's fixed inputs on the device: ``[uncond; cond]`` embeddings (2B, 77, D) and the
+        control image twice (2B, 3, 8h, 8w), checked against the latents' size."""
+        b = latent_shape[0]
+        if tuple(control.shape[-2:]) != (latent_shape[-2] * self.latent_factor, latent_shape[-1] * self.latent_factor):
             raise SvEngineError(
-                f"Control image {tuple(control.shape[-2:])} does not match latents {tuple(latents.shape[-2:])} "
+                f"Control image {tuple(control.shape[-2:])} does not match latents {tuple(latent_shape[-2:])} "
                 f"× {self.latent_factor}.",
                 "Resize the control image to the generation size (multiples of 64).",
             )
-        latents = latents.to(self.device, self.dtype)
         cond = cond_emb.to(self.device, self.dtype).expand(b, -1, -1)
         uncond = uncond_emb.to(self.device, self.dtype).expand(b, -1, -1)
         control = control.to(self.device, self.dtype).expand(b, -1, -1, -1)
+        return torch.cat([uncond, cond]), torch.cat([control, control])
+
+    def _guided(
+        self,
+        latents: torch.Tensor,
+        t: int | torch.Tensor,
+        emb_2b: torch.Tensor,
+        control_2b: torch.Tensor,
+        control_scale: float,
+        cfg: float,
+    ) -> torch.Tensor:
+        latents = latents.to(self.device, self.dtype)
+        b = latents.shape[0]
         t_val = int(t.reshape(-1)[0]) if isinstance(t, torch.Tensor) else int(t)
         t_2b = torch.full((2 * b,), t_val, device=self.device, dtype=torch.long)
-        eps_2b = self.unet_controlnet(
-            torch.cat([latents, latents]),
-            t_2b,
-            torch.cat([uncond, cond]),
-            torch.cat([control, control]),
-            float(control_scale),
-        )
+        eps_2b = self.unet_controlnet(torch.cat([latents, latents]), t_2b, emb_2b, control_2b, float(control_scale))
         eps_u, eps_c = eps_2b.chunk(2)
         return eps_u + cfg * (eps_c - eps_u)
 
@@ -271,10 +289,17 @@ class ControlledDenoiser:
         control_scale: float = 1.0,
         cfg: float = 9.0,
     ) -> Callable[[torch.Tensor, int], torch.Tensor]:
-        """An ``eps_fn(x, t)`` for :class:`DDIMSampler` with fixed conditioning."""
+        """An ``eps_fn(x, t)`` for :class:`DDIMSampler` with fixed conditioning, placed on the device
+        once for the whole sampling loop: per step, the control image's host-to-device copy (pageable,
+        so the host waited for the GPU) and the batch concatenations left the GPU idle between steps."""
+        fixed: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
 
+        @torch.no_grad()
         def fn(x: torch.Tensor, t: int) -> torch.Tensor:
-            return self.eps(x, t, cond_emb, uncond_emb, control, control_scale, cfg)
+            key = tuple(x.shape)
+            if key not in fixed:
+                fixed[key] = self.guidance_inputs(x.shape, cond_emb, uncond_emb, control)
+            return self._guided(x, t, *fixed[key], control_scale, cfg)
 
         return fn
 
