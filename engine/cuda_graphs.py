@@ -77,7 +77,9 @@ def capture_cuda_graph(
 ) -> tuple[object, Callable[[], None]]:
     """``(what step returned inside the capture, replay)``: ``step`` runs ``warmup_calls`` times on a
     side stream first (cuDNN/cuBLAS/TensorRT choose algorithms and allocate workspaces outside the
-    capture), then once under capture into ``pool``."""
+    capture), then once under capture into ``pool``. The capture is thread-local: another thread's
+    work meanwhile (the background edit beside the keyframe loop, capturing its own model's graphs)
+    neither breaks it nor is refused."""
     current = torch.cuda.current_stream(device)
     side = torch.cuda.Stream(device)
     side.wait_stream(current)
@@ -86,6 +88,6 @@ def capture_cuda_graph(
             step()
     current.wait_stream(side)
     graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph, pool=pool):
+    with torch.cuda.graph(graph, pool=pool, capture_error_mode="thread_local"):
         captured = step()
     return captured, graph.replay

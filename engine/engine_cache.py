@@ -175,6 +175,15 @@ class EngineCache:
         atomic_write_bytes(self.paths(name, key)[0], data)
         self._write_meta(name, key, hashlib.sha256(data).hexdigest(), meta)  # last: it vouches for the engine
 
+    def get(self, name: str, key: str) -> tuple[bytes, dict[str, Any]] | None:
+        """A valid entry's bytes and ``meta`` (None when missing, stale, unreadable or corrupt: logged)."""
+        data = self._read(name, key)
+        return None if data is None else (data, self.meta(name, key))
+
+    def put(self, name: str, key: str, data: bytes, meta: dict[str, Any] | None = None) -> None:
+        """Writes (or replaces) an entry; the engine first, its metadata last."""
+        self._write(name, key, bytes(data), meta)
+
     def get_or_build(
         self,
         name: str,

@@ -66,10 +66,14 @@ class CompileOptions:
         dynamic: ``False`` compiles one static graph per input shape. The automatic-dynamic recompile
             a second shape triggers (``None``) took 329 s against ~94 s per static shape on an H100,
             and one clip's keyframe crops come in two or three sizes, so static graphs compile sooner.
+        persist: keep the compiled code in the engine cache (``torch.compiler`` cache artifacts) and
+            load it in later processes, which then compile in ~13 s instead of ~90 s per shape
+            (engine/torch_compile_backend.py); ``sv-engine build --backend torch-compile`` compiles ahead.
     """
 
     mode: str | None = None
     dynamic: bool | None = False
+    persist: bool = True
 
 
 @dataclasses.dataclass(frozen=True)

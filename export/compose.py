@@ -65,7 +65,8 @@ class RuntimeConfig:
         shapes: the engines' shape profile (default: :data:`TINY_MODEL_SHAPES` for tiny models, else
             SD's production profile).
         onnx_dir / cache_dir: where ONNX exports and compiled engines are kept (default: the cache).
-        overlap_background: run the background edit beside the keyframe loop (the pipeline's option).
+        overlap_background: run the background edit beside the keyframe loop, on its own CUDA stream
+            (the pipeline's option); ``None`` = :func:`overlap_background`'s policy.
     """
 
     tiny: bool = False
@@ -81,7 +82,7 @@ class RuntimeConfig:
     shapes: ShapeRange | None = None
     onnx_dir: str | None = None
     cache_dir: str | None = None
-    overlap_background: bool = False
+    overlap_background: bool | None = None
 
     def check(self) -> None:
         """Everything that can be checked before a model loads (one clear error, nothing started)."""
@@ -133,6 +134,19 @@ def choose_backend(config: RuntimeConfig, device: torch.device) -> BackendChoice
                 device,
             )
     return resolve_choice("torch-cuda-graph" if cuda_graphs else "torch")
+
+
+#: Whether a GPU edit with torch's CUDA graphs runs the background beside the keyframe loop by
+#: default (each half replays its own ControlNet's graphs; see StableVideoPipeline).
+OVERLAP_WITH_CUDA_GRAPHS = False
+
+
+def overlap_background(config: RuntimeConfig, device: torch.device, backend: str, cuda_graphs: bool) -> bool:
+    """The policy for the background beside the keyframe loop: as configured, else on for torch's
+    CUDA graphs on a GPU when :data:`OVERLAP_WITH_CUDA_GRAPHS` (measured: engine_bench's ``warm``)."""
+    if config.overlap_background is not None:
+        return config.overlap_background
+    return OVERLAP_WITH_CUDA_GRAPHS and device.type == "cuda" and backend == "torch" and cuda_graphs
 
 
 def parity_probe(backend: str, device: torch.device) -> tuple[bool, str]:
@@ -233,6 +247,6 @@ def build_pipeline(config: RuntimeConfig, components: SDComponents | None = None
             device,
             accelerated.unet_controlnet,
             accelerated.denoiser_overrides(),
-            overlap_background=config.overlap_background,
+            overlap_background=overlap_background(config, device, choice.backend, accelerated.cuda_graphs),
         )
     return EditRuntime(config, device, components, accelerated, pipeline, phases.as_dict())

@@ -209,7 +209,31 @@ def _has_model(components: SDComponents, name: str) -> bool:
 
 
 #: Backends whose engines ``sv-engine build`` compiles from the torch modules (no export folder).
-MODULE_ENGINE_BACKENDS = ("aoti",)
+MODULE_ENGINE_BACKENDS = ("aoti", "torch-compile")
+#: The image sizes ``build --backend torch-compile`` compiles when none are given (SD's 512²); an edit
+#: compiles the sizes it meets on top and stores them too.
+DEFAULT_COMPILE_SIZES = ((512, 512),)
+
+
+def parse_sizes(text: str, shapes: ShapeRange = DEFAULT_SHAPES) -> tuple[tuple[int, int], ...]:
+    """``"512x512,512x896"`` -> ((512, 512), (512, 896)) (height x width), checked against the profile."""
+    sizes = []
+    for part in (p.strip() for p in text.split(",") if p.strip()):
+        h, sep, w = part.lower().partition("x")
+        if not sep or not h.isdigit() or not w.isdigit():
+            raise SvEngineError(f"--shapes {part!r} is not HEIGHTxWIDTH.", "write e.g. --shapes 512x512,512x896.")
+        size = (int(h), int(w))
+        (lo_h, _, hi_h), (lo_w, _, hi_w) = shapes.height, shapes.width
+        if any(v % shapes.multiple for v in size) or not (lo_h <= size[0] <= hi_h and lo_w <= size[1] <= hi_w):
+            raise SvEngineError(
+                f"--shapes {part}: outside the profile ({lo_h}-{hi_h} x {lo_w}-{hi_w} px in multiples of "
+                f"{shapes.multiple}).",
+                f"give sizes in multiples of {shapes.multiple} within the profile.",
+            )
+        sizes.append(size)
+    if not sizes:
+        raise SvEngineError("--shapes is empty.", "write e.g. --shapes 512x512.")
+    return tuple(sizes)
 
 
 def build_engines(
@@ -221,27 +245,33 @@ def build_engines(
     models: tuple[str, ...] | None = None,
     cache_dir: Path | None = None,
     progress: Callable[[str], None] | None = None,
+    sizes: tuple[tuple[int, int], ...] = DEFAULT_COMPILE_SIZES,
 ) -> list[dict]:
-    """Compiles the persistent engines of ``backend`` (``aoti``) for ``models`` into the engine cache;
-    models whose engine is there already are only checked (``sv-engine build`` twice is a no-op).
-    Returns one row per model: built or already there, seconds, the package's path and size."""
+    """Compiles the persistent engines of ``backend`` for ``models`` into the engine cache: AOTInductor
+    packages (one per architecture, dynamic over the profile) or torch.compile's artifacts for the
+    image ``sizes``; models whose engine is there already are only checked (``sv-engine build`` twice
+    is a no-op). Returns one row per model: built or already there, seconds, the entry's path and size."""
     backend = canonical_name(backend)
     if backend not in MODULE_ENGINE_BACKENDS:
         raise SvEngineError(
             f"`build` compiles module engines for {', '.join(MODULE_ENGINE_BACKENDS)}, not {backend!r}.",
             "pass an export folder for trt/ort engines (`sv-engine build DIR --backend trt`).",
         )
-    engine = get_backend(backend, device=device, options=aoti_options(shapes), cache_dir=cache_dir)
+    options = aoti_options(shapes) if backend == "aoti" else None
+    engine = get_backend(backend, device=device, options=options, cache_dir=cache_dir)
     rows = []
     for name, spec in _specs(components, models or DEFAULT_MODELS[backend], precision, shapes, device).items():
         if progress is not None:
             progress(name)
         source = spec.model_source()
         t0 = time.perf_counter()
-        already = engine.is_built(source)
-        if not already:
-            engine.compile(source)
-        entry = engine.last_entry if not already else {}
+        if backend == "aoti":
+            already = engine.is_built(source)
+            if not already:
+                engine.compile(source)
+            entry = engine.last_entry if not already else {}
+        else:
+            already, entry = _compile_sizes(engine, spec, source, sizes, device)
         rows.append(
             {
                 "model": name,
@@ -254,3 +284,21 @@ def build_engines(
             }
         )
     return rows
+
+
+def _compile_sizes(engine, spec, source, sizes: tuple[tuple[int, int], ...], device: torch.device) -> tuple[bool, dict]:
+    """torch.compile ``source`` at each image size its stored artifacts do not cover yet (each call
+    that compiles stores them); ``(all were stored already, the entry's path and size)``."""
+    from sv_engine.engine.torch_compile_backend import shape_label
+
+    factor = spec.shapes.latent_factor
+    inputs = [spec.sample_inputs("opt", device=device, h=h // factor, w=w // factor) for h, w in sizes]
+    store = engine.artifacts(source)
+    missing = [x for x in inputs if not store.covers(shape_label(x))]
+    if missing:
+        model = engine.compile(source)
+        with torch.inference_mode():
+            for x in missing:
+                model(**x)
+    path = engine.cache.paths(store.name, store.key)[0]
+    return not missing, {"path": str(path), "bytes": path.stat().st_size if path.is_file() else None}

@@ -95,12 +95,6 @@ def _half_copy(module: nn.Module) -> nn.Module:
     return copy.deepcopy(module, shared).half()
 
 
-#: Whether the torch backends' form (``fused_attention=True``) keeps GroupNorm/LayerNorm in fp16:
-#: PyTorch's CUDA norm kernels accumulate their statistics in fp32 already, so the export form's
-#: upcast only adds a cast in and out of every norm.
-TORCH_NATIVE_NORMS = False
-
-
 def prepare_for_precision(
     module: nn.Module, precision: str, fused_attention: bool = False, native_norms: bool = False
 ) -> nn.Module:
@@ -167,7 +161,7 @@ class ExportSpec(ABC):
         self.precision = precision
         self.shapes = shapes
         self.device = torch.device(device)
-        self._modules: dict[bool, nn.Module] = {}  # by fused_attention
+        self._modules: dict[tuple[bool, bool], nn.Module] = {}  # by (fused_attention, native_norms)
 
     # ---- to implement ---------------------------------------------------------------------------
     @abstractmethod
@@ -211,21 +205,18 @@ class ExportSpec(ABC):
     def output_dtypes(self) -> dict[str, torch.dtype]:
         return {n: self.dtype for n in self.output_names()}
 
-    def torch_module(self, fused_attention: bool = False) -> nn.Module:
+    def torch_module(self, fused_attention: bool = False, native_norms: bool = False) -> nn.Module:
         """The module in :attr:`precision` on :attr:`device` (fp16: a guarded copy), in eval mode: the
-        export form, or with ``fused_attention`` the form the torch backends run (see
-        :func:`prepare_for_precision`)."""
-        if fused_attention not in self._modules:
+        export form, or with ``fused_attention`` and ``native_norms`` the form the torch backends run
+        (see :func:`prepare_for_precision`)."""
+        key = (fused_attention, native_norms)
+        if key not in self._modules:
             module = self.build_module().eval()
             module.requires_grad_(False)
-            self._modules[fused_attention] = (
-                prepare_for_precision(
-                    module, self.precision, fused_attention, native_norms=fused_attention and TORCH_NATIVE_NORMS
-                )
-                .to(self.device)
-                .eval()
+            self._modules[key] = (
+                prepare_for_precision(module, self.precision, fused_attention, native_norms).to(self.device).eval()
             )
-        return self._modules[fused_attention]
+        return self._modules[key]
 
     def dynamic_axes(self) -> dict[str, dict[int, str]]:
         """``torch.onnx.export`` dynamic axes for inputs and outputs (symbolic dims only)."""
@@ -300,7 +291,7 @@ class ExportSpec(ABC):
             input_names=self.input_names(),
             output_names=self.output_names(),
             onnx_path=onnx_path,
-            module=self.torch_module(fused_attention=True) if with_module else None,
+            module=self.torch_module(fused_attention=True, native_norms=True) if with_module else None,
             input_shapes=self.input_shapes(),
             output_shapes=self.output_shapes(),
             input_dtypes={n: dtype_name(d) for n, d in self.input_dtypes().items()},

@@ -83,18 +83,20 @@ class EditListener:
         """The edited ``"fg"`` (cropped to its bbox) or ``"bg"`` atlas, (3, h, w) in [0, 1]."""
 
 
-def _should_overlap(callables: Iterable[Callable], requested: bool) -> bool:
+def _should_overlap(shared: Iterable[Callable], requested: bool) -> bool:
     """Whether to run the background edit beside the keyframe loop.
 
-    Off unless requested: on an H100 with eager torch the overlap measured neutral (±10 %), as both
-    threads are bound by Python launching kernels under one interpreter lock. A backend callable
-    with ``thread_safe = False`` (CUDA graphs, a fixed stream) forces sequential even when
-    requested: the two threads would race on its buffers.
+    ``shared``: the callables both halves call (the VAE and text-encoder overrides; a UNet+ControlNet
+    step serving both ControlNets). One with ``thread_safe = False`` (CUDA graphs replay into its
+    static buffers) forces sequential even when requested: the two threads would race on its
+    buffers. Each half's own UNet+ControlNet step is called by one thread only, so graphs there are
+    fine: on an H200, the background's steps replayed from CUDA graphs on their own stream beside the
+    keyframe steps took 551 ms against 639 ms one after the other (benchmarks/results/probe-*.json).
     """
-    unsafe = [fn for fn in callables if not getattr(fn, "thread_safe", True)]
+    unsafe = [fn for fn in shared if not getattr(fn, "thread_safe", True)]
     if requested and unsafe:
         log.warning(
-            "background overlap requested but %d backend callable(s) are not thread-safe: running sequentially",
+            "background overlap requested but %d shared backend callable(s) are not thread-safe: running sequentially",
             len(unsafe),
         )
         return False
@@ -130,7 +132,9 @@ class StableVideoPipeline:
         self.bg_denoiser = ControlledDenoiser(
             components, "depth", unet_controlnet=unet_controlnet.get("depth"), **overrides
         )
-        self.overlap_background = _should_overlap([*unet_controlnet.values(), *overrides.values()], overlap_background)
+        canny, depth = unet_controlnet.get("canny"), unet_controlnet.get("depth")
+        shared = [*overrides.values(), *([canny] if canny is not None and canny is depth else [])]
+        self.overlap_background = _should_overlap(shared, overlap_background)
         # One side stream for every edit, so the caching allocator reuses its blocks from edit to edit.
         self._side_stream = torch.cuda.Stream(device) if self.overlap_background and device.type == "cuda" else None
 

@@ -403,6 +403,31 @@ def test_readme_rows_come_from_the_newest_run_that_measured_them(tmp_path):
     assert "| new0002 |" in readme.read_text()
 
 
+def test_readme_keeps_the_last_cold_row_when_a_newer_run_timed_only_warm_edits():
+    from sv_engine.benchmarks.readme_table import combine_newest
+
+    def run(commit: str, date: str, warm_s: float, cold: dict) -> dict:
+        return {
+            "environment": {"git_commit": commit, "date": date, "gpu": "G"},
+            "stages": {},
+            "e2e": {
+                "warm": {"status": "ok", "warm_s": warm_s, "peak_mem_gb": 6.0, "backend": "torch-cuda-graph"},
+                "cold": cold,
+                "targets": {"warm_met": False, "cold_met": False if cold.get("status") == "ok" else None},
+            },
+        }
+
+    old = run("old0001", "2026-01-01", 2.3, {"status": "ok", "seconds": 28.0})
+    new = run("new0002", "2026-01-02", 1.9, {"status": "not measured in this run"})
+    combined = combine_newest([new, old])
+    assert combined["e2e"]["warm"]["warm_s"] == 1.9 and combined["e2e"]["cold"]["seconds"] == 28.0
+    table = render_table(combined)
+    assert "| 1.90 s (torch-cuda-graph) |" in table and "| 28.00 s |" in table
+    warm_row = next(line for line in table.splitlines() if line.startswith("| whole edit, warm"))
+    cold_row = next(line for line in table.splitlines() if line.startswith("| whole edit, cold"))
+    assert warm_row.endswith("| new0002 |") and cold_row.endswith("| old0001 |")
+
+
 def test_bench_on_user_weights(tmp_path):
     """--weights benchmarks the models in the folder (diffusers layout), not random ones."""
     import torch

@@ -145,7 +145,7 @@ def test_corrupt_package_is_rebuilt(built: tuple[Path, TinyNet], tmp_path: Path)
     [
         (["build", "--backend", "aoti", "somedir"], "takes no export folder"),
         (["build", "--backend", "trt"], "needs the folder `sv-engine export` wrote"),
-        (["build", "--backend", "torch"], "supports --backend trt, ort or aoti"),
+        (["build", "--backend", "torch"], "supports --backend trt, ort, aoti or torch-compile"),
         (["build", "--backend", "aoti"], "No model weights given"),
     ],
 )

@@ -188,8 +188,9 @@ def test_unknown_model_name():
 
 def test_fp16_attention_forms(bundle):
     """Export form: classic attention with fp32 QKᵀ/softmax (the ONNX graph's softmax would run in
-    fp16). Torch-backend form: diffusers' fused SDPA processor, whose kernels accumulate in fp32; both
-    keep GroupNorm in fp32. In fp32 the two forms are the same computation."""
+    fp16). ORT's export form: diffusers' fused SDPA processor, whose kernels accumulate in fp32; both
+    keep GroupNorm in fp32. The torch backends' form: fused attention and native fp16 norms (PyTorch's
+    norm kernels keep their statistics in fp32). In fp32 the forms are the same computation."""
     from diffusers.models.attention_processor import Attention, AttnProcessor
 
     components, _ = bundle
@@ -197,7 +198,10 @@ def test_fp16_attention_forms(bundle):
         "unet_controlnet_canny"
     ]
     classic, fused = spec.torch_module(), spec.torch_module(fused_attention=True)
-    assert spec.model_source().module is fused
+    runtime = spec.model_source().module
+    assert runtime is spec.torch_module(fused_attention=True, native_norms=True) and runtime is not fused
+    runtime_norms = [m for m in runtime.modules() if isinstance(m, torch.nn.GroupNorm)]
+    assert runtime_norms and all(m.weight.dtype == torch.float16 and "forward" not in vars(m) for m in runtime_norms)
     attention = [m for m in classic.modules() if isinstance(m, Attention)]
     assert attention and all(type(m.processor) is AttnProcessor and m.upcast_softmax for m in attention)
     fused_attention = [m for m in fused.modules() if isinstance(m, Attention)]
@@ -213,7 +217,7 @@ def test_fp16_attention_forms(bundle):
     with torch.inference_mode():
         ref = spec32.torch_module()(*[inputs[n] for n in spec32.input_names()])[0]
         half = {n: t.to(spec.input_dtypes()[n]) for n, t in inputs.items()}
-        for module in (classic, fused):
+        for module in (classic, fused, runtime):
             out = module(*[half[n] for n in spec.input_names()])[0]
             m = compare(ref, out)
             assert m["finite"] and m["cosine"] >= FP16_MIN_COSINE, m

@@ -96,17 +96,31 @@ def test_overlapped_background_errors_propagate_and_the_worker_is_joined(
     assert not workers[1].is_alive()
 
 
-def test_overlap_decision() -> None:
+def test_overlap_decision(components) -> None:
+    """The background runs beside the keyframe loop when asked, unless a callable both halves call is
+    not thread-safe (CUDA-graph replay into static buffers); each half's own graphed step is fine."""
+
     def safe(*args):
         return None
 
     def graphed(*args):
         return None
 
-    graphed.thread_safe = False
+    def graphed_depth(*args):
+        return None
+
+    graphed.thread_safe = graphed_depth.thread_safe = False
     assert _should_overlap([safe], True)
     assert not _should_overlap([safe], False)
     assert not _should_overlap([safe, graphed], True)  # e.g. CUDA-graph replay: unsafe wins over a request
+
+    def overlaps(unet_controlnet: dict, overrides: dict | None = None) -> bool:
+        cpu = torch.device("cpu")
+        return StableVideoPipeline(components, cpu, unet_controlnet, overrides, overlap_background=True).overlap_background
+
+    assert overlaps({"canny": graphed, "depth": graphed_depth})  # one graphed model per half
+    assert not overlaps({"canny": graphed, "depth": graphed})  # one graphed model for both halves
+    assert not overlaps({"canny": graphed, "depth": graphed_depth}, {"vae_decode": graphed})  # a shared one
 
 
 def test_stage_timer_accumulates_across_threads() -> None:

@@ -1,5 +1,6 @@
-"""``sv-engine build``: TensorRT engines / ONNX Runtime sessions for an export folder, or AOTInductor
-engines compiled from the models themselves (``--backend aoti --weights DIR``)."""
+"""``sv-engine build``: TensorRT engines / ONNX Runtime sessions for an export folder, or engines
+compiled from the models themselves: AOTInductor packages (``--backend aoti --weights DIR``) or
+torch.compile's stored artifacts (``--backend torch-compile --weights DIR --shapes 512x512,...``)."""
 
 from __future__ import annotations
 
@@ -19,31 +20,49 @@ def build_command(
         None, help="Directory written by `sv-engine export` (has manifest.json); trt and ort only."
     ),
     backend: str = typer.Option(
-        "trt", "--backend", help="trt (TensorRT engines), ort (ONNX Runtime sessions) or aoti (AOTInductor)."
+        "trt",
+        "--backend",
+        help="trt (TensorRT engines), ort (ONNX Runtime sessions), aoti (AOTInductor) or torch-compile.",
     ),
     cache: Path | None = typer.Option(None, "--cache", help="Engine cache directory (default: DIR/engines)."),
     device: str | None = typer.Option(None, "--device", help="cuda (default when present) or cpu (ort only)."),
     precision: str | None = typer.Option(None, "--precision", help="Engine precision (default: the export's)."),
     models: str | None = typer.Option(None, "--models", help="Comma list (default: every model in the manifest)."),
-    weights: Path | None = typer.Option(None, "--weights", help="aoti: the model weights folder the edits use."),
-    tiny: bool = typer.Option(False, "--tiny", help="aoti: tiny random models (tests)."),
-    random_full: bool = typer.Option(False, "--random-full", help="aoti: full-size random models (benchmarks)."),
+    weights: Path | None = typer.Option(
+        None, "--weights", help="aoti / torch-compile: the model weights folder the edits use."
+    ),
+    tiny: bool = typer.Option(False, "--tiny", help="aoti / torch-compile: tiny random models (tests)."),
+    random_full: bool = typer.Option(
+        False, "--random-full", help="aoti / torch-compile: full-size random models (benchmarks)."
+    ),
+    shapes: str | None = typer.Option(
+        None,
+        "--shapes",
+        help="torch-compile: image sizes HxW to compile ahead (default 512x512); edits store the others they meet.",
+    ),
 ) -> None:
     """Build (or load from the cache) one engine/session per model and check it runs."""
+    from sv_engine.engine.registry import canonical_name
     from sv_engine.errors import SvEngineError
 
-    if backend == "aoti":
+    backend = canonical_name(backend)
+    if shapes is not None and backend != "torch-compile":
+        raise SvEngineError(
+            f"--shapes is for --backend torch-compile, not {backend!r}.",
+            "drop --shapes (AOTInductor and TensorRT engines serve the whole profile).",
+        )
+    if backend in ("aoti", "torch-compile"):
         if export_dir is not None:
             raise SvEngineError(
-                "`build --backend aoti` compiles the models themselves and takes no export folder.",
+                f"`build --backend {backend}` compiles the models themselves and takes no export folder.",
                 "pass --weights DIR (the weights your edits use) instead of the folder.",
             )
-        _build_module_engines(backend, weights, tiny, random_full, precision, device, cache, models)
+        _build_module_engines(backend, weights, tiny, random_full, precision, device, cache, models, shapes)
         return
     if backend not in ("trt", "ort"):
         raise SvEngineError(
-            f"`build` supports --backend trt, ort or aoti, not {backend!r}.",
-            "torch and torch-compile compile at run time; use trt, ort or aoti.",
+            f"`build` supports --backend trt, ort, aoti or torch-compile, not {backend!r}.",
+            "torch runs the modules as they are; use trt, ort, aoti or torch-compile.",
         )
     if export_dir is None:
         raise SvEngineError(
@@ -62,16 +81,22 @@ def _build_module_engines(
     device: str | None,
     cache: Path | None,
     models: str | None,
+    shapes: str | None,
 ) -> None:
     from rich.console import Console
     from rich.table import Table
 
     from sv_engine.device import resolve_device
     from sv_engine.export.compose import TINY_MODEL_SHAPES
-    from sv_engine.export.runtime import build_engines
+    from sv_engine.export.runtime import DEFAULT_COMPILE_SIZES, build_engines, parse_sizes
     from sv_engine.export.spec import DEFAULT_SHAPES
-    from sv_engine.stablevideo.model_source import load_components
+    from sv_engine.stablevideo.model_source import check_model_source, load_components
 
+    profile = TINY_MODEL_SHAPES if tiny else DEFAULT_SHAPES
+    sizes = parse_sizes(shapes, profile) if shapes is not None else DEFAULT_COMPILE_SIZES
+    if shapes is None and tiny:
+        sizes = ((profile.height[1], profile.width[1]),)
+    check_model_source(tiny, random_full, weights)  # before any model loads
     torch_device = resolve_device(device or "auto")
     precision = precision or ("fp16" if torch_device.type == "cuda" else "fp32")  # the edit's precision there
     components = load_components(torch_device, tiny=tiny, weights=weights, random_full=random_full, precision=precision)
@@ -83,10 +108,11 @@ def _build_module_engines(
             backend,
             precision,
             torch_device,
-            shapes=TINY_MODEL_SHAPES if tiny else DEFAULT_SHAPES,
+            shapes=profile,
             models=names,
             cache_dir=cache,
-            progress=lambda name: status.update(f"building {name} (AOTInductor: minutes for a new engine)"),
+            progress=lambda name: status.update(f"building {name} (minutes for a new engine)"),
+            sizes=sizes,
         )
     table = Table("model", "engine", "seconds", "MB")
     for row in rows:
