@@ -172,6 +172,13 @@ class TorchCompileBackend(Backend):
             },
         )
 
+    def stored_shapes(self, source: ModelSource) -> list[str]:
+        """The input-shape signatures a valid stored entry covers, read without loading it
+        (``sv-engine build`` checks them to be a no-op)."""
+        name = self.entry_name(source)
+        key = self.engine_key(source, self._require_module(source))
+        return list(self.cache.meta(name, key).get("shapes", [])) if self.cache.valid_file(name, key) else []
+
     def artifacts(self, source: ModelSource) -> CompileArtifacts:
         """The stored artifacts of ``source``'s architecture (loaded once per process)."""
         name = self.entry_name(source)

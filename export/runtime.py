@@ -293,12 +293,12 @@ def _compile_sizes(engine, spec, source, sizes: tuple[tuple[int, int], ...], dev
 
     factor = spec.shapes.latent_factor
     inputs = [spec.sample_inputs("opt", device=device, h=h // factor, w=w // factor) for h, w in sizes]
-    store = engine.artifacts(source)
-    missing = [x for x in inputs if not store.covers(shape_label(x))]
+    stored = engine.stored_shapes(source)
+    missing = [x for x in inputs if shape_label(x) not in stored]
     if missing:
         model = engine.compile(source)
         with torch.inference_mode():
             for x in missing:
                 model(**x)
-    path = engine.cache.paths(store.name, store.key)[0]
+    path = engine.cache.paths(engine.entry_name(source), engine.engine_key(source, source.module))[0]
     return not missing, {"path": str(path), "bytes": path.stat().st_size if path.is_file() else None}

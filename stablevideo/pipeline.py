@@ -171,14 +171,15 @@ class StableVideoPipeline:
                     session.atlas, self.fg_denoiser, params, keyframes, seed, timer, listener.keyframe_edited
                 )
 
-        if overlap:
-            fg, bg_atlas = self._overlapped(foreground, bg_atlas, params, seed, timer, listener)
-            listener.atlas_edited("fg", fg.atlas)
-        else:
-            fg = foreground()
-            listener.atlas_edited("fg", fg.atlas)
-            if params.edit_background:
-                bg_atlas = self._edit_background(bg_atlas, params, seed, timer, listener)
+        with self.fg_denoiser.prompt_cache(), self.bg_denoiser.prompt_cache():  # the keyframes share prompts
+            if overlap:
+                fg, bg_atlas = self._overlapped(foreground, bg_atlas, params, seed, timer, listener)
+                listener.atlas_edited("fg", fg.atlas)
+            else:
+                fg = foreground()
+                listener.atlas_edited("fg", fg.atlas)
+                if params.edit_background:
+                    bg_atlas = self._edit_background(bg_atlas, params, seed, timer, listener)
         with timer("render"):
             frames = render_video(session.atlas, fg.atlas, bg_atlas).cpu().numpy()
         return EditResult(

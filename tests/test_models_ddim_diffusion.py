@@ -110,6 +110,25 @@ def test_denoiser_swappable_callable(tiny):
     assert calls == [((2, 4, 8, 8), [51, 51], (2, 77, 32), (2, 3, 64, 64), 0.5)]
 
 
+def test_prompt_cache_encodes_each_prompt_once_within_its_block(tiny):
+    calls = []
+    den = ControlledDenoiser(tiny, "canny")
+    encode = den.text_encode
+
+    def counting(ids):  # noqa: ANN001, ANN202
+        calls.append(ids.shape)
+        return encode(ids)
+
+    den.text_encode = counting
+    plain = den.encode_text("a swan")
+    with den.prompt_cache():
+        first, again, other = den.encode_text("a swan"), den.encode_text("a swan"), den.encode_text("lowres")
+    assert len(calls) == 3  # outside, "a swan" inside once, "lowres"
+    assert again is first and torch.equal(first, plain) and not torch.equal(other, plain)
+    den.encode_text("a swan")
+    assert len(calls) == 4  # the block's embeddings are forgotten
+
+
 def test_txt2img_img2img_helpers(tiny):
     den = ControlledDenoiser(tiny, "canny")
     control = (np.random.default_rng(0).random((64, 64, 3)) * 255).astype(np.uint8)

@@ -24,7 +24,8 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 
 import numpy as np
 import torch
@@ -173,6 +174,7 @@ class ControlledDenoiser:
         self.text_encode = text_encode or torch_text_encode(components.text_encoder)
         self.vae_encode = vae_encode or torch_vae_encode(components.vae)
         self.vae_decode = vae_decode or torch_vae_decode(components.vae)
+        self._prompts: dict[tuple[str, ...], torch.Tensor] | None = None  # see prompt_cache
 
     @staticmethod
     def _pick_controlnet(components: SDComponents, controlnet: str | torch.nn.Module) -> torch.nn.Module:
@@ -197,10 +199,28 @@ class ControlledDenoiser:
 
     @torch.no_grad()
     def encode_text(self, prompts: str | Sequence[str]) -> torch.Tensor:
-        """CLIP ``last_hidden_state`` (N, 77, D) of the final prompt strings."""
+        """CLIP ``last_hidden_state`` (N, 77, D) of the final prompt strings (inside
+        :meth:`prompt_cache`, a prompt encoded before is not encoded again)."""
         if isinstance(prompts, str):
             prompts = [prompts]
-        return self.text_encode(self.tokenize(prompts)).to(self.dtype)
+        key = tuple(prompts)
+        if self._prompts is not None and key in self._prompts:
+            return self._prompts[key]
+        emb = self.text_encode(self.tokenize(prompts)).to(self.dtype)
+        if self._prompts is not None:
+            self._prompts[key] = emb
+        return emb
+
+    @contextmanager
+    def prompt_cache(self) -> Iterator[None]:
+        """Within the block each prompt is encoded once: an edit's keyframes share their prompts, so 4
+        of its 6 foreground text-encoder calls were repeats (eager CLIP: 7-10 ms each on an H200, 39 ms
+        beside the background edit). The embeddings are forgotten when the block ends."""
+        self._prompts = {}
+        try:
+            yield
+        finally:
+            self._prompts = None
 
     # -- noise prediction ----------------------------------------------------------------------
 
