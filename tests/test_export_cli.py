@@ -113,3 +113,18 @@ def test_runtime_config_policy_and_checks():
     with pytest.raises(SvEngineError, match="Unknown backend"):
         RuntimeConfig(tiny=True, backend="tensorflow").check()
     RuntimeConfig(tiny=True, backend="ort", options=OrtOptions(intra_op_threads=2)).check()
+
+
+def test_background_overlap_policy() -> None:
+    """The background runs beside the keyframe loop by default only with torch's CUDA graphs on a GPU
+    (measured there); an explicit setting wins everywhere."""
+    import torch
+    from sv_engine.export.compose import RuntimeConfig, overlap_background
+
+    gpu, cpu = torch.device("cuda"), torch.device("cpu")
+    assert overlap_background(RuntimeConfig(), gpu, "torch", cuda_graphs=True)
+    assert not overlap_background(RuntimeConfig(), gpu, "torch", cuda_graphs=False)
+    assert not overlap_background(RuntimeConfig(), gpu, "ort", cuda_graphs=False)
+    assert not overlap_background(RuntimeConfig(), cpu, "torch", cuda_graphs=False)
+    assert not overlap_background(RuntimeConfig(overlap_background=False), gpu, "torch", cuda_graphs=True)
+    assert overlap_background(RuntimeConfig(overlap_background=True), cpu, "torch", cuda_graphs=False)
