@@ -147,6 +147,11 @@ def test_corrupt_package_is_rebuilt(built: tuple[Path, TinyNet], tmp_path: Path)
         (["build", "--backend", "trt"], "needs the folder `sv-engine export` wrote"),
         (["build", "--backend", "torch"], "supports --backend trt, ort, aoti or torch-compile"),
         (["build", "--backend", "aoti"], "No model weights given"),
+        (["build", "--backend", "torch-compile", "somedir"], "takes no export folder"),
+        (["build", "--backend", "torch-compile", "--tiny", "--shapes", "512"], "is not HEIGHTxWIDTH"),
+        (["build", "--backend", "torch-compile", "--random-full", "--shapes", "500x512"], "outside the profile"),
+        (["build", "--backend", "aoti", "--tiny", "--shapes", "512x512"], "--shapes is for --backend torch-compile"),
+        (["build", "--backend", "torch-compile"], "No model weights given"),
     ],
 )
 def test_build_usage_errors_are_one_line_and_exit_2(

@@ -158,30 +158,6 @@ def test_persist_off_neither_loads_nor_stores(tmp_path: Path, monkeypatch: pytes
     assert spy.blobs == [] and not list(tmp_path.glob("*"))
 
 
-@pytest.mark.parametrize(
-    "args, message",
-    [
-        (["build", "--backend", "torch-compile", "somedir"], "takes no export folder"),
-        (["build", "--backend", "torch-compile", "--tiny", "--shapes", "512"], "is not HEIGHTxWIDTH"),
-        (["build", "--backend", "torch-compile", "--random-full", "--shapes", "500x512"], "outside the profile"),
-        (["build", "--backend", "aoti", "--tiny", "--shapes", "512x512"], "--shapes is for --backend torch-compile"),
-        (["build", "--backend", "torch-compile"], "No model weights given"),
-    ],
-)
-def test_build_usage_errors_are_one_line_and_exit_2(
-    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, args: list[str], message: str
-) -> None:
-    import sys
-
-    from sv_engine.cli import main
-
-    monkeypatch.setattr(sys, "argv", ["sv-engine", *args])
-    with caplog.at_level(logging.ERROR), pytest.raises(SystemExit) as exit_info:
-        main()
-    assert exit_info.value.code == 2
-    assert message in "\n".join(r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR)
-
-
 def test_parse_sizes() -> None:
     from sv_engine.export.runtime import parse_sizes
 

@@ -115,8 +115,8 @@ def test_overlap_decision(components) -> None:
     assert not _should_overlap([safe, graphed], True)  # e.g. CUDA-graph replay: unsafe wins over a request
 
     def overlaps(unet_controlnet: dict, overrides: dict | None = None) -> bool:
-        cpu = torch.device("cpu")
-        return StableVideoPipeline(components, cpu, unet_controlnet, overrides, overlap_background=True).overlap_background
+        pipeline = StableVideoPipeline(components, torch.device("cpu"), unet_controlnet, overrides, True)
+        return pipeline.overlap_background
 
     assert overlaps({"canny": graphed, "depth": graphed_depth})  # one graphed model per half
     assert not overlaps({"canny": graphed, "depth": graphed})  # one graphed model for both halves
