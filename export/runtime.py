@@ -221,18 +221,18 @@ def parse_sizes(text: str, shapes: ShapeRange = DEFAULT_SHAPES) -> tuple[tuple[i
     for part in (p.strip() for p in text.split(",") if p.strip()):
         h, sep, w = part.lower().partition("x")
         if not sep or not h.isdigit() or not w.isdigit():
-            raise SvEngineError(f"--shapes {part!r} is not HEIGHTxWIDTH.", "write e.g. --shapes 512x512,512x896.")
+            raise SvEngineError(f"{part!r} is not HEIGHTxWIDTH.", "write e.g. 512x512,512x896.", field="shapes")
         size = (int(h), int(w))
         (lo_h, _, hi_h), (lo_w, _, hi_w) = shapes.height, shapes.width
         if any(v % shapes.multiple for v in size) or not (lo_h <= size[0] <= hi_h and lo_w <= size[1] <= hi_w):
             raise SvEngineError(
-                f"--shapes {part}: outside the profile ({lo_h}-{hi_h} x {lo_w}-{hi_w} px in multiples of "
-                f"{shapes.multiple}).",
+                f"{part} is outside the profile ({lo_h}-{hi_h} x {lo_w}-{hi_w} px in multiples of {shapes.multiple}).",
                 f"give sizes in multiples of {shapes.multiple} within the profile.",
+                field="shapes",
             )
         sizes.append(size)
     if not sizes:
-        raise SvEngineError("--shapes is empty.", "write e.g. --shapes 512x512.")
+        raise SvEngineError("no size given.", "write e.g. 512x512.", field="shapes")
     return tuple(sizes)
 
 
