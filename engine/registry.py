@@ -61,8 +61,9 @@ class CompileOptions:
     Attributes:
         mode: torch.compile's mode; ``None`` = ``"reduce-overhead"`` on CUDA (inductor + CUDA-graph
             trees where shapes are static) and inductor's default on the CPU. Fastest warm whole
-            edit measured (2.28 s vs 5.77 s eager torch, 2x H200), but it compiles in every new process
-            (~94 s per graph and shape for the fused UNet+ControlNet on an H100).
+            edit measured (2.28 s vs 5.77 s eager torch, 2x H200) and fastest CFG step (10.2 ms vs
+            14.6 ms for torch's CUDA graphs at 512², H200), but a new process compiles each shape
+            (~86-94 s for the fused UNet+ControlNet; ~18 s with its stored artifacts, ``persist``).
         dynamic: ``False`` compiles one static graph per input shape. The automatic-dynamic recompile
             a second shape triggers (``None``) took 329 s against ~94 s per static shape on an H100,
             and one clip's keyframe crops come in two or three sizes, so static graphs compile sooner.
@@ -167,8 +168,9 @@ class BackendEntry:
 
     ``speed_rank``: rank of a whole edit's latency on (cuda, cpu) for :func:`default_backend` (higher is
     faster), from the committed device runs: torch with CUDA graphs (the edit's GPU default) 3.1 s
-    warm, ONNX Runtime 4.5 s; torch.compile is fastest warm (2.3 s) but compiles for minutes in every
-    new process. TensorRT ranks first, unmeasured (it cannot run on the lent Hopper GPUs).
+    warm, ONNX Runtime 4.5 s; torch.compile is fastest warm (2.3 s) but compiles each shape in every
+    new process (~18 s a shape from stored artifacts, ~90 s without). TensorRT ranks first, unmeasured
+    (it cannot run on the lent Hopper GPUs).
     """
 
     name: str

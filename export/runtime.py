@@ -40,8 +40,9 @@ log = logging.getLogger(__name__)
 
 #: What runs on the backend: the UNet+ControlNet steps dominate an edit; the VAE and text encoder follow.
 ACCELERATED_MODELS = ("unet_controlnet_canny", "unet_controlnet_depth", "vae_encoder", "vae_decoder", "text_encoder")
-#: torch.compile pays its compile in the first edit of every process (~94 s per graph and shape on
-#: an H100 for the fused UNet+ControlNet), and eager torch's CUDA graphs a capture per shape, so both
+#: torch.compile pays its compile in the first edit of every process (~90 s per graph and shape for
+#: the fused UNet+ControlNet, ~18 s from stored artifacts), and eager torch's CUDA graphs a capture
+#: per shape, so both
 #: take only the UNet+ControlNet steps (~95% of the diffusion time) by default; the VAE and text
 #: encoder run a handful of times per edit and stay eager.
 DEFAULT_MODELS = {
