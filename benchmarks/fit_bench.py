@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from sv_engine.stablevideo.fit import FitOptions, fit_arrays, real_clips, report
 from sv_engine.stablevideo.fit.synthetic import make_clip
+from sv_engine.stablevideo.fit.trainer import ARCHS
 from sv_engine.stablevideo.fit.video_input import read_frames
 
 
@@ -37,7 +38,8 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=5.0)
     parser.add_argument("--frames", type=int, default=70)
     parser.add_argument("--size", default="768x432")
-    parser.add_argument("--batch", type=int, default=None, help="points per step (default 131072 on CUDA)")
+    parser.add_argument("--batch", type=int, default=None, help="points per step (default: the arch's)")
+    parser.add_argument("--arch", choices=ARCHS, default=FitOptions.arch)
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--no-masks", action="store_true", help="use the motion-segmentation fallback")
     parser.add_argument("--no-amp", action="store_true", help="fp32 everywhere (default: bf16 atlas/alpha)")
@@ -68,6 +70,7 @@ def main() -> None:
         "frames": len(frames),
         "size": [w, h],
         "minutes_budget": args.minutes,
+        "arch": args.arch,
         "masks": masks is not None and not args.no_masks,
         "amp": not args.no_amp,
         "torch": torch.__version__,
@@ -82,6 +85,7 @@ def main() -> None:
             minutes=args.minutes,
             device=args.device,
             batch_size=args.batch,
+            arch=args.arch,
             progress=False,
             eval_seconds=args.eval_seconds,
             amp=not args.no_amp,
@@ -106,6 +110,7 @@ def main() -> None:
                 "points_per_s": round(fit.iterations * fit.report["batch_size"] / max(fit.elapsed_s, 1e-6)),
                 "batch_size": fit.report["batch_size"],
                 "final_psnr_db": round(fit.psnr_db, 3),
+                "distilled_psnr_db": fit.report["distilled_psnr_db"],
                 "psnr_over_time": fit.report["psnr_history"],
                 "final_losses": fit.report["losses"],
                 "max_memory_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2)
@@ -123,13 +128,11 @@ def main() -> None:
 def _box_checks(name: str, fit, size: tuple[int, int]) -> list[dict]:  # noqa: ANN001
     """The fitted fg layer (alpha > 0.5) against the clip's rough hand-made reference boxes: the share of
     it inside the box, the share of the box it covers, and the IoU of its bounding box with the box."""
+    from sv_engine.stablevideo.data import load_checkpoint
     from sv_engine.stablevideo.fit.losses import Layout
-    from sv_engine.stablevideo.nla import NLAModel
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    ckpt = torch.load(fit.out / "checkpoint", map_location=device, weights_only=True)
-    nla = NLAModel.random(0).to(device)
-    nla.load_state_dict(ckpt)
+    nla = load_checkpoint(fit.out / "checkpoint")[0].to(device)  # what sv-engine renders (the hash model)
     out = []
     layout = Layout(size[0], size[1], fit.report["frames"])
     for t in [t for t in real_clips.CLIPS[name].reference_boxes if t < fit.report["frames"]]:

@@ -17,6 +17,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
+from sv_engine.stablevideo.hash_nla import CHECKPOINT_KEY as HASH_CHECKPOINT_KEY
+from sv_engine.stablevideo.hash_nla import HashNLAModel
 from sv_engine.stablevideo.nla import CHECKPOINT_KEYS, NLAModel
 
 from sv_engine.errors import SvEngineError
@@ -46,7 +48,7 @@ class VideoData:
     root: Path
     config: VideoConfig
     frames: torch.Tensor
-    nla: NLAModel
+    nla: NLAModel | HashNLAModel
     checkpoint_sha256: str
     frame_files: list[Path]
 
@@ -128,9 +130,20 @@ def load_frames(root: Path, config: VideoConfig) -> tuple[torch.Tensor, list[Pat
     return frames, files
 
 
-def load_checkpoint(path: Path) -> tuple[NLAModel, str]:
-    """Loads an original NLA checkpoint (strict) and returns it with the file's sha256."""
+def load_checkpoint(path: Path) -> tuple[NLAModel | HashNLAModel, str]:
+    """Loads an original NLA checkpoint (strict) and returns it with the file's sha256. A checkpoint of
+    ``sv-engine fit --arch hash`` also holds the hash-grid model its NLA MLPs were distilled from: that
+    one is returned (it reconstructs the video better; StableVideo itself reads the NLA keys)."""
     checkpoint, blob = read_checkpoint(path)
+    sha = hashlib.sha256(blob).hexdigest()
+    if HASH_CHECKPOINT_KEY in checkpoint:
+        try:
+            return HashNLAModel.from_checkpoint(checkpoint[HASH_CHECKPOINT_KEY]).eval(), sha
+        except (KeyError, TypeError, RuntimeError) as err:
+            raise SvEngineError(
+                f"The hash-grid NLA in {path} is damaged or from another sv-engine version: {err}.",
+                "fit the video again with `sv-engine fit`.",
+            ) from err
     nla = NLAModel.random()
     try:
         nla.load_state_dict(checkpoint)
@@ -139,7 +152,7 @@ def load_checkpoint(path: Path) -> tuple[NLAModel, str]:
             f"NLA checkpoint {path} does not match the original architecture: {err}.",
             "use an original NLA checkpoint (fg mapping 6 layers, bg mapping 4, atlas 8 with skips 4 and 7, alpha 8).",
         ) from err
-    return nla.eval(), hashlib.sha256(blob).hexdigest()
+    return nla.eval(), sha
 
 
 def read_checkpoint(path: Path) -> tuple[dict, bytes]:

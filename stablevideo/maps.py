@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from sv_engine.stablevideo.data import VideoConfig, VideoData
-from sv_engine.stablevideo.nla import NLAField, normalize_xyt
+from sv_engine.stablevideo.nla import NLAField, NLAModel, normalize_xyt
 from tqdm import tqdm
 
 from sv_engine.atomic_write import atomic_torch_save
@@ -86,7 +86,7 @@ def load_or_compute_maps(
     caches under its own name."""
     c = video.config
     device = torch.device(device)
-    fast = field is None and device.type == "cuda"
+    fast = field is None and device.type == "cuda" and isinstance(video.nla, NLAModel)  # fused fp16 MLPs
     form = "-fp16" if fast else ""
     path = cache_dir() / f"{video.checkpoint_sha256[:24]}-{c.resx}x{c.resy}x{c.num_frames}{form}.pt"
     if use_cache and path.is_file():

@@ -92,17 +92,22 @@ def test_bad_inputs(tmp_path: Path) -> None:
 
 
 # ------------------------------------------------------------------------------- resume / output
-def test_resume_interrupt_and_load(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("arch", ["nla", "hash"])
+def test_resume_interrupt_and_load(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, arch: str) -> None:
     from sv_engine.stablevideo.data import load_video_data
+    from sv_engine.stablevideo.hash_nla import HashNLAModel
 
     frames, masks = make_clip(6, 32, 24)
     out = tmp_path / "clip"
-    r1 = fit_arrays(frames, masks, FitOptions(out=out, iters=8, pretrain_fraction=0.5, **_tiny()))
+    # no distillation phase (it has its own tests): the step counts below are those of the main phase
+    opts = {**_tiny(), "arch": arch, "distill_fraction": 0.0, "pretrain_fraction": 0.5}
+    r1 = fit_arrays(frames, masks, FitOptions(out=out, iters=8, **opts))
     state = torch.load(out / "fit_state.pt", weights_only=False)
     assert r1.iterations == 8 and state["iteration"] == 8
     assert json.loads((out / "fit_report.json").read_text())["iterations"] == 8
     assert (out / "fit_preview.png").is_file()
     video = load_video_data(out)  # the data folder StableVideo / sv-engine read
+    assert isinstance(video.nla, HashNLAModel) == (arch == "hash")
     assert video.frames.shape == (6, 3, 24, 32)
     assert float((video.frames.permute(0, 2, 3, 1) * 255 - torch.from_numpy(frames).float()).abs().mean()) < 5  # jpg
     assert torch.load(out / "checkpoint", weights_only=True)["iteration"] == 8
@@ -117,8 +122,8 @@ def test_resume_interrupt_and_load(tmp_path: Path, monkeypatch: pytest.MonkeyPat
         return real_step(nla, *args, **kwargs)
 
     monkeypatch.setattr("sv_engine.stablevideo.fit.trainer.nla_step", spy)
-    saved = state["nla"]["model_F_mapping1_state_dict"]
-    r2 = fit_arrays(frames, masks, FitOptions(out=out, iters=12, pretrain_fraction=0.5, resume=True, **_tiny()))
+    saved = state["nla"]["model_F_mapping1_state_dict" if arch == "nla" else "fg_mapping"]
+    r2 = fit_arrays(frames, masks, FitOptions(out=out, iters=12, resume=True, **opts))
     assert r2.iterations == 12
     assert all(torch.equal(seen[0][k], saved[k]) for k in saved)
     state2 = torch.load(out / "fit_state.pt", weights_only=False)
@@ -137,11 +142,14 @@ def test_resume_interrupt_and_load(tmp_path: Path, monkeypatch: pytest.MonkeyPat
         return real_step(*args, **kwargs)
 
     monkeypatch.setattr("sv_engine.stablevideo.fit.trainer.nla_step", interrupting)
-    r3 = fit_arrays(frames, masks, FitOptions(out=out, iters=20, pretrain_fraction=0.5, resume=True, **_tiny()))
+    r3 = fit_arrays(frames, masks, FitOptions(out=out, iters=20, resume=True, **opts))
     assert r3.interrupted and r3.iterations == 14
     assert torch.load(out / "fit_state.pt", weights_only=False)["iteration"] == 14
     with pytest.raises(SvEngineError, match="different input"):
-        fit_arrays(frames[:5], masks[:5], FitOptions(out=out, iters=20, resume=True, **_tiny()))
+        fit_arrays(frames[:5], masks[:5], FitOptions(out=out, iters=20, resume=True, **opts))
+    other = "hash" if arch == "nla" else "nla"
+    with pytest.raises(SvEngineError, match=f"fit with \\$arch {arch}, not {other}"):
+        fit_arrays(frames, masks, FitOptions(out=out, iters=30, resume=True, **{**opts, "arch": other}))
 
 
 def test_cli_fit_frames_folder_without_masks(tmp_path: Path) -> None:
@@ -238,7 +246,7 @@ def test_foreground_collapse_is_reported(
 
     monkeypatch.setattr(NLAModel, "random", staticmethod(pinned))
     frames, masks = make_clip(6, 32, 24)
-    opts = FitOptions(out=tmp_path / "c", iters=2, lr=0.0, warm_lr=0.0, lr_min=0.0, **_tiny())
+    opts = FitOptions(out=tmp_path / "c", iters=2, arch="nla", lr=0.0, warm_lr=0.0, lr_min=0.0, **_tiny())
     with caplog.at_level(logging.WARNING):
         result = fit_arrays(frames, masks, opts)
     rep = json.loads((tmp_path / "c" / "fit_report.json").read_text())

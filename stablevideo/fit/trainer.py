@@ -14,8 +14,10 @@ from pathlib import Path
 import numpy as np
 import torch
 from sv_engine.stablevideo.fit import datafolder, flow, report, separation
+from sv_engine.stablevideo.fit.distill import distill_step
 from sv_engine.stablevideo.fit.losses import FitTensors, Layout, LossWeights, StepFlags, nla_step, pretrain_step
 from sv_engine.stablevideo.fit.video_input import read_frames, read_masks
+from sv_engine.stablevideo.hash_nla import HashNLAConfig, HashNLAModel
 from sv_engine.stablevideo.nla import NLAModel
 from tqdm import tqdm
 
@@ -47,22 +49,18 @@ class FitOptions:
     device: str = "auto"
     resume: bool = False
     force: bool = False
-    arch: str = "nla"
+    arch: str = "hash"  # see ARCHS
     seed: int = 0
-    batch_size: int | None = None  # default: 1024 on CPU, 131072 on CUDA
-    lr: float | None = (
-        None  # main phase: default 1e-3 on CUDA (~30 it/s, thousands of steps), 1e-4 on CPU (NLA's own lr)
-    )
-    warm_lr: float = 2e-3  # the warm start's direct regression tolerates (and gains from) a higher lr
-    lr_min: float = 1e-4
-    pretrain_fraction: float | None = (
-        None  # warm start on direct targets (layout, colours, masks); default 0.3 on CUDA, 0.85 on CPU
-    )
+    # None: the defaults of ARCH_DEFAULTS for the arch and device
+    batch_size: int | None = None
+    lr: float | None = None  # main phase, cosine-decayed to lr_min
+    warm_lr: float | None = None  # the warm start's direct regression tolerates (and gains from) a higher lr
+    lr_min: float | None = None
+    pretrain_fraction: float | None = None  # warm start on direct targets (layout, colours, masks)
     # "process": budget in CPU-seconds / torch threads ("M minutes of a dedicated machine"), robust to busy hosts
     clock: str = "wall"
-    bootstrap_fraction: float | None = (
-        None  # alpha BCE against the masks for this part of the main phase; default 0.6 CUDA, 1.0 CPU
-    )
+    bootstrap_fraction: float | None = None  # alpha BCE against the masks for this part of the main phase
+    distill_fraction: float | None = None  # --arch hash: the budget's last part distils into the NLA MLPs
     global_rigidity_fraction: float = 0.4  # of the main phase
     checkpoint_minutes: float = 3.0
     eval_seconds: float = 30.0
@@ -72,6 +70,31 @@ class FitOptions:
     hints: separation.Hints | None = None  # --fg-box / --fg-point: seed the automatic separation (or prompt SAM 2)
     mask_model: Path | None = None  # --mask-model: SAM 2 checkpoint folder, prompted by the hints
     weights: LossWeights = field(default_factory=LossWeights)
+
+
+@dataclass(frozen=True)
+class ArchDefaults:
+    batch_size: int
+    lr: float
+    warm_lr: float
+    lr_min: float
+    pretrain_fraction: float
+    bootstrap_fraction: float
+    distill_fraction: float = 0.0
+
+
+ARCHS = ("hash", "nla")
+ARCH_DEFAULTS = {
+    # A short CPU budget gives the NLA MLPs only ~1.5k main-phase steps: there the full objective at lr 1e-3
+    # undoes the warm start (measured 28 -> 24 dB on the synthetic test clip); NLA's lr 1e-4 with masks kept
+    # on holds 30 dB. On CUDA (~30 it/s) thousands of steps take lr 1e-3.
+    ("nla", "cpu"): ArchDefaults(1024, 1e-4, 2e-3, 1e-4, 0.85, 1.0),
+    ("nla", "cuda"): ArchDefaults(131072, 1e-3, 2e-3, 1e-4, 0.3, 0.6),
+    # Grid tables take Instant-NGP's lr 1e-2; the warm start is short (the mappings start at the layout).
+    # The distillation into the NLA MLPs gets the last quarter.
+    ("hash", "cpu"): ArchDefaults(16384, 1e-2, 1e-2, 1e-3, 0.2, 0.5, 0.25),
+    ("hash", "cuda"): ArchDefaults(262144, 1e-2, 1e-2, 1e-3, 0.2, 0.5, 0.25),
+}
 
 
 @dataclass
@@ -169,8 +192,10 @@ def _set_rng_state(state: dict, device: torch.device) -> None:
         torch.cuda.set_rng_state(state["cuda"], device)
 
 
-def _make_optimizer(nla: NLAModel, lr: float) -> torch.optim.Adam:
+def _make_optimizer(nla: NLAModel | HashNLAModel, lr: float) -> torch.optim.Adam:
     groups = [{"params": list(net.parameters()), "name": name} for name, net in nla.modules().items()]
+    if isinstance(nla, HashNLAModel):  # Instant-NGP's Adam: the tables' rarely-hit entries need a tiny eps
+        return torch.optim.Adam(groups, lr=lr, betas=(0.9, 0.99), eps=1e-15)
     return torch.optim.Adam(groups, lr=lr)
 
 
@@ -187,24 +212,19 @@ class _Trainer:
         self.o = options
         self.callback = callback
         self.root = Path(options.out).expanduser().resolve()
-        self.device = resolve_device(options.device)
-        if options.arch != "nla":
+        if options.arch not in ARCHS:
             raise SvEngineError(
                 f"{options.arch} is not available.",
-                "use nla (the original NLA architecture, loadable by StableVideo).",
+                "use hash (grid encodings, fast; distilled into the NLA MLPs for StableVideo) or nla.",
                 field="arch",
             )
         if options.minutes is None and options.iters is None:
             options.minutes = 10.0
-        # A short CPU budget gives only ~1.5k main-phase steps: there the full objective at lr 1e-3 undoes
-        # the warm start (measured 28 -> 24 dB on the test clip); NLA's lr 1e-4 with masks kept on holds 30 dB.
-        cuda = self.device.type == "cuda"
-        if options.pretrain_fraction is None:
-            options.pretrain_fraction = 0.3 if cuda else 0.85
-        if options.lr is None:
-            options.lr = 1e-3 if cuda else 1e-4
-        if options.bootstrap_fraction is None:
-            options.bootstrap_fraction = 0.6 if cuda else 1.0
+        self.device = resolve_device(options.device)
+        defaults = ARCH_DEFAULTS[(options.arch, "cuda" if self.device.type == "cuda" else "cpu")]
+        for name, value in asdict(defaults).items():
+            if getattr(options, name) is None:
+                setattr(options, name, value)
         threads = max(1, torch.get_num_threads())
         self.clock = (lambda: time.process_time() / threads) if options.clock == "process" else time.time
         self.frames_u8 = frames
@@ -216,7 +236,7 @@ class _Trainer:
                 f"Masks have shape {masks.shape} but the frames are {(t_count, h, w)}.",
                 "give one mask per frame, of the frames' size.",
             )
-        self.batch = options.batch_size or (131072 if self.device.type == "cuda" else 1024)
+        self.batch = options.batch_size
         self.layout = Layout(w, h, t_count)
         if options.hints:
             separation.validate_hints(options.hints, t_count, w, h)
@@ -253,23 +273,41 @@ class _Trainer:
             valid_fw=torch.from_numpy(flows.forward_valid).to(dev),
             valid_bw=torch.from_numpy(flows.backward_valid).to(dev),
         )
-        self.nla = NLAModel.random(options.seed).to(dev)
+        self.nla = self._make_model().to(dev)
         self.opt = _make_optimizer(self.nla, options.lr)
+        # --arch hash: the NLA MLPs the hash model is distilled into (StableVideo's checkpoint format)
+        self.student: NLAModel | None = None
+        self.student_opt: torch.optim.Adam | None = None
+        if options.arch == "hash":
+            self.student = NLAModel.random(options.seed).to(dev)
+            self.student_defaults = ARCH_DEFAULTS[("nla", "cuda" if dev.type == "cuda" else "cpu")]
+            self.student_opt = _make_optimizer(self.student, self.student_defaults.warm_lr)
         self.iteration = 0
         self.elapsed = 0.0
         self.phase_warm = True
+        self.distilling = False
         self.psnr_history: list[dict] = []
         self.loss_history: list[dict] = []
         self.losses: dict[str, float] = {}
         self.signature = _signature(frames)
         gen = torch.Generator().manual_seed(1234)
-        n_eval = min(65536 if dev.type == "cuda" else 4096, t_count * h * w)
+        n_eval = min(65536 if dev.type == "cuda" or options.arch == "hash" else 4096, t_count * h * w)
         idx = torch.randperm(t_count * h * w, generator=gen)[:n_eval].to(dev)
         self.eval_t, self.eval_y, self.eval_x = idx // (h * w), (idx % (h * w)) // w, idx % w
         if options.resume:
             self._load_state()
         else:
             datafolder.write_frames_and_config(self.root, frames)
+
+    def _make_model(self) -> NLAModel | HashNLAModel:
+        if self.o.arch == "nla":
+            return NLAModel.random(self.o.seed)
+        layout = self.layout
+        config = HashNLAConfig(
+            layout.resx, layout.resy, layout.num_frames, self.init.bg_center, self.init.bg_scale, self.init.fg_scale
+        )
+        hs = torch.from_numpy(self.init.bg_homographies).float()
+        return HashNLAModel.create(config, hs, torch.from_numpy(self.init.fg_centroids).float(), self.o.seed)
 
     # ---- state
     def _state(self) -> dict:
@@ -284,6 +322,8 @@ class _Trainer:
             "elapsed_s": self.elapsed,
             "rng": _rng_state(self.device),
             "phase_warm": self.phase_warm,
+            "student": None if self.student is None else self.student.state_dict(),
+            "student_optimizer": None if self.student_opt is None else self.student_opt.state_dict(),
             "psnr_history": self.psnr_history,
             "loss_history": self.loss_history,
             "masks_given": self.masks_given,
@@ -291,7 +331,10 @@ class _Trainer:
 
     def save(self) -> None:
         atomic_torch_save(self._state(), self.root / datafolder.STATE_FILE)
-        datafolder.write_checkpoint(self.root, self.nla, self.iteration)
+        if isinstance(self.nla, HashNLAModel):
+            datafolder.write_checkpoint(self.root, self.student, self.iteration, hash_model=self.nla)
+        else:
+            datafolder.write_checkpoint(self.root, self.nla, self.iteration)
         log.info("saved fit state at iteration %d (%s)", self.iteration, self.root / datafolder.STATE_FILE)
 
     def _load_state(self) -> None:
@@ -312,8 +355,18 @@ class _Trainer:
                 field="resume",
                 mentions=("frames", "size", "out"),
             )
+        if state.get("arch", "nla") != self.o.arch:
+            raise SvEngineError(
+                f"{path} is a fit with $arch {state.get('arch', 'nla')}, not {self.o.arch}.",
+                f"resume with $arch {state.get('arch', 'nla')}, or fit into a new $out folder.",
+                field="resume",
+                mentions=("arch", "out"),
+            )
         self.nla.load_state_dict(state["nla"])
         self.opt.load_state_dict(state["optimizer"])
+        if self.student is not None:
+            self.student.load_state_dict(state["student"])
+            self.student_opt.load_state_dict(state["student_optimizer"])
         self.iteration = int(state["iteration"])
         self.elapsed = float(state["elapsed_s"])
         self.psnr_history = list(state.get("psnr_history", []))
@@ -332,16 +385,24 @@ class _Trainer:
         return p
 
     @torch.no_grad()
-    def quick_psnr(self) -> float:
+    def quick_psnr(self, model: NLAModel | HashNLAModel | None = None) -> float:
         xyt = self.layout.normalize(self.eval_x.float(), self.eval_y.float(), self.eval_t.float())
-        rgb = report.evaluate_points(self.nla, xyt)[0]
+        rgb = report.evaluate_points(model or self.nla, xyt)[0]
         return report.psnr(rgb.clamp(0, 1), self.data.frames[self.eval_t, self.eval_y, self.eval_x])
 
     def _record(self) -> None:
-        p = self.quick_psnr()
+        p = self.quick_psnr(self.student if self.distilling else None)
         entry = {"time_s": round(self.elapsed, 2), "iteration": self.iteration, "psnr_db": round(p, 3)}
+        if self.distilling:
+            entry["distilled"] = True
         self.psnr_history.append(entry)
-        log.info("iteration %d (%.0fs): PSNR %.2f dB (sampled pixels)", self.iteration, self.elapsed, p)
+        log.info(
+            "iteration %d (%.0fs): %sPSNR %.2f dB (sampled pixels)",
+            self.iteration,
+            self.elapsed,
+            "distilled NLA " if self.distilling else "",
+            p,
+        )
         self.loss_history.append({"iteration": self.iteration, **{k: round(v, 6) for k, v in self.losses.items()}})
         if self.callback:
             self.callback(entry)
@@ -365,6 +426,36 @@ class _Trainer:
         self.save()
         return self.finish(interrupted)
 
+    def _step(
+        self, p: float, targets: Callable, flags: StepFlags
+    ) -> tuple[torch.optim.Adam, torch.Tensor, dict[str, torch.Tensor], float, bool]:
+        """The loss of one step at budget progress ``p`` in [0, 1): warm start, main phase, and for
+        --arch hash the distillation; returns (optimizer, loss, terms, lr, in the warm start)."""
+        o = self.o
+        fit_end = 1.0 - (o.distill_fraction if self.student is not None else 0.0)
+        if p >= fit_end:
+            if not self.distilling:
+                self.distilling = True
+                self.nla.eval()
+                log.info("distilling into the NLA MLPs (StableVideo's format) from iteration %d", self.iteration)
+            student = self.student_defaults
+            lr = _lr_at((p - fit_end) / max(1e-6, 1.0 - fit_end), student.warm_lr, student.lr_min)
+            total, values = distill_step(self.student, self.nla, self.data, self.layout, student.batch_size, o.amp)
+            return self.student_opt, total, {f"distill_{k}": v for k, v in values.items()}, lr, False
+        if p < o.pretrain_fraction:
+            total, values = pretrain_step(self.nla, self.data, self.layout, targets, self.batch, o.amp)
+            return self.opt, total, {f"warm_{k}": v for k, v in values.items()}, o.warm_lr, True
+        main_p = (p - o.pretrain_fraction) / max(1e-6, fit_end - o.pretrain_fraction)
+        lr = _lr_at(main_p, o.lr, o.lr_min) * min(1.0, 0.1 + main_p / 0.05)
+        if self.phase_warm:
+            # New objective, ~5000x the gradient scale: fresh Adam moments (stale second moments
+            # would turn the first steps into huge jumps) and a short lr warm-up.
+            self.opt = _make_optimizer(self.nla, lr)
+        flags.bootstrap = main_p < o.bootstrap_fraction
+        flags.global_rigidity = main_p < o.global_rigidity_fraction
+        terms = nla_step(self.nla, self.data, self.layout, o.weights, self.batch, flags, o.amp)
+        return self.opt, terms.total, terms.values, lr, False
+
     def _loop(self) -> None:
         o = self.o
         targets = make_targets(self.init, self.layout, self.device)
@@ -375,6 +466,7 @@ class _Trainer:
         last_ckpt = time.time()
         last_eval = -1e9
         start = self.clock() - self.elapsed
+        distilling = self.distilling
         if not self.psnr_history:
             self._record()
         for net in self.nla.modules().values():
@@ -384,28 +476,15 @@ class _Trainer:
             p = self.progress()
             if p >= 1.0:
                 break
-            warm = p < o.pretrain_fraction
-            main_p = (p - o.pretrain_fraction) / max(1e-6, 1 - o.pretrain_fraction)
-            lr = o.warm_lr if warm else _lr_at(main_p, o.lr, o.lr_min) * min(1.0, 0.1 + main_p / 0.05)
-            for g in self.opt.param_groups:
-                g["lr"] = lr
-            if warm:
-                total, values = pretrain_step(self.nla, self.data, self.layout, targets, self.batch, o.amp)
-                values = {f"warm_{k}": v for k, v in values.items()}
-            else:
-                if self.phase_warm:
-                    # New objective, ~5000x the gradient scale: fresh Adam moments (stale second moments
-                    # would turn the first steps into huge jumps) and a short lr warm-up.
-                    sums, count = {}, 0
-                    self.opt = _make_optimizer(self.nla, lr)
-                flags.bootstrap = main_p < o.bootstrap_fraction
-                flags.global_rigidity = main_p < o.global_rigidity_fraction
-                terms = nla_step(self.nla, self.data, self.layout, o.weights, self.batch, flags, o.amp)
-                total, values = terms.total, terms.values
+            opt, total, values, lr, warm = self._step(p, targets, flags)
+            if warm != self.phase_warm or self.distilling != distilling:
+                sums, count, distilling = {}, 0, self.distilling  # a new objective: fresh loss means
             self.phase_warm = warm
-            self.opt.zero_grad(set_to_none=True)
+            for g in opt.param_groups:
+                g["lr"] = lr
+            opt.zero_grad(set_to_none=True)
             total.backward()
-            self.opt.step()
+            opt.step()
             self.iteration += 1
             for k, v in values.items():
                 sums[k] = sums.get(k, 0) + v.detach()
@@ -434,6 +513,17 @@ class _Trainer:
             self.nla, self.layout, self.data.frames, self.data.masks
         )
         fg_check = report.foreground_check(fg_coverage, self.mask_coverage, fg_iou, COLLAPSE_FIX)
+        distilled = None
+        if self.student is not None:
+            self.student.eval()
+            distilled = round(self.quick_psnr(self.student), 3)
+            log.info(
+                "hash model %.2f dB (what sv-engine renders); the distilled NLA MLPs (what StableVideo renders)"
+                " %.2f dB on %d sampled pixels",
+                final,
+                distilled,
+                self.eval_x.numel(),
+            )
         if fg_check["collapsed"]:
             log.warning("%s", fg_check["warning"])
         self.psnr_history.append(
@@ -441,6 +531,7 @@ class _Trainer:
         )
         rep = {
             "psnr_db": round(final, 3),
+            "distilled_psnr_db": distilled,
             "psnr_history": self.psnr_history,
             "losses": self.losses,
             "loss_history": self.loss_history,

@@ -57,13 +57,22 @@ def fit_command(
     force: bool = typer.Option(
         False, "--force", help="Write into a non-empty --out (overwrites the fit's own files, keeps others)."
     ),
-    arch: str = typer.Option("nla", "--arch", help="nla: the original NLA MLPs (checkpoint works in StableVideo)."),
+    arch: str = typer.Option(
+        "hash",
+        "--arch",
+        help="hash: multi-resolution hash grids (fast: real footage in minutes on a CPU), then distilled into "
+        "the original NLA MLPs for StableVideo (sv-engine renders the hash model); nla: the NLA MLPs only.",
+    ),
     seed: int = typer.Option(0, "--seed", help="Random seed."),
-    batch: int | None = typer.Option(None, "--batch", help="Points per step (default 131072 on CUDA, 1024 on CPU)."),
+    batch: int | None = typer.Option(
+        None, "--batch", help="Points per step (default: hash 262144 on CUDA, 16384 on CPU; nla 131072 / 1024)."
+    ),
     checkpoint_minutes: float = typer.Option(3.0, "--checkpoint-minutes", help="Save fit_state.pt this often."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
 ) -> None:
     """Fit layered atlases (NLA) to VIDEO and write a StableVideo data folder (+ fit_report.json, fit_preview.png)."""
+    if arch not in ("hash", "nla"):
+        raise SvEngineError(f"--arch {arch} is not available.", "use --arch hash or --arch nla.")
     import torch
 
     from sv_engine.stablevideo.fit import FitOptions, fit_video
