@@ -148,7 +148,7 @@ def test_resume_interrupt_and_load(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     with pytest.raises(SvEngineError, match="different input"):
         fit_arrays(frames[:5], masks[:5], FitOptions(out=out, iters=20, resume=True, **opts))
     other = "hash" if arch == "nla" else "nla"
-    with pytest.raises(SvEngineError, match=f"fit with \\$arch {arch}, not {other}"):
+    with pytest.raises(SvEngineError, match=f"fit with arch {arch}, not {other}"):
         fit_arrays(frames, masks, FitOptions(out=out, iters=30, resume=True, **{**opts, "arch": other}))
 
 
