@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 import torch
+from sv_engine.stablevideo.nla import NetworkSet
 from torch import nn
 
 CHECKPOINT_KEY = "sv_engine_hash_nla"
@@ -204,7 +205,7 @@ class HashNLAConfig:
 
 
 @dataclass
-class HashNLAModel:
+class HashNLAModel(NetworkSet):
     """The four networks of :class:`nla.NLAModel` as grid networks (same call conventions)."""
 
     fg_mapping: GridNet
@@ -255,16 +256,6 @@ class HashNLAModel:
 
     def modules(self) -> dict[str, GridNet]:
         return {"fg_mapping": self.fg_mapping, "bg_mapping": self.bg_mapping, "atlas": self.atlas, "alpha": self.alpha}
-
-    def to(self, device: torch.device | str) -> HashNLAModel:
-        for net in self.modules().values():
-            net.to(device)
-        return self
-
-    def eval(self) -> HashNLAModel:
-        for net in self.modules().values():
-            net.eval()
-        return self
 
     def state_dict(self) -> dict[str, dict[str, torch.Tensor]]:
         return {name: net.state_dict() for name, net in self.modules().items()}

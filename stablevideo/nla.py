@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Self
 
 import torch
 from torch import nn
@@ -99,8 +100,25 @@ def alpha_net() -> IMLP:
     return IMLP(3, 1, num_layers=8, positional_dim=5)
 
 
+class NetworkSet:
+    """Device moves and eval mode for a set of networks (:meth:`modules`): the NLA's four, or their hash-grid form."""
+
+    def modules(self) -> dict[str, nn.Module]:
+        raise NotImplementedError
+
+    def to(self, device: torch.device | str) -> Self:
+        for net in self.modules().values():
+            net.to(device)
+        return self
+
+    def eval(self) -> Self:
+        for net in self.modules().values():
+            net.eval()
+        return self
+
+
 @dataclass
-class NLAModel:
+class NLAModel(NetworkSet):
     """The four networks of one video's layered atlas (StableVideo uses ONE atlas net for both layers)."""
 
     fg_mapping: IMLP
@@ -115,16 +133,6 @@ class NLAModel:
 
     def modules(self) -> dict[str, IMLP]:
         return {"fg_mapping": self.fg_mapping, "bg_mapping": self.bg_mapping, "atlas": self.atlas, "alpha": self.alpha}
-
-    def to(self, device: torch.device | str) -> NLAModel:
-        for net in self.modules().values():
-            net.to(device)
-        return self
-
-    def eval(self) -> NLAModel:
-        for net in self.modules().values():
-            net.eval()
-        return self
 
     def state_dict(self) -> dict[str, dict[str, torch.Tensor]]:
         """The checkpoint dict in the original NLA key layout (without optimizer state)."""

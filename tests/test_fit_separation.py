@@ -133,6 +133,7 @@ def test_cli_bad_box_is_one_line_exit_2(tmp_path: Path) -> None:
         (["--fg-box", "20,10,30,10"], "--fg-box: Box 20,10,30,10 is outside the 32x24 frame"),
         (["--fg-box", "1,1,5,5@9"], "--fg-box: Box 1,1,5,5@9: no frame 9"),
         (["--fg-point", "nope"], "--fg-point: Bad point 'nope'"),
+        (["--arch", "mlp"], "--arch: mlp is not available"),
     ]:
         run = subprocess.run(base + extra, capture_output=True, text=True, timeout=120)
         errors = [ln for ln in run.stderr.splitlines() if "ERROR" in ln or "Traceback" in ln]

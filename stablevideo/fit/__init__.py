@@ -2,7 +2,8 @@
 
 Modules: :mod:`video_input` (frames / masks), :mod:`flow` (DIS optical flow, consistency, motion
 masks, background homographies), :mod:`losses` (the NLA objective), :mod:`trainer` (the loop,
-checkpoint / resume), :mod:`datafolder` (atomic StableVideo data-folder writing), :mod:`report`
+checkpoint / resume; the networks are :mod:`sv_engine.stablevideo.nla`'s or :mod:`sv_engine.stablevideo.hash_nla`'s),
+:mod:`distill` (hash grids -> NLA MLPs), :mod:`datafolder` (atomic StableVideo data-folder writing), :mod:`report`
 (PSNR, ``fit_report.json``, ``fit_preview.png``).
 """
 

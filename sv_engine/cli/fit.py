@@ -72,7 +72,7 @@ def fit_command(
 ) -> None:
     """Fit layered atlases (NLA) to VIDEO and write a StableVideo data folder (+ fit_report.json, fit_preview.png)."""
     if arch not in ("hash", "nla"):
-        raise SvEngineError(f"--arch {arch} is not available.", "use --arch hash or --arch nla.")
+        raise SvEngineError(f"{arch} is not available.", "use hash or nla.", field="arch")
     import torch
 
     from sv_engine.stablevideo.fit import FitOptions, fit_video
