@@ -27,9 +27,6 @@ QUOTED_COMMAND = re.compile(r"`(?:sv-engine|python -m) [^`]*`")
 PLACEHOLDER = re.compile(r"\$([a-z_][a-z0-9_]*)")
 #: Inputs of the library's own argparse scripts, which the ``sv-engine`` CLI does not have.
 SCRIPT_ONLY = {"readme"}
-#: Known exceptions, per file: the fit's quality note (logged, and kept in fit_report.json, which no
-#: front end rewrites) still spells the fit command's hint flags.
-KNOWN = {"stablevideo/fit/trainer.py": frozenset({"AUTO_MASK_NOTE"})}
 
 
 def library_files() -> list[Path]:
@@ -70,9 +67,9 @@ def _message_texts(node: ast.AST, constants: dict[str, ast.expr]) -> list[tuple[
     return [t for part in (node, *named) for t in _texts(part)]
 
 
-def _messages(tree: ast.Module, skip: frozenset[str]) -> list[tuple[int, str]]:
-    """The texts of every raised exception and every log call (but those of the constants in ``skip``)."""
-    constants = {name: value for name, value in _constants(tree).items() if name not in skip}
+def _messages(tree: ast.Module) -> list[tuple[int, str]]:
+    """The texts of every raised exception and every log call."""
+    constants = _constants(tree)
     out = []
     for node in ast.walk(tree):
         if isinstance(node, ast.Raise) and node.exc is not None:
@@ -82,11 +79,11 @@ def _messages(tree: ast.Module, skip: frozenset[str]) -> list[tuple[int, str]]:
     return out
 
 
-def flags_in(source: str, name: str = "<source>", skip: frozenset[str] = frozenset()) -> list[str]:
+def flags_in(source: str, name: str = "<source>") -> list[str]:
     """``line: flag`` for each flag a raised error or a log message spells outside a quoted command."""
     return [
         f"{name}:{line}: {flag}"
-        for line, text in _messages(ast.parse(source, filename=name), skip)
+        for line, text in _messages(ast.parse(source, filename=name))
         for flag in FLAG.findall(QUOTED_COMMAND.sub("", text))
     ]
 
@@ -145,7 +142,7 @@ def test_library_messages_spell_no_flag() -> None:
     bad = []
     for path in library_files():
         name = str(path.relative_to(ROOT))
-        bad += flags_in(path.read_text(), name, KNOWN.get(name, frozenset()))
+        bad += flags_in(path.read_text(), name)
     assert bad == [], "name the input with field= / $name (the CLI spells its flag):\n" + "\n".join(bad)
 
 

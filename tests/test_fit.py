@@ -14,7 +14,7 @@ from sv_engine.stablevideo.fit import losses as fit_losses
 from sv_engine.stablevideo.fit.synthetic import make_clip
 from sv_engine.stablevideo.fit.video_input import read_frames, read_masks
 
-from sv_engine.errors import SvEngineError
+from sv_engine.errors import SvEngineError, as_flag
 
 torch.set_num_threads(2)
 
@@ -246,7 +246,9 @@ def test_foreground_collapse_is_reported(
 
     monkeypatch.setattr(NLAModel, "random", staticmethod(pinned))
     frames, masks = make_clip(6, 32, 24)
-    opts = FitOptions(out=tmp_path / "c", iters=2, arch="nla", lr=0.0, warm_lr=0.0, lr_min=0.0, **_tiny())
+    opts = FitOptions(
+        out=tmp_path / "c", iters=2, arch="nla", lr=0.0, warm_lr=0.0, lr_min=0.0, spell=as_flag, **_tiny()
+    )
     with caplog.at_level(logging.WARNING):
         result = fit_arrays(frames, masks, opts)
     rep = json.loads((tmp_path / "c" / "fit_report.json").read_text())
@@ -255,9 +257,19 @@ def test_foreground_collapse_is_reported(
         assert (
             rep["collapsed"] and rep["fg_coverage_per_frame"] == [0.0] * 6 and rep["fg_frames_lost"] == list(range(6))
         )
-        assert "--fg-box" in rep["warning"] and "--mask" in rep["warning"]
+        assert "--fg-box" in rep["warning"] and "--mask-model" in rep["warning"]  # spelled by the front end
         assert any("foreground layer collapsed" in r.getMessage() for r in caplog.records)
     else:
         assert not rep["collapsed"] and rep["warning"] is None and rep["fg_coverage_per_frame"] == [1.0] * 6
         assert not any("collapsed" in r.getMessage() for r in caplog.records)
     assert result.report["collapsed"] == rep["collapsed"]
+
+
+def test_fit_notes_name_the_hints_as_the_front_end_spells_them() -> None:
+    """The library's notes carry no front end's names: the CLI's flags or the service's keys are spelled in."""
+    from sv_engine.stablevideo.fit.trainer import COLLAPSE_FIX, spell_note
+
+    assert "$" not in spell_note(COLLAPSE_FIX, str)
+    assert "give fg_box X,Y,W,H (or fg_point X,Y)" in spell_note(COLLAPSE_FIX, str)
+    assert "give --fg-box X,Y,W,H (or --fg-point X,Y)" in spell_note(COLLAPSE_FIX, as_flag)
+    assert "--mask-model DIR" in spell_note(COLLAPSE_FIX, as_flag)

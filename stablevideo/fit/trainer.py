@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from string import Template
 
 import numpy as np
 import torch
@@ -23,19 +24,27 @@ from tqdm import tqdm
 
 from sv_engine.atomic_write import atomic_torch_save
 from sv_engine.device import resolve_device
-from sv_engine.errors import SvEngineError
+from sv_engine.errors import Spelling, SvEngineError
 
 log = logging.getLogger(__name__)
 
 STATE_VERSION = 1
-AUTO_MASK_NOTE = (
+#: The fit's notes name the hint inputs as ``$name``; :attr:`FitOptions.spell` spells them for the front end
+#: that runs the fit (the CLI as flags, the service as its JSON keys), as :class:`SvEngineError` texts do.
+AUTO_MASK_NOTE = Template(
     "no masks given: automatic fg/bg separation (motion, background residual, colour models) bootstrapped alpha;"
-    " check fit_preview.png, and give --fg-box / --fg-point, --mask or --mask-model where it missed the object"
+    " check fit_preview.png, and give $fg_box / $fg_point, $mask or $mask_model where it missed the object"
 )
-COLLAPSE_FIX = (
-    "give --fg-box X,Y,W,H (or --fg-point X,Y) on the object, foreground masks with --mask, or --mask-model DIR"
+COLLAPSE_FIX = Template(
+    "give $fg_box X,Y,W,H (or $fg_point X,Y) on the object, foreground masks with $mask, or $mask_model DIR"
     " (SAM 2) with a box / point"
 )
+HINT_INPUTS = ("fg_box", "fg_point", "mask", "mask_model")
+
+
+def spell_note(note: Template, spell: Spelling) -> str:
+    """``note`` with the inputs it names spelled by ``spell``."""
+    return note.substitute({name: spell(name) for name in HINT_INPUTS})
 
 
 @dataclass
@@ -70,6 +79,7 @@ class FitOptions:
     hints: separation.Hints | None = None  # --fg-box / --fg-point: seed the automatic separation (or prompt SAM 2)
     mask_model: Path | None = None  # --mask-model: SAM 2 checkpoint folder, prompted by the hints
     weights: LossWeights = field(default_factory=LossWeights)
+    spell: Spelling = str  # how the notes in the log and report spell the inputs they name (the front end's)
 
 
 @dataclass(frozen=True)
@@ -254,7 +264,7 @@ class _Trainer:
             masks = sam2_masks(Path(options.mask_model), frames, options.hints or separation.Hints(), self.device)
             self.mask_source = f"SAM 2 ({options.mask_model})"
         elif masks is None:
-            log.warning("%s", AUTO_MASK_NOTE)
+            log.warning("%s", spell_note(AUTO_MASK_NOTE, self.o.spell))
             found = separation.separate(frames, flows, options.hints, progress=options.progress)
             masks, self.separation_stats = found.masks, found.stats
             self.mask_source = "automatic fg/bg separation"
@@ -512,7 +522,9 @@ class _Trainer:
         final, fg_coverage, fg_iou = report.video_psnr_and_coverage(
             self.nla, self.layout, self.data.frames, self.data.masks
         )
-        fg_check = report.foreground_check(fg_coverage, self.mask_coverage, fg_iou, COLLAPSE_FIX)
+        fg_check = report.foreground_check(
+            fg_coverage, self.mask_coverage, fg_iou, spell_note(COLLAPSE_FIX, self.o.spell)
+        )
         distilled = None
         if self.student is not None:
             self.student.eval()
@@ -541,7 +553,7 @@ class _Trainer:
             "interrupted": interrupted,
             "masks_given": self.masks_given,
             "mask_source": self.mask_source,
-            "quality_note": AUTO_MASK_NOTE if self.separation_stats is not None else None,
+            "quality_note": spell_note(AUTO_MASK_NOTE, self.o.spell) if self.separation_stats is not None else None,
             "separation": self.separation_stats,
             "hints": None if not self.o.hints else asdict(self.o.hints),
             "mask_model": None if self.o.mask_model is None else str(self.o.mask_model),
@@ -557,7 +569,7 @@ class _Trainer:
             "options": {
                 k: (str(v) if isinstance(v, Path) else v)
                 for k, v in asdict(self.o).items()
-                if k not in ("weights", "hints", "mask_model")
+                if k not in ("weights", "hints", "mask_model", "spell")
             },
             "loss_weights": asdict(self.o.weights),
         }

@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 
 from sv_engine.cli.app import app
-from sv_engine.errors import SvEngineError
+from sv_engine.errors import SvEngineError, as_flag
 
 log = logging.getLogger(__name__)
 
@@ -119,6 +119,7 @@ def fit_command(
         progress=progress,
         hints=hints if hints and mask is None else None,
         mask_model=mask_model if mask is None else None,
+        spell=as_flag,
     )
     result = fit_video(video, options, mask_source=mask, max_frames=frames, size=fit_size)
     log.info(
