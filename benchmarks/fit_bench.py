@@ -94,6 +94,7 @@ def main() -> None:
         t1 = time.time()
         fit = fit_arrays(frames, None if args.no_masks else masks, options, callback=history.append)
         fg_keys = ("fg_coverage_mean", "mask_coverage_mean", "fg_iou_vs_masks_mean", "collapsed", "warning")
+        result["arch"] = options.arch  # auto: what it chose
         result.update({k: fit.report[k] for k in fg_keys})
         result["separation"] = fit.report["separation"]
         if args.clip != "synthetic":

