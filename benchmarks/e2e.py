@@ -158,7 +158,7 @@ def warm_edit(
         "overlapped_background": result.overlapped_background,
     }
     if profile:
-        from sv_engine.benchmarks.profile import profile_call
+        from sv_engine.benchmarks.torch_profile import profile_call
 
         out["profile"] = profile_call(functools.partial(pipeline.edit, data_dir, params), device)
     if save_weights is not None:

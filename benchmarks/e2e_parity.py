@@ -29,8 +29,8 @@ from pathlib import Path
 
 import torch
 from sv_engine.benchmarks.e2e import edit_params, synth_data_dir
-from sv_engine.benchmarks.profile import profile_call
 from sv_engine.benchmarks.timing import environment
+from sv_engine.benchmarks.torch_profile import profile_call
 from sv_engine.engine.parity import PSNR_MIN_DB, psnr
 from sv_engine.engine.registry import BackendChoice, parse_choice
 from sv_engine.export.compose import RuntimeConfig, build_pipeline

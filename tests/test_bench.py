@@ -299,7 +299,7 @@ def test_profile_summary_unions_streams_and_groups_kernels():
     from types import SimpleNamespace
 
     import torch
-    from sv_engine.benchmarks.profile import kernel_category, summarise
+    from sv_engine.benchmarks.torch_profile import kernel_category, summarise
 
     def event(name, start, end, cuda=True):
         time_range = SimpleNamespace(start=start, end=end, elapsed_us=lambda: end - start)
@@ -327,7 +327,7 @@ def test_profile_summary_unions_streams_and_groups_kernels():
 
 def test_profile_call_on_cpu_lists_host_ops():
     import torch
-    from sv_engine.benchmarks.profile import profile_call
+    from sv_engine.benchmarks.torch_profile import profile_call
 
     conv = torch.nn.Conv2d(3, 4, 3)
     x = torch.randn(1, 3, 16, 16)

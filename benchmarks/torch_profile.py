@@ -1,5 +1,8 @@
 """Where an edit's time goes: a torch.profiler (Kineto/CUPTI) run summarised into JSON.
 
+(Not named ``profile``: a benchmark run as a script has benchmarks/ first on sys.path, and a module of
+that name hides the standard library's, which torch._dynamo imports through cProfile.)
+
 CUPTI records every CUDA kernel of the process, ONNX Runtime's and TensorRT's included, so the
 summary compares the wall time with the GPU's kernel time: a low ``gpu_busy_fraction`` means the
 GPU waits for the host (kernel launches, Python, synchronisations), a high one that only faster
