@@ -16,8 +16,10 @@ for the real clip, against its hand-made reference boxes), GPU name, torch versi
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import logging
+import os
 import platform
 import shutil
 import tempfile
@@ -76,6 +78,9 @@ def main() -> None:
         "torch": torch.__version__,
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "host": platform.node(),
+        "date": datetime.date.today().isoformat(),
+        "cpu_count": os.cpu_count(),  # a CPU fit shares them with whatever else runs: load_average says how much
+        "load_average_start": [round(x, 2) for x in os.getloadavg()],
         "clip_build_s": round(time.time() - t0, 2),
     }
     with tempfile.TemporaryDirectory() as tmp:
@@ -114,6 +119,7 @@ def main() -> None:
                 "distilled_psnr_db": fit.report["distilled_psnr_db"],
                 "psnr_over_time": fit.report["psnr_history"],
                 "final_losses": fit.report["losses"],
+                "load_average_end": [round(x, 2) for x in os.getloadavg()],
                 "max_memory_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2)
                 if torch.cuda.is_available()
                 else None,

@@ -1,8 +1,9 @@
-"""Rewrites the benchmark table in README.md from the newest ``benchmarks/results/*.json``.
+"""Rewrites the benchmark tables in README.md from ``benchmarks/results/*.json``.
 
 ``python -m sv_engine.benchmarks.readme_table [--results DIR] [--readme PATH] [--json FILE ...]``
-replaces only the text between ``<!-- bench-table:start -->`` and ``<!-- bench-table:end -->``;
-the numbers are never typed by hand. Columns: stage, reference (StableVideo's way), the best
+replaces only the text between ``<!-- bench-table:start -->`` and ``<!-- bench-table:end -->`` (and,
+where the README has them, ``<!-- fit-table:start -->`` ... ``<!-- fit-table:end -->``: one row per
+``fit_bench`` result); the numbers are never typed by hand. Columns: stage, reference (StableVideo's way), the best
 implementation, its speed-up, the H100 target, met/missed and the run (commit) the row comes from:
 each row is taken from the newest result that measured that stage, so a device run that timed only
 some stages updates those rows and keeps the others from the run before.
@@ -21,6 +22,8 @@ from sv_engine.errors import SvEngineError, as_flag
 
 START = "<!-- bench-table:start -->"
 END = "<!-- bench-table:end -->"
+FIT_START = "<!-- fit-table:start -->"
+FIT_END = "<!-- fit-table:end -->"
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -166,19 +169,73 @@ def render_table(result: dict) -> str:
     return "\n".join(lines)
 
 
-def replace_block(text: str, table: str) -> str:
+def fit_results(results_dir: Path = RESULTS_DIR) -> list[tuple[str, dict]]:
+    """``(run, result)`` of every ``fit_bench`` JSON in ``results_dir``, by clip, then date and run; the
+    run is the result's ``commit`` or its file name's last part (results are named ...-<commit>.json)."""
+    found = []
+    for path in Path(results_dir).glob("fit-*.json"):
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(data, dict) and data.get("benchmark") == "fit":
+            run = data.get("commit") or path.stem.rsplit("-", 1)[-1]
+            found.append((_clip(data), str(data.get("date", "")), run, data))
+    return [(run, data) for _, _, run, data in sorted(found, key=lambda f: (f[0], f[1], f[2]))]
+
+
+def _clip(result: dict) -> str:
+    """The clip's short name (fit results before the real clips were all of the synthetic one)."""
+    return str(result.get("clip") or "synthetic").split(" (")[0]
+
+
+def _where(result: dict) -> str:
+    if result.get("gpu"):
+        return str(result["gpu"]).removeprefix("NVIDIA ")
+    cores = result.get("cpu_count")
+    return f"{cores}-core CPU" if cores else "CPU"
+
+
+def render_fit_table(rows: list[tuple[str, dict]]) -> str:
+    """Markdown table of :func:`fit_results`: where, clip, arch, fitting time, PSNR of what sv-engine
+    renders and of the NLA MLPs StableVideo renders (the distilled ones for hash), fg coverage vs masks."""
+    lines = [
+        "| where | clip | frames, size | masks | arch | fit | PSNR (sv-engine renders) | PSNR (StableVideo's MLPs) "
+        "| fg coverage vs masks (IoU) | run |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for run, r in rows:
+        arch = r.get("arch", "nla")
+        psnr = r.get("final_psnr_db")
+        mlps = psnr if arch == "nla" else r.get("distilled_psnr_db")
+        cov, masks_cov, iou = r.get("fg_coverage_mean"), r.get("mask_coverage_mean"), r.get("fg_iou_vs_masks_mean")
+        coverage = f"{100 * cov:.1f} % vs {100 * masks_cov:.1f} %" if cov is not None and masks_cov else "–"
+        if iou is not None and coverage != "–":
+            coverage += f" ({iou:.2f})"
+        w, h = r.get("size", ["?", "?"])
+        fit_s, masks = r.get("fit_s"), "given" if r.get("masks") else "none"
+        lines.append(
+            f"| {_where(r)} | {_clip(r)} | {r.get('frames')}, {w}×{h} | {masks} | {arch} "
+            f"| {f'{fit_s:.0f} s' if fit_s is not None else '–'} | {f'{psnr:.1f} dB' if psnr is not None else '–'} "
+            f"| {f'{mlps:.1f} dB' if mlps is not None else '–'} | {coverage} | {run} |"
+        )
+    return "\n".join(lines)
+
+
+def replace_block(text: str, table: str, start_marker: str = START, end_marker: str = END) -> str:
     """``text`` with the content between the markers replaced by ``table`` (everything else kept)."""
-    start, end = text.find(START), text.find(END)
+    start, end = text.find(start_marker), text.find(end_marker)
     if start < 0 or end < 0 or end < start:
         raise SvEngineError(
-            f"README has no {START} ... {END} block (or they are out of order).",
+            f"README has no {start_marker} ... {end_marker} block (or they are out of order).",
             "add the two marker lines where the benchmark table belongs.",
         )
-    return text[: start + len(START)] + "\n" + table.rstrip("\n") + "\n" + text[end:]
+    return text[: start + len(start_marker)] + "\n" + table.rstrip("\n") + "\n" + text[end:]
 
 
-def update_readme(readme: Path, result_paths: Path | list[Path]) -> Path:
-    """Rewrites the table from one result, or from several (newest first) through :func:`combine_newest`."""
+def update_readme(readme: Path, result_paths: Path | list[Path], results_dir: Path | None = None) -> Path:
+    """Rewrites the table from one result, or from several (newest first) through :func:`combine_newest`;
+    with ``results_dir``, the fit table too (where the README has its markers) from the fit results there."""
     paths = [result_paths] if isinstance(result_paths, (str, Path)) else list(result_paths)
     results = []
     for path in paths:
@@ -192,7 +249,10 @@ def update_readme(readme: Path, result_paths: Path | list[Path]) -> Path:
     if not readme.is_file():
         raise SvEngineError(f"{readme} does not exist.", "pass a README with the bench-table markers.", field="readme")
     table = render_table(results[0] if len(results) == 1 else combine_newest(results))
-    readme.write_text(replace_block(readme.read_text(), table))
+    text = replace_block(readme.read_text(), table)
+    if results_dir is not None and FIT_START in text:
+        text = replace_block(text, render_fit_table(fit_results(results_dir)), FIT_START, FIT_END)
+    readme.write_text(text)
     return readme
 
 
@@ -209,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     try:
         sources = a.json or results_newest_first(a.results)
-        update_readme(a.readme, sources)
+        update_readme(a.readme, sources, results_dir=a.results)
     except SvEngineError as err:
         print(f"error: {err.describe(as_flag)}", file=sys.stderr)
         return 2

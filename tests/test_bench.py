@@ -230,6 +230,47 @@ def test_readme_block_replaced_and_rest_kept(tmp_path):
         replace_block("no markers here", "x")
 
 
+def test_readme_fit_table_is_generated_from_the_fit_results(tmp_path):
+    """One row per fit_bench JSON (other JSONs ignored), the run from the file name where the result has no
+    commit; the StableVideo column is the fit's own PSNR for nla and the distilled MLPs' for hash."""
+    from sv_engine.benchmarks.readme_table import FIT_END, FIT_START
+
+    results = tmp_path / "results"
+    results.mkdir()
+    (results / "b-new.json").write_text(json.dumps(SAMPLE))
+    common = {"benchmark": "fit", "frames": 60, "size": [192, 108], "fit_s": 240.2, "fg_coverage_mean": 0.161}
+    hash_fit = {**common, "clip": "Big Buck Bunny (a clip)", "arch": "hash", "masks": False, "gpu": None}
+    hash_fit |= {"cpu_count": 2, "final_psnr_db": 29.31, "distilled_psnr_db": 23.36}
+    hash_fit |= {"mask_coverage_mean": 0.163, "fg_iou_vs_masks_mean": 0.92}
+    (results / "fit-bunny-cpu-2026-12-01-abc1234.json").write_text(json.dumps(hash_fit))
+    nla_fit = {
+        **common,
+        "arch": "nla",
+        "masks": True,
+        "gpu": "NVIDIA H200",
+        "final_psnr_db": 47.63,
+        "commit": "def5678",
+    }
+    (results / "fit-synthetic-nvidia-h200-2026-12-01-xyz.json").write_text(json.dumps(nla_fit))
+    (results / "fit-notes.json").write_text(json.dumps({"benchmark": "other"}))
+    readme = tmp_path / "README.md"
+    readme.write_text(f"{START}\n{END}\n\nfits:\n{FIT_START}\nold rows\n{FIT_END}\nkeep me\n")
+    update_readme(readme, results / "b-new.json", results_dir=results)
+    text = readme.read_text()
+    assert "old rows" not in text and text.endswith(f"{FIT_END}\nkeep me\n")
+    fit_block = text[text.index(FIT_START) : text.index(FIT_END)]
+    assert fit_block.count("\n| ") == 3  # header + two results
+    assert (
+        "| 2-core CPU | Big Buck Bunny | 60, 192×108 | none | hash | 240 s | 29.3 dB | 23.4 dB "
+        "| 16.1 % vs 16.3 % (0.92) | abc1234 |" in fit_block
+    )
+    assert "| H200 | synthetic | 60, 192×108 | given | nla | 240 s | 47.6 dB | 47.6 dB | – | def5678 |" in fit_block
+    # A README without the fit markers keeps working (only the bench table is rewritten).
+    readme.write_text(f"{START}\n{END}\n")
+    update_readme(readme, results / "b-new.json", results_dir=results)
+    assert FIT_START not in readme.read_text()
+
+
 def test_e2e_cold_command_and_tiny_params():
     import torch
     from sv_engine.benchmarks.e2e import cold_command, edit_params
