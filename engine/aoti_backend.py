@@ -33,12 +33,11 @@ from typing import Any
 
 import torch
 from sv_engine.engine.backend import Backend, CompiledModel, ModelSource, eval_dim, torch_dtype
-from sv_engine.engine.engine_cache import EngineCache, engine_key
+from sv_engine.engine.engine_cache import engine_key
 from sv_engine.engine.registry import AotiOptions
 from sv_engine.engine.torch_backend import CudaGraphModel
 
 from sv_engine.errors import SvEngineError
-from sv_engine.paths import cache_root
 
 logger = logging.getLogger(__name__)
 
@@ -178,9 +177,7 @@ class AotiBackend(Backend):
         self, device: str | torch.device | None = None, cache_dir: str | Path | None = None, options: Any = None
     ) -> None:
         super().__init__(device=device, cache_dir=cache_dir, options=options)
-        if self.cache_dir is None:
-            self.cache_dir = cache_root() / "engines"
-        self.cache = EngineCache(self.cache_dir, suffix=".pt2")
+        self.cache = self.engine_cache("engines", suffix=".pt2")
         self.last_entry: dict[str, Any] = {}
 
     # ---- the key ---------------------------------------------------------------------------------

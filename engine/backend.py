@@ -26,9 +26,11 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
+from sv_engine.engine.engine_cache import EngineCache
 
 from sv_engine.device import resolve_device
 from sv_engine.errors import SvEngineError
+from sv_engine.paths import cache_root
 
 logger = logging.getLogger(__name__)
 
@@ -330,6 +332,13 @@ class Backend(ABC):
                 f"Install it (`pip install {self.pip_package}`) or pick another backend "
                 f"(available: {available_backends(self.device)}).",
             )
+
+    def engine_cache(self, folder: str, suffix: str = ".engine") -> EngineCache:
+        """The cache of the engines this backend builds: in ``cache_dir``, which defaults to the project
+        cache's ``folder`` when the caller gave none; ``suffix``: the engine files' (loaders may insist)."""
+        if self.cache_dir is None:
+            self.cache_dir = cache_root() / folder
+        return EngineCache(self.cache_dir, suffix=suffix)
 
     @classmethod
     @abstractmethod

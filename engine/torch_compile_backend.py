@@ -32,8 +32,6 @@ from sv_engine.engine.engine_cache import EngineCache, engine_key
 from sv_engine.engine.registry import CompileOptions
 from sv_engine.engine.torch_backend import TorchModel
 
-from sv_engine.paths import cache_root
-
 logger = logging.getLogger(__name__)
 
 #: Bumped when what a stored entry holds changes (so old entries are not taken for new ones).
@@ -142,9 +140,7 @@ class TorchCompileBackend(Backend):
         self, device: str | torch.device | None = None, cache_dir: str | Path | None = None, options: Any = None
     ) -> None:
         super().__init__(device=device, cache_dir=cache_dir, options=options)
-        if self.cache_dir is None:
-            self.cache_dir = cache_root() / "engines"
-        self.cache = EngineCache(self.cache_dir, suffix=".bin")
+        self.cache = self.engine_cache("engines", suffix=".bin")
         self._artifacts: dict[str, CompileArtifacts] = {}  # per entry name: one per architecture and process
 
     def _mode(self) -> str | None:

@@ -27,11 +27,10 @@ from typing import Any
 import torch
 from sv_engine.engine.backend import Backend, CompiledModel, ModelSource
 from sv_engine.engine.cuda_graphs import CudaGraphCache, capture_cuda_graph
-from sv_engine.engine.engine_cache import EngineCache, engine_key, file_sha256
+from sv_engine.engine.engine_cache import engine_key, file_sha256
 from sv_engine.engine.registry import TrtOptions
 
 from sv_engine.errors import SvEngineError
-from sv_engine.paths import cache_root
 
 logger = logging.getLogger(__name__)
 
@@ -307,9 +306,7 @@ class TrtBackend(Backend):
     def __init__(self, device=None, cache_dir=None, options: TrtOptions | None = None) -> None:
         super().__init__(device=device, cache_dir=cache_dir, options=options)
         self.trt, self.flavor = import_tensorrt()
-        if self.cache_dir is None:
-            self.cache_dir = cache_root() / "trt"
-        self.cache = EngineCache(self.cache_dir)
+        self.cache = self.engine_cache("trt")
         self.last_build_s: float | None = None
 
     def engine_key(self, source: ModelSource, precision: str) -> str:
