@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 from sv_engine.benchmarks.timing import format_ms
@@ -46,17 +47,22 @@ def is_bench_result(data: object) -> bool:
     return isinstance(data, dict) and isinstance(data.get("stages"), dict) and isinstance(data.get("environment"), dict)
 
 
+def _readable_json(results_dir: Path, pattern: str) -> Iterator[tuple[Path, object]]:
+    """``(path, data)`` of each ``pattern`` file in ``results_dir`` that parses as JSON (others skipped)."""
+    for path in Path(results_dir).glob(pattern):
+        try:
+            yield path, json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+
+
 def results_newest_first(results_dir: Path = RESULTS_DIR) -> list[Path]:
     """The ``sv-engine bench`` JSONs in ``results_dir``, newest first (by their date, then file time).
 
     Files that are not bench results (e.g. the kernel microbenchmark's) are ignored.
     """
     candidates = []
-    for path in Path(results_dir).glob("*.json"):
-        try:
-            data = json.loads(path.read_text())
-        except (OSError, ValueError):
-            continue
+    for path, data in _readable_json(results_dir, "*.json"):
         if is_bench_result(data):
             env = data["environment"]
             candidates.append(((env.get("datetime") or env.get("date") or ""), path.stat().st_mtime, path))
@@ -173,11 +179,7 @@ def fit_results(results_dir: Path = RESULTS_DIR) -> list[tuple[str, dict]]:
     """``(run, result)`` of every ``fit_bench`` JSON in ``results_dir``, by clip, then date and run; the
     run is the result's ``commit`` or its file name's last part (results are named ...-<commit>.json)."""
     found = []
-    for path in Path(results_dir).glob("fit-*.json"):
-        try:
-            data = json.loads(path.read_text())
-        except (OSError, ValueError):
-            continue
+    for path, data in _readable_json(results_dir, "fit-*.json"):
         if isinstance(data, dict) and data.get("benchmark") == "fit":
             run = data.get("commit") or path.stem.rsplit("-", 1)[-1]
             found.append((_clip(data), str(data.get("date", "")), run, data))
