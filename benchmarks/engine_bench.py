@@ -523,27 +523,6 @@ def _random_components(device: torch.device):  # noqa: ANN202
         return load_components(device, random_full=True, precision="fp16")
 
 
-def cold_edit(weights: Path, data_dir: Path, backend: str, tmp: Path, env: dict, timeout: float) -> dict:
-    from sv_engine.benchmarks.e2e import cold_command, cold_phases
-
-    video = tmp / f"cold-{backend}.mp4"
-    cmd = cold_command(data_dir, weights, video, torch.device("cuda"), False, 20, 0.8, backend)
-    t0 = time.perf_counter()
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
-    except subprocess.TimeoutExpired:
-        return {"status": "error", "error": f"timed out after {timeout:.0f} s"}
-    seconds = time.perf_counter() - t0
-    res = {"returncode": proc.returncode, "seconds": round(seconds, 2), "video_written": video.is_file()}
-    if proc.returncode != 0 or not video.is_file():
-        return {**res, "status": "error", "error": " | ".join((proc.stderr or proc.stdout).strip().splitlines()[-6:])}
-    return {
-        **res,
-        "status": "ok",
-        "seconds_per_phase": cold_phases(video.with_name(f"{video.stem}_report.json"), seconds),
-    }
-
-
 VIEW_KEYS = ("environment", "stages", "e2e")
 
 
@@ -725,13 +704,17 @@ def main(argv: list[str] | None = None) -> None:
         result["warm_edit_aoti"] = warm_edits(weights, data_dir, device, ["torch-eager", "aoti"])
         save()
     if "cold" in parts:
+        from sv_engine.benchmarks.e2e import cold_edit as e2e_cold_edit
+
         result["cold_edit"] = {}
         for backend in ("aoti", "torch-cuda-graph") if aoti else ("torch-cuda-graph",):
             left = deadline - time.monotonic()
             if left < 40:
                 result["cold_edit"][backend] = {"status": "skipped", "reason": "time budget"}
                 continue
-            result["cold_edit"][backend] = cold_edit(weights, data_dir, backend, tmp, env, left - 5)
+            result["cold_edit"][backend] = e2e_cold_edit(
+                data_dir, weights, tmp, device, False, 20, 0.8, left - 5, backend, env
+            )
             save()
     save()
     print(json.dumps({k: v for k, v in result.items()}, indent=1, default=str)[-6000:])
