@@ -1,5 +1,6 @@
 """Cold ``sv-engine edit`` of several installs of sv-engine side by side (issue 16's cold path: a change's
-before and after), on one GPU, on the same saved weights, clip and caches.
+before and after), on one GPU (or ``--device cpu``: the tiny models, the CPU's own cold start), on the same
+saved weights, clip and caches.
 
     python -m sv_engine.benchmarks.cold_start --out cold.json --variant before=/tmp/before --variant after=/tmp/after
 
@@ -44,7 +45,8 @@ _IMPORT_SCRIPT = """
 import json, time
 t0 = time.perf_counter()
 import torch
-torch.zeros(1, device="cuda")
+if torch.cuda.is_available():
+    torch.zeros(1, device="cuda")
 t1 = time.perf_counter()
 try:
     from sv_engine.stablevideo.models.model_classes import model_classes
@@ -100,6 +102,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--variant", type=parse_variant, action="append", required=True, help="NAME=DIR (repeatable)")
     ap.add_argument("--rounds", type=int, default=1, help="cold edits per variant (time allowing)")
     ap.add_argument("--budget-s", type=float, default=120.0)
+    ap.add_argument(
+        "--device",
+        choices=("cuda", "cpu"),
+        default="cuda",
+        help="cpu: the tiny random models on an 8-frame 192x128 clip, 4 steps (the CPU's own cold start)",
+    )
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     deadline = time.monotonic() + args.budget_s
@@ -107,14 +115,24 @@ def main(argv: list[str] | None = None) -> None:
     from sv_engine.benchmarks.timing import environment
     from sv_engine.stablevideo.model_source import load_components
     from sv_engine.stablevideo.models.loaders import save_components
+    from sv_engine.stablevideo.models.tiny import build_tiny_components
     from sv_engine.stablevideo.session import open_video
 
-    device = torch.device("cuda")
+    device = torch.device(args.device)
+    tiny = device.type == "cpu"
+    frames, height, width, steps = (8, 128, 192, 4) if tiny else (70, 432, 768, 20)
     variants = dict(args.variant)
     result: dict = {
         "environment": environment(device),
         "what": "cold `sv-engine edit` (process start to written video) per sv-engine install, side by side",
-        "params": {"frames": 70, "size": "768x432", "steps": 20, "keyframes": 3, "precision": "fp16"},
+        "params": {
+            "frames": frames,
+            "size": f"{width}x{height}",
+            "steps": steps,
+            "keyframes": 3,
+            "precision": "fp32" if tiny else "fp16",
+            "models": "tiny random" if tiny else "full-size random",
+        },
         "variants": {name: str(folder) for name, folder in variants.items()},
         "cold_edit": {name: [] for name in variants},
         "imports": {},
@@ -126,9 +144,12 @@ def main(argv: list[str] | None = None) -> None:
     tmp = Path(tempfile.mkdtemp(prefix="sv-engine-cold-"))
     os.environ["SV_ENGINE_CACHE"] = str(tmp / "cache")  # this process's maps and every edit's: one cache
     t0 = time.perf_counter()
-    data_dir = synth_data_dir(tmp, 70, 432, 768)
-    weights = save_components(load_components(device, random_full=True, precision="fp16"), tmp / "weights")
-    torch.cuda.empty_cache()
+    data_dir = synth_data_dir(tmp, frames, height, width)
+    components = build_tiny_components(0) if tiny else load_components(device, random_full=True, precision="fp16")
+    weights = save_components(components, tmp / "weights")
+    del components
+    if not tiny:
+        torch.cuda.empty_cache()
     open_video(data_dir, device)  # the NLA maps into the cache, as a warm edit leaves them
     result["setup_s"] = round(time.perf_counter() - t0, 2)
     save()
@@ -146,11 +167,11 @@ def main(argv: list[str] | None = None) -> None:
                 weights,
                 run_dir,
                 device,
-                False,
-                20,
+                tiny,
+                steps,
                 0.8,
                 left - 5,
-                "torch-cuda-graph",
+                "torch" if tiny else "torch-cuda-graph",
                 variant_env(variants[name]),
             )
             res.pop("command", None)

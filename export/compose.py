@@ -36,6 +36,7 @@ from sv_engine.stablevideo.stage_timer import StageTimer
 
 from sv_engine.device import resolve_device
 from sv_engine.errors import SvEngineError
+from sv_engine.gc_pause import gc_paused
 
 log = logging.getLogger(__name__)
 
@@ -214,22 +215,23 @@ def build_pipeline(config: RuntimeConfig, components: SDComponents | None = None
         config.check()
     device = resolve_device(config.device)
     phases = StageTimer(sync_cuda=False)
-    if device.type == "cuda":
-        with phases("init CUDA"):  # the context, created by the first CUDA call: timed on its own
-            torch.zeros(1, device=device)
-    if components is None:
-        with phases("import model libraries"):  # diffusers, transformers: a cold start's largest import
-            model_classes()
-    with phases("load models"):
+    with gc_paused():  # the model libraries' import and the load (sv_engine/gc_pause.py)
+        if device.type == "cuda":
+            with phases("init CUDA"):  # the context, created by the first CUDA call: timed on its own
+                torch.zeros(1, device=device)
         if components is None:
-            components = load_components(
-                device,
-                tiny=config.tiny,
-                weights=Path(config.weights).expanduser() if config.weights is not None else None,
-                random_full=config.random_full,
-                precision=config.precision,
-                seed=config.seed,
-            )
+            with phases("import model libraries"):  # diffusers, transformers: a cold start's largest import
+                model_classes()
+        with phases("load models"):
+            if components is None:
+                components = load_components(
+                    device,
+                    tiny=config.tiny,
+                    weights=Path(config.weights).expanduser() if config.weights is not None else None,
+                    random_full=config.random_full,
+                    precision=config.precision,
+                    seed=config.seed,
+                )
     with phases("prepare backend"):
         choice = choose_backend(config, device)
         shapes = config.shapes or (TINY_MODEL_SHAPES if config.tiny else DEFAULT_SHAPES)

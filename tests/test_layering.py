@@ -24,7 +24,7 @@ FORBIDDEN = {
     "benchmarks": {"cli"},
     "sv_engine/service": {"cli"},
 }
-SHARED = ("errors", "paths", "atomic_write", "device")
+SHARED = ("errors", "paths", "atomic_write", "device", "gc_pause", "process_clock")
 
 
 def _imports(path: Path) -> list[tuple[int, str]]:

@@ -13,6 +13,7 @@ import sys
 from sv_engine.cli.app import app
 from sv_engine.cli.extras import missing_module_error
 from sv_engine.errors import SvEngineError, as_flag
+from sv_engine.gc_pause import freeze_before_exit
 
 # Command modules, in the order they appear in --help.
 COMMAND_MODULES = [
@@ -77,6 +78,13 @@ def flag_of(field: str) -> str:
 def main() -> None:
     """Console entry point: runs the typer app, turning bad input into one clear line and exit code 2."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        _run()
+    finally:
+        freeze_before_exit()
+
+
+def _run() -> None:
     try:
         code = app(standalone_mode=False)  # a command's typer.Exit(n) comes back as n
     except SvEngineError as err:

@@ -22,6 +22,7 @@ from sv_engine.cli.options import (
     Weights,
     runtime_config,
 )
+from sv_engine.gc_pause import gc_paused
 from sv_engine.process_clock import seconds_since_process_start
 
 log = logging.getLogger(__name__)
@@ -56,43 +57,44 @@ def run_edit(
     libraries, load models, prepare backend), the edit (its stages in ``seconds_per_stage``) and writing
     the outputs."""
     phases = {"start python and the CLI": seconds_since_process_start()}
-    started = time.perf_counter()
-    from PIL import Image
+    with gc_paused():  # the imports (sv_engine/gc_pause.py); build_pipeline pauses it for the model load
+        started = time.perf_counter()
+        from PIL import Image
 
-    from sv_engine.device import resolve_device
-    from sv_engine.export.compose import build_pipeline
-    from sv_engine.stablevideo.inputs import check_edit_inputs
-    from sv_engine.stablevideo.keyframes import keyframe_indices
-    from sv_engine.stablevideo.params import EditParams
-    from sv_engine.stablevideo.stage_timer import StageTimer
-    from sv_engine.stablevideo.video_io import check_writable, write_mp4, write_png_frames
+        from sv_engine.device import resolve_device
+        from sv_engine.export.compose import build_pipeline
+        from sv_engine.stablevideo.inputs import check_edit_inputs
+        from sv_engine.stablevideo.keyframes import keyframe_indices
+        from sv_engine.stablevideo.params import EditParams
+        from sv_engine.stablevideo.stage_timer import StageTimer
+        from sv_engine.stablevideo.video_io import check_writable, write_mp4, write_png_frames
 
-    phases["import torch and the pipeline"] = time.perf_counter() - started
-    started = time.perf_counter()
-    preview = out.with_name(f"{out.stem}_preview.png")
-    report = out.with_name(f"{out.stem}_report.json")
-    for path in (out, preview, report):
-        check_writable(path, force)
-    if frames_dir:
-        check_writable(frames_dir, force, folder=True, field="frames_dir")
-    resolve_device(device)
-    config = runtime_config(
-        weights=weights, tiny=tiny, precision=precision, device=device, backend=backend, cuda_graphs=cuda_graphs
-    )
-    config.check()
-    # Every input is checked before the (slow) model load: the same checks as the service's and batch's.
-    params = EditParams(
-        fg_prompt,
-        bg_prompt,
-        keyframes=keyframe_indices(keyframes) if keyframes else None,
-        strength=strength,
-        steps=steps,
-        seed=seed,
-        aggregation=aggregation,
-        image_resolution=image_resolution,
-    )
-    check_edit_inputs(data_dir, params)
-    phases["check inputs"] = time.perf_counter() - started
+        phases["import torch and the pipeline"] = time.perf_counter() - started
+        started = time.perf_counter()
+        preview = out.with_name(f"{out.stem}_preview.png")
+        report = out.with_name(f"{out.stem}_report.json")
+        for path in (out, preview, report):
+            check_writable(path, force)
+        if frames_dir:
+            check_writable(frames_dir, force, folder=True, field="frames_dir")
+        resolve_device(device)
+        config = runtime_config(
+            weights=weights, tiny=tiny, precision=precision, device=device, backend=backend, cuda_graphs=cuda_graphs
+        )
+        config.check()
+        # Every input is checked before the (slow) model load: the same checks as the service's and batch's.
+        params = EditParams(
+            fg_prompt,
+            bg_prompt,
+            keyframes=keyframe_indices(keyframes) if keyframes else None,
+            strength=strength,
+            steps=steps,
+            seed=seed,
+            aggregation=aggregation,
+            image_resolution=image_resolution,
+        )
+        check_edit_inputs(data_dir, params)
+        phases["check inputs"] = time.perf_counter() - started
     runtime = build_pipeline(config)
     phases.update(runtime.seconds_per_phase)
     timer = StageTimer(sync_cuda=False)

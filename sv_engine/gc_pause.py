@@ -1,0 +1,43 @@
+"""The cyclic garbage collector paused while a process loads its libraries and models, and kept off the
+objects that live until the process ends.
+
+Importing diffusers and transformers makes ~750 k tracked objects, and the collector's full passes over
+them are a quarter of that import: 3.6 s with the collector on, 2.7 s off (the 2-core CPU; the model
+libraries are 8.6 s of a cold edit on the H200's host). Those objects (modules, classes, the models'
+parameters) live as long as the process, so when loading ends they are moved to the permanent
+generation (``gc.freeze``): later passes skip them, and so does the interpreter's last pass at exit
+(a cold CPU edit's exit: 1.45 s, 0.24 s frozen).
+
+Cycles made while paused are not collected; loading makes few (reference counting frees the rest).
+"""
+
+from __future__ import annotations
+
+import gc
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+_depth = 0
+
+
+@contextmanager
+def gc_paused() -> Iterator[None]:
+    """No cyclic collection inside the block; at its end (the outermost, when nested) what exists is
+    frozen and collection resumes as it was."""
+    global _depth
+    was_enabled = gc.isenabled()
+    _depth += 1
+    gc.disable()
+    try:
+        yield
+    finally:
+        _depth -= 1
+        if _depth == 0:
+            gc.freeze()
+            if was_enabled:
+                gc.enable()
+
+
+def freeze_before_exit() -> None:
+    """Called as a command ends: everything left is freed by the exit, not traced by a last collection."""
+    gc.freeze()
