@@ -26,12 +26,20 @@ def edit_background(
     params: EditParams,
     seed: int,
     timer: StageTimer | None = None,
+    depth_memo: dict[int | None, np.ndarray] | None = None,
 ) -> tuple[torch.Tensor, np.ndarray]:
-    """Edited bg atlas (3, H, W) in [0, 1] (same size as ``bg_atlas``) and the depth control used (uint8)."""
+    """Edited bg atlas (3, H, W) in [0, 1] (same size as ``bg_atlas``) and the depth control used (uint8).
+
+    ``depth_memo``: depth maps of this ``bg_atlas`` by detect resolution (the video session's), read
+    before the depth model runs and filled after."""
     timer = timer or StageTimer(enabled=False)
     atlas_image = tensor_to_image(bg_atlas)
-    with timer("depth"):
-        depth = estimate_depth(depth_model, atlas_image, params.depth_resolution)
+    depth = depth_memo.get(params.depth_resolution) if depth_memo is not None else None
+    if depth is None:
+        with timer("depth"):
+            depth = estimate_depth(depth_model, atlas_image, params.depth_resolution)
+        if depth_memo is not None:
+            depth_memo[params.depth_resolution] = depth
     image = resize_image(atlas_image, params.image_resolution)
     height, width = image.shape[:2]
     control = cv2.resize(np.repeat(depth[..., None], 3, axis=-1), (width, height), interpolation=cv2.INTER_LINEAR)

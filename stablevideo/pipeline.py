@@ -173,13 +173,13 @@ class StableVideoPipeline:
 
         with self.fg_denoiser.prompt_cache(), self.bg_denoiser.prompt_cache():  # the keyframes share prompts
             if overlap:
-                fg, bg_atlas = self._overlapped(foreground, bg_atlas, params, seed, timer, listener)
+                fg, bg_atlas = self._overlapped(foreground, session, params, seed, timer, listener)
                 listener.atlas_edited("fg", fg.atlas)
             else:
                 fg = foreground()
                 listener.atlas_edited("fg", fg.atlas)
                 if params.edit_background:
-                    bg_atlas = self._edit_background(bg_atlas, params, seed, timer, listener)
+                    bg_atlas = self._edit_background(session, params, seed, timer, listener)
         with timer("render"):
             frames = render_video(session.atlas, fg.atlas, bg_atlas).cpu().numpy()
         return EditResult(
@@ -187,17 +187,25 @@ class StableVideoPipeline:
         )
 
     def _edit_background(
-        self, bg_atlas: torch.Tensor, params: EditParams, seed: int, timer: StageTimer, listener: EditListener
+        self, session: VideoSession, params: EditParams, seed: int, timer: StageTimer, listener: EditListener
     ) -> torch.Tensor:
         with timer("background"):
-            edited = edit_background(bg_atlas, self.components.depth_model, self.bg_denoiser, params, seed, timer)[0]
+            edited = edit_background(
+                session.atlas.bg_grid_atlas,
+                self.components.depth_model,
+                self.bg_denoiser,
+                params,
+                seed,
+                timer,
+                depth_memo=session.bg_depth,
+            )[0]
         listener.atlas_edited("bg", edited)
         return edited
 
     def _overlapped(
         self,
         foreground: Callable[[], ForegroundEdit],
-        bg_atlas: torch.Tensor,
+        session: VideoSession,
         params: EditParams,
         seed: int,
         timer: StageTimer,
@@ -213,7 +221,7 @@ class StableVideoPipeline:
 
         def background() -> torch.Tensor:
             with torch.cuda.stream(side):  # a no-op for None (CPU)
-                edited = self._edit_background(bg_atlas, params, seed, timer, listener)
+                edited = self._edit_background(session, params, seed, timer, listener)
             if side is not None:
                 edited.record_stream(main)  # render reads it on the main stream: keep its memory until then
             return edited

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 from sv_engine.stablevideo.atlas import AtlasData, build_atlas_data
 from sv_engine.stablevideo.data import VideoData, folder_stamp, load_video_data
@@ -20,6 +21,9 @@ class VideoSession:
     maps: VideoMaps
     atlas: AtlasData
     device: torch.device
+    #: The bg atlas's depth control per detect resolution: a function of the video alone, so the first
+    #: edit that needs it computes it and the video's later edits reuse it.
+    bg_depth: dict[int | None, np.ndarray] = field(default_factory=dict)
 
 
 def atlas_placement(session: VideoSession) -> dict:

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from sv_engine.engine.parity import psnr
+from sv_engine.stablevideo import background as background_module
 from sv_engine.stablevideo import pipeline as pipeline_module
 from sv_engine.stablevideo.demo import demo_data_dir
 from sv_engine.stablevideo.model_source import load_components
@@ -50,6 +51,30 @@ def test_edit_is_reproducible_with_a_seed(components, edit: EditResult) -> None:
     warm = pipeline.edit(demo_data_dir(), EditParams("a red toy", "snowy hills", **FAST))
     assert warm.session is again.session
     assert np.array_equal(warm.frames, edit.frames)
+
+
+def test_a_warm_edit_reuses_the_videos_depth(components, edit: EditResult, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The bg atlas's depth is the video's: the depth model runs once per video and detect resolution,
+    and an edit with the reused depth gives exactly what a fresh pipeline gives."""
+    runs: list[int | None] = []
+    estimate = background_module.estimate_depth
+
+    def counted(model, image, resolution):
+        runs.append(resolution)
+        return estimate(model, image, resolution)
+
+    monkeypatch.setattr(background_module, "estimate_depth", counted)
+    pipeline = StableVideoPipeline(components, torch.device("cpu"))
+    first = pipeline.edit(demo_data_dir(), EditParams("a red toy", "snowy hills", **FAST))
+    other_prompts = EditParams("a blue car", "a desert road", **FAST)
+    second = pipeline.edit(demo_data_dir(), other_prompts)
+    assert runs == [FAST["depth_resolution"]]
+    assert "depth" in first.timings and "depth" not in second.timings
+    assert np.array_equal(first.frames, edit.frames)
+    fresh = StableVideoPipeline(components, torch.device("cpu")).edit(demo_data_dir(), other_prompts)
+    assert np.array_equal(second.frames, fresh.frames)
+    pipeline.edit(demo_data_dir(), EditParams("a red toy", "snowy hills", **{**FAST, "depth_resolution": 64}))
+    assert runs == [FAST["depth_resolution"], FAST["depth_resolution"], 64]  # the fresh pipeline's, then 64
 
 
 def test_overlapped_background_is_bit_identical(components, edit: EditResult) -> None:
