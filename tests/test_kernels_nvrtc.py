@@ -78,3 +78,33 @@ print(cached_space_problems(pathlib.Path({str(tmp_path)!r})))
 """
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert "b' ' reads" in out.stdout, out.stdout + out.stderr
+
+
+def test_cubins_are_kept_on_disk_and_a_bad_file_is_compiled_again(tmp_path, monkeypatch):
+    """The second compile of a kernel in a new process reads the kept cubin (NVRTC is not called); a
+    damaged file, another option or another target is compiled afresh."""
+    from sv_engine.kernels import _nvrtc
+
+    monkeypatch.setenv("SV_ENGINE_CACHE", str(tmp_path))
+    calls = []
+    real = _nvrtc.compile_cubin.__wrapped__  # the uncached function: every call compiles
+
+    def counted(*args):
+        calls.append(args[1:3])
+        return real(*args)
+
+    monkeypatch.setattr(_nvrtc, "compile_cubin", counted)
+    source = warp.SOURCE
+    first = source.compile("sm_90")
+    path = source.cubin_path("sm_90")
+    assert path.read_bytes() == first and path.parent == tmp_path / "kernels"
+    assert source.compile("sm_90") == first and len(calls) == 1, "the kept cubin is read, not compiled"
+
+    path.write_bytes(b"not a cubin")
+    assert source.compile("sm_90") == first and len(calls) == 2
+    assert path.read_bytes() == first, "the damaged file is replaced"
+    assert source.compile("sm_90", refresh=True) == first and len(calls) == 3
+
+    other = _nvrtc.KernelSource("warp.cu", options=("--fmad=false",), includes=("sample.cuh",))
+    assert other.cubin_path("sm_90") != path and source.cubin_path("sm_80") != path
+    assert len({path, other.cubin_path("sm_90"), source.cubin_path("sm_80")}) == 3
