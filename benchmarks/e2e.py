@@ -20,6 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -122,9 +123,9 @@ def warm_edit(
     profile: bool = False,
     save_weights: Path | None = None,
     weights: Path | None = None,
-) -> dict:
-    """The warm timing on ``weights`` (else random models); ``save_weights``: also write the models
-    there (diffusers layout) for the cold run."""
+) -> tuple[dict, np.ndarray]:
+    """The warm timing on ``weights`` (else random models) and the warm edit's frames; ``save_weights``:
+    also write the models there (diffusers layout) for the cold run."""
     from sv_engine.export.compose import build_pipeline
 
     config = runtime_config(backend, device, tiny, weights, engine_dir)
@@ -165,10 +166,11 @@ def warm_edit(
         from sv_engine.stablevideo.models.loaders import save_components
 
         save_components(components, save_weights)
+    frames = result.frames
     del pipeline, components, result, first
     if device.type == "cuda":
         torch.cuda.empty_cache()
-    return out
+    return out, frames
 
 
 def cold_command(
@@ -285,16 +287,19 @@ def run_e2e(
     steps: int = 20,
     strength: float = 0.8,
     cold: bool = True,
-    backend: str = "torch",
+    backends: Sequence[str] = ("torch",),
     data_dir: Path | None = None,
     deadline: float | None = None,
     engine_dir: Path | None = None,
     profile: bool = False,
     weights: Path | None = None,
 ) -> dict:
-    """Warm and cold whole-edit timings (each part's failure recorded, not raised); ``weights``: the
-    user's models for both (else random ones, saved after the warm edit for the cold one)."""
+    """Warm and cold whole-edit timings per backend, side by side on the same clip and weights (each
+    part's failure recorded, not raised); ``weights``: the user's models (else random ones, saved after
+    the first warm edit for every cold one). ``warm`` / ``cold`` are the first backend's; with several,
+    ``backends`` holds each one's, with the PSNR of its warm frames against the first's."""
     from sv_engine.benchmarks.stages import error_string
+    from sv_engine.engine.parity import psnr
 
     result: dict = {
         "params": {
@@ -303,7 +308,7 @@ def run_e2e(
             "strength": strength,
             "edit_background": True,
             "image_resolution": 64 if tiny else 512,
-            "backend": backend,
+            "backend": backends[0],
         }
     }
     with tempfile.TemporaryDirectory(prefix="sv-bench-e2e-") as tmp_name:
@@ -317,31 +322,59 @@ def run_e2e(
         except Exception as exc:  # noqa: BLE001
             result["warm"] = result["cold"] = {"status": "error", "error": error_string(exc)}
             return result
-        try:
-            result["warm"] = warm_edit(
-                data,
-                device,
-                tiny,
-                steps,
-                strength,
-                backend,
-                engine_dir,
-                profile,
-                save_weights=tmp / "weights" if cold and weights is None else None,
-                weights=weights,
-            )
-        except Exception as exc:  # noqa: BLE001
-            log.warning("warm edit failed: %s", error_string(exc))
-            result["warm"] = {"status": "error", "error": error_string(exc)}
-        if not cold:
-            result["cold"] = {"status": "skipped", "reason": "--no-cold"}
-        elif result["warm"].get("status") != "ok":
-            result["cold"] = {"status": "skipped", "reason": "the warm edit (which saves the weights) failed"}
-        elif deadline is not None and deadline - time.monotonic() <= 0:
-            result["cold"] = {"status": "skipped", "reason": "time budget exceeded"}
-        else:
-            timeout = 600.0 if deadline is None else deadline - time.monotonic()
-            result["cold"] = cold_edit(
-                data, weights or tmp / "weights", tmp, device, tiny, steps, strength, timeout, backend
-            )
+        saved = tmp / "weights" if cold and weights is None else None
+        per_backend: dict[str, dict] = {}
+        reference: np.ndarray | None = None
+        for backend in backends:
+            row: dict = {}
+            try:
+                row["warm"], edited = warm_edit(
+                    data,
+                    device,
+                    tiny,
+                    steps,
+                    strength,
+                    backend,
+                    engine_dir,
+                    profile,
+                    save_weights=saved if saved is not None and not saved.exists() else None,
+                    weights=weights,
+                )
+                if reference is None:
+                    reference = edited
+                elif reference.shape == edited.shape:
+                    row["psnr_vs_first_db"] = round(psnr(edited, reference), 2)
+            except Exception as exc:  # noqa: BLE001
+                log.warning("warm edit (%s) failed: %s", backend, error_string(exc))
+                row["warm"] = {"status": "error", "error": error_string(exc)}
+            row["cold"] = _cold_row(data, weights or saved, tmp, device, tiny, steps, strength, backend, cold, deadline)
+            per_backend[backend] = row
+    first = per_backend[backends[0]]
+    result["warm"], result["cold"] = first["warm"], first["cold"]
+    if len(backends) > 1:
+        result["backends"] = per_backend
     return result
+
+
+def _cold_row(
+    data: Path,
+    weights: Path | None,
+    tmp: Path,
+    device: torch.device,
+    tiny: bool,
+    steps: int,
+    strength: float,
+    backend: str,
+    cold: bool,
+    deadline: float | None,
+) -> dict:
+    if not cold:
+        return {"status": "skipped", "reason": "--no-cold"}
+    if weights is None or not weights.exists():
+        return {"status": "skipped", "reason": "the warm edit (which saves the weights) failed"}
+    if deadline is not None and deadline - time.monotonic() <= 0:
+        return {"status": "skipped", "reason": "time budget exceeded"}
+    timeout = 600.0 if deadline is None else deadline - time.monotonic()
+    run_dir = tmp / f"cold-{backend}"
+    run_dir.mkdir(exist_ok=True)
+    return cold_edit(data, weights, run_dir, device, tiny, steps, strength, timeout, backend)

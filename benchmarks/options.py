@@ -43,7 +43,12 @@ class BenchOptions:
         False, "--e2e", "Also time a whole edit: warm (second edit in-process) and cold (a fresh process)."
     )
     e2e_cold: bool = _option(True, "--cold/--no-cold", "With --e2e: the cold subprocess edit (--no-cold skips it).")
-    e2e_backend: str = _option("torch", "--e2e-backend", f"UNet+ControlNet backend of the e2e edit: {_BACKENDS_HELP}.")
+    e2e_backend: str = _option(
+        "torch",
+        "--e2e-backend",
+        "UNet+ControlNet backend of the e2e edit, or a comma list timed side by side, warm and cold each "
+        f"(the first is the others' PSNR reference): {_BACKENDS_HELP}, aoti.",
+    )
     e2e_steps: int = _option(20, "--e2e-steps", "DDIM steps of the e2e edit.")
     e2e_data: Path | None = _option(
         None, "--e2e-data", "Data folder for the e2e edit (default: synthesised, or the demo clip with --tiny)."

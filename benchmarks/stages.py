@@ -154,7 +154,9 @@ def parse_stages(stages: str | list[str] | None) -> list[str]:
     return [s for s in STAGE_NAMES if s in wanted]
 
 
-def parse_backends(backends: str | list[str] | None) -> list[str]:
+def parse_backends(backends: str | list[str] | None, field: str = "backends") -> list[str]:
+    """Canonical backend names of a comma list (``all``/empty: every model column); ``field``: the
+    input an unknown name is reported against."""
     if backends is None or backends == "" or backends == "all":
         return list(MODEL_BACKENDS)
     items = [b.strip() for b in backends.split(",")] if isinstance(backends, str) else list(backends)
@@ -166,7 +168,7 @@ def parse_backends(backends: str | list[str] | None) -> list[str]:
             name = item if item in CHOICES else canonical_name(item)
         except SvEngineError:
             raise SvEngineError(
-                f"Unknown backend {item!r}.", f"use a comma list of {', '.join(MODEL_BACKENDS)}."
+                f"Unknown backend {item!r}.", f"use a comma list of {', '.join(MODEL_BACKENDS)}.", field=field
             ) from None
         if name not in out:
             out.append(name)

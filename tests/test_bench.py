@@ -100,6 +100,9 @@ def test_bad_options_raise_clear_errors():
         run_bench(BenchOptions(stages="unett", tiny=True, device="cpu"))
     with pytest.raises(SvEngineError, match="Unknown backend 'tensorflow'"):
         run_bench(BenchOptions(stages="warp", backends="tensorflow", tiny=True, device="cpu"))
+    with pytest.raises(SvEngineError, match="Unknown backend 'tvm'") as err:  # before any stage or model
+        run_bench(BenchOptions(stages="warp", e2e=True, e2e_backend="torch,tvm", tiny=True, device="cpu"))
+    assert err.value.field == "e2e_backend"
     assert stages_mod.parse_stages("vae,warp") == ["vae_encode", "vae_decode", "warp"]
     assert bench_mod.parse_size("768x432") == (768, 432)
     with pytest.raises(SvEngineError, match="Bad size") as err:
@@ -318,6 +321,36 @@ def test_tiny_e2e_warm_and_cold_through_the_cli(tmp_path):
     # what the report cannot see is the interpreter's exit and the subprocess wrapper around it
     assert phases[OUTSIDE_PHASES] < 0.25 * cold["seconds"]
     assert {"foreground", "background", "render"} <= set(cold["seconds_per_stage"])  # the first edit's stages
+
+
+@pytest.mark.slow
+def test_tiny_e2e_side_by_side_per_backend():
+    """``--e2e-backend torch,ort``: each backend's warm and cold edit on the same clip and weights, the
+    second's frames against the first's (tiny fp32 models: ORT agrees with torch to well above 30 dB),
+    and one summary line per backend. The tiny models' 64 px edit is outside the CLI's engine profile
+    (512-1024 px), so ORT's cold edit is refused with the profile and the fix, as a user's would be."""
+    import_or_skip("onnxruntime")
+    import torch
+    from sv_engine.benchmarks.e2e import run_e2e
+
+    result = run_e2e(torch.device("cpu"), tiny=True, frames=4, height=48, width=64, steps=2, backends=("torch", "ort"))
+    rows = result["backends"]
+    assert list(rows) == ["torch", "ort"]
+    for name, row in rows.items():
+        assert row["warm"]["status"] == "ok" and row["warm"]["backend"] == name, row["warm"]
+        assert f"--backend {name}" in " ".join(row["cold"]["command"])
+    assert rows["torch"]["cold"]["status"] == "ok" and rows["torch"]["cold"]["video_written"]
+    refused = rows["ort"]["cold"]
+    assert (
+        refused["returncode"] == 2 and "outside the engine profile" in refused["error"] and "Fix:" in refused["error"]
+    )
+    assert result["warm"] is rows["torch"]["warm"] and result["cold"] is rows["torch"]["cold"]
+    assert "psnr_vs_first_db" not in rows["torch"] and rows["ort"]["psnr_vs_first_db"] > 30
+    lines = bench_mod.side_by_side_lines(result)
+    assert lines[0].endswith("against torch):") and [line.split(":")[0].strip() for line in lines[1:]] == [
+        "torch",
+        "ort",
+    ]
 
 
 def test_model_stage_columns_report_accuracy_against_the_fp32_reference():
