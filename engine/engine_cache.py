@@ -17,17 +17,20 @@ the builder writes a temporary file in the cache folder, which is renamed into p
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import json
 import logging
 import os
 import tempfile
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from sv_engine.atomic_write import atomic_write_bytes
+from sv_engine.errors import SvEngineError
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +64,21 @@ def engine_key(
         "extra": extra or {},
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+@contextlib.contextmanager
+def _disk_full_is_an_error(what: Path) -> Iterator[None]:
+    """A full disk while an entry is written: one clear error (nothing half-written is kept: every
+    write goes to a temporary file first, and the metadata that vouches for an engine comes last)."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        raise SvEngineError(
+            f"No space left on the disk of {what.parent} while writing {what.name}.",
+            "free space there, or set SV_ENGINE_CACHE to a folder on a disk with room, and build again.",
+        ) from exc
 
 
 @dataclass
@@ -146,13 +164,14 @@ class EngineCache:
         fd, tmp_name = tempfile.mkstemp(dir=self.directory, prefix=f".{path.name}-", suffix=f".tmp{self.suffix}")
         os.close(fd)
         tmp = Path(tmp_name)
-        try:
-            more = build(tmp)
-            sha = file_sha256([tmp])
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
-        self._write_meta(name, key, sha, {**(meta or {}), **(more or {}), "bytes": path.stat().st_size})
+        with _disk_full_is_an_error(path):
+            try:
+                more = build(tmp)
+                sha = file_sha256([tmp])
+                os.replace(tmp, path)
+            finally:
+                tmp.unlink(missing_ok=True)
+            self._write_meta(name, key, sha, {**(meta or {}), **(more or {}), "bytes": path.stat().st_size})
         return load(path), CacheEntry(path, meta_path, rebuilt=True)
 
     def _read(self, name: str, key: str) -> bytes | None:
@@ -172,8 +191,10 @@ class EngineCache:
 
     def _write(self, name: str, key: str, data: bytes, meta: dict[str, Any] | None) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(self.paths(name, key)[0], data)
-        self._write_meta(name, key, hashlib.sha256(data).hexdigest(), meta)  # last: it vouches for the engine
+        path = self.paths(name, key)[0]
+        with _disk_full_is_an_error(path):
+            atomic_write_bytes(path, data)
+            self._write_meta(name, key, hashlib.sha256(data).hexdigest(), meta)  # last: it vouches for the engine
 
     def get(self, name: str, key: str) -> tuple[bytes, dict[str, Any]] | None:
         """A valid entry's bytes and ``meta`` (None when missing, stale, unreadable or corrupt: logged)."""

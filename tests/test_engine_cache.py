@@ -93,3 +93,46 @@ def test_no_temp_files_left(tmp_path):
     cache = EngineCache(tmp_path)
     cache.get_or_build("vae", _key(), Builder(), _load)
     assert sorted(p.suffix for p in tmp_path.iterdir()) == [".engine", ".json"]
+
+
+@pytest.mark.parametrize("when", ["engine", "metadata"])
+@pytest.mark.parametrize("kind", ["bytes", "file"])
+def test_a_full_disk_leaves_nothing_taken_as_valid(tmp_path, monkeypatch, when, kind):
+    """ENOSPC while the engine or its metadata is written: one clear error, no temporary file left,
+    no entry taken as valid, and the next build (with room) writes a good one."""
+    import errno
+
+    from sv_engine.engine import engine_cache as cache_module
+
+    from sv_engine.errors import SvEngineError
+
+    cache, key = EngineCache(tmp_path), _key()
+    real_write = cache_module.atomic_write_bytes
+    disk = {"full": True}
+
+    def full(path, data):
+        if when == "metadata" and not str(path).endswith(".json"):
+            return real_write(path, data)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    def build_file(out):
+        if when == "engine" and disk["full"]:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        out.write_bytes(b"ENGINE-file")
+
+    def build():
+        if kind == "bytes":
+            return cache.get_or_build("unet", key, Builder(), _load)
+        return cache.get_or_build_file("unet", key, build_file, lambda p: p.read_bytes().decode())
+
+    monkeypatch.setattr(cache_module, "atomic_write_bytes", full)
+    with pytest.raises(SvEngineError, match="No space left") as err:
+        build()
+    assert "SV_ENGINE_CACHE" in err.value.fix
+    assert not [p for p in tmp_path.iterdir() if ".tmp" in p.name]
+    assert not cache.valid_file("unet", key) and cache.get("unet", key) is None
+    monkeypatch.setattr(cache_module, "atomic_write_bytes", real_write)
+    disk["full"] = False
+    obj, entry = build()
+    assert entry.rebuilt and obj.startswith("ENGINE")
+    assert cache.valid_file("unet", key)
