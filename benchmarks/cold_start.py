@@ -96,6 +96,31 @@ def import_profile(folder: Path, timeout: float) -> dict:
     }
 
 
+def setup_clip_and_weights(tmp: Path, device: torch.device, tiny: bool) -> tuple[Path, Path]:
+    """A clip with a random NLA and random models saved in the diffusers layout, under ``tmp``; the clip's
+    NLA maps in the cache (``$SV_ENGINE_CACHE``), as a warm edit leaves them. Full size: 70 frames
+    768×432 and the fp16 SD 1.5 models; ``tiny``: 8 frames 192×128 and the tiny models."""
+    from sv_engine.benchmarks.e2e import synth_data_dir
+    from sv_engine.stablevideo.model_source import load_components
+    from sv_engine.stablevideo.models.loaders import save_components
+    from sv_engine.stablevideo.models.tiny import build_tiny_components
+    from sv_engine.stablevideo.session import open_video
+
+    frames, height, width = TINY_CLIP if tiny else FULL_CLIP
+    data_dir = synth_data_dir(tmp, frames, height, width)
+    components = build_tiny_components(0) if tiny else load_components(device, random_full=True, precision="fp16")
+    weights = save_components(components, tmp / "weights")
+    del components
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    open_video(data_dir, device)
+    return data_dir, weights
+
+
+#: (frames, height, width) of the cold edits' clip: full size, and with the tiny models on a CPU.
+FULL_CLIP, TINY_CLIP = (70, 432, 768), (8, 128, 192)
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, required=True)
@@ -111,16 +136,12 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     deadline = time.monotonic() + args.budget_s
-    from sv_engine.benchmarks.e2e import cold_edit, synth_data_dir
+    from sv_engine.benchmarks.e2e import cold_edit
     from sv_engine.benchmarks.timing import environment
-    from sv_engine.stablevideo.model_source import load_components
-    from sv_engine.stablevideo.models.loaders import save_components
-    from sv_engine.stablevideo.models.tiny import build_tiny_components
-    from sv_engine.stablevideo.session import open_video
 
     device = torch.device(args.device)
     tiny = device.type == "cpu"
-    frames, height, width, steps = (8, 128, 192, 4) if tiny else (70, 432, 768, 20)
+    (frames, height, width), steps = (TINY_CLIP, 4) if tiny else (FULL_CLIP, 20)
     variants = dict(args.variant)
     result: dict = {
         "environment": environment(device),
@@ -144,13 +165,7 @@ def main(argv: list[str] | None = None) -> None:
     tmp = Path(tempfile.mkdtemp(prefix="sv-engine-cold-"))
     os.environ["SV_ENGINE_CACHE"] = str(tmp / "cache")  # this process's maps and every edit's: one cache
     t0 = time.perf_counter()
-    data_dir = synth_data_dir(tmp, frames, height, width)
-    components = build_tiny_components(0) if tiny else load_components(device, random_full=True, precision="fp16")
-    weights = save_components(components, tmp / "weights")
-    del components
-    if not tiny:
-        torch.cuda.empty_cache()
-    open_video(data_dir, device)  # the NLA maps into the cache, as a warm edit leaves them
+    data_dir, weights = setup_clip_and_weights(tmp, device, tiny)
     result["setup_s"] = round(time.perf_counter() - t0, 2)
     save()
     names = list(variants)

@@ -560,3 +560,24 @@ def test_e2e_parity_never_compares_against_a_stand_in(tmp_path):
     assert result["psnr_reference"] == "no-such-backend"
     assert result["backends"]["no-such-backend"]["status"] == "error"
     assert result["backends"]["torch"]["status"] == "ok" and result["backends"]["torch"]["psnr_db"] is None
+
+
+@pytest.mark.slow
+def test_first_use_times_a_fresh_processs_first_edit_call_by_call(tmp_path):
+    """benchmarks/first_use.py on the CPU: every network call of both edits is attributed (the keyframe
+    loop's UNet steps: 4 + 3 + 3 with 4 steps at strength 0.8), one-offs are never negative, and with
+    the unattributed rest they add up to the first edit's extra time."""
+    from sv_engine.benchmarks import first_use
+
+    out = tmp_path / "first-use.json"
+    first_use.main(["--device", "cpu", "--out", str(out), "--timeout-s", "240"])
+    result = json.loads(out.read_text())
+    assert "error" not in result, result.get("error")
+    calls = {(r["call"], r["shape"]): r for r in result["calls"]}
+    assert calls[("fg unet_controlnet", "2x4x8x8")]["calls"] == 10
+    assert calls[("bg unet_controlnet", "2x4x8x8")]["calls"] == 4
+    assert {"open video", "fg vae_decode", "bg text_encode", "render_composite"} <= {r["call"] for r in result["calls"]}
+    assert all(r["one_off_s"] >= 0 for r in result["calls"])
+    extra = result["first_edit_s"] - result["second_edit_s"]
+    assert result["one_offs_s"] + result["unattributed_s"] == pytest.approx(extra, abs=0.01)
+    assert result["backend"] == "torch" and "import model libraries" in result["build_phases_s"]
