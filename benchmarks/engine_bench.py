@@ -35,6 +35,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -273,14 +274,37 @@ class CallLog:
         return {"calls": calls, "gaps_between_steps_ms": {k: round(v, 2) for k, v in gaps.items()}}
 
 
-#: variant -> (backend, cuda_graphs, background on its own stream, the GPU default as it was)
+class WarmVariant(NamedTuple):
+    """How one warm-edit variant builds its pipeline."""
+
+    backend: str
+    cuda_graphs: bool | None = None
+    overlap: bool = False  # the background on its own stream, beside the keyframe loop
+    before: bool = False  # the GPU default as it was before issue 16's step fixes
+    models: tuple[str, ...] | None = None  # the models the backend takes (None: its default)
+    switch_interval_s: float | None = None  # Python's thread switch interval during the edits
+
+
+#: Every model a pipeline calls, for the variants that put all of them on the backend.
+ALL_MODELS = ("unet_controlnet_canny", "unet_controlnet_depth", "vae_encoder", "vae_decoder", "text_encoder")
+
 WARM_VARIANTS = {
-    "torch-eager": ("torch", False, False, False),
-    "torch-eager, fp32 maps": ("torch", False, False, False),
-    "torch-cuda-graph, as before": ("torch", None, False, True),
-    "torch-cuda-graph": ("torch", None, False, False),
-    "torch-cuda-graph, fp32 maps": ("torch", None, False, False),
-    "torch-cuda-graph, background stream": ("torch", None, True, False),
+    "torch-eager": WarmVariant("torch", False),
+    "torch-eager, fp32 maps": WarmVariant("torch", False),
+    "torch-cuda-graph, as before": WarmVariant("torch", before=True),
+    "torch-cuda-graph": WarmVariant("torch"),
+    "torch-cuda-graph, fp32 maps": WarmVariant("torch"),
+    "torch-cuda-graph, background stream": WarmVariant("torch", overlap=True),
+    # The background's eager VAE and text-encoder calls beside the keyframe loop took 8-12x their
+    # time alone (engines-*-6112e61): in graphs they are launched by the GPU, not one by one by Python.
+    "torch-cuda-graph, background stream, every model in graphs": WarmVariant("torch", overlap=True, models=ALL_MODELS),
+    # Two Python threads hand the interpreter to each other every 5 ms by default: the keyframe loop's
+    # few eager ops between two replays may wait that long for the background's thread.
+    "torch-cuda-graph, background stream, 0.5 ms thread switches": WarmVariant(
+        "torch", overlap=True, switch_interval_s=0.0005
+    ),
+    "aoti": WarmVariant("aoti"),
+    "aoti, background stream": WarmVariant("aoti", overlap=True),
 }
 
 
@@ -330,7 +354,8 @@ def warm_edits(
             out[variant] = {"status": "skipped", "reason": "time budget"}
             continue
         try:
-            backend, graphs, overlap, before = WARM_VARIANTS.get(variant, (variant, None, False, False))
+            spec = WARM_VARIANTS.get(variant, WarmVariant(variant))
+            backend = spec.backend
             _fp32_maps(variant.endswith("fp32 maps"))
             config = RuntimeConfig(
                 weights=str(weights) if weights else None,
@@ -338,14 +363,15 @@ def warm_edits(
                 precision="fp16",
                 device=str(device),
                 backend=backend,
-                cuda_graphs=graphs,
-                overlap_background=overlap,
+                cuda_graphs=spec.cuda_graphs if backend == "torch" else None,
+                overlap_background=spec.overlap,
+                models=spec.models,
             )
-            with _as_before(before):
+            with _as_before(spec.before), _switch_interval(spec.switch_interval_s):
                 runtime = build_pipeline(config)
                 pipeline = runtime.pipeline
                 calls = CallLog()
-                if backend == "torch" and graphs is None:
+                if backend == "torch" and spec.cuda_graphs is None:
                     calls.instrument(pipeline)
                 load_s = runtime.seconds_per_phase["load models"]
                 prepare_s = runtime.seconds_per_phase["prepare backend"]
@@ -360,7 +386,7 @@ def warm_edits(
                 _sync()
                 warm_s = time.perf_counter() - t0
                 peak = torch.cuda.max_memory_allocated() / 2**30
-                if backend == "torch" and graphs is None:
+                if backend == "torch" and spec.cuda_graphs is None:
                     calls.on = True
                     pipeline.edit(data_dir, params)
                     calls.on = False
@@ -387,6 +413,19 @@ def warm_edits(
             out[variant] = _error(exc)
         torch.cuda.empty_cache()
     return out
+
+
+@contextlib.contextmanager
+def _switch_interval(seconds: float | None):  # noqa: ANN202
+    if seconds is None:
+        yield
+        return
+    before = sys.getswitchinterval()
+    sys.setswitchinterval(seconds)
+    try:
+        yield
+    finally:
+        sys.setswitchinterval(before)
 
 
 def _fp32_maps(on: bool) -> None:

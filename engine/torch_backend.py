@@ -7,6 +7,9 @@ convolution weights in NHWC.
 
 from __future__ import annotations
 
+import functools
+import threading
+
 import torch
 from sv_engine.engine.backend import Backend, CompiledModel, ModelSource
 from sv_engine.engine.cuda_graphs import CudaGraphCache, capture_cuda_graph
@@ -29,31 +32,49 @@ class TorchModel(CompiledModel):
 
 
 class CudaGraphModel(CompiledModel):
-    """The eager module replayed from one CUDA graph per input-shape signature (:class:`CudaGraphCache`).
+    """The eager module replayed from one CUDA graph per input-shape signature (:class:`CudaGraphCache`)
+    and CUDA stream.
 
-    All graphs share one memory pool: outputs are cloned out right after each replay, so no graph's
-    static outputs are needed once the next graph runs.
+    Each stream that calls the model gets its own graphs, static buffers and memory pool, so two
+    threads may call it at once, each on its own stream (the background edit beside the keyframe loop
+    on its side stream). Within a stream all graphs share the pool: outputs are cloned out right after
+    each replay, so no graph's static outputs are needed once the next graph runs.
     """
 
-    thread_safe = False  # static buffers are shared by every caller
+    thread_safe = True  # per CUDA stream: see the class docstring
     WARMUP_CALLS = 2  # outside the capture: cuDNN/cuBLAS choose algorithms and allocate workspaces
+    #: Streams whose graphs are kept (the pipeline uses two: the default one and the background's); a
+    #: further stream drops the oldest one's graphs and their pool.
+    MAX_STREAMS = 4
 
     def __init__(self, source: ModelSource, device: torch.device, module: torch.nn.Module) -> None:
         super().__init__(source, device)
         self._module = module
-        self._pool = torch.cuda.graph_pool_handle()
-        self._graphs = CudaGraphCache(source.name, self._capture)
+        self._per_stream: dict[int, CudaGraphCache] = {}
+        self._lock = threading.Lock()
 
-    def _capture(self, static_in: dict[str, torch.Tensor]):
+    def _graphs(self) -> CudaGraphCache:
+        stream = torch.cuda.current_stream(self.device).cuda_stream
+        with self._lock:
+            graphs = self._per_stream.get(stream)
+            if graphs is None:
+                if len(self._per_stream) >= self.MAX_STREAMS:
+                    del self._per_stream[next(iter(self._per_stream))]
+                pool = torch.cuda.graph_pool_handle()
+                graphs = CudaGraphCache(self.source.name, functools.partial(self._capture, pool=pool))
+                self._per_stream[stream] = graphs
+        return graphs
+
+    def _capture(self, static_in: dict[str, torch.Tensor], pool: object):
         args = [static_in[n] for n in self.source.input_names]
-        outs, replay = capture_cuda_graph(lambda: self._module(*args), self.device, self.WARMUP_CALLS, self._pool)
+        outs, replay = capture_cuda_graph(lambda: self._module(*args), self.device, self.WARMUP_CALLS, pool)
         outs = (outs,) if isinstance(outs, torch.Tensor) else outs
         return dict(zip(self.source.output_names, outs, strict=True)), replay
 
     def _run(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         # Inference mode throughout, as TorchModel: the static buffers are inference tensors.
         with torch.inference_mode():
-            return self._graphs(inputs)
+            return self._graphs()(inputs)
 
 
 class TorchBackend(Backend):

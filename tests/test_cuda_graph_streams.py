@@ -1,0 +1,66 @@
+"""CudaGraphModel keeps graphs per CUDA stream (engine/torch_backend.py), checked on the CPU against a
+stand-in for the CUDA runtime whose "replay" re-runs the module on the static buffers, as a graph does.
+The real graphs are tested on the GPU (tests/test_engine_gpu.py)."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+from sv_engine.engine import torch_backend
+from sv_engine.engine.backend import ModelSource
+from sv_engine.engine.torch_backend import CudaGraphModel
+
+
+class Double(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * 2.0
+
+
+@pytest.fixture
+def fake_cuda(monkeypatch: pytest.MonkeyPatch) -> SimpleNamespace:
+    state = SimpleNamespace(stream=1, captures=[], pools=[])
+
+    def capture(step, device, warmup_calls, pool):
+        state.captures.append((state.stream, pool))
+        out = step()
+        return out, lambda: out.copy_(step())  # a replay writes the static outputs from the static inputs
+
+    def pool_handle():
+        state.pools.append(object())
+        return state.pools[-1]
+
+    monkeypatch.setattr(torch_backend, "capture_cuda_graph", capture)
+    monkeypatch.setattr(torch.cuda, "graph_pool_handle", pool_handle)
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: SimpleNamespace(cuda_stream=state.stream))
+    return state
+
+
+def _model() -> CudaGraphModel:
+    source = ModelSource(name="double", input_names=["x"], output_names=["y"], input_shapes={"x": ["N"]})
+    return CudaGraphModel(source, torch.device("cpu"), Double())
+
+
+def test_each_stream_has_its_own_graphs_and_pool(fake_cuda: SimpleNamespace) -> None:
+    model = _model()
+    assert model.thread_safe
+    x = torch.arange(4.0)
+    assert torch.equal(model._run({"x": x})["y"], x * 2)
+    assert torch.equal(model._run({"x": x + 1})["y"], (x + 1) * 2), "a replay uses the new inputs"
+    assert len(fake_cuda.captures) == 1
+    fake_cuda.stream = 2  # the background's side stream
+    assert torch.equal(model._run({"x": x + 2})["y"], (x + 2) * 2)
+    assert len(fake_cuda.captures) == 2 and fake_cuda.captures[0][1] is not fake_cuda.captures[1][1]
+    fake_cuda.stream = 1
+    assert torch.equal(model._run({"x": x + 3})["y"], (x + 3) * 2)
+    assert len(fake_cuda.captures) == 2, "the first stream's graph is replayed again, not captured"
+
+
+def test_a_stream_beyond_the_kept_ones_drops_the_oldest(fake_cuda: SimpleNamespace) -> None:
+    model = _model()
+    x = torch.ones(3)
+    for stream in range(1, CudaGraphModel.MAX_STREAMS + 2):
+        fake_cuda.stream = stream
+        model._run({"x": x})
+    assert len(model._per_stream) == CudaGraphModel.MAX_STREAMS and 1 not in model._per_stream
