@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The device run's phases, one call each on a 2-GPU machine (nvidia-h100-x2), after the staged wheels
+# The device run's phases, one call each on a 2-GPU machine (nvidia-h100-x2; latency-*: one GPU), after the staged wheels
 # are installed (shared/device/bootstrap.sh). Phases run two lanes side by side, one per GPU, so their
 # timings do not share a card; every script saves its JSON as it goes, so a lane cut off by its
 # time limit keeps what it measured. Expected lane times (from run 26909ec's logs): models and e2e ~6-8 min, service ~7 min.
@@ -17,7 +17,7 @@ bench_models() {  # GPU 0: the model stages at 512² on every backend that runs 
   lane 0 bench-models python3 -m sv_engine.benchmarks.bench --stages text_encoder,unet_step,vae_encode,vae_decode \
     --backends torch,torch-cuda-graph,torch-compile,ort --repeat 10 --json "$OUT/bench-models.json"
 }
-case ${1:?phase: models, rest, e2e, attention or service} in
+case ${1:?phase: models, rest, e2e, attention, latency-cold, latency-aoti or service} in
   models)  # model stages on every backend, split over the two GPUs (torch.compile: ~94 s per UNet shape)
     bench_models &
     (  # GPU 1: the wide step and depth, then the whole edit warm + cold (the CLI on saved weights), then the GPU tests
@@ -47,6 +47,13 @@ case ${1:?phase: models, rest, e2e, attention or service} in
       LANE_TIMEOUT=150 lane 1 pytest-gpu python3 -m pytest -q -m gpu tests -p no:cacheprovider
     ) &
     wait ;;
+  latency-cold)  # issue 16, one GPU: where a fresh process's first edit goes, then the cold edit before/after
+    LANE_TIMEOUT=200 lane 0 first-use python3 -m sv_engine.benchmarks.first_use --out "$OUT/first-use.json"
+    LANE_TIMEOUT=330 lane 0 engines-warm python3 -m sv_engine.benchmarks.engine_bench --out "$OUT/engines-warm.json" \
+      --parts warm --budget-s 320 --warm-variants "torch-eager;torch-cuda-graph, background stream;torch-cuda-graph, background stream, every model in graphs;torch-cuda-graph, background stream, 0.5 ms thread switches" ;;
+  latency-aoti)  # issue 16, one GPU: the AOTInductor build (dynamic h/w), its step, warm edit and cold edit
+    LANE_TIMEOUT=580 lane 0 engines-aoti python3 -m sv_engine.benchmarks.engine_bench --out "$OUT/engines-aoti.json" \
+      --parts build,steps,aoti-warm,cold --budget-s 565 ;;
   service)  # warm Ray service vs a fresh process per edit, and 8 edits on 1 vs 2 GPUs
     LANE_TIMEOUT=570 lane 0,1 service python3 -m sv_engine.benchmarks.service_bench --out "$OUT/service.json" --random-full \
       --precision fp16 --backend torch --edits 2 --fresh 0 --batch 8 ;;  # fresh process per edit: run 26909ec

@@ -740,7 +740,8 @@ def main(argv: list[str] | None = None) -> None:
         )
         save()
     if "aoti-warm" in parts and aoti and deadline - time.monotonic() > 100:
-        result["warm_edit_aoti"] = warm_edits(weights, data_dir, device, ["torch-eager", "aoti"])
+        variants = ["torch-eager", "torch-cuda-graph, background stream", "aoti", "aoti, background stream"]
+        result["warm_edit_aoti"] = warm_edits(weights, data_dir, device, variants)
         save()
     if "cold" in parts:
         from sv_engine.benchmarks.e2e import cold_edit as e2e_cold_edit
