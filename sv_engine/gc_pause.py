@@ -14,28 +14,34 @@ Cycles made while paused are not collected; loading makes few (reference countin
 from __future__ import annotations
 
 import gc
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-_depth = 0
+_lock = threading.Lock()
+_depth = 0  # blocks open, in any thread (a service's workers may load at once)
+_resume = False  # whether collection was on when the first of them opened
 
 
 @contextmanager
 def gc_paused() -> Iterator[None]:
-    """No cyclic collection inside the block; at its end (the outermost, when nested) what exists is
-    frozen and collection resumes as it was."""
-    global _depth
-    was_enabled = gc.isenabled()
-    _depth += 1
-    gc.disable()
+    """No cyclic collection inside the block; when the last open block ends (nested, or in other
+    threads) what exists is frozen and collection resumes as it was before the first."""
+    global _depth, _resume
+    with _lock:
+        if _depth == 0:
+            _resume = gc.isenabled()
+            gc.disable()
+        _depth += 1
     try:
         yield
     finally:
-        _depth -= 1
-        if _depth == 0:
-            gc.freeze()
-            if was_enabled:
-                gc.enable()
+        with _lock:
+            _depth -= 1
+            if _depth == 0:
+                gc.freeze()
+                if _resume:
+                    gc.enable()
 
 
 def freeze_before_exit() -> None:

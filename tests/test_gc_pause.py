@@ -1,9 +1,10 @@
 """The collector pause of loading (sv_engine/gc_pause.py): off inside, frozen and back on after, nested
-blocks resuming only at the outermost end, and restored when the block raises."""
+or overlapping blocks (two threads) resuming only when the last ends, and restored when a block raises."""
 
 from __future__ import annotations
 
 import gc
+import threading
 
 import pytest
 
@@ -47,3 +48,30 @@ def test_a_disabled_collector_stays_disabled() -> None:
     with gc_paused():
         pass
     assert not gc.isenabled()
+
+
+def test_blocks_of_two_threads_resume_when_the_last_ends() -> None:
+    """Thread A opens, B opens, A closes (still paused: B loads), B closes: collection is back on."""
+    a_open, b_open, a_closed = threading.Event(), threading.Event(), threading.Event()
+    seen = {}
+
+    def a() -> None:
+        with gc_paused():
+            a_open.set()
+            b_open.wait(5)
+        a_closed.set()
+
+    def b() -> None:
+        a_open.wait(5)
+        with gc_paused():
+            b_open.set()
+            a_closed.wait(5)
+            seen["after A closed"] = gc.isenabled()
+
+    threads = [threading.Thread(target=a), threading.Thread(target=b)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert seen == {"after A closed": False}
+    assert gc.isenabled()
