@@ -96,6 +96,10 @@ def import_profile(folder: Path, timeout: float) -> dict:
     }
 
 
+#: (frames, height, width) of the cold edits' clip: full size, and with the tiny models on a CPU.
+FULL_CLIP, TINY_CLIP = (70, 432, 768), (8, 128, 192)
+
+
 def setup_clip_and_weights(tmp: Path, device: torch.device, tiny: bool) -> tuple[Path, Path]:
     """A clip with a random NLA and random models saved in the diffusers layout, under ``tmp``; the clip's
     NLA maps in the cache (``$SV_ENGINE_CACHE``), as a warm edit leaves them. Full size: 70 frames
@@ -115,10 +119,6 @@ def setup_clip_and_weights(tmp: Path, device: torch.device, tiny: bool) -> tuple
         torch.cuda.empty_cache()
     open_video(data_dir, device)
     return data_dir, weights
-
-
-#: (frames, height, width) of the cold edits' clip: full size, and with the tiny models on a CPU.
-FULL_CLIP, TINY_CLIP = (70, 432, 768), (8, 128, 192)
 
 
 def main(argv: list[str] | None = None) -> None:

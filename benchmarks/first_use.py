@@ -157,7 +157,7 @@ def child(data_dir: Path, weights: Path, device_name: str, backend: str, steps: 
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", type=Path)
+    ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--backend", help="as `sv-engine edit --backend` (default: torch-cuda-graph; torch on a CPU)")
     ap.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
     ap.add_argument("--timeout-s", type=float, default=300.0)
@@ -170,8 +170,6 @@ def main(argv: list[str] | None = None) -> None:
     if args.child:
         print("FIRST_USE " + json.dumps(child(*args.child, args.device, args.backend, steps, tiny)))
         return
-    if args.out is None:
-        ap.error("--out is required")
     from sv_engine.benchmarks.cold_start import setup_clip_and_weights
     from sv_engine.benchmarks.timing import environment
 
@@ -179,7 +177,7 @@ def main(argv: list[str] | None = None) -> None:
     tmp = Path(tempfile.mkdtemp(prefix="sv-engine-first-use-"))
     os.environ["SV_ENGINE_CACHE"] = str(tmp / "cache")  # the maps cached as a warm edit leaves them
     data_dir, weights = setup_clip_and_weights(tmp, device, tiny)
-    cmd = [sys.executable, "-m", "sv_engine.benchmarks.first_use", "--device", args.device]
+    cmd = [sys.executable, "-m", "sv_engine.benchmarks.first_use", "--device", args.device, "--out", str(args.out)]
     cmd += ["--backend", args.backend, "--child", str(data_dir), str(weights)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout_s, cwd=tempfile.gettempdir())
     line = next((x for x in proc.stdout.splitlines() if x.startswith("FIRST_USE ")), None)
