@@ -39,6 +39,7 @@ from typing import NamedTuple
 
 import numpy as np
 import torch
+from sv_engine.benchmarks.timing import instrument_denoisers
 
 log = logging.getLogger(__name__)
 
@@ -244,13 +245,10 @@ class CallLog:
             self.rows.append((name, shape, start, end, torch.cuda.current_stream().stream_id))
             return out
 
-        call.thread_safe = getattr(fn, "thread_safe", True)
         return call
 
     def instrument(self, pipeline) -> None:  # noqa: ANN001
-        for side, denoiser in (("fg", pipeline.fg_denoiser), ("bg", pipeline.bg_denoiser)):
-            for attr in ("unet_controlnet", "text_encode", "vae_encode", "vae_decode"):
-                setattr(denoiser, attr, self.wrap(f"{side} {attr}", getattr(denoiser, attr)))
+        instrument_denoisers(pipeline, self.wrap)
 
     def summary(self) -> dict:
         _sync()
@@ -363,7 +361,7 @@ def warm_edits(
                 precision="fp16",
                 device=str(device),
                 backend=backend,
-                cuda_graphs=spec.cuda_graphs if backend == "torch" else None,
+                cuda_graphs=spec.cuda_graphs,
                 overlap_background=spec.overlap,
                 models=spec.models,
             )

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from sv_engine.benchmarks.timing import instrument_denoisers
 
 log = logging.getLogger(__name__)
 
@@ -45,16 +46,11 @@ WRAPPED_FUNCTIONS = (
     ("sv_engine.stablevideo.render", "render_composite"),
     ("sv_engine.stablevideo.background", "estimate_depth"),
 )
-NETWORKS = ("unet_controlnet", "text_encode", "vae_encode", "vae_decode")
 
 
 def _shape_of(args: tuple) -> str:
-    for a in args:
-        if isinstance(a, torch.Tensor):
-            return "x".join(map(str, a.shape))
-        if hasattr(a, "shape"):  # numpy images (the depth model's input)
-            return "x".join(map(str, a.shape))
-    return ""
+    """The first array argument's shape (a tensor, or the depth model's numpy image), as ``"2x4x64x112"``."""
+    return next(("x".join(map(str, a.shape)) for a in args if hasattr(a, "shape")), "")
 
 
 class CallTimes:
@@ -78,15 +74,12 @@ class CallTimes:
             self.rows.append((self.edit, name, _shape_of(args), time.perf_counter() - t0))
             return out
 
-        timed.thread_safe = getattr(fn, "thread_safe", True)  # type: ignore[attr-defined]
         return timed
 
     def instrument(self, pipeline: Any) -> None:
         import importlib
 
-        for side, denoiser in (("fg", pipeline.fg_denoiser), ("bg", pipeline.bg_denoiser)):
-            for attr in NETWORKS:
-                setattr(denoiser, attr, self.wrap(f"{side} {attr}", getattr(denoiser, attr)))
+        instrument_denoisers(pipeline, self.wrap)
         for module_name, attr in WRAPPED_FUNCTIONS:
             module = importlib.import_module(module_name)
             setattr(module, attr, self.wrap(attr, getattr(module, attr)))

@@ -5,6 +5,7 @@
   memory of the calls (``torch.cuda.max_memory_allocated`` after a reset).
 * :func:`environment`: GPU, driver, CUDA, library versions, git commit, date.
 * :func:`result_filename`: ``<gpu>-<date>-<commit>.json`` for ``benchmarks/results/``.
+* :func:`instrument_denoisers`: a timing wrapper around every network call of a pipeline's two halves.
 """
 
 from __future__ import annotations
@@ -29,6 +30,22 @@ RANDOM_WEIGHTS_NOTE = "random weights: latency does not depend on weight values"
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+#: The network calls of a :class:`~sv_engine.stablevideo.models.diffusion.ControlledDenoiser`.
+DENOISER_CALLS = ("unet_controlnet", "text_encode", "vae_encode", "vae_decode")
+
+
+def instrument_denoisers(pipeline: object, wrap: Callable[[str, Callable], Callable]) -> None:
+    """Replaces each network call of the pipeline's fg and bg denoisers by ``wrap(name, call)`` (names
+    like ``"fg unet_controlnet"``); each wrapper keeps the ``thread_safe`` of the call it wraps, which
+    the pipeline reads before it runs the background beside the keyframe loop."""
+    for side, denoiser in (("fg", pipeline.fg_denoiser), ("bg", pipeline.bg_denoiser)):  # type: ignore[attr-defined]
+        for attr in DENOISER_CALLS:
+            call = getattr(denoiser, attr)
+            wrapped = wrap(f"{side} {attr}", call)
+            wrapped.thread_safe = getattr(call, "thread_safe", True)  # type: ignore[attr-defined]
+            setattr(denoiser, attr, wrapped)
 
 
 def summarize(times_ms: list[float]) -> dict:

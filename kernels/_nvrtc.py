@@ -218,23 +218,22 @@ class KernelSource:
         digest.update(f"nvrtc {nvrtc_version()}".encode())
         return cubin_cache_dir() / f"{Path(self.filename).stem}-{arch}-{digest.hexdigest()[:20]}.cubin"
 
-    def compile(self, arch: str, disk_cache: bool = True, refresh: bool = False) -> bytes:
+    def compile(self, arch: str, refresh: bool = False) -> bytes:
         """Cubin for ``arch``, from the disk cache when it has it (a file that is not a cubin, or with
         ``refresh`` any file, is compiled again and replaced); used by the CI compile test and by
         :meth:`function`."""
-        path = self.cubin_path(arch) if disk_cache else None
-        if path is not None and not refresh and path.is_file():
+        path = self.cubin_path(arch)
+        if not refresh and path.is_file():
             cubin = path.read_bytes()
             if cubin[:4] == ELF_MAGIC:
                 return cubin
             log.warning("%s is not a cubin; compiling %s again", path, self.filename)
         cubin = compile_cubin(self.text, self.filename, arch, self.options, self.headers)
-        if path is not None:
-            try:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                atomic_write_bytes(path, cubin)
-            except OSError as err:  # a read-only cache: the kernel still runs, compiled per process
-                log.warning("cannot keep the %s cubin in %s (%s)", self.filename, path.parent, err)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_bytes(path, cubin)
+        except OSError as err:  # a read-only cache: the kernel still runs, compiled per process
+            log.warning("cannot keep the %s cubin in %s (%s)", self.filename, path.parent, err)
         return cubin
 
     def function(self, device: torch.device, kernel: str):
