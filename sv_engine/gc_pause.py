@@ -2,11 +2,12 @@
 objects that live until the process ends.
 
 Importing diffusers and transformers makes ~750 k tracked objects, and the collector's full passes over
-them are a quarter of that import: 3.6 s with the collector on, 2.7 s off (the 2-core CPU; the model
-libraries are 8.6 s of a cold edit on the H200's host). Those objects (modules, classes, the models'
-parameters) live as long as the process, so when loading ends they are moved to the permanent
-generation (``gc.freeze``): later passes skip them, and so does the interpreter's last pass at exit
-(a cold CPU edit's exit: 1.45 s, 0.24 s frozen).
+them are a good part of that import. Those objects (modules, classes, the models' parameters) live as
+long as the process, so when loading ends they are moved to the permanent generation (``gc.freeze``):
+later passes skip them, and so does the interpreter's last pass at exit. A cold CPU edit (tiny models;
+benchmarks/results/cold-start-cpu-2core-2026-12-01-912acbf.json, median of 5): model libraries
+3.46 -> 2.58 s, loading 0.63 -> 0.39 s, the exit 1.33 -> 0.29 s, 8.02 -> 6.08 s in all. (The model
+libraries are 8.6 s of a cold edit on the H200's host; not measured there with the pause yet.)
 
 Cycles made while paused are not collected; loading makes few (reference counting frees the rest).
 """
