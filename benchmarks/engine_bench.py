@@ -74,20 +74,26 @@ def _error(exc: BaseException) -> dict:
     return {"status": "error", "error": error_string(exc)}
 
 
-def build_cli(args: list[str], env: dict, timeout: float) -> dict:
-    """``sv-engine build ARGS`` in a fresh process: return code, seconds, the end of its output."""
+def build_cli(args: list[str], env: dict, timeout: float, log_path: Path | None = None) -> dict:
+    """``sv-engine build ARGS`` in a fresh process: return code, seconds, the end of its output. With
+    ``log_path`` the output goes to that file as it comes, so a build cut off by ``timeout`` still
+    shows which models it had compiled (and how long each took) in the tail."""
     cmd = [sys.executable, "-m", "sv_engine", "build", *args]
     t0 = time.perf_counter()
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
-    except subprocess.TimeoutExpired:
-        return {"command": cmd, "returncode": None, "error": f"timed out after {timeout:.0f} s"}
-    return {
-        "command": cmd,
-        "returncode": proc.returncode,
-        "seconds": round(time.perf_counter() - t0, 2),
-        "output_tail": (proc.stdout + proc.stderr).strip().splitlines()[-14:],
-    }
+    with tempfile.TemporaryFile("w+") if log_path is None else open(log_path, "w+") as log_file:
+        proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, text=True, env=env)
+        try:
+            returncode = proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            returncode = None
+        log_file.seek(0)
+        tail = log_file.read().strip().splitlines()[-14:]
+    row = {"command": cmd, "returncode": returncode, "seconds": round(time.perf_counter() - t0, 2), "output_tail": tail}
+    if returncode is None:
+        row["error"] = f"timed out after {timeout:.0f} s"
+    return row
 
 
 _LOAD_SCRIPT = """
@@ -651,6 +657,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--budget-s", type=float, default=540.0)
     ap.add_argument("--parts", default="warm,compile,maps")
     ap.add_argument(
+        "--work-dir",
+        type=Path,
+        help="keep the clip, weights and engine cache here (default: a new temporary folder); a second run "
+        "with the same folder reuses them, so a build started in one call is timed in the next",
+    )
+    ap.add_argument(
         "--warm-variants",
         default="torch-eager;torch-cuda-graph, as before;torch-cuda-graph;torch-cuda-graph, background stream",
         help="';'-separated warm-edit variants (the first is the PSNR reference)",
@@ -677,7 +689,8 @@ def main(argv: list[str] | None = None) -> None:
     def save() -> None:
         args.out.write_text(json.dumps({**result, **bench_view(result)}, indent=1, default=str))
 
-    tmp = Path(tempfile.mkdtemp(prefix="sv-engine-bench-"))
+    tmp = args.work_dir or Path(tempfile.mkdtemp(prefix="sv-engine-bench-"))
+    tmp.mkdir(parents=True, exist_ok=True)
     cache = tmp / "cache"
     env = {**os.environ, "SV_ENGINE_CACHE": str(cache)}
     os.environ["SV_ENGINE_CACHE"] = str(cache)  # this process's engines and maps: the same cache
@@ -687,7 +700,9 @@ def main(argv: list[str] | None = None) -> None:
 
     data_dir = synth_data_dir(tmp, 70, 432, 768)
     weights = tmp / "weights"  # every part's pipelines load these (1-2 s) instead of building random models
-    save_components(_random_components(device), weights)
+    if not (tmp / "weights.complete").exists():  # a reused work folder keeps its weights
+        save_components(_random_components(device), weights)
+        (tmp / "weights.complete").touch()
     torch.cuda.empty_cache()
 
     def maps_part() -> None:
@@ -716,7 +731,8 @@ def main(argv: list[str] | None = None) -> None:
         save()
     if "build" in parts:
         aoti_args = ["--backend", "aoti", "--weights", str(weights), "--precision", "fp16"]
-        result["build"] = build_cli(aoti_args, env, max(60.0, deadline - time.monotonic() - 200))
+        build_log = args.out.with_name(args.out.stem + "-build.log")
+        result["build"] = build_cli(aoti_args, env, max(60.0, deadline - time.monotonic() - 200), build_log)
         if result["build"]["returncode"] == 0:
             result["build_again"] = build_cli(aoti_args, env, 120)
         result["engine_files"] = engine_files(cache)
