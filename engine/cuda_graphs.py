@@ -8,6 +8,7 @@ outputs, which is also why the torch graphs may share one memory pool).
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Sequence
 
 import torch
@@ -72,22 +73,29 @@ class CudaGraphCache:
         return {n: static_out[n].clone() for n in names}
 
 
+#: One capture at a time in the process: ``torch.cuda.graph`` synchronizes the device on entry, which
+#: CUDA refuses while any other stream is capturing (cudaErrorStreamCaptureUnsupported, seen on an H200
+#: with two threads capturing one model on two streams).
+_CAPTURE_LOCK = threading.Lock()
+
+
 def capture_cuda_graph(
     step: Callable[[], object], device: torch.device, warmup_calls: int, pool: object | None = None
 ) -> tuple[object, Callable[[], None]]:
     """``(what step returned inside the capture, replay)``: ``step`` runs ``warmup_calls`` times on a
     side stream first (cuDNN/cuBLAS/TensorRT choose algorithms and allocate workspaces outside the
-    capture), then once under capture into ``pool``. The capture is thread-local: another thread's
-    work meanwhile (the background edit beside the keyframe loop, capturing its own model's graphs)
-    neither breaks it nor is refused."""
-    current = torch.cuda.current_stream(device)
-    side = torch.cuda.Stream(device)
-    side.wait_stream(current)
-    with torch.cuda.stream(side):
-        for _ in range(warmup_calls):
-            step()
-    current.wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph, pool=pool, capture_error_mode="thread_local"):
-        captured = step()
+    capture), then once under capture into ``pool``. Captures are serialized (:data:`_CAPTURE_LOCK`);
+    the capture mode is thread-local, so another thread's launches and replays meanwhile (the background
+    edit beside the keyframe loop) neither break it nor are refused."""
+    with _CAPTURE_LOCK:
+        current = torch.cuda.current_stream(device)
+        side = torch.cuda.Stream(device)
+        side.wait_stream(current)
+        with torch.cuda.stream(side):
+            for _ in range(warmup_calls):
+                step()
+        current.wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=pool, capture_error_mode="thread_local"):
+            captured = step()
     return captured, graph.replay
