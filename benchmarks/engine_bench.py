@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import json
 import logging
 import os
@@ -357,6 +358,9 @@ def warm_edits(
         if time.monotonic() > deadline:
             out[variant] = {"status": "skipped", "reason": "time budget"}
             continue
+        gc.collect()  # the previous variant's pipeline, before this one's memory is counted
+        torch.cuda.empty_cache()
+        allocated_before = torch.cuda.memory_allocated() / 2**30
         try:
             spec = WARM_VARIANTS.get(variant, WarmVariant(variant))
             backend = spec.backend
@@ -405,6 +409,7 @@ def warm_edits(
                 "timings": result.timings,
                 "overlapped_background": result.overlapped_background,
                 "peak_mem_gb": round(peak, 2),
+                "allocated_before_gb": round(allocated_before, 2),  # left by earlier variants: 0 unless one leaks
                 **(calls.summary() if calls.rows else {}),
             }
             if variant != variants[0] and variants[0] in frames:

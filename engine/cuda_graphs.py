@@ -8,7 +8,9 @@ outputs, which is also why the torch graphs may share one memory pool).
 
 from __future__ import annotations
 
+import inspect
 import threading
+import weakref
 from collections.abc import Callable, Sequence
 
 import torch
@@ -41,7 +43,9 @@ class CudaGraphCache:
         outputs: Sequence[str] | None = None,
     ) -> None:
         self.name = name
-        self._capture = capture
+        # A backend's own method is held weakly: the backend holds this cache, and a cycle would keep a
+        # dropped model's graphs and GPU memory until a collection (gc_paused's freeze may prevent one).
+        self._capture = weakref.WeakMethod(capture) if inspect.ismethod(capture) else lambda: capture
         self.max_shapes = max_shapes
         self.recapture = recapture
         self.outputs = list(outputs) if outputs is not None else None
@@ -63,7 +67,7 @@ class CudaGraphCache:
             if self.max_shapes is not None and len(self._entries) >= self.max_shapes:
                 del self._entries[next(iter(self._entries))]
             static_in = {n: t.clone() for n, t in inputs.items()}
-            static_out, replay = self._capture(static_in)
+            static_out, replay = self._capture()(static_in)
             self._entries[key] = (static_in, static_out, replay)
         static_in, static_out, replay = self._entries[key]
         for n, t in inputs.items():

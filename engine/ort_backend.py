@@ -136,9 +136,11 @@ class OrtModel(CompiledModel):
         self._bind_inputs(binding, static_in)
         self._bind_outputs(binding, static_out)
 
+        session, device = self.session, self.device  # not self: the cache holding replay is self's
+
         def replay() -> None:  # ORT captures on its first runs and replays on its own stream
-            torch.cuda.current_stream(self.device).synchronize()
-            self.session.run_with_iobinding(binding)
+            torch.cuda.current_stream(device).synchronize()
+            session.run_with_iobinding(binding)
 
         return static_out, replay
 

@@ -31,6 +31,20 @@ class TorchModel(CompiledModel):
         return dict(zip(self.source.output_names, outs, strict=False))
 
 
+def _capture(
+    module: torch.nn.Module,
+    source: ModelSource,
+    device: torch.device,
+    warmup_calls: int,
+    pool: object,
+    static_in: dict[str, torch.Tensor],
+):  # noqa: ANN202
+    args = [static_in[n] for n in source.input_names]
+    outs, replay = capture_cuda_graph(lambda: module(*args), device, warmup_calls, pool)
+    outs = (outs,) if isinstance(outs, torch.Tensor) else outs
+    return dict(zip(source.output_names, outs, strict=True)), replay
+
+
 class CudaGraphModel(CompiledModel):
     """The eager module replayed from one CUDA graph per input-shape signature (:class:`CudaGraphCache`)
     and CUDA stream.
@@ -61,15 +75,12 @@ class CudaGraphModel(CompiledModel):
                 if len(self._per_stream) >= self.MAX_STREAMS:
                     del self._per_stream[next(iter(self._per_stream))]
                 pool = torch.cuda.graph_pool_handle()
-                graphs = CudaGraphCache(self.source.name, functools.partial(self._capture, pool=pool))
+                # The capture holds the module, not self: no cycle keeps a dropped model's graphs (and
+                # their GPU pool) alive until a collection that gc_paused's freeze may never allow.
+                capture = functools.partial(_capture, self._module, self.source, self.device, self.WARMUP_CALLS, pool)
+                graphs = CudaGraphCache(self.source.name, capture)
                 self._per_stream[stream] = graphs
         return graphs
-
-    def _capture(self, static_in: dict[str, torch.Tensor], pool: object):
-        args = [static_in[n] for n in self.source.input_names]
-        outs, replay = capture_cuda_graph(lambda: self._module(*args), self.device, self.WARMUP_CALLS, pool)
-        outs = (outs,) if isinstance(outs, torch.Tensor) else outs
-        return dict(zip(self.source.output_names, outs, strict=True)), replay
 
     def _run(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         # Inference mode throughout, as TorchModel: the static buffers are inference tensors.

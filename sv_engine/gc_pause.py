@@ -1,15 +1,19 @@
-"""The cyclic garbage collector paused while a process loads its libraries and models, and kept off the
-objects that live until the process ends.
+"""The cyclic garbage collector paused while a process loads its libraries and models, and, for a
+process that ends after one edit, kept off the objects that then live until it ends.
 
 Importing diffusers and transformers makes ~750 k tracked objects, and the collector's full passes over
-them are a good part of that import. Those objects (modules, classes, the models' parameters) live as
-long as the process, so when loading ends they are moved to the permanent generation (``gc.freeze``):
-later passes skip them, and so does the interpreter's last pass at exit. A cold CPU edit (tiny models;
+them are a good part of that import. A one-shot command (``sv-engine edit``) also moves what exists when
+loading ends to the permanent generation (``gc_paused(freeze=True)``, ``gc.freeze``): later passes skip
+those objects, and so does the interpreter's last pass at exit. A cold CPU edit (tiny models;
 benchmarks/results/cold-start-cpu-2core-2026-12-01-912acbf.json, median of 5): model libraries
-3.46 -> 2.58 s, loading 0.63 -> 0.39 s, the exit 1.33 -> 0.29 s, 8.02 -> 6.08 s in all. (The model
-libraries are 8.6 s of a cold edit on the H200's host; not measured there with the pause yet.)
+3.46 -> 2.58 s, loading 0.63 -> 0.39 s, the exit 1.33 -> 0.29 s, 8.02 -> 6.08 s in all.
 
-Cycles made while paused are not collected; loading makes few (reference counting frees the rest).
+Freezing is only for processes that never drop what they loaded: cyclic garbage made while paused is
+frozen with the rest and never freed, and some of it pins frames. Importing trio (pulled in by the
+service's libraries) keeps a traceback in a cycle whose frames reach back to the caller of the import:
+frozen, it kept ``build_pipeline``'s frame, so the pipeline and its models, alive for good, and a process
+building several pipelines (the engine bench's variants, a service worker switching models) grew by one
+pipeline's weights each time. So the library's blocks only pause; the command freezes.
 """
 
 from __future__ import annotations
@@ -22,25 +26,30 @@ from contextlib import contextmanager
 _lock = threading.Lock()
 _depth = 0  # blocks open, in any thread (a service's workers may load at once)
 _resume = False  # whether collection was on when the first of them opened
+_freeze = False  # whether one of them asked to freeze what exists when the last ends
 
 
 @contextmanager
-def gc_paused() -> Iterator[None]:
+def gc_paused(freeze: bool = False) -> Iterator[None]:
     """No cyclic collection inside the block; when the last open block ends (nested, or in other
-    threads) what exists is frozen and collection resumes as it was before the first."""
-    global _depth, _resume
+    threads) collection resumes as it was before the first, after freezing what exists if any of the
+    blocks was opened with ``freeze`` (only for a process that keeps what it loaded until it ends)."""
+    global _depth, _resume, _freeze
     with _lock:
         if _depth == 0:
             _resume = gc.isenabled()
             gc.disable()
         _depth += 1
+        _freeze = _freeze or freeze
     try:
         yield
     finally:
         with _lock:
             _depth -= 1
             if _depth == 0:
-                gc.freeze()
+                if _freeze:
+                    gc.freeze()
+                    _freeze = False
                 if _resume:
                     gc.enable()
 

@@ -355,3 +355,31 @@ def test_cuda_graph_cache_keys_on_shapes_and_hands_out_copies():
     fixed({"x": a})
     with pytest.raises(SvEngineError, match="captured for input shapes"):
         fixed({"x": torch.ones(3)})
+
+
+def test_a_backend_holding_its_graph_cache_is_freed_without_the_cycle_collector():
+    """The TensorRT and ORT models pass their own ``_capture`` method to the cache they hold: held
+    strongly, that cycle would keep a dropped model's graphs and their GPU memory until a collection
+    (and none comes for objects gc_paused froze meanwhile)."""
+    import gc
+    import weakref
+
+    from sv_engine.engine.cuda_graphs import CudaGraphCache
+
+    class Model:
+        def __init__(self):
+            self.graphs = CudaGraphCache("m", self._capture)
+
+        def _capture(self, static_in):
+            out = {"y": torch.empty_like(static_in["x"])}
+            return out, lambda: out["y"].copy_(static_in["x"] * 2)
+
+    model = Model()
+    assert torch.equal(model.graphs({"x": torch.ones(2)})["y"], torch.full((2,), 2.0))
+    gone = weakref.ref(model)
+    gc.disable()
+    try:
+        del model
+        assert gone() is None, "the graph cache keeps its model alive through a reference cycle"
+    finally:
+        gc.enable()

@@ -57,7 +57,9 @@ def run_edit(
     libraries, load models, prepare backend), the edit (its stages in ``seconds_per_stage``) and writing
     the outputs."""
     phases = {"start python and the CLI": seconds_since_process_start()}
-    with gc_paused():  # the imports (sv_engine/gc_pause.py); build_pipeline pauses it for the model load
+    # The imports and the model load: one pause, then what the command keeps until it ends is frozen
+    # (sv_engine/gc_pause.py).
+    with gc_paused(freeze=True):
         started = time.perf_counter()
         from PIL import Image
 
@@ -95,7 +97,7 @@ def run_edit(
         )
         check_edit_inputs(data_dir, params)
         phases["check inputs"] = time.perf_counter() - started
-    runtime = build_pipeline(config)
+        runtime = build_pipeline(config)
     phases.update(runtime.seconds_per_phase)
     timer = StageTimer(sync_cuda=False)
     with timer("edit"):
