@@ -15,6 +15,10 @@ pytorch/pytorch#142246, #141997, #155078). So
   the architecture's fingerprint (module classes, their source code, parameter names, shapes and
   dtypes), the profile, the precision, the GPU and the torch version; weight values are not in it.
 
+A package's first load opens it in a child process (:func:`probe_load`, recorded in its cache entry):
+torch 2.11+cu130's loader crashes with SIGSEGV on an H200 for every CUDA package, and an edit (or a
+server) should get an error naming the fix, not die.
+
 Options: :class:`~sv_engine.engine.registry.AotiOptions` (CUDA-graph replay, dynamic or static
 shapes, the multiples the dynamic sizes keep).
 """
@@ -27,13 +31,16 @@ import hashlib
 import inspect
 import logging
 import shutil
+import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
 from sv_engine.engine.backend import Backend, CompiledModel, ModelSource, eval_dim, torch_dtype
-from sv_engine.engine.engine_cache import engine_key
+from sv_engine.engine.engine_cache import RuntimeCannotLoad, engine_key
 from sv_engine.engine.registry import AotiOptions
 from sv_engine.engine.torch_backend import CudaGraphModel
 
@@ -116,6 +123,37 @@ def served_profile(source: ModelSource, ranges: dict[str, tuple[int, int, int]])
             points.append(tuple(eval_dim(d, symbols) for d in dims))
         profiles[name] = tuple(points)
     return profiles
+
+
+#: What the load probe runs in a child process: the loader's constructor, where a broken torch build
+#: crashes (SIGSEGV in AOTIModelPackageLoader on torch 2.11+cu130 on an H200, for every CUDA package,
+#: benchmarks/results/aoti-load-nvidia-h200-2026-12-02-52a3f7a.json).
+PROBE_SOURCE = "import sys, torch; torch._C._aoti.AOTIModelPackageLoader(sys.argv[1], 'model', False, 1, -1)"
+PROBE_TIMEOUT_S = 300.0
+
+
+def probe_load(path: Path) -> None:
+    """Opens the package in a child process, so that a torch whose package loader crashes fails the
+    edit with a message naming the fix instead of killing the process (and the server it runs in)."""
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-c", PROBE_SOURCE, str(path)], capture_output=True, text=True, timeout=PROBE_TIMEOUT_S
+        )
+    except subprocess.TimeoutExpired:
+        how = f"no answer in {PROBE_TIMEOUT_S:.0f} s"
+    else:
+        if proc.returncode == 0:
+            return
+        if proc.returncode < 0:
+            how = f"killed by {signal.Signals(-proc.returncode).name}"
+        else:
+            how = f"exit {proc.returncode}: {(proc.stderr.strip().splitlines() or ['no message'])[-1]}"
+    raise RuntimeCannotLoad(
+        f"torch {torch.__version__} cannot open AOTInductor packages here: its package loader failed "
+        f"({how}) on {path.name}, which is kept.",
+        "use --backend torch (CUDA graphs on a GPU) or torch-compile, or a torch build whose AOTInductor "
+        "loader works on this machine.",
+    )
 
 
 class PackageRunner:
@@ -290,7 +328,10 @@ class AotiBackend(Backend):
         logger.info("AOTInductor %s: export %.1f s, compile %.1f s", source.name, export_s, compile_s)
         return {"export_s": round(export_s, 2), "compile_s": round(compile_s, 2)}
 
-    def _load(self, path: Path, module: torch.nn.Module) -> Any:
+    def _load(self, path: Path, module: torch.nn.Module, name: str, key: str) -> Any:
+        if not self.cache.meta(name, key).get("opens"):  # once per package: recorded in its entry
+            probe_load(path)
+            self.cache.add_meta(name, key, opens=True)
         runner = PackageRunner(path)
         tensors = {**dict(module.named_parameters()), **dict(module.named_buffers())}
         fqns = runner.get_constant_fqns()
@@ -318,7 +359,7 @@ class AotiBackend(Backend):
             name,
             key,
             lambda out: self._build(source, module, out),
-            lambda path: self._load(path, module),
+            lambda path: self._load(path, module, name, key),
             meta={"model": source.name, "precision": source.precision, "torch": torch.__version__, "ranges": ranges},
         )
         self.last_entry = {"path": str(entry.path), "rebuilt": entry.rebuilt, **self.cache.meta(name, key)}

@@ -35,6 +35,11 @@ from sv_engine.errors import SvEngineError
 logger = logging.getLogger(__name__)
 
 
+class RuntimeCannotLoad(SvEngineError):
+    """The runtime cannot load engines of its kind on this machine at all (not this entry's fault):
+    :meth:`EngineCache.get_or_build_file` raises it instead of rebuilding."""
+
+
 def file_sha256(paths: Iterable[str | Path], chunk: int = 1 << 24) -> str:
     """sha256 over the bytes of several files (an ONNX file and its external data), in order."""
     h = hashlib.sha256()
@@ -137,6 +142,12 @@ class EngineCache:
         """The ``meta`` an entry was written with (``{}`` when absent)."""
         return (self._meta_ok(name, key) or {}).get("meta", {})
 
+    def add_meta(self, name: str, key: str, **fields: Any) -> None:
+        """Records ``fields`` in a valid entry's ``meta`` (what was learnt using it, e.g. that it loads)."""
+        entry = self._meta_ok(name, key)
+        if entry is not None:
+            self._write_meta(name, key, entry["sha256"], {**entry.get("meta", {}), **fields})
+
     def _write_meta(self, name: str, key: str, sha256: str, meta: dict[str, Any] | None) -> None:
         payload = {"key": key, "sha256": sha256, "meta": meta or {}}
         atomic_write_bytes(self.paths(name, key)[1], json.dumps(payload, indent=1).encode())
@@ -157,7 +168,9 @@ class EngineCache:
                 obj = load(path)
                 logger.info("engine cache hit: %s", path.name)
                 return obj, CacheEntry(path, meta_path, rebuilt=False)
-            except Exception as exc:  # noqa: BLE001 - any load failure means rebuild
+            except RuntimeCannotLoad:
+                raise  # the runtime, not the entry, is at fault: a rebuild would fail to load the same way
+            except Exception as exc:  # noqa: BLE001 - any other load failure means rebuild
                 logger.warning("engine cache entry %s failed to load (%s): rebuilding", path.name, exc)
         logger.info("building engine %s (cache miss)", path.name)
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -222,7 +235,9 @@ class EngineCache:
                     raise ValueError("loader returned None")
                 logger.info("engine cache hit: %s", path.name)
                 return obj, CacheEntry(path, meta_path, rebuilt=False)
-            except Exception as exc:  # noqa: BLE001 - any load failure means rebuild
+            except RuntimeCannotLoad:
+                raise  # the runtime, not the entry, is at fault: a rebuild would fail to load the same way
+            except Exception as exc:  # noqa: BLE001 - any other load failure means rebuild
                 logger.warning("engine cache entry %s failed to load (%s): rebuilding", path.name, exc)
         logger.info("building engine %s (cache miss)", path.name)
         data = build()

@@ -140,6 +140,62 @@ def test_corrupt_package_is_rebuilt(built: tuple[Path, TinyNet], tmp_path: Path)
         torch.testing.assert_close(out, module(x, torch.tensor([0.5]))[0], rtol=1e-4, atol=1e-5)
 
 
+def _copy_without_the_open_check(cache: Path, tmp_path: Path) -> Path:
+    """The built cache, copied, its entries no longer recording that their package opens."""
+    import json
+    import shutil
+
+    copy = tmp_path / "engines"
+    shutil.copytree(cache, copy)
+    for meta_path in copy.glob("*.json"):
+        entry = json.loads(meta_path.read_text())
+        entry["meta"].pop("opens", None)
+        meta_path.write_text(json.dumps(entry))
+    return copy
+
+
+def test_a_loader_that_crashes_is_a_clear_error_not_a_dead_process(
+    built: tuple[Path, TinyNet], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """torch 2.11+cu130's package loader crashes with SIGSEGV on the H200 for every CUDA package
+    (benchmarks/results/aoti-load-*.json). The first load of a package opens it in a child process:
+    such a crash becomes an error naming the fix, the package is kept and nothing is rebuilt."""
+    from sv_engine.engine import aoti_backend
+    from sv_engine.engine.engine_cache import RuntimeCannotLoad
+
+    cache, module = built
+    copy = _copy_without_the_open_check(cache, tmp_path)
+    package = next(copy.glob("*.pt2"))
+    monkeypatch.setattr(aoti_backend, "PROBE_SOURCE", "import os, signal; os.kill(os.getpid(), signal.SIGSEGV)")
+
+    def no_rebuild(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        raise AssertionError("a loader that cannot open packages must not trigger a rebuild")
+
+    monkeypatch.setattr(AotiBackend, "_build", no_rebuild)
+    backend = get_backend("aoti", device="cpu", cache_dir=copy, multiples={"h": 2, "w": 2})
+    with pytest.raises(RuntimeCannotLoad, match=r"killed by SIGSEGV.*--backend torch"):
+        backend.compile(_source(module))
+    assert package.exists() and backend.is_built(_source(module)), "the built package is kept"
+
+
+def test_a_package_is_opened_in_a_child_process_once(
+    built: tuple[Path, TinyNet], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from sv_engine.engine import aoti_backend
+
+    cache, module = built
+    copy = _copy_without_the_open_check(cache, tmp_path)
+    probes = []
+    real_probe = aoti_backend.probe_load
+    monkeypatch.setattr(aoti_backend, "probe_load", lambda path: (probes.append(path), real_probe(path)))
+    for _ in range(2):  # two processes' backends on the same cache
+        model = get_backend("aoti", device="cpu", cache_dir=copy, multiples={"h": 2, "w": 2}).compile(_source(module))
+    assert len(probes) == 1, "the entry records that its package opens"
+    out, x = _run(model, 16, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(out, module(x, torch.tensor([0.5]))[0], rtol=1e-4, atol=1e-5)
+
+
 @pytest.mark.parametrize(
     "args, message",
     [
