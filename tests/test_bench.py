@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import os
 from pathlib import Path
 
 import pytest
@@ -581,3 +582,15 @@ def test_first_use_times_a_fresh_processs_first_edit_call_by_call(tmp_path):
     extra = result["first_edit_s"] - result["second_edit_s"]
     assert result["one_offs_s"] + result["unattributed_s"] == pytest.approx(extra, abs=0.01)
     assert result["backend"] == "torch" and "import model libraries" in result["build_phases_s"]
+
+
+def test_frame_decode_compares_one_thread_with_the_pool(tmp_path):
+    """benchmarks/frame_decode.py: both variants timed on the same clip, frames checked equal."""
+    from sv_engine.benchmarks import frame_decode
+    from sv_engine.stablevideo import data
+
+    out = tmp_path / "decode.json"
+    frame_decode.main(["--out", str(out), "--frames", "3", "--repeat", "1"])
+    result = json.loads(out.read_text())
+    assert set(result["median_s"]) == {"1 thread", *([f"{data.DECODE_THREADS} threads"] * (data.DECODE_THREADS > 1))}
+    assert result["speedup"] > 0 and data.DECODE_THREADS == min(8, os.cpu_count() or 1), "the default is restored"

@@ -76,6 +76,28 @@ def test_bad_data_folder_errors(random_data_dir: Path, breakage, message: str) -
         load_video_data(random_data_dir)
 
 
+def test_frames_decoded_at_once_match_one_at_a_time(random_data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """load_frames decodes in a thread pool: the same tensor as one thread, and of two unreadable
+    frames the first in frame order is the one reported (not whichever thread failed first)."""
+    from PIL import Image
+    from sv_engine.stablevideo import data
+
+    frames = random_data_dir / random_data_dir.name
+    for i in range(4, 12):  # more frames than threads, in a size the loader must resize
+        Image.new("RGB", (24, 16), (i * 20, 255 - i * 20, 7)).save(frames / f"{i:05d}.png")
+    (random_data_dir / "config.json").write_text(json.dumps({"resx": 48, "resy": 32, "number_of_frames": 12}))
+    config = data.read_config(random_data_dir)
+    monkeypatch.setattr(data, "DECODE_THREADS", 1)
+    one, _ = data.load_frames(random_data_dir, config)
+    monkeypatch.setattr(data, "DECODE_THREADS", 4)
+    many, _ = data.load_frames(random_data_dir, config)
+    assert torch.equal(one, many)
+    (frames / "00009.png").write_bytes(b"garbage")
+    (frames / "00002.jpg").write_bytes(b"garbage")
+    with pytest.raises(SvEngineError, match="00002.jpg"):
+        data.load_frames(random_data_dir, config)
+
+
 def test_checkpoint_of_another_architecture_is_refused(random_data_dir: Path) -> None:
     state = NLAModel.random().state_dict()
     state["F_atlas_state_dict"].pop("hidden.7.bias")
