@@ -10,12 +10,32 @@ Public ops (CUDA kernel on CUDA tensors, the torch reference on CPU; ``backend="
 Each ``*_reference`` function is the torch specification its kernel is tested against.
 """
 
+from pathlib import Path
+
+from sv_engine.kernels import render, splat, warp
 from sv_engine.kernels.render import render_composite, render_composite_reference
 from sv_engine.kernels.splat import splat_to_atlas, splat_to_atlas_reference
 from sv_engine.kernels.warp import pad_grids, warp_atlas, warp_atlas_reference
 
+#: Every kernel's source: what :func:`precompile` builds.
+SOURCES = (render.SOURCE, splat.SOURCE, warp.SOURCE)
+
+
+def precompile(arch: str) -> list[Path]:
+    """Compiles every kernel for ``arch`` (e.g. ``"sm_90"``) into the disk cache, unless kept there
+    already, so that a later process's first edit loads cubins instead of running NVRTC (the three
+    kernels' first calls took 0.85 s of a fresh H200 process's first edit with an empty cache:
+    benchmarks/results/first-use-nvidia-h200-2026-12-02-*.json).
+    Needs NVRTC, not a GPU. Returns the cubins' paths."""
+    for source in SOURCES:
+        source.compile(arch)
+    return [source.cubin_path(arch) for source in SOURCES]
+
+
 __all__ = [
+    "SOURCES",
     "pad_grids",
+    "precompile",
     "render_composite",
     "render_composite_reference",
     "splat_to_atlas",

@@ -108,3 +108,23 @@ def test_cubins_are_kept_on_disk_and_a_bad_file_is_compiled_again(tmp_path, monk
     other = _nvrtc.KernelSource("warp.cu", options=("--fmad=false",), includes=("sample.cuh",))
     assert other.cubin_path("sm_90") != path and source.cubin_path("sm_80") != path
     assert len({path, other.cubin_path("sm_90"), source.cubin_path("sm_80")}) == 3
+
+
+def test_precompile_keeps_every_kernel_so_a_new_process_runs_no_nvrtc(tmp_path, monkeypatch):
+    """What `sv-engine build` does for the GPU it builds on: every kernel's cubin into the cache; a
+    second precompile (a later process's first use) reads them all back."""
+    from sv_engine.kernels import SOURCES, _nvrtc, precompile
+
+    monkeypatch.setenv("SV_ENGINE_CACHE", str(tmp_path))
+    calls = []
+    real = _nvrtc.compile_cubin.__wrapped__
+
+    def counted(*args):
+        calls.append(args[1])
+        return real(*args)
+
+    monkeypatch.setattr(_nvrtc, "compile_cubin", counted)
+    paths = precompile("sm_90")
+    assert sorted(calls) == sorted(s.filename for s in SOURCES) == ["render.cu", "splat.cu", "warp.cu"]
+    assert all(p.read_bytes()[:4] == b"\x7fELF" and p.parent == tmp_path / "kernels" for p in paths)
+    assert precompile("sm_90") == paths and len(calls) == 3, "kept cubins are read, not compiled again"

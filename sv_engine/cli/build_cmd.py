@@ -58,6 +58,7 @@ def build_command(
                 "pass --weights DIR (the weights your edits use) instead of the folder.",
             )
         _build_module_engines(backend, weights, tiny, random_full, precision, device, cache, models, shapes)
+        _precompile_kernels(device)
         return
     if backend not in ("trt", "ort"):
         raise SvEngineError(
@@ -70,6 +71,22 @@ def build_command(
             "run `sv-engine export --out DIR` and pass DIR.",
         )
     _build_onnx_engines(export_dir, backend, cache, device, precision, models)
+    _precompile_kernels(device)
+
+
+def _precompile_kernels(device: str | None) -> None:
+    """The UV-mapping kernels' cubins for this GPU, kept beside the engines: an edit after ``build``
+    then runs no NVRTC either. Nothing to do on a CPU (the kernels' torch references run there)."""
+    from sv_engine.device import resolve_device
+
+    torch_device = resolve_device(device or "auto")
+    if torch_device.type != "cuda":
+        return
+    from sv_engine.kernels import precompile
+    from sv_engine.kernels._nvrtc import device_arch
+
+    paths = precompile(device_arch(torch_device))
+    log.info("CUDA kernels for %s kept in %s", device_arch(torch_device), paths[0].parent)
 
 
 def _build_module_engines(
