@@ -48,6 +48,7 @@ case ${1:?phase: models, rest, e2e, attention, latency-cold, latency-aoti or ser
     ) &
     wait ;;
   latency-cold)  # issue 16, one GPU: where a fresh process's first edit goes, then the cold edit before/after
+    LANE_TIMEOUT=60 lane 0 frame-decode python3 -m sv_engine.benchmarks.frame_decode --out "$OUT/frame-decode.json"
     LANE_TIMEOUT=200 lane 0 first-use python3 -m sv_engine.benchmarks.first_use --out "$OUT/first-use.json"
     LANE_TIMEOUT=330 lane 0 engines-warm python3 -m sv_engine.benchmarks.engine_bench --out "$OUT/engines-warm.json" \
       --parts warm --budget-s 320 --warm-variants "torch-eager;torch-cuda-graph, background stream;torch-cuda-graph, background stream, every model in graphs;torch-cuda-graph, background stream, 0.5 ms thread switches" ;;
