@@ -151,8 +151,9 @@ def probe_load(path: Path) -> None:
     raise RuntimeCannotLoad(
         f"torch {torch.__version__} cannot open AOTInductor packages here: its package loader failed "
         f"({how}) on {path.name}, which is kept.",
-        "use --backend torch (CUDA graphs on a GPU) or torch-compile, or a torch build whose AOTInductor "
+        "use $backend torch (CUDA graphs on a GPU) or torch-compile, or a torch build whose AOTInductor "
         "loader works on this machine.",
+        mentions=("backend",),
     )
 
 
