@@ -8,12 +8,13 @@ those objects, and so does the interpreter's last pass at exit. A cold CPU edit 
 benchmarks/results/cold-start-cpu-2core-2026-12-01-912acbf.json, median of 5): model libraries
 3.46 -> 2.58 s, loading 0.63 -> 0.39 s, the exit 1.33 -> 0.29 s, 8.02 -> 6.08 s in all.
 
-Freezing is only for processes that never drop what they loaded: cyclic garbage made while paused is
-frozen with the rest and never freed, and some of it pins frames. Importing trio (pulled in by the
-service's libraries) keeps a traceback in a cycle whose frames reach back to the caller of the import:
-frozen, it kept ``build_pipeline``'s frame, so the pipeline and its models, alive for good, and a process
-building several pipelines (the engine bench's variants, a service worker switching models) grew by one
-pipeline's weights each time. So the library's blocks only pause; the command freezes.
+Freezing is only for processes that never drop what they loaded: cyclic garbage that exists when a
+block ends is frozen with the rest and never freed. A dropped pipeline whose CUDA-graph model formed a
+cycle with its graph cache was frozen so by the next pipeline's load (the engine bench's peak grew by a
+pipeline's weights per variant on an H200), and importing trio (pulled in by the service's libraries)
+leaves a traceback cycle whose frames reach back to ``build_pipeline``'s, which then kept the pipeline
+alive. A process may build several pipelines (the bench's variants, a service worker switching models),
+so the library's blocks only pause; the command, which ends after its edit, freezes.
 """
 
 from __future__ import annotations

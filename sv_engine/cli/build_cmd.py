@@ -85,8 +85,8 @@ def _precompile_kernels(device: str | None) -> None:
     from sv_engine.kernels import precompile
     from sv_engine.kernels._nvrtc import device_arch
 
-    paths = precompile(device_arch(torch_device))
-    log.info("CUDA kernels for %s kept in %s", device_arch(torch_device), paths[0].parent)
+    arch = device_arch(torch_device)
+    log.info("CUDA kernels for %s kept in %s", arch, precompile(arch)[0].parent)
 
 
 def _build_module_engines(
