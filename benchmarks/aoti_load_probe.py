@@ -63,12 +63,12 @@ BUILD = textwrap.dedent(
             made[name] = path
         except Exception as exc:
             made[name] = "error: " + repr(exc)[:300]
-    try:
-        legacy = {"aot_inductor.output_path": os.path.join(out, "legacy.so")}
-        so = torch._export.aot_compile(model, (x,), options=legacy)
-        made["legacy_so"] = so
-    except Exception as exc:
-        made["legacy_so"] = "error: " + repr(exc)[:300]
+    if sys.argv[4] == "legacy":
+        try:
+            legacy = {"aot_inductor.output_path": os.path.join(out, "legacy.so")}
+            made["legacy_so"] = torch._export.aot_compile(model, (x,), options=legacy)
+        except Exception as exc:
+            made["legacy_so"] = "error: " + repr(exc)[:300]
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     torch.save({"x": x.cpu(), "y": model(x).detach().cpu(), "state": state}, os.path.join(out, "io.pt"))
     print(json.dumps(made))
@@ -112,6 +112,9 @@ LOAD = textwrap.dedent(
 
 CONFIGS = {
     "default": {},
+    # The wrapper .so then names libstdc++ itself (NEEDED) instead of taking whichever copy the
+    # process's global symbol scope offers first.
+    "link_libstdcxx": {"aot_inductor.custom_op_libs": ["stdc++"]},
     "weights_outside": {"aot_inductor.package_constants_in_so": False},
     "embed_kernels": {"aot_inductor.embed_kernel_binary": True},
 }
@@ -130,8 +133,39 @@ def _run(args: list[str], timeout: float, env: dict | None = None) -> dict:
         except (ValueError, IndexError):
             row["stdout_tail"] = proc.stdout[-2000:]
     else:
-        row["stderr_tail"] = proc.stderr[-6000:]
+        at = proc.stderr.find("=== native backtrace")  # the crash's innermost frames come first
+        row["stderr_tail"] = proc.stderr[-6000:] if at < 0 else proc.stderr[max(0, at - 1500) : at + 6000]
     return row
+
+
+def _needed(folder: Path, name: str) -> str:
+    """The wrapper .so's NEEDED libraries (readelf), unpacked from package ``name``."""
+    script = (
+        f"cd {folder} && mkdir -p x-{name} && cd x-{name} && python3 -m zipfile -e ../{name}.pt2 . && "
+        "readelf -d $(find . -name '*.so' | head -1) | grep NEEDED"
+    )
+    proc = subprocess.run(["bash", "-c", script], capture_output=True, text=True)
+    return proc.stdout[-3000:] + proc.stderr[-500:]
+
+
+#: Which libraries of a process that imported torch (and triton) define libstdc++'s locale: a copy
+#: linked statically into one of them can take the place of the system's for a .so that names none.
+LOCALE_OWNERS = textwrap.dedent(
+    """
+    import json, subprocess, torch
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        pass
+    libs = sorted({l.split()[-1] for l in open("/proc/self/maps") if ".so" in l and "/" in l})
+    owners = []
+    for lib in libs:
+        syms = subprocess.run(["nm", "-D", "--defined-only", lib], capture_output=True, text=True).stdout
+        if "_ZNSt6locale7classicEv" in syms:
+            owners.append(lib)
+    print(json.dumps(owners))
+    """
+)
 
 
 def _environment(work: Path) -> dict:
@@ -155,7 +189,19 @@ def _environment(work: Path) -> dict:
     )
     env["libtorch_cuda_copies"] = libs.stdout.split()
     env["ld_library_path"] = os.environ.get("LD_LIBRARY_PATH", "")
+    from torch._inductor import cpp_builder
+
+    env["inductor_cpp_compiler"] = cpp_builder.get_cpp_compiler()
+    env["cxx_env"] = os.environ.get("CXX")
+    env["locale_owners"] = _run([sys.executable, "-c", LOCALE_OWNERS], 120).get("result")
     return env
+
+
+def _system_libstdcxx() -> str | None:
+    proc = subprocess.run(
+        ["bash", "-c", "ldconfig -p | grep 'libstdc++.so.6 ' | head -1"], capture_output=True, text=True
+    )
+    return proc.stdout.split("=>")[-1].strip() or None
 
 
 def main() -> None:
@@ -163,6 +209,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--devices", default="cuda,cpu")
     parser.add_argument("--timeout-s", type=float, default=120.0)
+    parser.add_argument("--configs", default=",".join(CONFIGS), help="build configs to try (of CONFIGS)")
+    parser.add_argument("--loaders", default="package_loader,runner_from_package,legacy_aot_load")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     work = Path(tempfile.mkdtemp(prefix="aoti-probe-"))
@@ -170,10 +218,24 @@ def main() -> None:
     (work / "h.c").write_text(HANDLER_C)
     subprocess.run(["gcc", "-shared", "-fPIC", "-O0", "-o", str(handler), str(work / "h.c")], check=True)
     result: dict = {"benchmark": "aoti-load-probe", "environment": _environment(work), "devices": {}}
+    libstdcxx = result["environment"]["system_libstdcxx"] = _system_libstdcxx()
+    configs = {name: CONFIGS[name] for name in args.configs.split(",")}
+    loaders = set(args.loaders.split(","))
     for device in args.devices.split(","):
         folder = work / device
         folder.mkdir()
-        build = _run([sys.executable, "-c", BUILD, device, str(folder), json.dumps(CONFIGS)], 600)
+        build = _run(
+            [
+                sys.executable,
+                "-c",
+                BUILD,
+                device,
+                str(folder),
+                json.dumps(configs),
+                "legacy" if "legacy_aot_load" in loaders else "-",
+            ],
+            600,
+        )
         made = build.get("result", {})
         row: dict = {"build": build, "loads": {}}
         for name, path in made.items():
@@ -182,23 +244,18 @@ def main() -> None:
             hows = ["legacy_aot_load"] if name == "legacy_so" else ["package_loader", "runner_from_package"]
             if name == "weights_outside":  # the runner has no way to be given the weights here
                 hows = ["package_loader"]
-            for how in hows:
-                key = f"{name} / {how}"
-                row["loads"][key] = _run([sys.executable, "-c", LOAD, how, path, device, str(handler)], args.timeout_s)
+            runs = [(how, None) for how in hows if how in loaders]
+            if name == "default" and libstdcxx:
+                runs.append(("package_loader", {**os.environ, "LD_PRELOAD": libstdcxx}))
+            for how, env in runs:
+                key = f"{name} / {how}" + (" / LD_PRELOAD libstdc++" if env else "")
+                cmd = [sys.executable, "-c", LOAD, how, path, device, str(handler)]
+                row["loads"][key] = _run(cmd, args.timeout_s, env)
                 log.info("%s %s: %s", device, key, {k: v for k, v in row["loads"][key].items() if k != "stderr_tail"})
                 args.out.write_text(json.dumps({**result, "devices": {**result["devices"], device: row}}, indent=1))
-        if made.get("default") and not str(made["default"]).startswith("error"):
-            ldd = subprocess.run(
-                [
-                    "bash",
-                    "-c",
-                    f"cd {folder} && mkdir -p x && cd x && python3 -m zipfile -e ../default.pt2 . && "
-                    "ldd $(find . -name '*.so' | head -1)",
-                ],
-                capture_output=True,
-                text=True,
-            )
-            row["ldd_default_so"] = ldd.stdout[-3000:] + ldd.stderr[-500:]
+        for name in ("default", "link_libstdcxx"):
+            if made.get(name) and not str(made[name]).startswith("error"):
+                row[f"needed_{name}_so"] = _needed(folder, name)
         result["devices"][device] = row
         args.out.write_text(json.dumps(result, indent=1))
     print(json.dumps(result, indent=1)[-6000:])

@@ -288,6 +288,7 @@ class WarmVariant(NamedTuple):
     before: bool = False  # the GPU default as it was before issue 16's step fixes
     models: tuple[str, ...] | None = None  # the models the backend takes (None: its default)
     switch_interval_s: float | None = None  # Python's thread switch interval during the edits
+    options: tuple[tuple[str, object], ...] = ()  # the backend's options changed from its defaults
 
 
 #: Every model a pipeline calls, for the variants that put all of them on the backend.
@@ -310,6 +311,9 @@ WARM_VARIANTS = {
     ),
     "aoti": WarmVariant("aoti"),
     "aoti, background stream": WarmVariant("aoti", overlap=True),
+    "torch-compile": WarmVariant("torch-compile"),
+    # One graph over symbolic h, w instead of one compile per keyframe shape (issue 16 asks for its cost).
+    "torch-compile, dynamic shapes": WarmVariant("torch-compile", options=(("dynamic", True),)),
 }
 
 
@@ -349,6 +353,7 @@ def warm_edits(
     second is timed, a third (CUDA-graph variants) is timed call by call; PSNR against the first
     variant (the reference). ``weights`` None: the full-size random models."""
     from sv_engine.benchmarks.e2e import edit_params
+    from sv_engine.engine.registry import make_options
     from sv_engine.export.compose import RuntimeConfig, build_pipeline
 
     params = edit_params(20, 0.8, tiny=False)
@@ -374,6 +379,7 @@ def warm_edits(
                 cuda_graphs=spec.cuda_graphs,
                 overlap_background=spec.overlap,
                 models=spec.models,
+                options=make_options(backend, **dict(spec.options)) if spec.options else None,
             )
             with _as_before(spec.before), _switch_interval(spec.switch_interval_s):
                 runtime = build_pipeline(config)
