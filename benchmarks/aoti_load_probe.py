@@ -84,6 +84,11 @@ LOAD = textwrap.dedent(
     import torch
     io = torch.load(os.path.join(os.path.dirname(path), "io.pt"))
     x = io["x"].to(device)
+    if how.endswith("_shared"):  # the backend's fix: the process's libstdc++ made global first
+        from sv_engine.engine.aoti_backend import share_libstdcxx
+
+        share_libstdcxx()
+        how = how.removesuffix("_shared")
     if how == "package_loader":
         loader = torch._C._aoti.AOTIModelPackageLoader(path, "model", False, 1, -1)
         if "weights_outside" in path:  # constants, update_inactive, check_full_update, user_managed
@@ -210,7 +215,7 @@ def main() -> None:
     parser.add_argument("--devices", default="cuda,cpu")
     parser.add_argument("--timeout-s", type=float, default=120.0)
     parser.add_argument("--configs", default=",".join(CONFIGS), help="build configs to try (of CONFIGS)")
-    parser.add_argument("--loaders", default="package_loader,runner_from_package,legacy_aot_load")
+    parser.add_argument("--loaders", default="package_loader,runner_from_package,legacy_aot_load,package_loader_shared")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     work = Path(tempfile.mkdtemp(prefix="aoti-probe-"))
@@ -242,6 +247,7 @@ def main() -> None:
             if str(path).startswith("error"):
                 continue
             hows = ["legacy_aot_load"] if name == "legacy_so" else ["package_loader", "runner_from_package"]
+            hows += [f"{how}_shared" for how in hows]
             if name == "weights_outside":  # the runner has no way to be given the weights here
                 hows = ["package_loader"]
             runs = [(how, None) for how in hows if how in loaders]

@@ -25,11 +25,13 @@ shapes, the multiples the dynamic sizes keep).
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 import functools
 import hashlib
 import inspect
 import logging
+import os
 import shutil
 import signal
 import subprocess
@@ -125,10 +127,39 @@ def served_profile(source: ModelSource, ranges: dict[str, tuple[int, int, int]])
     return profiles
 
 
-#: What the load probe runs in a child process: the loader's constructor, where a broken torch build
-#: crashes (SIGSEGV in AOTIModelPackageLoader on torch 2.11+cu130 on an H200, for every CUDA package,
-#: benchmarks/results/aoti-load-nvidia-h200-2026-12-02-52a3f7a.json).
-PROBE_SOURCE = "import sys, torch; torch._C._aoti.AOTIModelPackageLoader(sys.argv[1], 'model', False, 1, -1)"
+@functools.lru_cache(maxsize=1)
+def share_libstdcxx() -> str | None:
+    """Puts the process's libstdc++ in the global symbol scope before a package's wrapper is opened;
+    returns its path (``None`` where there is none to share, as off Linux).
+
+    A toolchain that links libstdc++ statically into the wrapper ``.so`` (the H200 image's
+    ``/opt/gcc`` g++: the wrapper names no libstdc++) leaves the wrapper's calls split between its own
+    copy and the process's, unless the process's copy is global: there, ``std::regex`` in the
+    wrapper's ``parse_device_str`` crashed with SIGSEGV in every package's constructor, CPU and CUDA
+    alike, and loaded with ``LD_PRELOAD`` of the system libstdc++ (benchmarks/aoti_load_probe.py).
+    Python opens torch's libraries locally; dlopen with ``RTLD_NOLOAD | RTLD_GLOBAL`` promotes the
+    copy they brought to the global scope without loading another."""
+    try:
+        with open("/proc/self/maps") as maps:
+            paths = {line.split()[-1] for line in maps if "/libstdc++.so" in line}
+    except OSError:
+        return None
+    for path in sorted(paths):
+        try:
+            ctypes.CDLL(path, mode=os.RTLD_NOLOAD | os.RTLD_GLOBAL)
+        except OSError as exc:
+            logger.debug("libstdc++ %s not shared: %s", path, exc)
+            continue
+        return path
+    return None
+
+
+#: What the load probe runs in a child process: the loader's constructor, where a package whose wrapper
+#: does not fit the process crashes (SIGSEGV on the H200 image before :func:`share_libstdcxx`).
+PROBE_SOURCE = (
+    "import sys, torch; from sv_engine.engine.aoti_backend import share_libstdcxx; share_libstdcxx(); "
+    "torch._C._aoti.AOTIModelPackageLoader(sys.argv[1], 'model', False, 1, -1)"
+)
 PROBE_TIMEOUT_S = 300.0
 
 
@@ -163,6 +194,7 @@ class PackageRunner:
     wraps the same loader but imports torch._dynamo and inductor first, about a second of a cold start."""
 
     def __init__(self, path: Path) -> None:
+        share_libstdcxx()
         # model name, run single-threaded, runners, device index (-1: the current device), as aoti_load_package
         self._loader = torch._C._aoti.AOTIModelPackageLoader(str(path), "model", False, 1, -1)
 

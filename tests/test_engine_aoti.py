@@ -157,9 +157,10 @@ def _copy_without_the_open_check(cache: Path, tmp_path: Path) -> Path:
 def test_a_loader_that_crashes_is_a_clear_error_not_a_dead_process(
     built: tuple[Path, TinyNet], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """torch 2.11+cu130's package loader crashes with SIGSEGV on the H200 for every CUDA package
-    (benchmarks/results/aoti-load-*.json). The first load of a package opens it in a child process:
-    such a crash becomes an error naming the fix, the package is kept and nothing is rebuilt."""
+    """A package whose wrapper does not fit the process crashes its loader (SIGSEGV on the H200 image
+    before share_libstdcxx: benchmarks/results/aoti-load-*.json). The first load of a package opens it
+    in a child process: such a crash becomes an error naming the fix, the package is kept and nothing
+    is rebuilt."""
     from sv_engine.engine import aoti_backend
     from sv_engine.engine.engine_cache import RuntimeCannotLoad
 
@@ -194,6 +195,29 @@ def test_a_package_is_opened_in_a_child_process_once(
     out, x = _run(model, 16, 16)
     with torch.no_grad():
         torch.testing.assert_close(out, module(x, torch.tensor([0.5]))[0], rtol=1e-4, atol=1e-5)
+
+
+SHARE_CHECK = """
+import ctypes, torch
+from sv_engine.engine.aoti_backend import share_libstdcxx
+classic = "_ZNSt6locale7classicEv"  # std::locale::classic(), defined by libstdc++ only
+before = hasattr(ctypes.CDLL(None), classic)
+path = share_libstdcxx()
+print(before, hasattr(ctypes.CDLL(None), classic), path)
+"""
+
+
+def test_the_process_libstdcxx_is_made_global_before_a_package_opens() -> None:
+    """Python opens torch's libraries (and the libstdc++ they bring) locally; a wrapper .so with a
+    static libstdc++ then splits its calls between two copies and crashed in std::regex on the H200
+    image. After share_libstdcxx the process's own copy (not a second one) is in the global scope."""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", SHARE_CHECK], capture_output=True, text=True, check=True)
+    before, after, path = out.stdout.split()
+    assert before == "False", "torch's libstdc++ starts local (else this test proves nothing)"
+    assert after == "True" and "libstdc++.so" in path
 
 
 @pytest.mark.parametrize(
