@@ -8,16 +8,17 @@ The weights stay outside the package (``aot_inductor.package_constants_in_so=Fal
 the package is pointed at the pipeline's own GPU tensors (``load_constants(..., user_managed=True)``,
 pytorch/pytorch#142246, #141997, #155078). So
 
-* the package holds kernels only (a weights-inside package of the UNet+ControlNet was 2.45 GB and
-  crashed with SIGSEGV when loaded in a fresh process under torch 2.11),
+* the package holds kernels only (12.6 MB for the UNet+ControlNet against 2.45 GB with its weights),
 * no weight is held twice on the GPU, and
 * the UNet+canny and UNet+depth steps, being one architecture, share one package: the engine key is
   the architecture's fingerprint (module classes, their source code, parameter names, shapes and
   dtypes), the profile, the precision, the GPU and the torch version; weight values are not in it.
 
-A package's first load opens it in a child process (:func:`probe_load`, recorded in its cache entry):
-torch 2.11+cu130's loader crashes with SIGSEGV on an H200 for every CUDA package, and an edit (or a
-server) should get an error naming the fix, not die.
+Before a package opens, the process's libstdc++ is made global (:func:`share_libstdcxx`): without it
+every package, CPU or CUDA, crashed with SIGSEGV in its constructor on the H200 image, whose compiler
+links libstdc++ into the wrapper statically. A package's first load still opens it in a child process
+(:func:`probe_load`, recorded in its cache entry), so a loader that crashes gives the edit (or the
+server) an error naming the fix instead of killing it.
 
 Options: :class:`~sv_engine.engine.registry.AotiOptions` (CUDA-graph replay, dynamic or static
 shapes, the multiples the dynamic sizes keep).
@@ -397,5 +398,5 @@ class AotiBackend(Backend):
         )
         self.last_entry = {"path": str(entry.path), "rebuilt": entry.rebuilt, **self.cache.meta(name, key)}
         served = dataclasses.replace(source, profiles=served_profile(source, ranges))
-        cuda_graph = self.options.cuda_graphs if self.options.cuda_graphs is not None else self.device.type == "cuda"
+        cuda_graph = self.options.cuda_graphs and self.device.type == "cuda"
         return AotiModel(served, self.device, runner, self._multiples(source), cuda_graph, module)

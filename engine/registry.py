@@ -141,15 +141,17 @@ class AotiOptions:
     engine cache and loaded by later processes instead of compiled (engine/aoti_backend.py).
 
     Attributes:
-        cuda_graphs: replay each input shape from a CUDA graph (``None`` = on CUDA): the package
-            launches its kernels from C++, but one by one.
+        cuda_graphs: replay each input shape from a CUDA graph (CUDA only; the package launches its
+            kernels from C++, but one by one). Off by default: on the H200 (torch 2.11+cu130) the
+            full-size UNet+ControlNet package's capture was invalidated (cudaErrorStreamCaptureInvalidated)
+            and the cold edit failed (benchmarks/results/engines-aoti-nvidia-h200-2026-12-02-0efa9ae.json).
         dynamic: one package for the profile's whole height/width range (``torch.export`` ``Dim``
             ranges, as a TensorRT profile); ``False`` = one package for the profile's opt shape.
         multiples: ``{symbol: n}``: the dynamic sizes are multiples of n (the UNet's latents: 8, three
             down-samplings); sizes that are not are refused before the engine runs.
     """
 
-    cuda_graphs: bool | None = None
+    cuda_graphs: bool = False
     dynamic: bool = True
     multiples: Mapping[str, int] = dataclasses.field(default_factory=dict)
 
