@@ -17,7 +17,7 @@ bench_models() {  # GPU 0: the model stages at 512² on every backend that runs 
   lane 0 bench-models python3 -m sv_engine.benchmarks.bench --stages text_encoder,unet_step,vae_encode,vae_decode \
     --backends torch,torch-cuda-graph,torch-compile,ort --repeat 10 --json "$OUT/bench-models.json"
 }
-case ${1:?phase: models, rest, e2e, attention, latency-cold, latency-aoti or service} in
+case ${1:?phase: models, rest, e2e, attention, latency-cold, latency-compile, latency-aoti or service} in
   models)  # model stages on every backend, split over the two GPUs (torch.compile: ~94 s per UNet shape)
     bench_models &
     (  # GPU 1: the wide step and depth, then the whole edit warm + cold (the CLI on saved weights), then the GPU tests
@@ -52,6 +52,9 @@ case ${1:?phase: models, rest, e2e, attention, latency-cold, latency-aoti or ser
     LANE_TIMEOUT=200 lane 0 first-use python3 -m sv_engine.benchmarks.first_use --out "$OUT/first-use.json"
     LANE_TIMEOUT=330 lane 0 engines-warm python3 -m sv_engine.benchmarks.engine_bench --out "$OUT/engines-warm.json" \
       --parts warm --budget-s 320 --warm-variants "torch-eager;torch-cuda-graph, background stream;torch-cuda-graph, background stream, every model in graphs;torch-cuda-graph, background stream, 0.5 ms thread switches" ;;
+  latency-compile)  # issue 16, one GPU: torch.compile's warm edit, one graph per shape against one over symbolic h, w
+    LANE_TIMEOUT=580 lane 0 engines-compile python3 -m sv_engine.benchmarks.engine_bench --out "$OUT/engines-compile.json" \
+      --parts warm --budget-s 560 --warm-variants "torch-eager;torch-cuda-graph, background stream;torch-compile, dynamic shapes;torch-compile" ;;
   latency-aoti)  # issue 16, one GPU: the AOTInductor build (dynamic h/w), its step, warm edit and cold edit
     LANE_TIMEOUT=580 lane 0 engines-aoti python3 -m sv_engine.benchmarks.engine_bench --out "$OUT/engines-aoti.json" \
       --parts build,steps,aoti-warm,cold --budget-s 565 ;;

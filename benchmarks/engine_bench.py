@@ -311,6 +311,7 @@ WARM_VARIANTS = {
     ),
     "aoti": WarmVariant("aoti"),
     "aoti, background stream": WarmVariant("aoti", overlap=True),
+    "aoti, CUDA graphs": WarmVariant("aoti", options=(("cuda_graphs", True),)),
     "torch-compile": WarmVariant("torch-compile"),
     # One graph over symbolic h, w instead of one compile per keyframe shape (issue 16 asks for its cost).
     "torch-compile, dynamic shapes": WarmVariant("torch-compile", options=(("dynamic", True),)),
@@ -766,7 +767,7 @@ def main(argv: list[str] | None = None) -> None:
         )
         save()
     if "aoti-warm" in parts and aoti and deadline - time.monotonic() > 100:
-        variants = ["torch-eager", "torch-cuda-graph, background stream", "aoti", "aoti, background stream"]
+        variants = ["torch-eager", "torch-cuda-graph, background stream", "aoti", "aoti, CUDA graphs"]
         result["warm_edit_aoti"] = warm_edits(weights, data_dir, device, variants)
         save()
     if "cold" in parts:

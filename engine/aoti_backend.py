@@ -194,10 +194,12 @@ class PackageRunner:
     tensors only), through torch's C++ package loader itself: ``torch._inductor.aoti_load_package``
     wraps the same loader but imports torch._dynamo and inductor first, about a second of a cold start."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, single_threaded: bool = False) -> None:
+        """``single_threaded``: the container runs without its per-run CUDA event and lock, as a CUDA-graph
+        capture needs (its event query between runs is a call a capture refuses); one caller at a time."""
         share_libstdcxx()
         # model name, run single-threaded, runners, device index (-1: the current device), as aoti_load_package
-        self._loader = torch._C._aoti.AOTIModelPackageLoader(str(path), "model", False, 1, -1)
+        self._loader = torch._C._aoti.AOTIModelPackageLoader(str(path), "model", single_threaded, 1, -1)
 
     def __call__(self, *inputs: torch.Tensor) -> list[torch.Tensor]:
         return self._loader.boxed_run(list(inputs))  # boxed: the loader may free the list it is given
@@ -366,7 +368,7 @@ class AotiBackend(Backend):
         if not self.cache.meta(name, key).get("opens"):  # once per package: recorded in its entry
             probe_load(path)
             self.cache.add_meta(name, key, opens=True)
-        runner = PackageRunner(path)
+        runner = PackageRunner(path, single_threaded=self._cuda_graph())
         tensors = {**dict(module.named_parameters()), **dict(module.named_buffers())}
         fqns = runner.get_constant_fqns()
         missing = [f for f in fqns if f not in tensors]
@@ -398,5 +400,7 @@ class AotiBackend(Backend):
         )
         self.last_entry = {"path": str(entry.path), "rebuilt": entry.rebuilt, **self.cache.meta(name, key)}
         served = dataclasses.replace(source, profiles=served_profile(source, ranges))
-        cuda_graph = self.options.cuda_graphs and self.device.type == "cuda"
-        return AotiModel(served, self.device, runner, self._multiples(source), cuda_graph, module)
+        return AotiModel(served, self.device, runner, self._multiples(source), self._cuda_graph(), module)
+
+    def _cuda_graph(self) -> bool:
+        return self.options.cuda_graphs and self.device.type == "cuda"

@@ -142,9 +142,11 @@ class AotiOptions:
 
     Attributes:
         cuda_graphs: replay each input shape from a CUDA graph (CUDA only; the package launches its
-            kernels from C++, but one by one). Off by default: on the H200 (torch 2.11+cu130) the
-            full-size UNet+ControlNet package's capture was invalidated (cudaErrorStreamCaptureInvalidated)
-            and the cold edit failed (benchmarks/results/engines-aoti-nvidia-h200-2026-12-02-0efa9ae.json).
+            kernels from C++, but one by one). The package is then loaded single-threaded (without the
+            container's per-run CUDA event, whose query a capture refuses). Off by default: loaded the
+            other way, the full-size UNet+ControlNet package's capture was invalidated on the H200
+            (cudaErrorStreamCaptureInvalidated; benchmarks/results/engines-aoti-nvidia-h200-2026-12-02-0efa9ae.json),
+            and the single-threaded capture is not measured there yet.
         dynamic: one package for the profile's whole height/width range (``torch.export`` ``Dim``
             ranges, as a TensorRT profile); ``False`` = one package for the profile's opt shape.
         multiples: ``{symbol: n}``: the dynamic sizes are multiples of n (the UNet's latents: 8, three

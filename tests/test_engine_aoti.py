@@ -97,6 +97,35 @@ def test_engine_runs_on_the_modules_live_weights(built: tuple[Path, TinyNet]) ->
         torch.testing.assert_close(out, other(x, torch.tensor([0.5]))[0], rtol=1e-4, atol=1e-5)
 
 
+def test_cuda_graphs_load_the_package_single_threaded(
+    built: tuple[Path, TinyNet], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A capture refuses the threaded container's per-run CUDA event query (the H200 capture was
+    invalidated): with CUDA graphs the package is opened single-threaded, and runs the same."""
+    from sv_engine.engine import aoti_backend
+
+    cache, module = built
+    opened: list[bool] = []
+
+    class Recording(aoti_backend.PackageRunner):
+        def __init__(self, path: Path, single_threaded: bool = False) -> None:
+            opened.append(single_threaded)
+            super().__init__(path, single_threaded)
+
+    monkeypatch.setattr(aoti_backend, "PackageRunner", Recording)
+    for graphs in (False, True):
+        backend = get_backend("aoti", device="cpu", cache_dir=cache, multiples={"h": 2, "w": 2})
+        monkeypatch.setattr(backend, "_cuda_graph", lambda graphs=graphs: graphs)  # CUDA graphs need a GPU
+        model = backend.compile(_source(module))
+        assert not backend.last_entry["rebuilt"]
+        runner = model._runner  # the package itself: a CUDA-graph model would replay it on a GPU only
+        x = torch.randn(2, 3, 16, 16)
+        with torch.no_grad(), torch.inference_mode():
+            out = runner(x, torch.tensor([0.5]))[0]
+            torch.testing.assert_close(out, module(x, torch.tensor([0.5]))[0], rtol=1e-4, atol=1e-5)
+    assert opened == [False, True]
+
+
 def test_shapes_outside_the_profile_get_a_clear_error(built: tuple[Path, TinyNet]) -> None:
     cache, module = built
     model = get_backend("aoti", device="cpu", cache_dir=cache, multiples={"h": 2, "w": 2}).compile(_source(module))
