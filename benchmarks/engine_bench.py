@@ -649,6 +649,8 @@ def bench_view(result: dict) -> dict:
                 "peak_mem_met": warm["peak_mem_gb"] <= 8.0,
             },
         }
+    elif cold.get("status") == "ok":  # a run of builds and cold edits only: its cold row still counts
+        view["e2e"] = {"cold": cold, "targets": {"cold_met": cold["seconds"] <= 4.0}}
     return view
 
 

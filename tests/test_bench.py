@@ -594,3 +594,29 @@ def test_frame_decode_compares_one_thread_with_the_pool(tmp_path):
     result = json.loads(out.read_text())
     assert set(result["median_s"]) == {"1 thread", *([f"{data.DECODE_THREADS} threads"] * (data.DECODE_THREADS > 1))}
     assert result["speedup"] > 0 and data.DECODE_THREADS == min(8, os.cpu_count() or 1), "the default is restored"
+
+
+def test_a_run_of_cold_edits_only_still_gives_the_readme_its_cold_row():
+    """engine_bench runs that build engines and time cold edits but no warm edit (the AOTInductor
+    build runs) are the newest cold measurement: the README's cold row must come from them, the
+    warm row from the newest run that timed one."""
+    from sv_engine.benchmarks.engine_bench import bench_view
+    from sv_engine.benchmarks.readme_table import combine_newest
+
+    env = {"gpu": "H200", "date": "2026-12-02", "git_commit": "new"}
+    cold_only = {
+        "commit": "new",
+        "date": "2026-12-02",
+        "cold_edit": {"torch-cuda-graph": {"status": "ok", "seconds": 24.5}},
+    }
+    view = bench_view(cold_only)
+    assert view["e2e"] == {"cold": {"status": "ok", "seconds": 24.5}, "targets": {"cold_met": False}}
+    assert "e2e" not in bench_view({"commit": "new", "cold_edit": {"torch-cuda-graph": {"status": "error"}}})
+    older = {
+        "environment": {**env, "git_commit": "old"},
+        "stages": {},
+        "e2e": {"warm": {"status": "ok", "warm_s": 1.9}, "cold": {"status": "not measured in this run"}},
+    }
+    combined = combine_newest([{**cold_only, **view}, older])
+    assert combined["e2e"]["warm"]["warm_s"] == 1.9 and combined["e2e"]["run"] == "old"
+    assert combined["e2e"]["cold"]["seconds"] == 24.5 and combined["e2e"]["cold_run"] == "new"
