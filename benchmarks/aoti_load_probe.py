@@ -1,12 +1,12 @@
 """Why an AOTInductor package does not load on this machine: one small model, several loaders, each
 in its own process, a native backtrace of any crash.
 
-torch 2.11+cu130 on the lent H200 crashed with SIGSEGV in ``AOTIModelPackageLoader``'s constructor
-for every CUDA package (benchmarks/results/aoti-load-*). This probe separates the suspects: the
-package loader against the older ``.so`` runner on the same compiled model, CPU against CUDA
-packages, kernels embedded in the ``.so`` against cubin files beside it. A crash prints its native
-stack (``backtrace`` from a SIGSEGV handler compiled here with the system C compiler), so the
-failing library and function are named.
+It separates the suspects: the package loader against the older ``.so`` runner and the legacy
+``aot_load`` on the same model, CPU against CUDA packages, weights and kernels inside the ``.so`` or
+beside it, libstdc++ preloaded or shared (the backend's fix, ``share_libstdcxx``) or not. A crash
+prints its native stack (``backtrace`` from a SIGSEGV handler compiled here with the system C
+compiler), so the failing library and function are named. On the H200 image it named ``std::regex``
+inside the wrapper, whose libstdc++ is linked in statically (benchmarks/results/aoti-load-*-0efa9ae.json).
 
     python -m sv_engine.benchmarks.aoti_load_probe --out probe.json
 """
