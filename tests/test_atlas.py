@@ -22,6 +22,21 @@ def test_preprocess_uv_shift_and_extent() -> None:
     torch.testing.assert_close(layer.render_grid[0, 0, 1], torch.tensor([1.0, 37.5 / 38 * 2 - 1]))
 
 
+@pytest.mark.parametrize("shift", [0, 1])
+def test_preprocess_uv_one_pass_equals_the_originals_two(shift: int) -> None:
+    """One min/max pass over the UVs gives the original's min, then its max of the shifted UVs, to the
+    bit (random fp32 UVs, so rounding would show)."""
+    torch.manual_seed(shift)
+    uv = torch.rand(3, 17, 23, 2) * 1.7 - shift
+    pix = (uv + shift) * 1000
+    min_u, min_v = (int(v) for v in pix.reshape(-1, 2).amin(dim=0).long())
+    shifted = pix - torch.tensor([min_u, min_v], dtype=pix.dtype)
+    max_u, max_v = (int(v) for v in shifted.reshape(-1, 2).amax(dim=0).ceil().long())
+    layer = preprocess_uv(uv, 1000, shift)
+    assert (layer.min_u, layer.min_v, layer.max_u, layer.max_v) == (min_u, min_v, max_u, max_v)
+    assert torch.equal(layer.uv_pix, shifted)
+
+
 @pytest.mark.parametrize("shift, offset", [(0, (10, 20)), (1, (-8, 90))])
 def test_grid_atlas_equals_full_grid_then_crop(shift: int, offset: tuple[int, int]) -> None:
     """Evaluating only the crop equals SV's full R×R evaluation followed by torchvision crop (zero fill)."""
