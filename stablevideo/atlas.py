@@ -131,8 +131,8 @@ def foreground_atlas_bbox(
     Faithful quirk: the running minimum starts at the grid atlas (height, width) although it is
     compared against (u, v); harmless unless the atlas is far from square.
     """
-    # On the UVs' device: copying every frame's UVs to the host (185 MB for 70 frames at 768x432) took
-    # longer than these per-frame reductions, which the GPU runs without waiting between frames.
+    # On the UVs' device, so a GPU video does not copy every frame's UVs to the host first (185 MB for 70
+    # frames at 768x432); the per-frame reductions are queued without waiting between frames.
     min_uv = torch.tensor(grid_atlas_hw, dtype=torch.float32, device=fg_uv_pix.device)
     max_uv = torch.zeros(2, device=fg_uv_pix.device)
     for (y, x, h, w), uv in zip(boundaries.tolist(), fg_uv_pix, strict=False):
