@@ -4,6 +4,8 @@
 # timings do not share a card; every script saves its JSON as it goes, so a lane cut off by its
 # time limit keeps what it measured. Expected lane times (from run 26909ec's logs): models and e2e ~6-8 min, service ~7 min.
 #   bash benchmarks/device_run.sh models|rest|e2e|attention|service  (writes JSON and logs under $OUT)
+# SV_WORK_DIR (latency-aoti) keeps the clip, weights and engines in a folder that outlives the call (/tmp lasts
+# while the machine stays warm), so a build from one call is loaded by the next; AOTI_PARTS picks its parts.
 set -uo pipefail
 : "${OUT:?set OUT to the output folder}" "${SV_ENGINE_COMMIT:?set SV_ENGINE_COMMIT to the commit under test}"
 python3 -m pip install -q --no-deps --no-build-isolation -e . >/dev/null
@@ -63,7 +65,7 @@ case ${1:?phase: models, rest, e2e, attention, latency-cold, latency-compile, la
       --parts warm --budget-s 560 --warm-variants "torch-eager;torch-cuda-graph, background stream;torch-compile, dynamic shapes;torch-compile" ;;
   latency-aoti)  # issue 16, one GPU: the AOTInductor build (dynamic h/w), its step, warm edit and cold edit
     LANE_TIMEOUT=580 lane 0 engines-aoti python3 -m sv_engine.benchmarks.engine_bench --out "$OUT/engines-aoti.json" \
-      --parts build,steps,aoti-warm,cold --budget-s 565 ;;
+      --parts "${AOTI_PARTS:-build,steps,aoti-warm,cold}" --budget-s 565 ${SV_WORK_DIR:+--work-dir "$SV_WORK_DIR"} ;;
   service)  # warm Ray service vs a fresh process per edit, and 8 edits on 1 vs 2 GPUs
     LANE_TIMEOUT=570 lane 0,1 service python3 -m sv_engine.benchmarks.service_bench --out "$OUT/service.json" --random-full \
       --precision fp16 --backend torch --edits 2 --fresh 0 --batch 8 ;;  # fresh process per edit: run 26909ec
