@@ -35,6 +35,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
 
@@ -309,9 +310,9 @@ WARM_VARIANTS = {
     "torch-cuda-graph, background stream, 0.5 ms thread switches": WarmVariant(
         "torch", overlap=True, switch_interval_s=0.0005
     ),
-    "aoti": WarmVariant("aoti"),
+    "aoti": WarmVariant("aoti"),  # with CUDA graphs (AotiOptions' default)
     "aoti, background stream": WarmVariant("aoti", overlap=True),
-    "aoti, CUDA graphs": WarmVariant("aoti", options=(("cuda_graphs", True),)),
+    "aoti, no CUDA graphs": WarmVariant("aoti", options=(("cuda_graphs", False),)),
     "torch-compile": WarmVariant("torch-compile"),
     # One graph over symbolic h, w instead of one compile per keyframe shape (issue 16 asks for its cost).
     "torch-compile, dynamic shapes": WarmVariant("torch-compile", options=(("dynamic", True),)),
@@ -348,11 +349,18 @@ def _as_before(on: bool):  # noqa: ANN202
 
 
 def warm_edits(
-    weights: Path | None, data_dir: Path, device: torch.device, variants: list[str], deadline: float = float("inf")
+    weights: Path | None,
+    data_dir: Path,
+    device: torch.device,
+    variants: list[str],
+    deadline: float = float("inf"),
+    progress: Callable[[dict], None] | None = None,
 ) -> dict:
     """One pipeline per variant on the same saved weights; the first edit warms (captures, maps), the
     second is timed, a third (CUDA-graph variants) is timed call by call; PSNR against the first
-    variant (the reference). ``weights`` None: the full-size random models."""
+    variant (the reference). ``weights`` None: the full-size random models. ``progress`` gets the
+    results so far after each variant, so a run cut off by its time limit keeps what it measured (a
+    variant's compile can outlast the whole budget: torch.compile over symbolic h, w did)."""
     from sv_engine.benchmarks.e2e import edit_params
     from sv_engine.engine.registry import make_options
     from sv_engine.export.compose import RuntimeConfig, build_pipeline
@@ -360,9 +368,11 @@ def warm_edits(
     params = edit_params(20, 0.8, tiny=False)
     out: dict = {}
     frames: dict[str, np.ndarray] = {}
+    report = progress or (lambda done: None)
     for variant in variants:
         if time.monotonic() > deadline:
             out[variant] = {"status": "skipped", "reason": "time budget"}
+            report(out)
             continue
         gc.collect()  # the previous variant's pipeline, before this one's memory is counted
         torch.cuda.empty_cache()
@@ -428,6 +438,7 @@ def warm_edits(
         except Exception as exc:  # noqa: BLE001
             out[variant] = _error(exc)
         torch.cuda.empty_cache()
+        report(out)
     return out
 
 
@@ -594,7 +605,7 @@ def bench_view(result: dict) -> dict:
             "cuda": result.get("cuda"),
             "git_commit": result.get("commit"),
             "date": result.get("date"),
-            "datetime": result.get("date"),
+            "datetime": result.get("datetime") or result.get("date"),
             "note": "random weights: latency does not depend on weight values",
         },
         "stages": {},
@@ -637,7 +648,8 @@ def bench_view(result: dict) -> dict:
             "target_met": steps[best] <= TARGETS_MS["unet_step"],
         }
     name = default_warm_variant()
-    warm = next((w.get(name) for w in (result.get("warm_edit"), result.get("warm_edit_maps")) if w and name in w), None)
+    runs = (result.get("warm_edit"), result.get("warm_edit_maps"), result.get("warm_edit_aoti"))
+    warm = next((w.get(name) for w in runs if w and name in w), None)
     cold = (result.get("cold_edit") or {}).get("torch-cuda-graph") or {"status": "not measured in this run"}
     if warm and warm.get("status") == "ok":  # the README takes the cold row from the newest run that has one
         view["e2e"] = {
@@ -697,11 +709,19 @@ def main(argv: list[str] | None = None) -> None:
         "cuda": torch.version.cuda,
         "commit": os.environ.get("SV_ENGINE_COMMIT", "unknown"),
         "date": time.strftime("%Y-%m-%d"),
+        "datetime": time.strftime("%Y-%m-%dT%H:%M"),  # orders same-day runs for the README table
         "weights": "full-size random (latency does not depend on weight values)",
     }
 
     def save() -> None:
         args.out.write_text(json.dumps({**result, **bench_view(result)}, indent=1, default=str))
+
+    def saving(key: str) -> Callable[[dict], None]:  # a part's results so far, saved as they come
+        def keep(done: dict) -> None:
+            result[key] = done
+            save()
+
+        return keep
 
     tmp = args.work_dir or Path(tempfile.mkdtemp(prefix="sv-engine-bench-"))
     tmp.mkdir(parents=True, exist_ok=True)
@@ -729,7 +749,12 @@ def main(argv: list[str] | None = None) -> None:
     if "warm" in parts:  # first: the edits are what issue 16 is about
         variants = args.warm_variants.split(";")
         result["warm_edit"] = warm_edits(
-            weights, data_dir, device, variants, deadline - (150 if "compile" in parts else 0)
+            weights,
+            data_dir,
+            device,
+            variants,
+            deadline - (150 if "compile" in parts else 0),
+            progress=saving("warm_edit"),
         )
         save()
     if "compile" in parts:  # the maps run here while the build compiles in its own process
@@ -769,8 +794,8 @@ def main(argv: list[str] | None = None) -> None:
         )
         save()
     if "aoti-warm" in parts and aoti and deadline - time.monotonic() > 100:
-        variants = ["torch-eager", "torch-cuda-graph, background stream", "aoti", "aoti, CUDA graphs"]
-        result["warm_edit_aoti"] = warm_edits(weights, data_dir, device, variants)
+        variants = ["torch-eager", "torch-cuda-graph, background stream", "aoti", "aoti, no CUDA graphs"]
+        result["warm_edit_aoti"] = warm_edits(weights, data_dir, device, variants, progress=saving("warm_edit_aoti"))
         save()
     if "cold" in parts:
         from sv_engine.benchmarks.e2e import cold_edit as e2e_cold_edit
