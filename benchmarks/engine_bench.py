@@ -756,7 +756,6 @@ def main(argv: list[str] | None = None) -> None:
             deadline - (150 if "compile" in parts else 0),
             progress=saving("warm_edit"),
         )
-        save()
     if "compile" in parts:  # the maps run here while the build compiles in its own process
         result["torch_compile"] = compile_route(weights, env, deadline, maps_part if "maps" in parts else None)
         save()
@@ -790,13 +789,15 @@ def main(argv: list[str] | None = None) -> None:
         save()
     if "maps-e2e" in parts:  # the GPU default with FastMaps vs fp32 maps, against eager torch
         result["warm_edit_maps"] = warm_edits(
-            weights, data_dir, device, ["torch-eager, fp32 maps", "torch-cuda-graph", "torch-cuda-graph, fp32 maps"]
+            weights,
+            data_dir,
+            device,
+            ["torch-eager, fp32 maps", "torch-cuda-graph", "torch-cuda-graph, fp32 maps"],
+            progress=saving("warm_edit_maps"),
         )
-        save()
     if "aoti-warm" in parts and aoti and deadline - time.monotonic() > 100:
         variants = ["torch-eager", "torch-cuda-graph, background stream", "aoti", "aoti, no CUDA graphs"]
         result["warm_edit_aoti"] = warm_edits(weights, data_dir, device, variants, progress=saving("warm_edit_aoti"))
-        save()
     if "cold" in parts:
         from sv_engine.benchmarks.e2e import cold_edit as e2e_cold_edit
 
