@@ -125,7 +125,7 @@ def child(data_dir: Path, weights: Path, device_name: str, backend: str, steps: 
         options=choice.options,
         overlap_background=False,
     )
-    runtime = build_pipeline(config)
+    runtime = build_pipeline(config, open_videos=(data_dir,))  # as `sv-engine edit` builds it
     times = CallTimes(device)
     times.instrument(runtime.pipeline)
     params = edit_params(steps, 0.8, tiny)

@@ -14,6 +14,9 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +35,7 @@ from sv_engine.stablevideo.model_source import PRECISIONS, check_model_source, l
 from sv_engine.stablevideo.models.components import SDComponents
 from sv_engine.stablevideo.models.model_classes import model_classes
 from sv_engine.stablevideo.pipeline import StableVideoPipeline
+from sv_engine.stablevideo.session import SessionCache
 from sv_engine.stablevideo.stage_timer import StageTimer
 
 from sv_engine.device import resolve_device
@@ -190,7 +194,7 @@ class EditRuntime:
     accelerated: AcceleratedModels
     pipeline: StableVideoPipeline
     #: Seconds of the build's phases: "init CUDA" (on a GPU), "import model libraries" (when it loaded
-    #: the models), "load models", "prepare backend".
+    #: the models), "load models", "prepare backend", "finish the warm-up".
     seconds_per_phase: dict[str, float]
 
     @property
@@ -208,49 +212,87 @@ class EditRuntime:
         }
 
 
-def build_pipeline(config: RuntimeConfig, components: SDComponents | None = None) -> EditRuntime:
+def build_pipeline(
+    config: RuntimeConfig, components: SDComponents | None = None, open_videos: Sequence[str | Path] = ()
+) -> EditRuntime:
     """Loads the components (unless given: they are then used as they are, on the config's device),
-    puts the heavy models on the chosen backend and builds the pipeline."""
+    puts the heavy models on the chosen backend and builds the pipeline.
+
+    ``open_videos``: the data folders the edit will open (a cold edit's clip), opened on a worker thread
+    while the models load, as are, on a GPU, the libraries and kernels of a first edit
+    (:func:`warm_up_gpu`); the build waits for that thread before it returns ("finish the warm-up")."""
     if components is None:
         config.check()
     device = resolve_device(config.device)
     phases = StageTimer(sync_cuda=False)
-    with gc_paused():  # the model libraries' import and the load (sv_engine/gc_pause.py)
-        if device.type == "cuda":
-            with phases("init CUDA"):  # the context, created by the first CUDA call: timed on its own
-                torch.zeros(1, device=device)
-        if components is None:
-            with phases("import model libraries"):  # diffusers, transformers: a cold start's largest import
-                model_classes()
-        with phases("load models"):
+    sessions = SessionCache(device)
+    # One worker: the GPU warm-up, then the videos; what it runs holds the GIL little (GPU calls, file
+    # reads, decoding), the main thread's imports hold it most of the time.
+    worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sv-warmup")
+    try:
+        with gc_paused():  # the model libraries' import and the load (sv_engine/gc_pause.py)
+            if device.type == "cuda":
+                with phases("init CUDA"):  # the context, created by the first CUDA call: timed on its own
+                    torch.zeros(1, device=device)
+                worker.submit(warm_up_gpu, device, PRECISIONS.get(config.precision, torch.float32))
+            for video in open_videos:
+                sessions.open_in_background(video, worker)
             if components is None:
-                components = load_components(
-                    device,
-                    tiny=config.tiny,
-                    weights=Path(config.weights).expanduser() if config.weights is not None else None,
-                    random_full=config.random_full,
-                    precision=config.precision,
-                    seed=config.seed,
-                )
-    with phases("prepare backend"):
-        choice = choose_backend(config, device)
-        shapes = config.shapes or (TINY_MODEL_SHAPES if config.tiny else DEFAULT_SHAPES)
-        accelerated = accelerate(
-            components,
-            choice.backend,
-            config.precision,
-            device,
-            onnx_dir=Path(config.onnx_dir) if config.onnx_dir else None,
-            shapes=shapes,
-            models=config.models,
-            options=choice.options,
-            cache_dir=Path(config.cache_dir) if config.cache_dir else None,
-        )
-        pipeline = StableVideoPipeline(
-            components,
-            device,
-            accelerated.unet_controlnet,
-            accelerated.denoiser_overrides(),
-            overlap_background=overlap_background(config, device, choice.backend, accelerated.cuda_graphs),
-        )
+                with phases("import model libraries"):  # diffusers, transformers: a cold start's largest import
+                    model_classes()
+            with phases("load models"):
+                if components is None:
+                    components = load_components(
+                        device,
+                        tiny=config.tiny,
+                        weights=Path(config.weights).expanduser() if config.weights is not None else None,
+                        random_full=config.random_full,
+                        precision=config.precision,
+                        seed=config.seed,
+                    )
+        with phases("prepare backend"):
+            choice = choose_backend(config, device)
+            shapes = config.shapes or (TINY_MODEL_SHAPES if config.tiny else DEFAULT_SHAPES)
+            accelerated = accelerate(
+                components,
+                choice.backend,
+                config.precision,
+                device,
+                onnx_dir=Path(config.onnx_dir) if config.onnx_dir else None,
+                shapes=shapes,
+                models=config.models,
+                options=choice.options,
+                cache_dir=Path(config.cache_dir) if config.cache_dir else None,
+            )
+            pipeline = StableVideoPipeline(
+                components,
+                device,
+                accelerated.unet_controlnet,
+                accelerated.denoiser_overrides(),
+                overlap_background=overlap_background(config, device, choice.backend, accelerated.cuda_graphs),
+                sessions=sessions,
+            )
+        with phases("finish the warm-up"):  # what is left of it: the edit's captures then run alone
+            worker.shutdown(wait=True)
+    finally:
+        worker.shutdown(wait=True, cancel_futures=True)
     return EditRuntime(config, device, components, accelerated, pipeline, phases.as_dict())
+
+
+def warm_up_gpu(device: torch.device, dtype: torch.dtype) -> None:
+    """A first edit's GPU one-offs that do not depend on its models: the libraries and kernels of its op
+    families (:func:`~sv_engine.engine.warmup.warm_gpu_libraries`) and the pipeline's own CUDA kernels.
+    A failure only logs: the edit meets it again where it can report it."""
+    from sv_engine.engine.warmup import warm_gpu_libraries
+
+    from sv_engine import kernels
+
+    try:
+        seconds = warm_gpu_libraries(device, dtype)
+        t0 = time.perf_counter()
+        kernels.load(device)
+        seconds["pipeline kernels"] = round(time.perf_counter() - t0, 4)
+    except Exception as exc:  # noqa: BLE001 - a warm-up, not the edit
+        log.info("GPU warm-up failed (the edit does the same work when it needs it): %s", exc)
+        return
+    log.info("GPU warm-up beside the model load: %s", seconds)

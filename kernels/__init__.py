@@ -12,6 +12,7 @@ Each ``*_reference`` function is the torch specification its kernel is tested ag
 
 from pathlib import Path
 
+import torch
 from sv_engine.kernels import render, splat, warp
 from sv_engine.kernels.render import render_composite, render_composite_reference
 from sv_engine.kernels.splat import splat_to_atlas, splat_to_atlas_reference
@@ -32,8 +33,17 @@ def precompile(arch: str) -> list[Path]:
     return [source.cubin_path(arch) for source in SOURCES]
 
 
+def load(device: torch.device) -> None:
+    """Loads every kernel's module on the CUDA ``device`` (cubins from the disk cache, compiled where
+    missing), so that their first calls in an edit only launch (the loading can then run beside other
+    work: sv_engine.export.compose)."""
+    for source in SOURCES:
+        source.load(device)
+
+
 __all__ = [
     "SOURCES",
+    "load",
     "pad_grids",
     "precompile",
     "render_composite",

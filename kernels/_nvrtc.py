@@ -236,10 +236,17 @@ class KernelSource:
             log.warning("cannot keep the %s cubin in %s (%s)", self.filename, path.parent, err)
         return cubin
 
+    def load(self, device: torch.device) -> None:
+        """The module loaded on ``device`` (compiled on first use) before any of its kernels is called."""
+        _load_module(_device_index(device), self)
+
     def function(self, device: torch.device, kernel: str):
         """The ``extern "C"`` kernel ``kernel`` loaded on ``device`` (compiled on first use)."""
-        index = device.index if device.index is not None else torch.cuda.current_device()
-        return _get_function_cached(index, self, kernel)
+        return _get_function_cached(_device_index(device), self, kernel)
+
+
+def _device_index(device: torch.device) -> int:
+    return device.index if device.index is not None else torch.cuda.current_device()
 
 
 def ptr(t: torch.Tensor | None) -> ctypes.c_void_p:

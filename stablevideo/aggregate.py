@@ -6,6 +6,7 @@ import logging
 from collections.abc import Callable
 
 import torch
+from sv_engine.stablevideo.seeding import seeded
 from torch import nn
 from tqdm import tqdm
 
@@ -48,8 +49,8 @@ def train_aggregation_net(
     SV's own loop runs under ``no_grad`` and so never trains; here gradients are enabled explicitly.
     Returns the refined atlas and the loss per iteration.
     """
-    torch.manual_seed(seed)
-    net = AggregationNet().to(atlas.device)
+    with seeded(seed):
+        net = AggregationNet().to(atlas.device)
     optimizer = torch.optim.SGD(net.parameters(), lr=lr, momentum=momentum)
     l1 = nn.L1Loss()
     losses = []

@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 from sv_engine.stablevideo.nla import NetworkSet
+from sv_engine.stablevideo.seeding import seeded
 from torch import nn
 
 CHECKPOINT_KEY = "sv_engine_hash_nla"
@@ -218,7 +219,11 @@ class HashNLAModel(NetworkSet):
     def create(
         cls, config: HashNLAConfig, homographies: torch.Tensor, centroids: torch.Tensor, seed: int = 0
     ) -> HashNLAModel:
-        torch.manual_seed(seed)
+        with seeded(seed):
+            return cls._create(config, homographies, centroids)
+
+    @classmethod
+    def _create(cls, config: HashNLAConfig, homographies: torch.Tensor, centroids: torch.Tensor) -> HashNLAModel:
         c = config
         side = max(c.resx, c.resy)  # x and y are both normalised by max(resx, resy) / 2
         t_fine = max(2, c.num_frames)

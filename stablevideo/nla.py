@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Self
 
 import torch
+from sv_engine.stablevideo.seeding import seeded
 from torch import nn
 
 CHECKPOINT_KEYS = {
@@ -128,8 +129,8 @@ class NLAModel(NetworkSet):
 
     @classmethod
     def random(cls, seed: int = 0) -> NLAModel:
-        torch.manual_seed(seed)
-        return cls(fg_mapping_net(), bg_mapping_net(), atlas_net(), alpha_net())
+        with seeded(seed):
+            return cls(fg_mapping_net(), bg_mapping_net(), atlas_net(), alpha_net())
 
     def modules(self) -> dict[str, IMLP]:
         return {"fg_mapping": self.fg_mapping, "bg_mapping": self.bg_mapping, "atlas": self.atlas, "alpha": self.alpha}

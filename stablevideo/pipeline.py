@@ -110,7 +110,8 @@ class StableVideoPipeline:
     ``unet_controlnet`` ({"canny"|"depth": callable}) and ``denoiser_overrides`` (text_encode,
     vae_encode, vae_decode), with :class:`ControlledDenoiser`'s contracts; absent entries run the
     torch modules. ``overlap_background``: run the background edit concurrently with the keyframe
-    loop (see :func:`_should_overlap`).
+    loop (see :func:`_should_overlap`). ``sessions``: the opened videos to start from (videos opened
+    while the models loaded).
     """
 
     def __init__(
@@ -120,10 +121,11 @@ class StableVideoPipeline:
         unet_controlnet: dict[str, Callable] | None = None,
         denoiser_overrides: dict[str, Callable] | None = None,
         overlap_background: bool = False,
+        sessions: SessionCache | None = None,
     ) -> None:
         self.components = components.eval()
         self.device = device
-        self.sessions = SessionCache(device)
+        self.sessions = sessions or SessionCache(device)
         unet_controlnet = unet_controlnet or {}
         overrides = denoiser_overrides or {}
         self.fg_denoiser = ControlledDenoiser(

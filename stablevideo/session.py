@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from concurrent.futures import Executor, Future
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -65,17 +66,48 @@ class SessionCache:
         self.device = device
         self.capacity = capacity
         self._sessions: dict[str, tuple[tuple, VideoSession]] = {}
+        self._opening: dict[str, tuple[tuple, Future]] = {}
+
+    @staticmethod
+    def _root(data_dir: str | Path) -> str:
+        return str(Path(data_dir).expanduser().resolve())
+
+    def open_in_background(self, data_dir: str | Path, executor: Executor) -> None:
+        """Starts opening ``data_dir`` on ``executor`` (a cold start opens the video while the models
+        load); the next :meth:`open` of it takes the result if the folder is unchanged meanwhile. A
+        failure is not raised here: that :meth:`open` opens the video again and raises it."""
+        root = self._root(data_dir)
+        self._opening[root] = (
+            folder_stamp(root),
+            executor.submit(lambda: session_for(load_video_data(root), self.device)),
+        )
 
     def open(self, data_dir: str | Path) -> VideoSession:
-        root = str(Path(data_dir).expanduser().resolve())
+        root = self._root(data_dir)
         stamp = folder_stamp(root)  # taken before loading: a change made meanwhile shows at the next open
+        self._take_background_open(root)
         cached = self._sessions.pop(root, None)
         if cached is not None and cached[0] == stamp:
             log.info("video %s: reused from this session (folder unchanged)", Path(root).name)
             self._sessions[root] = cached  # most recently used last
             return cached[1]
         session = session_for(load_video_data(root), self.device)
+        self._keep(root, stamp, session)
+        return session
+
+    def _take_background_open(self, root: str) -> None:
+        opening = self._opening.pop(root, None)
+        if opening is None:
+            return
+        stamp, future = opening
+        try:
+            session = future.result()
+        except Exception as exc:  # noqa: BLE001 - opened again by the caller, which raises it
+            log.info("video %s: opening it in the background failed (%s); opening it again", Path(root).name, exc)
+            return
+        self._keep(root, stamp, session)
+
+    def _keep(self, root: str, stamp: tuple, session: VideoSession) -> None:
         self._sessions[root] = (stamp, session)
         while len(self._sessions) > self.capacity:
             self._sessions.pop(next(iter(self._sessions)))
-        return session

@@ -70,6 +70,7 @@ def test_edit_backend_on_a_cpu_is_eager_torch():
         "import model libraries",
         "load models",
         "prepare backend",
+        "finish the warm-up",
     }
 
 

@@ -228,3 +228,20 @@ def test_ort_backend_edit_matches_torch(components, edit: EditResult, tmp_path) 
     )
     ort_edit = pipeline.edit(demo_data_dir(), EditParams("a red toy", "snowy hills", **FAST))
     assert psnr(edit.frames, ort_edit.frames) >= 40.0
+
+
+def test_a_clip_given_to_the_build_opens_while_the_models_load(edit: EditResult, monkeypatch: pytest.MonkeyPatch):
+    """`sv-engine edit` hands its clip to build_pipeline: the clip is open when the build returns (one
+    read of the folder, none in the edit) and the edit renders what a pipeline that opened it itself
+    renders (same tiny models, seed 0)."""
+    from sv_engine.export.compose import RuntimeConfig, build_pipeline
+    from sv_engine.stablevideo import session as session_module
+
+    reads: list[str] = []
+    real = session_module.load_video_data
+    monkeypatch.setattr(session_module, "load_video_data", lambda root: reads.append(root) or real(root))
+    runtime = build_pipeline(RuntimeConfig(tiny=True, device="cpu"), open_videos=(demo_data_dir(),))
+    assert len(reads) == 1 and "finish the warm-up" in runtime.seconds_per_phase
+    result = runtime.pipeline.edit(demo_data_dir(), EditParams("a red toy", "snowy hills", **FAST))
+    assert len(reads) == 1
+    assert np.array_equal(result.frames, edit.frames)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +14,8 @@ from sv_engine.stablevideo import session as session_module
 from sv_engine.stablevideo.data import folder_stamp
 from sv_engine.stablevideo.nla import NLAModel
 from sv_engine.stablevideo.session import SessionCache
+
+from sv_engine.errors import SvEngineError
 
 
 @pytest.fixture
@@ -79,3 +82,41 @@ def test_stamp_sees_a_rewrite_that_keeps_size_and_mtime(random_data_dir: Path) -
     os.replace(tmp, frame)
     assert frame.stat().st_size == st.st_size and frame.stat().st_mtime_ns == st.st_mtime_ns
     assert folder_stamp(random_data_dir) != before
+
+
+def test_a_video_opened_in_the_background_is_taken_by_the_next_open(
+    random_data_dir: Path, isolated_cache: Path, counted_loads: list[str]
+) -> None:
+    """A cold edit opens its clip on a worker while the models load: the edit's open takes that session
+    (the folder read once) and it equals a session opened in the foreground."""
+    cache = SessionCache(torch.device("cpu"))
+    with ThreadPoolExecutor(max_workers=1) as worker:
+        cache.open_in_background(random_data_dir, worker)
+    session = cache.open(random_data_dir)
+    assert len(counted_loads) == 1
+    assert cache.open(random_data_dir) is session
+    fresh = SessionCache(torch.device("cpu")).open(random_data_dir)
+    assert torch.equal(session.maps.fg_uv, fresh.maps.fg_uv) and torch.equal(session.video.frames, fresh.video.frames)
+
+
+def test_a_folder_changed_while_it_opened_in_the_background_is_opened_again(
+    random_data_dir: Path, isolated_cache: Path, counted_loads: list[str]
+) -> None:
+    cache = SessionCache(torch.device("cpu"))
+    with ThreadPoolExecutor(max_workers=1) as worker:
+        cache.open_in_background(random_data_dir, worker)
+    (random_data_dir / "config.json").write_text('{"resx": 48, "resy": 32, "number_of_frames": 3}')
+    assert cache.open(random_data_dir).video.config.num_frames == 3
+    assert len(counted_loads) == 2
+
+
+def test_a_background_open_that_failed_is_reported_by_the_open_that_needs_it(
+    random_data_dir: Path, isolated_cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The worker's error is not lost nor raised twice: the edit's own open meets the bad folder and raises."""
+    cache = SessionCache(torch.device("cpu"))
+    (random_data_dir / "checkpoint").write_bytes(b"not a checkpoint")
+    with ThreadPoolExecutor(max_workers=1) as worker:
+        cache.open_in_background(random_data_dir, worker)
+    with pytest.raises(SvEngineError, match="checkpoint"):
+        cache.open(random_data_dir)

@@ -17,6 +17,7 @@ from importlib import resources
 from typing import Any
 
 import torch
+from sv_engine.stablevideo.seeding import seeded
 
 from sv_engine.errors import SvEngineError
 
@@ -143,8 +144,8 @@ def _tiny_controlnet(unet: torch.nn.Module, seed: int) -> torch.nn.Module:
     controlnet_class = model_classes().controlnet
     controlnet = controlnet_class.from_unet(unet, conditioning_embedding_out_channels=TINY_CONTROLNET_COND_CHANNELS)
     # from_unet copies the UNet weights: re-seed so each ControlNet is an independent random model.
-    torch.manual_seed(seed)
-    fresh = controlnet_class.from_config(controlnet.config)
+    with seeded(seed):
+        fresh = controlnet_class.from_config(controlnet.config)
     controlnet.load_state_dict(fresh.state_dict())
     _randomize_zero_convs(controlnet, torch.Generator().manual_seed(seed))
     return controlnet
@@ -163,17 +164,17 @@ def _seeded_bundle(
     model's slot (text encoder 0, UNet 1, ControlNets 2 and 3, VAE 4, DPT 5): reproducible, and no
     model's values shift when another one's architecture changes."""
     tokenizer = load_clip_tokenizer()
-    torch.manual_seed(seed)
-    text = text_encoder()
-    torch.manual_seed(seed + 1)
-    unet_model = unet()
+    with seeded(seed):
+        text = text_encoder()
+    with seeded(seed + 1):
+        unet_model = unet()
     canny, depth_controlnet = controlnet(unet_model, seed + 2), controlnet(unet_model, seed + 3)
-    torch.manual_seed(seed + 4)
-    vae_model = vae()
+    with seeded(seed + 4):
+        vae_model = vae()
     depth_model = None
     if depth is not None:
-        torch.manual_seed(seed + 5)
-        depth_model = depth()
+        with seeded(seed + 5):
+            depth_model = depth()
     return SDComponents(
         tokenizer=tokenizer,
         text_encoder=text,
@@ -259,8 +260,8 @@ def build_random_components(
     cn_config = load_config("controlnet")
 
     def controlnet(unet: torch.nn.Module, cn_seed: int) -> torch.nn.Module:
-        torch.manual_seed(cn_seed)
-        model = classes.controlnet.from_config(cn_config)
+        with seeded(cn_seed):
+            model = classes.controlnet.from_config(cn_config)
         _randomize_zero_convs(model, torch.Generator().manual_seed(cn_seed), std=0.01)
         return model
 

@@ -97,7 +97,7 @@ def run_edit(
         )
         check_edit_inputs(data_dir, params)
         phases["check inputs"] = time.perf_counter() - started
-        runtime = build_pipeline(config)
+        runtime = build_pipeline(config, open_videos=(data_dir,))  # the clip opens while the models load
     phases.update(runtime.seconds_per_phase)
     timer = StageTimer(sync_cuda=False)
     with timer("edit"):
