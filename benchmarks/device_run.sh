@@ -25,7 +25,7 @@ bench_models() {  # GPU 0: the model stages at 512² on every backend that runs 
   lane 0 bench-models python3 -m sv_engine.benchmarks.bench --stages text_encoder,unet_step,vae_encode,vae_decode \
     --backends torch,torch-cuda-graph,torch-compile,ort --repeat 10 --json "$OUT/bench-models.json"
 }
-case ${1:?phase: models, rest, e2e, attention, latency-cold, latency-compile, latency-aoti or service} in
+case ${1:?phase: models, rest, e2e, attention, latency-cold, latency-warmup, latency-compile, latency-aoti or service} in
   models)  # model stages on every backend, split over the two GPUs (torch.compile: ~94 s per UNet shape)
     bench_models &
     (  # GPU 1: the wide step and depth, then the whole edit warm + cold (the CLI on saved weights), then the GPU tests
@@ -60,6 +60,16 @@ case ${1:?phase: models, rest, e2e, attention, latency-cold, latency-compile, la
     LANE_TIMEOUT=200 lane 0 first-use python3 -m sv_engine.benchmarks.first_use --out "$OUT/first-use.json"
     LANE_TIMEOUT=330 lane 0 engines-warm python3 -m sv_engine.benchmarks.engine_bench --out "$OUT/engines-warm.json" \
       --parts warm --budget-s 320 --warm-variants "torch-eager;torch-cuda-graph, background stream;torch-cuda-graph, background stream, every model in graphs;torch-cuda-graph, background stream, 0.5 ms thread switches" ;;
+  latency-warmup)  # issue 16, one GPU: the clip opened and the GPU libraries loaded beside the model load, before/after
+    # SV_BEFORE: a variant folder laid out as installed (benchmarks/cold_start.py); the after one is this tree.
+    repo=$(cd "$(dirname "$0")/.." && pwd)
+    rm -rf /tmp/v-before /tmp/v-after && cp -r "${SV_BEFORE:?set SV_BEFORE to the before variant}" /tmp/v-before
+    mkdir -p /tmp/v-after/sv_engine && cp -r "$repo"/sv_engine/. /tmp/v-after/sv_engine/
+    for p in stablevideo engine export kernels benchmarks; do cp -r "$repo/$p" /tmp/v-after/sv_engine/$p; done
+    python3 -m compileall -q -j 0 /tmp/v-before /tmp/v-after >/dev/null 2>&1 || true
+    LANE_TIMEOUT=290 lane 0 cold-start python3 -m sv_engine.benchmarks.cold_start --out "$OUT/cold-start.json" \
+      --variant before=/tmp/v-before --variant after=/tmp/v-after --rounds 2 --budget-s 280
+    LANE_TIMEOUT=170 lane 0 first-use python3 -m sv_engine.benchmarks.first_use --out "$OUT/first-use.json" ;;
   latency-compile)  # issue 16, one GPU: torch.compile's warm edit, one graph per shape against one over symbolic h, w
     LANE_TIMEOUT=580 lane 0 engines-compile python3 -m sv_engine.benchmarks.engine_bench --out "$OUT/engines-compile.json" \
       --parts warm --budget-s 560 --warm-variants "torch-eager;torch-cuda-graph, background stream;torch-compile;torch-compile, dynamic shapes" ;;
