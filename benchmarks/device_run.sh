@@ -25,7 +25,7 @@ bench_models() {  # GPU 0: the model stages at 512² on every backend that runs 
   lane 0 bench-models python3 -m sv_engine.benchmarks.bench --stages text_encoder,unet_step,vae_encode,vae_decode \
     --backends torch,torch-cuda-graph,torch-compile,ort --repeat 10 --json "$OUT/bench-models.json"
 }
-case ${1:?phase: models, rest, e2e, attention, latency-cold, latency-warmup, latency-compile, latency-aoti or service} in
+case ${1:?phase: models, rest, e2e, attention, latency-cold, latency-warmup, latency-shapes, latency-compile, latency-aoti or service} in
   models)  # model stages on every backend, split over the two GPUs (torch.compile: ~94 s per UNet shape)
     bench_models &
     (  # GPU 1: the wide step and depth, then the whole edit warm + cold (the CLI on saved weights), then the GPU tests
@@ -70,6 +70,8 @@ case ${1:?phase: models, rest, e2e, attention, latency-cold, latency-warmup, lat
     LANE_TIMEOUT=290 lane 0 cold-start python3 -m sv_engine.benchmarks.cold_start --out "$OUT/cold-start.json" \
       --variant before=/tmp/v-before --variant after=/tmp/v-after --rounds 2 --budget-s 280
     LANE_TIMEOUT=170 lane 0 first-use python3 -m sv_engine.benchmarks.first_use --out "$OUT/first-use.json" ;;
+  latency-shapes)  # issue 16, one GPU: the step's first call at a new latent shape, per cuDNN API and calls before a capture
+    LANE_TIMEOUT=500 lane 0 new-shape python3 -m sv_engine.benchmarks.new_shape --out "$OUT/new-shape.json" ;;
   latency-compile)  # issue 16, one GPU: torch.compile's warm edit, one graph per shape against one over symbolic h, w
     LANE_TIMEOUT=580 lane 0 engines-compile python3 -m sv_engine.benchmarks.engine_bench --out "$OUT/engines-compile.json" \
       --parts warm --budget-s 560 --warm-variants "torch-eager;torch-cuda-graph, background stream;torch-compile;torch-compile, dynamic shapes" ;;
