@@ -56,7 +56,10 @@ class CudaGraphModel(CompiledModel):
     """
 
     thread_safe = True  # per CUDA stream: see the class docstring
-    WARMUP_CALLS = 2  # outside the capture: cuDNN/cuBLAS choose algorithms and allocate workspaces
+    #: Eager calls before a capture, where cuDNN/cuBLAS choose algorithms and allocate workspaces: one
+    #: does it (a new shape's first call 0.53-0.55 s against 0.56-0.57 s with two, the replayed step the
+    #: same; benchmarks/results/new-shape-*).
+    WARMUP_CALLS = 1
     #: Streams whose graphs are kept (the pipeline uses two: the default one and the background's); a
     #: further stream drops the oldest one's graphs and their pool.
     MAX_STREAMS = 4
