@@ -1,14 +1,14 @@
 """The GPU libraries a process's first edit needs, loaded on a thread beside the work that does not need them.
 
-A fresh process's first UNet+ControlNet call took 3.3 s on an H200 against 0.76 s for the next new
-shape, its first text-encoder call 0.7 s against 0.01 s warm
-(benchmarks/results/first-use-nvidia-h200-2026-12-02-*.json): what the first call of an op family
-pays once per process, whatever its shapes, is opening its libraries (cuDNN's engines, cuBLAS and
-cuBLASLt: hundreds of MB of shared objects) and loading its kernels into the context. Those calls
-run in C++ with the GIL released (torch's bindings release it around each op), so they can proceed
-while the main thread imports the model libraries (10-13 s of a cold start there) and loads the
-weights. What is per thread stays per thread (cuDNN/cuBLAS handles, ATen's cuDNN plan caches): the
-warm-up buys the libraries and kernels, not the plans of the real shapes.
+The first call of each op family in a process pays for opening its libraries (cuDNN's engines, cuBLAS
+and cuBLASLt: hundreds of MB of shared objects) and loading its kernels into the context, whatever
+the shapes. Those calls run in C++ with the GIL released (torch's bindings release it around each
+op), so they proceed while the main thread imports the model libraries (10-16 s of a cold start on
+the H200) and loads the weights. What is per thread stays per thread (cuDNN/cuBLAS handles, ATen's
+cuDNN plan caches): the warm-up buys the libraries and kernels, not the plans of the real shapes,
+which each new shape pays on its first call (benchmarks/results/new-shape-*). Measured with the
+clip's opening beside it: a cold edit's edit phase 4.27 / 4.71 s against 5.17 / 4.92 s with the
+clip's opening alone (benchmarks/results/cold-start-*-e0d966f.json).
 """
 
 from __future__ import annotations
