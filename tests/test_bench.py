@@ -314,6 +314,7 @@ def test_tiny_e2e_warm_and_cold_through_the_cli(tmp_path):
         "import model libraries",
         "load models",
         "prepare backend",
+        "finish the warm-up",
         "edit",
         "write outputs",
         OUTSIDE_PHASES,
