@@ -25,7 +25,7 @@ bench_models() {  # GPU 0: the model stages at 512² on every backend that runs 
   lane 0 bench-models python3 -m sv_engine.benchmarks.bench --stages text_encoder,unet_step,vae_encode,vae_decode \
     --backends torch,torch-cuda-graph,torch-compile,ort --repeat 10 --json "$OUT/bench-models.json"
 }
-case ${1:?phase: models, rest, e2e, attention, latency-cold, latency-warmup, latency-shapes, latency-compile, latency-aoti or service} in
+case ${1:?phase: models, rest, e2e, attention, latency-cold, latency-warmup, latency-shapes, latency-compile, latency-nets, latency-aoti or service} in
   models)  # model stages on every backend, split over the two GPUs (torch.compile: ~94 s per UNet shape)
     bench_models &
     (  # GPU 1: the wide step and depth, then the whole edit warm + cold (the CLI on saved weights), then the GPU tests
@@ -75,6 +75,10 @@ case ${1:?phase: models, rest, e2e, attention, latency-cold, latency-warmup, lat
   latency-compile)  # issue 16, one GPU: torch.compile's warm edit, one graph per shape against one over symbolic h, w
     LANE_TIMEOUT=580 lane 0 engines-compile python3 -m sv_engine.benchmarks.engine_bench --out "$OUT/engines-compile.json" \
       --parts warm --budget-s 560 --warm-variants "torch-eager;torch-cuda-graph, background stream;torch-compile;torch-compile, dynamic shapes" ;;
+  latency-nets)  # issue 16, one GPU: the pipeline's own networks against the diffusers / transformers classes, same weights
+    LANE_TIMEOUT=150 lane 0 pytest-gpu python3 -m pytest -q -m gpu tests -p no:cacheprovider
+    LANE_TIMEOUT=400 lane 0 engines-nets python3 -m sv_engine.benchmarks.engine_bench --out "$OUT/engines-nets.json" \
+      --parts warm --budget-s 390 --warm-variants "torch-eager, diffusers models;torch-eager;torch-cuda-graph, background stream, diffusers models;torch-cuda-graph, background stream" ;;
   latency-aoti)  # issue 16, one GPU: the AOTInductor build (dynamic h/w), its step, warm edit and cold edit
     LANE_TIMEOUT=580 lane 0 engines-aoti python3 -m sv_engine.benchmarks.engine_bench --out "$OUT/engines-aoti.json" \
       --parts "${AOTI_PARTS:-build,steps,aoti-warm,cold}" --budget-s 565 ${SV_WORK_DIR:+--work-dir "$SV_WORK_DIR"} ;;

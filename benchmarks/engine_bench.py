@@ -290,6 +290,7 @@ class WarmVariant(NamedTuple):
     models: tuple[str, ...] | None = None  # the models the backend takes (None: its default)
     switch_interval_s: float | None = None  # Python's thread switch interval during the edits
     options: tuple[tuple[str, object], ...] = ()  # the backend's options changed from its defaults
+    library_models: bool = False  # the diffusers / transformers classes instead of the pipeline's own networks
 
 
 #: Every model a pipeline calls, for the variants that put all of them on the backend.
@@ -302,6 +303,9 @@ WARM_VARIANTS = {
     "torch-cuda-graph": WarmVariant("torch"),
     "torch-cuda-graph, fp32 maps": WarmVariant("torch"),
     "torch-cuda-graph, background stream": WarmVariant("torch", overlap=True),
+    # The same weights in the classes the pipeline's own networks replaced (benchmarks/library_models.py).
+    "torch-cuda-graph, background stream, diffusers models": WarmVariant("torch", overlap=True, library_models=True),
+    "torch-eager, diffusers models": WarmVariant("torch", False, library_models=True),
     # The background's eager VAE and text-encoder calls beside the keyframe loop took 8-12x their
     # time alone (engines-*-6112e61): in graphs they are launched by the GPU, not one by one by Python.
     "torch-cuda-graph, background stream, every model in graphs": WarmVariant("torch", overlap=True, models=ALL_MODELS),
@@ -392,13 +396,20 @@ def warm_edits(
                 models=spec.models,
                 options=make_options(backend, **dict(spec.options)) if spec.options else None,
             )
+            given = None
+            if spec.library_models:
+                from sv_engine.benchmarks.library_models import as_library_models
+                from sv_engine.stablevideo.model_source import load_components
+
+                own = load_components(device, weights=weights, precision="fp16") if weights else None
+                given = as_library_models(own or _random_components(device))
             with _as_before(spec.before), _switch_interval(spec.switch_interval_s):
-                runtime = build_pipeline(config)
+                runtime = build_pipeline(config, components=given)
                 pipeline = runtime.pipeline
                 calls = CallLog()
                 if backend == "torch" and spec.cuda_graphs is None:
                     calls.instrument(pipeline)
-                load_s = runtime.seconds_per_phase["load models"]
+                load_s = runtime.seconds_per_phase.get("load models", 0.0)
                 prepare_s = runtime.seconds_per_phase["prepare backend"]
                 _sync()
                 t0 = time.perf_counter()
@@ -434,7 +445,7 @@ def warm_edits(
             log.info(
                 "warm %s: %s", variant, {k: v for k, v in out[variant].items() if k != "calls" and "timings" not in k}
             )
-            del pipeline, runtime, result, first, calls
+            del pipeline, runtime, result, first, calls, given
         except Exception as exc:  # noqa: BLE001
             out[variant] = _error(exc)
         torch.cuda.empty_cache()

@@ -16,7 +16,7 @@ class _Depth(nn.Module):
         self.model = model
 
     def forward(self, pixel_values):
-        return (self.model(pixel_values=pixel_values, return_dict=False)[0],)
+        return (self.model(pixel_values).predicted_depth,)
 
 
 class DepthSpec(ExportSpec):

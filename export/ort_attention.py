@@ -1,7 +1,7 @@
 """Attention forms of an exported graph.
 
-``"onnx"``: standard ONNX operators only (MatMul, Softmax ...), from diffusers' classic attention
-processor with QKᵀ and softmax upcast to fp32 (:func:`~sv_engine.export.spec.prepare_for_precision`).
+``"onnx"``: standard ONNX operators only (MatMul, Softmax ...), from the attention's explicit form
+with QKᵀ and softmax upcast to fp32 (:func:`~sv_engine.export.spec.prepare_for_precision`).
 Every runtime parses it, TensorRT included (TensorRT fuses the pattern into its own attention
 kernels), but ONNX Runtime runs it as written: every fp32 score matrix is materialised (at 896×512
 one self-attention layer's scores are 2×8×7168² floats, 3.3 GB).
@@ -12,13 +12,14 @@ kernel: the fp16 guard) and has CPU kernels. Only ONNX Runtime runs it. On an H2
 70-frame edit took 4.47 s in this form against 9.93 s in the standard one. ORT's own
 transformer optimizer (``optimize_model(model_type="unet")``) fuses GroupNorm and NHWC convolutions in
 these graphs but not their attention (ORT 1.32), so the export emits the operator itself: while
-exporting, diffusers' attention modules run :class:`OrtAttnProcessor`, whose core is an autograd
+exporting, the attention modules' core (``Attention.attend``) is :class:`MultiHeadAttention`, an autograd
 function with an ONNX symbolic (the head count comes from the module, not from traced shapes).
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Iterator
 
 import torch
@@ -50,53 +51,10 @@ class MultiHeadAttention(torch.autograd.Function):
         return out
 
 
-class OrtAttnProcessor:
-    """diffusers' ``AttnProcessor2_0`` for the attention modules of SD's UNet, ControlNet and VAE, with
-    :class:`MultiHeadAttention` as its core; calls it does not cover (masks, q/k norms, spatial
-    norm) go to ``AttnProcessor2_0`` and so export in the standard form."""
-
-    def __init__(self) -> None:
-        from diffusers.models.attention_processor import AttnProcessor2_0
-
-        self.fallback = AttnProcessor2_0()
-
-    def __call__(
-        self,
-        attn,
-        hidden_states: torch.Tensor,
-        encoder_hidden_states: torch.Tensor | None = None,
-        attention_mask: torch.Tensor | None = None,
-        temb: torch.Tensor | None = None,
-        *args,
-        **kwargs,
-    ) -> torch.Tensor:
-        if (
-            attention_mask is not None
-            or attn.spatial_norm is not None
-            or getattr(attn, "norm_q", None) is not None
-            or getattr(attn, "norm_k", None) is not None
-        ):
-            return self.fallback(attn, hidden_states, encoder_hidden_states, attention_mask, temb, *args, **kwargs)
-        residual = hidden_states
-        image_shape = hidden_states.shape if hidden_states.ndim == 4 else None
-        if image_shape is not None:  # the VAE's attention runs over the pixels of a feature map
-            hidden_states = hidden_states.flatten(2).transpose(1, 2)
-        if attn.group_norm is not None:
-            hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
-        if encoder_hidden_states is None:
-            encoder_hidden_states = hidden_states
-        elif attn.norm_cross:
-            encoder_hidden_states = attn.norm_encoder_hidden_states(encoder_hidden_states)
-        query = attn.to_q(hidden_states)
-        out = MultiHeadAttention.apply(
-            query, attn.to_k(encoder_hidden_states), attn.to_v(encoder_hidden_states), attn.heads, float(attn.scale)
-        )
-        out = attn.to_out[1](attn.to_out[0](out.to(query.dtype)))
-        if image_shape is not None:
-            out = out.transpose(1, 2).reshape(image_shape)
-        if attn.residual_connection:
-            out = out + residual
-        return out / attn.rescale_output_factor
+def ort_attend(attn: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+    """An :class:`~sv_engine.stablevideo.models.nets.blocks.Attention`'s core as :class:`MultiHeadAttention`
+    (the head count and scale come from the module, so the graph does not depend on traced shapes)."""
+    return MultiHeadAttention.apply(query, key, value, attn.heads, float(attn.scale))
 
 
 def check_form(attention: str) -> None:
@@ -107,19 +65,19 @@ def check_form(attention: str) -> None:
 
 @contextlib.contextmanager
 def attention_export(module: nn.Module, attention: str) -> Iterator[nn.Module]:
-    """``module`` with its diffusers attention in the ``attention`` form while the block runs
-    (``"ort"``: :class:`OrtAttnProcessor`; the module's own processors come back on exit)."""
+    """``module`` with its attention in the ``attention`` form while the block runs (``"ort"``: every
+    attention module's core is :func:`ort_attend`; the modules' own core comes back on exit)."""
     check_form(attention)
     if attention == "onnx":
         yield module
         return
-    from diffusers.models.attention_processor import Attention
+    from sv_engine.stablevideo.models.nets.blocks import Attention
 
-    saved = {sub: sub.processor for sub in module.modules() if isinstance(sub, Attention)}
+    swapped = [sub for sub in module.modules() if isinstance(sub, Attention)]
     try:
-        for sub in saved:
-            sub.set_processor(OrtAttnProcessor())
+        for sub in swapped:
+            sub.attend = functools.partial(ort_attend, sub)  # an instance attribute shadows the method
         yield module
     finally:
-        for sub, processor in saved.items():
-            sub.set_processor(processor)
+        for sub in swapped:
+            del sub.attend

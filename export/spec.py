@@ -101,34 +101,30 @@ def prepare_for_precision(
     """A copy of ``module`` in ``precision`` with fp16 overflow guards.
 
     fp16: weights in half, but GroupNorm/LayerNorm compute in fp32 (variance of large activations
-    overflows 65504), and diffusers attention computes QKᵀ and softmax in fp32 (``upcast_attention``
-    / ``upcast_softmax`` with the classic processor) — the two places SD 1.5 overflows in fp16.
-    ``fused_attention=True`` keeps diffusers' fused processor (``scaled_dot_product_attention``) for
-    modules that torch runs: its kernels accumulate QKᵀ and softmax in fp32 internally, so the guard
-    is built in, while the classic processor materialises every fp32 score matrix (on the H100 it made
-    attention 6× and the GEMMs 6.5× slower over a whole edit). The standard ONNX export
-    keeps the classic form (the ONNX decomposition of SDPA runs its softmax in fp16); ONNX Runtime's
-    export form starts from the fused one (:mod:`sv_engine.export.ort_attention`).
+    overflows 65504), and attention computes QKᵀ and softmax in fp32 (``Attention.upcast``: the
+    explicit form) — the two places SD 1.5 overflows in fp16.
+    ``fused_attention=True`` keeps the fused form (``scaled_dot_product_attention``) for modules that
+    torch runs: its kernels accumulate QKᵀ and softmax in fp32 internally, so the guard is built in,
+    while the explicit form materialises every fp32 score matrix (on the H100 it made attention 6×
+    and the GEMMs 6.5× slower over a whole edit). The standard ONNX export keeps the explicit form
+    (the ONNX decomposition of SDPA runs its softmax in fp16); ONNX Runtime's export form starts from
+    the fused one (:mod:`sv_engine.export.ort_attention`).
     """
     if precision not in PRECISIONS:
         raise SvEngineError(f"Unknown precision {precision!r}.", f"Use one of {tuple(PRECISIONS)}.")
     if precision == "fp32":
         return module.float()
+    from sv_engine.stablevideo.models.nets.blocks import Attention
+
     module = _half_copy(module)
-    try:
-        from diffusers.models.attention_processor import Attention, AttnProcessor
-    except ImportError:  # pragma: no cover - diffusers is a dependency
-        Attention = AttnProcessor = None  # type: ignore[assignment,misc]
     for sub in module.modules():
         if isinstance(sub, (nn.GroupNorm, nn.LayerNorm)):
             if native_norms:
                 continue
             sub.float()
             sub.forward = _fp32_forward(sub)
-        elif Attention is not None and isinstance(sub, Attention) and not fused_attention:
-            sub.upcast_attention = True
-            sub.upcast_softmax = True
-            sub.set_processor(AttnProcessor())
+        elif isinstance(sub, Attention) and not fused_attention:
+            sub.upcast = True
     return module
 
 

@@ -75,7 +75,7 @@ def load_components(
     else:
         from sv_engine.stablevideo.models.loaders import load_weights
 
-        components = load_weights(Path(weights), dtype=dtype)
+        components = load_weights(Path(weights), dtype=dtype, device=device)
     return to_edit_precision(components, device, dtype)
 
 

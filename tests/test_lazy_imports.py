@@ -1,5 +1,6 @@
 """The cold path imports only what a command uses (issue 16): ``--help`` and usage errors no ML library,
-bad input no model library, and an edit no diffusers pipelines. Each case is a fresh ``sv-engine``
+bad input no model library, and an edit none either (the pipeline's own networks import torch only).
+Each case is a fresh ``sv-engine``
 process that records its ``sys.modules`` at exit."""
 
 from __future__ import annotations
@@ -72,7 +73,7 @@ def test_bad_input_is_refused_before_the_model_libraries(tmp_path: Path, random_
     assert not top_level(modules) & set(MODEL_LIBRARIES), sorted(top_level(modules) & set(MODEL_LIBRARIES))
 
 
-def test_a_tiny_edit_imports_only_the_models_it_runs(tmp_path: Path, random_data_dir: Path) -> None:
+def test_a_tiny_edit_imports_no_model_library(tmp_path: Path, random_data_dir: Path) -> None:
     out = tmp_path / "edit.mp4"
     returncode, stderr, modules = run_recording_modules(
         tmp_path,
@@ -82,15 +83,14 @@ def test_a_tiny_edit_imports_only_the_models_it_runs(tmp_path: Path, random_data
         *("--keyframes", "1", "--out", out),
     )
     assert returncode == 0 and out.is_file(), stderr
-    assert not any(m.startswith("diffusers.pipelines") for m in modules)
-    # what it does run: the classes' own modules
+    # torch._dynamo: 3.8 s of a cold edit on the H200 host when diffusers or transformers pulled it in
+    assert not top_level(modules) & set(MODEL_LIBRARIES) and "torch._dynamo" not in modules, sorted(
+        top_level(modules) & set(MODEL_LIBRARIES)
+    )
+    # what it does run: the networks' own modules
     assert {
-        "diffusers.models.unets.unet_2d_condition",
-        "diffusers.models.controlnets.controlnet",
-        "diffusers.models.autoencoders.autoencoder_kl",
-        "transformers.models.clip.modeling_clip",
-        "transformers.models.dpt.modeling_dpt",
-    } <= modules
+        f"sv_engine.stablevideo.models.nets.{name}" for name in ("unet", "controlnet", "vae", "clip_text", "dpt")
+    } <= (modules)
     report = json.loads(out.with_name("edit_report.json").read_text())
     assert list(report["seconds_per_phase"])[:5] == [
         "start python and the CLI",

@@ -43,13 +43,15 @@ class SDComponents:
     """All models of the StableVideo pipeline.
 
     Attributes:
-        tokenizer: a ``transformers.CLIPTokenizer`` (77 tokens, pad = ``<|endoftext|>``).
-        text_encoder: ``transformers.CLIPTextModel``.
-        unet: ``diffusers.UNet2DConditionModel``.
-        controlnet_canny: ``diffusers.ControlNetModel`` for the foreground (canny edges).
-        controlnet_depth: ``diffusers.ControlNetModel`` for the background (MiDaS depth).
-        vae: ``diffusers.AutoencoderKL``.
-        depth_model: ``transformers.DPTForDepthEstimation`` (hybrid); ``None`` when not needed.
+        tokenizer: a CLIP BPE tokenizer (:class:`~.clip_tokenizer.CLIPTokenizer`: 77 tokens, pad =
+            ``<|endoftext|>``).
+        text_encoder: CLIP's text tower (:class:`~.nets.clip_text.CLIPTextModel`).
+        unet: SD 1.5's UNet (:class:`~.nets.unet.UNet2DConditionModel`).
+        controlnet_canny: a ControlNet (:class:`~.nets.controlnet.ControlNetModel`) for the foreground (canny edges).
+        controlnet_depth: a ControlNet for the background (MiDaS depth).
+        vae: SD's VAE (:class:`~.nets.vae.AutoencoderKL`).
+        depth_model: MiDaS DPT-hybrid (:class:`~.nets.dpt.DPTForDepthEstimation`); ``None`` when not needed.
+        (The networks of :mod:`.nets` have the diffusers / transformers parameter names and configs.)
         latent_factor: spatial downsampling of the VAE (8).
         vae_scale: latent scale factor (0.18215).
         is_random: True for randomly initialised weights (tests, benchmarks).
@@ -81,11 +83,7 @@ class SDComponents:
         (``components.depth_model.float()``).
         """
         for module in self.modules().values():
-            if getattr(module, "_keep_in_fp32_modules", None):
-                module.to(device=device, dtype=dtype)
-            else:  # diffusers' ModelMixin.to() warns "should be kept in float32: []" on every dtype cast, even
-                # of models with nothing to keep in fp32 (it tests the list for None): torch's own to() for those
-                torch.nn.Module.to(module, device=device, dtype=dtype)
+            module.to(device=device, dtype=dtype)
         return self
 
     def eval(self) -> SDComponents:

@@ -4,8 +4,8 @@
 / 127.5 − 1 → DPT → relative inverse depth (H, W) → min-max normalised → × 255 → uint8 (truncated).
 
 transformers' ``DPTForDepthEstimation`` (hybrid) only accepts its configured square size; MiDaS runs
-any multiple of 32 by resizing the position embeddings. :func:`dpt_forward` does the same with the
-transformers modules (same weights, same maths), so non-square atlases work.
+any multiple of 32 by resizing the position embeddings. :func:`dpt_forward` does the same
+(``predict_depth`` of :mod:`.nets.dpt`: transformers' keys, same maths), so non-square atlases work.
 """
 
 from __future__ import annotations
@@ -21,7 +21,8 @@ logger = logging.getLogger(__name__)
 
 
 def dpt_forward(model: torch.nn.Module, pixel_values: torch.Tensor) -> torch.Tensor:
-    """Predicted depth (B, H, W) of a ``DPTForDepthEstimation`` for any H, W divisible by the patch size."""
+    """Predicted depth (B, H, W) of a :class:`~.nets.dpt.DPTForDepthEstimation` for any H, W divisible by
+    the patch size."""
     config = model.config
     _, _, h, w = pixel_values.shape
     patch = config.patch_size if isinstance(config.patch_size, int) else config.patch_size[0]
@@ -30,19 +31,7 @@ def dpt_forward(model: torch.nn.Module, pixel_values: torch.Tensor) -> torch.Ten
             f"Depth input {h}×{w} is not a multiple of the DPT patch size {patch}.",
             "Resize the image to multiples of 64 first (resize_image).",
         )
-    if not config.is_hybrid:
-        return model(pixel_values=pixel_values).predicted_depth
-    embeddings = model.dpt.embeddings
-    saved = embeddings.image_size
-    embeddings.image_size = (h, w)  # only used for transformers' fixed-size check; pos-embeds are resized anyway
-    try:
-        out = model.dpt(pixel_values, output_hidden_states=True)
-    finally:
-        embeddings.image_size = saved
-    hidden = list(out.intermediate_activations)
-    hidden += [f for i, f in enumerate(out.hidden_states[1:]) if i in config.backbone_out_indices[2:]]
-    features = model.neck(hidden, h // patch, w // patch)
-    return model.head(features)
+    return model.predict_depth(pixel_values)
 
 
 @torch.no_grad()

@@ -33,6 +33,7 @@ Three sources, one result (:class:`~.components.SDComponents`):
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -117,16 +118,25 @@ def _is_zip(path: Path) -> bool:
         return False
 
 
+_ORIGINAL_FILES_FIX = (
+    "Use the original SD 1.5 ControlNet 1.0 files (control_sd15_canny.pth / control_sd15_depth.pth) "
+    f"from {CONTROLNET_URL} and the MiDaS {MIDAS_FILE}."
+)
+
+
 def _instantiate(
-    factory: Callable[[], torch.nn.Module], state_dict: StateDict, name: str, source: str
+    factory: Callable[[], torch.nn.Module],
+    state_dict: StateDict,
+    name: str,
+    source: str,
+    fix: str = _ORIGINAL_FILES_FIX,
 ) -> torch.nn.Module:
     """Build ``factory()`` and load ``state_dict`` strictly (meta-device init when possible: no random init)."""
-    fix = (
-        "Use the original SD 1.5 ControlNet 1.0 files (control_sd15_canny.pth / control_sd15_depth.pth) "
-        f"from {CONTROLNET_URL} and the MiDaS {MIDAS_FILE}."
-    )
-    with torch.device("meta"):
-        model = factory()
+    try:
+        with torch.device("meta"):
+            model = factory()
+    except (TypeError, ValueError, KeyError) as exc:  # a config value of the wrong kind
+        raise SvEngineError(f"The {name} config in {source} is not valid ({type(exc).__name__}: {exc}).", fix) from exc
     try:
         missing, unexpected = model.load_state_dict(state_dict, strict=False, assign=True)
     except RuntimeError as exc:  # shape mismatches
@@ -318,32 +328,73 @@ def save_components(components: SDComponents, out_dir: str | os.PathLike, safe_s
     return out
 
 
-def _load_pretrained(cls: Any, folder: Path, name: str, dtype: torch.dtype | None) -> torch.nn.Module:
-    if not (folder / "config.json").is_file():
+def _weight_files(folder: Path) -> list[Path]:
+    """The weight files of a model folder: the library's own name, else a sharded index's shards, else the
+    folder's one ``*.safetensors`` (a variant such as ``diffusion_pytorch_model.fp16.safetensors``)."""
+    for name in _WEIGHT_FILES:
+        if (folder / name).is_file():
+            return [folder / name]
+    for index in sorted(folder.glob("*.safetensors.index.json")):
+        shards = sorted(set(json.loads(index.read_text()).get("weight_map", {}).values()))
+        if shards:
+            return [folder / shard for shard in shards]
+    singles = sorted(folder.glob("*.safetensors"))
+    return singles[:1] if len(singles) == 1 else []
+
+
+def _read_weights(files: list[Path], name: str, device: torch.device | None, dtype: torch.dtype | None) -> StateDict:
+    """The tensors of ``files``, read straight onto ``device`` (safetensors) and cast to ``dtype`` there."""
+    state: StateDict = {}
+    for path in files:
+        if path.suffix == ".safetensors" and device is not None:
+            from safetensors.torch import load_file
+
+            try:
+                state.update(load_file(str(path), device=str(device)))
+            except Exception as exc:  # noqa: BLE001 - any read failure means a bad file
+                raise SvEngineError(
+                    f"Cannot read the {name} weights {path} ({type(exc).__name__}: {exc}).",
+                    f"Re-download or re-convert the {name} weights (corrupt or truncated file).",
+                ) from exc
+        else:
+            state.update(read_state_dict(path, f"{name} weights"))
+    if dtype is not None:
+        state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
+    return state
+
+
+def _load_pretrained(
+    cls: Any, folder: Path, name: str, dtype: torch.dtype | None, device: torch.device | None = None
+) -> torch.nn.Module:
+    """A model folder (``config.json`` + weights) as ``cls``, built on the meta device and given the file's
+    tensors: no random init, and with ``device`` the weights go from the file to the GPU directly."""
+    config_path = folder / "config.json"
+    if not config_path.is_file():
         raise SvEngineError(
             f"{folder} has no config.json (expected the {name} in diffusers/transformers format).",
             "See the layout in sv_engine.stablevideo.models.loaders (save_pretrained output).",
         )
-    if not any((folder / f).is_file() for f in _WEIGHT_FILES) and not list(folder.glob("*.safetensors")):
+    files = _weight_files(folder)
+    if not files:
         raise SvEngineError(
             f"{folder} has no weights ({' / '.join(_WEIGHT_FILES)}).", f"Copy the {name} weights into {folder}."
         )
-    kwargs: dict[str, Any] = {"local_files_only": True}
-    if dtype is not None:
-        kwargs["torch_dtype" if cls.__module__.startswith("diffusers") else "dtype"] = dtype
     try:
-        return cls.from_pretrained(str(folder), **kwargs).eval()
-    except Exception as exc:  # noqa: BLE001
+        config = json.loads(config_path.read_text())
+    except (OSError, ValueError) as exc:
         raise SvEngineError(
-            f"Cannot load the {name} from {folder} ({type(exc).__name__}: {exc}).",
-            f"Re-download or re-convert the {name} weights (corrupt or wrong architecture).",
+            f"Cannot read {config_path} ({exc}).", f"Re-download or re-convert the {name} (corrupt config)."
         ) from exc
+    fix = f"Re-download or re-convert the {name} weights in {folder} (an SD 1.5-family {name} in its library's format)."
+    weights = _read_weights(files, name, device, dtype)
+    return _instantiate(lambda: cls.from_config(config), weights, name, str(folder), fix)
 
 
 def load_diffusers_folder(
     model_dir: str | os.PathLike,
     need: Iterable[str] = ("canny", "depth"),
     dtype: torch.dtype | None = None,
+    device: torch.device | None = None,
 ) -> SDComponents:
     """Load the folder layout (a) (see module docstring).
 
@@ -352,6 +403,7 @@ def load_diffusers_folder(
         need: which optional models must be present: ``"canny"``, ``"depth"`` (ControlNets), ``"dpt"``.
             Absent optional models that are not needed become ``None``.
         dtype: load in this dtype (default: as stored).
+        device: read the weights straight onto this device (default: the CPU).
     """
     root = Path(model_dir)
     if not root.is_dir():
@@ -386,7 +438,7 @@ def load_diffusers_folder(
                 )
             loaded[field] = None
             continue
-        loaded[field] = _load_pretrained(classes[field], folder, sub, dtype)
+        loaded[field] = _load_pretrained(classes[field], folder, sub, dtype, device)
     tokenizer = load_clip_tokenizer(root / "tokenizer") if (root / "tokenizer").is_dir() else load_clip_tokenizer()
     return SDComponents(
         tokenizer=tokenizer,
@@ -550,7 +602,7 @@ def load_components(
     if model_dir is not None:
         need = set(need)
         folder_need = need - ({"dpt"} if dpt_ckpt is not None else set())
-        components = load_diffusers_folder(model_dir, folder_need, dtype)
+        components = load_diffusers_folder(model_dir, folder_need, dtype, torch.device(device) if device else None)
         if dpt_ckpt is not None and components.depth_model is None:
             components.depth_model = load_midas_dpt_hybrid(dpt_ckpt)
     elif canny_ckpt is not None or depth_ckpt is not None:
@@ -581,6 +633,7 @@ def load_weights(
     need: Iterable[str] = ("canny", "depth"),
     configs: Mapping[str, Mapping[str, Any]] | None = None,
     dtype: torch.dtype | None = None,
+    device: torch.device | None = None,
 ) -> SDComponents:
     """Load user weights from one path, detecting the format:
 
@@ -593,7 +646,8 @@ def load_weights(
 
     ``configs``: architecture overrides for the original files (tests); default the shipped SD 1.5 configs.
     ``dtype``: the folder layout loads straight into it (fp16 files for an fp16 edit are never widened to
-    fp32 and back); the original checkpoints load as stored.
+    fp32 and back); the original checkpoints load as stored. ``device``: the folder layout's weights are
+    read straight onto it (no CPU copy of a GPU edit's models); the original checkpoints load on the CPU.
     """
     root = Path(path)
     layout_help = (
@@ -613,7 +667,7 @@ def load_weights(
     if (root / "unet").is_dir():
         need = set(need)
         midas = None if (root / "dpt").is_dir() else _find_one(root, ["dpt_hybrid-midas*.pt", "dpt_hybrid*.pt"])
-        return load_components(root, dpt_ckpt=midas, need=need, dtype=dtype)
+        return load_components(root, dpt_ckpt=midas, need=need, dtype=dtype, device=device)
     canny = _find_one(root, ["control_sd15_canny*.pth", "control_sd15_canny*.safetensors"])
     depth = _find_one(root, ["control_sd15_depth*.pth", "control_sd15_depth*.safetensors"])
     midas = _find_one(root, ["dpt_hybrid-midas*.pt", "dpt_hybrid*.pt"])

@@ -1,15 +1,11 @@
-"""The diffusers / transformers classes of the pipeline's models: the one place that imports them.
+"""The classes of the pipeline's models: the one place that names them.
 
-They are imported from their own modules (``diffusers.models.unets.unet_2d_condition``, ...), not from
-diffusers' lazy top level, and only when a model is built, so ``--help``, usage errors and bad input never
-pay for them (tests/test_lazy_imports.py).
-
-What importing them costs on the H200 (``python -X importtime``; benchmarks/results/cold-start-nvidia-h200-*)
-is mostly shared by every class: ``torch._dynamo`` (3.4-3.8 s; diffusers' ``maybe_allow_in_graph`` and
-transformers' masking utils import it, and the torch-compile backend relies on diffusers' blocks being
-registered with it), ``diffusers.loaders`` (2.4 s: the classes' LoRA / single-file mixins) and transformers'
-core. Deferring the ``__init__`` of diffusers' model-family packages (which import every model of the family)
-was tried: ~400 fewer modules, 0.35 s less on a CPU, no gain beyond the noise on the H200, so it is not done.
+They are the plain torch networks of :mod:`.nets` (diffusers' / transformers' parameter names and
+configs), imported when a model is built, so ``--help``, usage errors and bad input never pay for them
+(tests/test_lazy_imports.py). The libraries' own classes cost a cold edit 10-16 s of imports on the
+H200 host (``torch._dynamo`` 3.8 s through diffusers' ``maybe_allow_in_graph`` and transformers' masking
+utils, ``diffusers.loaders`` 2.4 s, every model family's package; benchmarks/results/cold-start-*);
+these import torch only.
 """
 
 from __future__ import annotations
@@ -18,32 +14,30 @@ import functools
 from typing import TYPE_CHECKING, NamedTuple
 
 if TYPE_CHECKING:
-    from diffusers import AutoencoderKL, ControlNetModel, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, DPTConfig, DPTForDepthEstimation
+    from .nets.clip_text import CLIPTextModel
+    from .nets.controlnet import ControlNetModel
+    from .nets.dpt import DPTForDepthEstimation
+    from .nets.unet import UNet2DConditionModel
+    from .nets.vae import AutoencoderKL
 
 
 class ModelClasses(NamedTuple):
-    """The classes of :class:`~.components.SDComponents`' models (and the configs of the transformers ones)."""
+    """The classes of :class:`~.components.SDComponents`' models, each built ``from_config(dict)``."""
 
     unet: type[UNet2DConditionModel]
     controlnet: type[ControlNetModel]
     vae: type[AutoencoderKL]
     text_encoder: type[CLIPTextModel]
-    text_config: type[CLIPTextConfig]
     depth: type[DPTForDepthEstimation]
-    depth_config: type[DPTConfig]
 
 
 @functools.cache
 def model_classes() -> ModelClasses:
-    """The model classes, imported once per process from their own modules (see the module docstring)."""
-    from diffusers.models.autoencoders.autoencoder_kl import AutoencoderKL
-    from diffusers.models.controlnets.controlnet import ControlNetModel
-    from diffusers.models.unets.unet_2d_condition import UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, DPTConfig, DPTForDepthEstimation
+    """The model classes, imported once per process."""
+    from .nets.clip_text import CLIPTextModel
+    from .nets.controlnet import ControlNetModel
+    from .nets.dpt import DPTForDepthEstimation
+    from .nets.unet import UNet2DConditionModel
+    from .nets.vae import AutoencoderKL
 
-    # transformers' top level is lazy: resolving the names imports the CLIP and DPT modules now.
-    return ModelClasses(
-        UNet2DConditionModel, ControlNetModel, AutoencoderKL, CLIPTextModel, CLIPTextConfig, DPTForDepthEstimation,
-        DPTConfig,
-    )  # fmt: skip
+    return ModelClasses(UNet2DConditionModel, ControlNetModel, AutoencoderKL, CLIPTextModel, DPTForDepthEstimation)

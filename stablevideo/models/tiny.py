@@ -230,13 +230,11 @@ def load_config(name: str) -> dict[str, Any]:
 
 
 def build_text_encoder(config: dict[str, Any]) -> torch.nn.Module:
-    classes = model_classes()
-    return classes.text_encoder(classes.text_config(**config))
+    return model_classes().text_encoder.from_config(config)
 
 
 def build_dpt(config: dict[str, Any]) -> torch.nn.Module:
-    classes = model_classes()
-    return classes.depth(classes.depth_config(**config))
+    return model_classes().depth.from_config(config)
 
 
 def build_random_components(

@@ -2,7 +2,7 @@
 
 ``bpe_simple_vocab_16e6.txt.gz`` (MIT, from openai/CLIP via the open_clip wheel; see
 ``stablevideo/assets/README.md``) is turned into ``vocab.json`` + ``merges.txt`` exactly as CLIP's
-``SimpleTokenizer`` builds its encoder, and handed to ``transformers.CLIPTokenizer``.
+``SimpleTokenizer`` builds its encoder, and handed to :class:`~.clip_tokenizer.CLIPTokenizer`.
 """
 
 from __future__ import annotations
@@ -14,8 +14,12 @@ import logging
 import os
 from importlib import resources
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from sv_engine.errors import SvEngineError
+
+if TYPE_CHECKING:
+    from .clip_tokenizer import CLIPTokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -104,8 +108,9 @@ def _packaged_vocab() -> tuple[dict[str, int], tuple[tuple[str, str], ...]]:
     return vocab, tuple(merges)
 
 
-def load_clip_tokenizer(tokenizer_dir: str | os.PathLike | None = None):
-    """A ``transformers.CLIPTokenizer`` equal to SD 1.5's (``openai/clip-vit-large-patch14``).
+def load_clip_tokenizer(tokenizer_dir: str | os.PathLike | None = None) -> CLIPTokenizer:
+    """A CLIP tokenizer equal to SD 1.5's (``openai/clip-vit-large-patch14``; :mod:`.clip_tokenizer`, ids
+    equal to transformers' ``CLIPTokenizer``, without importing transformers).
 
     Args:
         tokenizer_dir: an existing Hugging Face CLIP tokenizer folder (``tokenizer.json`` or
@@ -114,7 +119,7 @@ def load_clip_tokenizer(tokenizer_dir: str | os.PathLike | None = None):
     The vocabulary and merges are derived in memory from the packaged BPE file (nothing is
     downloaded); :func:`write_vocab_files` writes them as ``vocab.json`` / ``merges.txt``.
     """
-    from transformers import CLIPTokenizer
+    from .clip_tokenizer import CLIPTokenizer  # here: clip_tokenizer imports this module
 
     if tokenizer_dir is not None:
         folder = Path(tokenizer_dir)
@@ -124,24 +129,6 @@ def load_clip_tokenizer(tokenizer_dir: str | os.PathLike | None = None):
                 f"Tokenizer folder {folder} has neither tokenizer.json nor vocab.json + merges.txt.",
                 "Point to a CLIP tokenizer folder or omit it to use the packaged vocabulary.",
             )
-        try:
-            tokenizer = CLIPTokenizer.from_pretrained(str(folder), local_files_only=True)
-        except Exception as exc:  # noqa: BLE001 - any parse error is a bad folder
-            raise SvEngineError(
-                f"Cannot load the tokenizer in {folder}: {exc}.",
-                "Repair the folder or delete it to fall back to the packaged vocabulary.",
-            ) from exc
-        if tokenizer.model_max_length > 10 * MODEL_MAX_LENGTH:  # folder without tokenizer_config.json
-            tokenizer.model_max_length = MODEL_MAX_LENGTH
-        return tokenizer
+        return CLIPTokenizer.from_pretrained(folder)
     vocab, merges = _packaged_vocab()
-    tokenizer = CLIPTokenizer(
-        vocab=dict(vocab),
-        merges=list(merges),
-        unk_token=EOS_TOKEN,
-        bos_token=BOS_TOKEN,
-        eos_token=EOS_TOKEN,
-        pad_token=EOS_TOKEN,
-        model_max_length=MODEL_MAX_LENGTH,
-    )
-    return tokenizer
+    return CLIPTokenizer(vocab, merges)
