@@ -76,7 +76,8 @@ case ${1:?phase: models, rest, e2e, attention, latency-cold, latency-warmup, lat
     LANE_TIMEOUT=580 lane 0 engines-compile python3 -m sv_engine.benchmarks.engine_bench --out "$OUT/engines-compile.json" \
       --parts warm --budget-s 560 --warm-variants "torch-eager;torch-cuda-graph, background stream;torch-compile;torch-compile, dynamic shapes" ;;
   latency-nets)  # issue 16, one GPU: the pipeline's own networks against the diffusers / transformers classes, same weights
-    LANE_TIMEOUT=150 lane 0 pytest-gpu python3 -m pytest -q -m gpu tests -p no:cacheprovider
+    repo=$(cd "$(dirname "$0")/.." && pwd)
+    LANE_TIMEOUT=150 lane 0 pytest-gpu python3 -m pytest -q -m gpu "$repo/tests" -p no:cacheprovider
     LANE_TIMEOUT=400 lane 0 engines-nets python3 -m sv_engine.benchmarks.engine_bench --out "$OUT/engines-nets.json" \
       --parts warm --budget-s 390 --warm-variants "torch-eager, diffusers models;torch-eager;torch-cuda-graph, background stream, diffusers models;torch-cuda-graph, background stream" ;;
   latency-aoti)  # issue 16, one GPU: the AOTInductor build (dynamic h/w), its step, warm edit and cold edit

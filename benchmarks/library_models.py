@@ -11,9 +11,12 @@ from sv_engine.stablevideo.models.components import SDComponents
 
 
 def _in_library_class(model: torch.nn.Module, library_class: type) -> torch.nn.Module:
-    """``model``'s tensors (shared, not copied) in ``library_class`` built from the same config."""
+    """``model``'s tensors (shared, not copied) in ``library_class`` built from the same config.
+
+    Built on ``model``'s device, not the meta device: transformers' CLIP keeps ``position_ids`` in a
+    non-persistent buffer, which no state dict fills (garbage positions cost a warm edit 30 dB)."""
     config = dict(model.config)
-    with torch.device("meta"):
+    with torch.device(next(model.parameters()).device):
         if library_class.__module__.startswith("transformers"):
             twin = library_class(library_class.config_class(**config))
         else:
