@@ -343,19 +343,15 @@ def _weight_files(folder: Path) -> list[Path]:
 
 
 def _read_weights(files: list[Path], name: str, device: torch.device | None, dtype: torch.dtype | None) -> StateDict:
-    """The tensors of ``files``, read straight onto ``device`` (safetensors) and cast to ``dtype`` there."""
+    """The tensors of ``files`` on ``device`` (default the CPU), cast to ``dtype`` there; safetensors files
+    in one sequential read and a copy per tensor (:mod:`.safetensors_io`)."""
+    from .safetensors_io import read_safetensors
+
     state: StateDict = {}
     for path in files:
-        if path.suffix == ".safetensors" and device is not None:
-            from safetensors.torch import load_file
-
-            try:
-                state.update(load_file(str(path), device=str(device)))
-            except Exception as exc:  # noqa: BLE001 - any read failure means a bad file
-                raise SvEngineError(
-                    f"Cannot read the {name} weights {path} ({type(exc).__name__}: {exc}).",
-                    f"Re-download or re-convert the {name} weights (corrupt or truncated file).",
-                ) from exc
+        if path.suffix == ".safetensors":
+            on = device or torch.device("cpu")
+            state.update(read_safetensors(path, on, pin=on.type == "cuda"))
         else:
             state.update(read_state_dict(path, f"{name} weights"))
     if dtype is not None:
