@@ -6,7 +6,8 @@ DPT saved in the folder layout.
 
 Routes: safetensors' ``load_file`` straight to the GPU; ``load_file`` on the CPU then ``.to``; one
 sequential read into a host buffer and a copy per tensor (pageable, pinned:
-:mod:`sv_engine.stablevideo.models.safetensors_io`); each alone, and the first and the pinned one beside
+:mod:`sv_engine.stablevideo.models.safetensors_io`); the whole loader (read, build on the meta device,
+cast to the edit's precision: the cold edit's "load models" phase); each alone, and the first and the pinned one beside
 the GPU warm-up a build runs on its worker thread (what the load shares the process with in a cold edit).
 The rounds alternate the routes' order; the files are in the page cache for every route (as after the
 warm edit that wrote them).
@@ -34,6 +35,8 @@ ROUTES = {
     "one read, pinned": ("read_pinned", False),
     "load_file to the GPU, beside the GPU warm-up": ("load_file_gpu", True),
     "one read, pinned, beside the GPU warm-up": ("read_pinned", True),
+    "the loader (reads, builds, casts)": ("loader", False),
+    "the loader, beside the GPU warm-up": ("loader", True),
 }
 
 _CHILD = """
@@ -53,6 +56,11 @@ from sv_engine.stablevideo.models.safetensors_io import read_safetensors
 files = sorted(folder.rglob("*.safetensors"))
 t0 = time.perf_counter()
 total = 0
+if route == "loader":
+    from sv_engine.stablevideo.model_source import load_components
+    models = load_components(device, weights=folder, precision="fp16").modules().values()
+    total = sum(t.numel() * t.element_size() for m in models for t in m.state_dict().values())
+    files = []
 for path in files:
     if route == "load_file_gpu":
         tensors = load_file(str(path), device="cuda")
