@@ -43,7 +43,7 @@ _CHILD = """
 import json, sys, time
 from pathlib import Path
 import torch
-route, warm_up, folder = sys.argv[1], sys.argv[2] == "1", Path(sys.argv[3])
+route, warm_up, folder, profile = sys.argv[1], sys.argv[2] == "1", Path(sys.argv[3]), sys.argv[4] == "1"
 device = torch.device("cuda")
 torch.zeros(1, device=device)
 worker = None
@@ -54,6 +54,10 @@ if warm_up:
 from safetensors.torch import load_file
 from sv_engine.stablevideo.models.safetensors_io import read_safetensors
 files = sorted(folder.rglob("*.safetensors"))
+if profile:
+    import cProfile
+    profiler = cProfile.Profile()
+    profiler.enable()
 t0 = time.perf_counter()
 total = 0
 if route == "loader":
@@ -73,13 +77,20 @@ torch.cuda.synchronize()
 seconds = time.perf_counter() - t0
 if worker is not None:
     worker.result()
-print("LOAD " + json.dumps({"seconds": seconds, "gb": total / 1e9, "files": len(files)}))
+out = {"seconds": seconds, "gb": total / 1e9, "files": len(files)}
+if profile:
+    import io, pstats
+    profiler.disable()
+    text = io.StringIO()
+    pstats.Stats(profiler, stream=text).sort_stats("cumulative").print_stats(35)
+    out["profile"] = text.getvalue().splitlines()[-45:]
+print("LOAD " + json.dumps(out))
 """
 
 
-def load_once(route: str, warm_up: bool, folder: Path, timeout: float = 120.0) -> dict:
+def load_once(route: str, warm_up: bool, folder: Path, profile: bool = False, timeout: float = 120.0) -> dict:
     proc = subprocess.run(
-        [sys.executable, "-c", _CHILD, route, "1" if warm_up else "0", str(folder)],
+        [sys.executable, "-c", _CHILD, route, "1" if warm_up else "0", str(folder), "1" if profile else "0"],
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -88,7 +99,7 @@ def load_once(route: str, warm_up: bool, folder: Path, timeout: float = 120.0) -
     line = next((x for x in proc.stdout.splitlines() if x.startswith("LOAD ")), None)
     if line is None:
         return {"status": "error", "error": " | ".join(proc.stderr.strip().splitlines()[-4:])}
-    return {"status": "ok", **{k: round(v, 3) for k, v in json.loads(line[5:]).items()}}
+    return {"status": "ok", **{k: round(v, 3) if isinstance(v, float) else v for k, v in json.loads(line[5:]).items()}}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -114,6 +125,8 @@ def main(argv: list[str] | None = None) -> None:
                 result["routes"].setdefault(name, []).append(run)
                 log.info("%s: %s", name, run)
                 args.out.write_text(json.dumps(result, indent=1))
+        # where the loader's time goes (cProfile, cumulative; the profiler itself slows it)
+        result["loader_profile"] = load_once("loader", True, folder, profile=True)
     for name, runs in result["routes"].items():
         ok = [x["seconds"] for x in runs if x["status"] == "ok"]
         result.setdefault("min_s", {})[name] = min(ok) if ok else None
