@@ -82,7 +82,4 @@ def load_components(
 def to_edit_precision(components: SDComponents, device: torch.device, dtype: torch.dtype) -> SDComponents:
     """``components`` moved to ``device`` and ``dtype`` in place for an edit: the depth model stays fp32
     (depth is estimated once per edit; fp32 avoids DPT overflow)."""
-    components.to(device=device, dtype=dtype)
-    if components.depth_model is not None:
-        components.depth_model.float()
-    return components.eval()
+    return components.to(device=device, dtype=dtype, depth_dtype=torch.float32).eval()

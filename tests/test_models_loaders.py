@@ -225,6 +225,17 @@ def test_folder_loads_straight_into_the_edit_dtype(tiny, tmp_path):
             assert got.dtype == ref.dtype and torch.equal(got, ref), (name, key)
 
 
+def test_the_depth_model_stays_float32_in_an_fp16_load(tiny, tmp_path):
+    """The depth model runs in float32 beside fp16 diffusion models (DPT overflows in fp16): an fp16 load
+    of float32 files keeps its stored values exactly, not rounded to fp16 and widened back."""
+    loaders.save_components(tiny, tmp_path)
+    loaded = loaders.load_weights(tmp_path, need=("canny", "depth", "dpt"), dtype=torch.float16)
+    assert loaded.unet.dtype == torch.float16
+    for key, ref in tiny.depth_model.state_dict().items():
+        got = loaded.depth_model.state_dict()[key]
+        assert got.dtype == ref.dtype == torch.float32 and torch.equal(got, ref), key
+
+
 def test_folder_errors(tiny, tmp_path):
     with pytest.raises(SvEngineError, match="does not exist"):
         loaders.load_diffusers_folder(tmp_path / "nope")

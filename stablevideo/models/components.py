@@ -76,14 +76,17 @@ class SDComponents:
         """The torch modules by field name (``None`` fields left out)."""
         return {name: getattr(self, name) for name in _MODULE_FIELDS if getattr(self, name) is not None}
 
-    def to(self, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> SDComponents:
-        """Move every model (the depth model included) to ``device`` / ``dtype`` in place; returns ``self``.
-
-        Callers that want the depth model in float32 next to fp16 diffusion models cast it afterwards
-        (``components.depth_model.float()``).
-        """
-        for module in self.modules().values():
-            module.to(device=device, dtype=dtype)
+    def to(
+        self,
+        device: str | torch.device | None = None,
+        dtype: torch.dtype | None = None,
+        depth_dtype: torch.dtype | None = None,
+    ) -> SDComponents:
+        """Move every model to ``device`` / ``dtype`` in place, the depth model to ``depth_dtype`` when
+        given (edits and conversions keep it in float32: depth is estimated once per edit, and DPT
+        overflows in fp16); returns ``self``."""
+        for name, module in self.modules().items():
+            module.to(device=device, dtype=depth_dtype if name == "depth_model" and depth_dtype else dtype)
         return self
 
     def eval(self) -> SDComponents:

@@ -33,12 +33,13 @@ Three sources, one result (:class:`~.components.SDComponents`):
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import re
 import zipfile
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -80,8 +81,14 @@ StateDict = dict[str, torch.Tensor]
 # --------------------------------------------------------------------------------------------------
 
 
-def read_state_dict(path: str | os.PathLike, what: str = "checkpoint", fix: str | None = None) -> StateDict:
-    """Tensors of a ``.safetensors`` / ``.pt`` / ``.pth`` / ``.ckpt`` / ``.bin`` file (CPU).
+def read_state_dict(
+    path: str | os.PathLike,
+    what: str = "checkpoint",
+    fix: str | None = None,
+    device: torch.device | None = None,
+) -> StateDict:
+    """Tensors of a ``.safetensors`` / ``.pt`` / ``.pth`` / ``.ckpt`` / ``.bin`` file, on ``device``
+    (default the CPU; a GPU gets them from the file with no CPU copy).
 
     Unwraps ``{"state_dict": ...}`` (Lightning) and ``{"model": ...}`` (MiDaS training) containers.
     Missing / unreadable files raise :class:`SvEngineError` with ``fix``.
@@ -94,9 +101,9 @@ def read_state_dict(path: str | os.PathLike, what: str = "checkpoint", fix: str 
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
 
-            sd: Any = load_file(str(path))
+            sd: Any = load_file(str(path), device=str(device or "cpu"))
         else:
-            sd = torch.load(str(path), map_location="cpu", weights_only=True, mmap=_is_zip(path))
+            sd = torch.load(str(path), map_location=device or "cpu", weights_only=True, mmap=_is_zip(path))
     except Exception as exc:  # noqa: BLE001 - any read failure means a bad file
         raise SvEngineError(
             f"Cannot read the {what} {path} ({type(exc).__name__}: {exc}); the file is "
@@ -124,6 +131,22 @@ _ORIGINAL_FILES_FIX = (
 )
 
 
+@contextlib.contextmanager
+def _no_init() -> Iterator[None]:
+    """``torch.nn.init``'s functions as no-ops while a model is built on the meta device for weights that
+    come from a file: initialising meta tensors runs torch's reference decompositions, whose first use
+    imports torch._dynamo and sympy (seconds of a cold edit). As transformers' ``no_init_weights``."""
+    names = [n for n in dir(torch.nn.init) if n.endswith("_") and not n.startswith("_")]
+    saved = {n: getattr(torch.nn.init, n) for n in names}
+    for name in names:
+        setattr(torch.nn.init, name, lambda tensor, *args, **kwargs: tensor)
+    try:
+        yield
+    finally:
+        for name, fn in saved.items():
+            setattr(torch.nn.init, name, fn)
+
+
 def _instantiate(
     factory: Callable[[], torch.nn.Module],
     state_dict: StateDict,
@@ -133,7 +156,7 @@ def _instantiate(
 ) -> torch.nn.Module:
     """Build ``factory()`` and load ``state_dict`` strictly (meta-device init when possible: no random init)."""
     try:
-        with torch.device("meta"):
+        with torch.device("meta"), _no_init():
             model = factory()
     except (TypeError, ValueError, KeyError) as exc:  # a config value of the wrong kind
         raise SvEngineError(f"The {name} config in {source} is not valid ({type(exc).__name__}: {exc}).", fix) from exc
@@ -303,10 +326,11 @@ def convert_original_to_folder(
     configs: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> Path:
     """Offline conversion of the original files into the folder layout (a), safetensors, ``dtype``
-    (default fp16, halves the size; ``None`` keeps float32). Returns ``out_dir``."""
+    (default fp16, halves the size; ``None`` keeps float32; the depth model stays float32). Returns
+    ``out_dir``."""
     components = load_original_checkpoints(canny_path, depth_path, dpt_path, configs)
     if dtype is not None:
-        components.to(dtype=dtype)
+        components.to(dtype=dtype, depth_dtype=torch.float32)
     return save_components(components, out_dir)
 
 
@@ -343,17 +367,11 @@ def _weight_files(folder: Path) -> list[Path]:
 
 
 def _read_weights(files: list[Path], name: str, device: torch.device | None, dtype: torch.dtype | None) -> StateDict:
-    """The tensors of ``files`` on ``device`` (default the CPU), cast to ``dtype`` there; safetensors files
-    in one sequential read and a copy per tensor (:mod:`.safetensors_io`)."""
-    from .safetensors_io import read_safetensors
-
+    """The tensors of ``files`` on ``device`` (default the CPU), cast to ``dtype`` there. safetensors'
+    own loader straight to the GPU was the fastest route measured (benchmarks/weights_load.py)."""
     state: StateDict = {}
     for path in files:
-        if path.suffix == ".safetensors":
-            on = device or torch.device("cpu")
-            state.update(read_safetensors(path, on, pin=on.type == "cuda"))
-        else:
-            state.update(read_state_dict(path, f"{name} weights"))
+        state.update(read_state_dict(path, f"{name} weights", device=device))
     if dtype is not None:
         state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
     return state
@@ -434,7 +452,8 @@ def load_diffusers_folder(
                 )
             loaded[field] = None
             continue
-        loaded[field] = _load_pretrained(classes[field], folder, sub, dtype, device)
+        as_dtype = torch.float32 if field == "depth_model" and dtype else dtype  # see SDComponents.to
+        loaded[field] = _load_pretrained(classes[field], folder, sub, as_dtype, device)
     tokenizer = load_clip_tokenizer(root / "tokenizer") if (root / "tokenizer").is_dir() else load_clip_tokenizer()
     return SDComponents(
         tokenizer=tokenizer,
@@ -610,7 +629,7 @@ def load_components(
             f"({CONTROLNET_URL}) and {MIDAS_FILE}.",
         )
     if device is not None or dtype is not None:
-        components.to(device, dtype)
+        components.to(device, dtype, depth_dtype=torch.float32 if dtype else None)
     return components.eval()
 
 
