@@ -46,11 +46,19 @@ def check_writable(path: Path, force: bool, folder: bool = False, field: str = "
         ) from err
 
 
-def write_mp4(path: Path, frames: np.ndarray, fps: int = DEFAULT_FPS) -> str:
+#: x264's "veryfast" preset at imageio's quality 7 against imageio's defaults ("medium", quality 5), 70
+#: frames of a panned photo at 768x432 on a 2-core CPU (the bench's video_encode stage): 0.33 s against
+#: 0.72 s, 37.4 dB against 36.8 dB PSNR of the decoded frames, 1.5x the bytes. An edit's output is
+#: written once and watched: latency first, quality kept.
+H264_OPTIONS: dict[str, object] = {"quality": 7, "output_params": ["-preset", "veryfast"]}
+
+
+def write_mp4(path: Path, frames: np.ndarray, fps: int = DEFAULT_FPS, h264_options: dict | None = None) -> str:
     """frames: (T, H, W, 3) uint8. Written to a temporary name, then renamed (no half-written output).
 
-    H.264 through imageio-ffmpeg (what StableVideo writes); without it, MPEG-4 Part 2 through
-    OpenCV's bundled FFmpeg, with a warning. Returns the encoder used.
+    H.264 through imageio-ffmpeg (what StableVideo writes) with ``h264_options`` (imageio's writer
+    keywords, default :data:`H264_OPTIONS`); without it, MPEG-4 Part 2 through OpenCV's bundled FFmpeg,
+    with a warning. Returns the encoder used.
     """
     tmp = path.with_name(f".{path.stem}.partial{path.suffix}")
     try:
@@ -58,7 +66,8 @@ def write_mp4(path: Path, frames: np.ndarray, fps: int = DEFAULT_FPS) -> str:
         import imageio_ffmpeg  # noqa: F401 - without it imageio silently picks another plugin for .mp4
 
         # macro_block_size=1 keeps odd sizes exact instead of resizing (SV clips are 768x432 anyway).
-        imageio.mimwrite(tmp, list(frames), format="FFMPEG", fps=fps, macro_block_size=1)
+        options = H264_OPTIONS if h264_options is None else h264_options
+        imageio.mimwrite(tmp, list(frames), format="FFMPEG", fps=fps, macro_block_size=1, **options)
         encoder = "h264 (imageio-ffmpeg)"
     except (ImportError, ValueError, OSError) as err:
         tmp.unlink(missing_ok=True)
