@@ -21,11 +21,18 @@ lane() {  # lane GPU NAME COMMAND...
   CUDA_VISIBLE_DEVICES=$gpu timeout "${LANE_TIMEOUT:-560}" "$@" >"$OUT/$name.log" 2>&1
   echo "lane $name (GPU $gpu) exit $?"; tail -n 25 "$OUT/$name.log"
 }
+repo=$(cd "$(dirname "$0")/.." && pwd)
+before_after() {  # /tmp/v-before: $SV_BEFORE (a tree laid out as installed, benchmarks/cold_start.py); /tmp/v-after: this one
+  rm -rf /tmp/v-before /tmp/v-after && cp -r "${SV_BEFORE:?set SV_BEFORE to the before variant}" /tmp/v-before
+  mkdir -p /tmp/v-after/sv_engine && cp -r "$repo"/sv_engine/. /tmp/v-after/sv_engine/
+  for p in stablevideo engine export kernels benchmarks; do cp -r "$repo/$p" /tmp/v-after/sv_engine/$p; done
+  python3 -m compileall -q -j 0 /tmp/v-before /tmp/v-after >/dev/null 2>&1 || true
+}
 bench_models() {  # GPU 0: the model stages at 512² on every backend that runs on Hopper
   lane 0 bench-models python3 -m sv_engine.benchmarks.bench --stages text_encoder,unet_step,vae_encode,vae_decode \
     --backends torch,torch-cuda-graph,torch-compile,ort --repeat 10 --json "$OUT/bench-models.json"
 }
-case ${1:?phase: models, rest, e2e, attention, latency-cold, latency-warmup, latency-shapes, latency-compile, latency-nets, latency-load, latency-aoti or service} in
+case ${1:?phase: models, rest, e2e, attention, latency-cold, latency-warmup, latency-shapes, latency-compile, latency-nets, latency-load, latency-ahead, latency-aoti or service} in
   models)  # model stages on every backend, split over the two GPUs (torch.compile: ~94 s per UNet shape)
     bench_models &
     (  # GPU 1: the wide step and depth, then the whole edit warm + cold (the CLI on saved weights), then the GPU tests
@@ -62,11 +69,7 @@ case ${1:?phase: models, rest, e2e, attention, latency-cold, latency-warmup, lat
       --parts warm --budget-s 320 --warm-variants "torch-eager;torch-cuda-graph, background stream;torch-cuda-graph, background stream, every model in graphs;torch-cuda-graph, background stream, 0.5 ms thread switches" ;;
   latency-warmup)  # issue 16, one GPU: the clip opened and the GPU libraries loaded beside the model load, before/after
     # SV_BEFORE: a variant folder laid out as installed (benchmarks/cold_start.py); the after one is this tree.
-    repo=$(cd "$(dirname "$0")/.." && pwd)
-    rm -rf /tmp/v-before /tmp/v-after && cp -r "${SV_BEFORE:?set SV_BEFORE to the before variant}" /tmp/v-before
-    mkdir -p /tmp/v-after/sv_engine && cp -r "$repo"/sv_engine/. /tmp/v-after/sv_engine/
-    for p in stablevideo engine export kernels benchmarks; do cp -r "$repo/$p" /tmp/v-after/sv_engine/$p; done
-    python3 -m compileall -q -j 0 /tmp/v-before /tmp/v-after >/dev/null 2>&1 || true
+    before_after
     LANE_TIMEOUT=290 lane 0 cold-start python3 -m sv_engine.benchmarks.cold_start --out "$OUT/cold-start.json" \
       --variant before=/tmp/v-before --variant after=/tmp/v-after --rounds 2 --budget-s 280
     LANE_TIMEOUT=170 lane 0 first-use python3 -m sv_engine.benchmarks.first_use --out "$OUT/first-use.json" ;;
@@ -76,19 +79,22 @@ case ${1:?phase: models, rest, e2e, attention, latency-cold, latency-warmup, lat
     LANE_TIMEOUT=580 lane 0 engines-compile python3 -m sv_engine.benchmarks.engine_bench --out "$OUT/engines-compile.json" \
       --parts warm --budget-s 560 --warm-variants "torch-eager;torch-cuda-graph, background stream;torch-compile;torch-compile, dynamic shapes" ;;
   latency-nets)  # issue 16, one GPU: the pipeline's own networks against the diffusers / transformers classes, same weights
-    repo=$(cd "$(dirname "$0")/.." && pwd)
     LANE_TIMEOUT=150 lane 0 pytest-gpu python3 -m pytest -q -m gpu "$repo/tests" -p no:cacheprovider
     LANE_TIMEOUT=400 lane 0 engines-nets python3 -m sv_engine.benchmarks.engine_bench --out "$OUT/engines-nets.json" \
       --parts warm --budget-s 390 --warm-variants "torch-eager, diffusers models;torch-eager;torch-cuda-graph, background stream, diffusers models;torch-cuda-graph, background stream" ;;
   latency-load)  # issue 16, one GPU: the weights' read routes, then the cold edit before/after (SV_BEFORE as latency-warmup)
-    repo=$(cd "$(dirname "$0")/.." && pwd)
     LANE_TIMEOUT=200 lane 0 weights-load python3 -m sv_engine.benchmarks.weights_load --out "$OUT/weights-load.json"
-    rm -rf /tmp/v-before /tmp/v-after && cp -r "${SV_BEFORE:?set SV_BEFORE to the before variant}" /tmp/v-before
-    mkdir -p /tmp/v-after/sv_engine && cp -r "$repo"/sv_engine/. /tmp/v-after/sv_engine/
-    for p in stablevideo engine export kernels benchmarks; do cp -r "$repo/$p" /tmp/v-after/sv_engine/$p; done
-    python3 -m compileall -q -j 0 /tmp/v-before /tmp/v-after >/dev/null 2>&1 || true
+    before_after
     LANE_TIMEOUT=320 lane 0 cold-start python3 -m sv_engine.benchmarks.cold_start --out "$OUT/cold-start.json" \
       --variant before=/tmp/v-before --variant after=/tmp/v-after --rounds 2 --budget-s 300 ;;
+  latency-ahead)  # issue 16, one GPU: GPU tests, the loader's read threads, later keyframes' shapes captured ahead
+    # (first use), then the cold edit before/after (SV_BEFORE as latency-warmup)
+    LANE_TIMEOUT=150 lane 0 pytest-gpu python3 -m pytest -q -m gpu "$repo/tests" -p no:cacheprovider
+    LANE_TIMEOUT=150 lane 0 weights-load python3 -m sv_engine.benchmarks.weights_load --out "$OUT/weights-load.json"
+    LANE_TIMEOUT=150 lane 0 first-use python3 -m sv_engine.benchmarks.first_use --out "$OUT/first-use.json"
+    before_after
+    LANE_TIMEOUT=250 lane 0 cold-start python3 -m sv_engine.benchmarks.cold_start --out "$OUT/cold-start.json" \
+      --variant before=/tmp/v-before --variant after=/tmp/v-after --rounds 3 --budget-s 240 ;;
   latency-aoti)  # issue 16, one GPU: the AOTInductor build (dynamic h/w), its step, warm edit and cold edit
     LANE_TIMEOUT=580 lane 0 engines-aoti python3 -m sv_engine.benchmarks.engine_bench --out "$OUT/engines-aoti.json" \
       --parts "${AOTI_PARTS:-build,steps,aoti-warm,cold}" --budget-s 565 ${SV_WORK_DIR:+--work-dir "$SV_WORK_DIR"} ;;

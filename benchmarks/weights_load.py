@@ -6,11 +6,10 @@ DPT saved in the folder layout.
 
 Routes: safetensors' ``load_file`` straight to the GPU (the loader's); ``load_file`` on the CPU then
 ``.to``; the whole loader (read, build on the meta device, cast to the edit's precision: the cold edit's
-"load models" phase); each alone, and the first and the loader beside the GPU warm-up a build runs on its
-worker thread (what the load shares the process with in a cold edit). A one-read reader into a pinned
-host buffer was 3x slower than ``load_file`` (2.35 s vs 0.81 s for 4.07 GB at f609fac): pinning costs.
-The rounds alternate the routes' order; the files are in the page cache for every route (as after the
-warm edit that wrote them).
+"load models" phase), its model folders read on threads and one at a time; each alone, and the first
+and the loader beside the GPU warm-up a build runs on its worker thread (what the load shares the
+process with in a cold edit). A one-read reader into a pinned host buffer was 3x slower than
+``load_file`` (2.35 s vs 0.81 s for 4.07 GB at f609fac): pinning costs.
 """
 
 from __future__ import annotations
@@ -33,6 +32,7 @@ ROUTES = {
     "load_file on the CPU, then .to": ("load_file_cpu", False),
     "load_file to the GPU, beside the GPU warm-up": ("load_file_gpu", True),
     "the loader (reads, builds, casts)": ("loader", False),
+    "the loader, one model folder at a time": ("loader_sequential", False),
     "the loader, beside the GPU warm-up": ("loader", True),
 }
 
@@ -56,8 +56,11 @@ if profile:
     profiler.enable()
 t0 = time.perf_counter()
 total = 0
-if route == "loader":
+if route.startswith("loader"):
     from sv_engine.stablevideo.model_source import load_components
+    from sv_engine.stablevideo.models import loaders
+    if route == "loader_sequential":
+        loaders.READ_THREADS = 1
     models = load_components(device, weights=folder, precision="fp16").modules().values()
     total = sum(t.numel() * t.element_size() for m in models for t in m.state_dict().values())
     files = []

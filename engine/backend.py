@@ -277,6 +277,19 @@ class CompiledModel(ABC):
         return list(self.source.output_names)
 
     def __call__(self, **inputs: torch.Tensor) -> dict[str, torch.Tensor]:
+        return self._run(self._checked_inputs(inputs))
+
+    def prepare(self, **inputs: torch.Tensor) -> None:
+        """Gets ready for calls with the shapes and dtypes of ``inputs`` ahead of the first (their values
+        are not used): engines with per-shape work (CUDA-graph captures) start it now, on a helper thread,
+        and the first such call waits for it if it is not done. Default: nothing to do."""
+        self._get_ready(self._checked_inputs(inputs))
+
+    def _get_ready(self, inputs: dict[str, torch.Tensor]) -> None:
+        return None
+
+    def _checked_inputs(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """``inputs`` checked against the source, cast to its input dtypes, on the device, contiguous."""
         self.source.check_inputs(inputs)
         prepared = {}
         for name in self.source.input_names:
@@ -294,7 +307,7 @@ class CompiledModel(ABC):
             if t.device != self.device:
                 t = t.to(self.device)
             prepared[name] = t.contiguous()
-        return self._run(prepared)
+        return prepared
 
     @abstractmethod
     def _run(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -9,13 +9,17 @@ outputs, which is also why the torch graphs may share one memory pool).
 from __future__ import annotations
 
 import inspect
+import logging
 import threading
 import weakref
 from collections.abc import Callable, Sequence
+from concurrent.futures import Executor, Future
 
 import torch
 
 from sv_engine.errors import SvEngineError
+
+log = logging.getLogger(__name__)
 
 Tensors = dict[str, torch.Tensor]
 #: ``capture(static inputs) -> (static outputs, replay)``.
@@ -50,12 +54,52 @@ class CudaGraphCache:
         self.recapture = recapture
         self.outputs = list(outputs) if outputs is not None else None
         self._entries: dict[tuple, tuple[Tensors, Tensors, Callable[[], None]]] = {}
+        self._pending: dict[tuple, Future] = {}  # captures started by prepare, not yet waited for
+        self._lock = threading.Lock()  # the two dicts: prepare's helper thread adds entries too
 
     def __len__(self) -> int:
         return len(self._entries)
 
+    def prepare(self, inputs: Tensors, executor: Executor) -> None:
+        """Captures the graph for the shapes of ``inputs`` on ``executor``'s thread, for replays on the
+        calling thread's stream: a new shape's one-off (cuDNN's plans, the capture: 0.5-0.9 s for the
+        UNet+ControlNet on an H200) runs beside the caller's work. The first call with those shapes waits
+        for it; a capture that failed is redone there, where its error is reported."""
+        key = shape_key(inputs)
+        with self._lock:
+            if key in self._entries or key in self._pending or (self._entries and not self.recapture):
+                return
+            static_in = {n: t.clone() for n, t in inputs.items()}
+            device = next(iter(inputs.values())).device
+            caller = torch.cuda.current_stream(device) if device.type == "cuda" else None
+            self._pending[key] = executor.submit(self._capture_ahead, key, static_in, caller)
+
+    def _capture_ahead(self, key: tuple, static_in: Tensors, caller: torch.cuda.Stream | None) -> None:
+        if caller is not None:  # the static inputs were cloned on the caller's stream
+            torch.cuda.current_stream(caller.device).wait_stream(caller)
+        with torch.inference_mode():  # as the callers' replays: the static buffers are inference tensors
+            static_out, replay = self._capture()(static_in)
+        with self._lock:
+            self._store(key, (static_in, static_out, replay))
+
+    def _store(self, key: tuple, entry: tuple[Tensors, Tensors, Callable[[], None]]) -> None:
+        if self.max_shapes is not None and len(self._entries) >= self.max_shapes:
+            del self._entries[next(iter(self._entries))]
+        self._entries[key] = entry
+
+    def _wait_for_prepared(self, key: tuple) -> None:
+        with self._lock:
+            pending = self._pending.pop(key, None)
+        if pending is None:
+            return
+        try:
+            pending.result()
+        except Exception as exc:  # noqa: BLE001 - the call below captures again and reports its own error
+            log.info("%s: the capture ahead failed (%s); capturing on first use", self.name, exc)
+
     def __call__(self, inputs: Tensors) -> Tensors:
         key = shape_key(inputs)
+        self._wait_for_prepared(key)
         if key not in self._entries:
             if self._entries and not self.recapture:
                 captured = next(iter(self._entries))
@@ -64,11 +108,10 @@ class CudaGraphCache:
                     f"{[(n, s) for n, s, _ in captured]}; got {[(n, s) for n, s, _ in key]}.",
                     "Create one session per shape, or drop the cuda_graphs option for dynamic shapes.",
                 )
-            if self.max_shapes is not None and len(self._entries) >= self.max_shapes:
-                del self._entries[next(iter(self._entries))]
             static_in = {n: t.clone() for n, t in inputs.items()}
             static_out, replay = self._capture()(static_in)
-            self._entries[key] = (static_in, static_out, replay)
+            with self._lock:
+                self._store(key, (static_in, static_out, replay))
         static_in, static_out, replay = self._entries[key]
         for n, t in inputs.items():
             static_in[n].copy_(t)
@@ -88,17 +131,19 @@ def capture_cuda_graph(
 ) -> tuple[object, Callable[[], None]]:
     """``(what step returned inside the capture, replay)``: ``step`` runs ``warmup_calls`` times on a
     side stream first (cuDNN/cuBLAS/TensorRT choose algorithms and allocate workspaces outside the
-    capture), then once under capture into ``pool``. Captures are serialized (:data:`_CAPTURE_LOCK`);
-    the capture mode is thread-local, so another thread's launches and replays meanwhile (the background
-    edit beside the keyframe loop) neither break it nor are refused."""
+    capture), then once under capture into ``pool``. Captures are serialized (:data:`_CAPTURE_LOCK`),
+    the warm-up calls are not: they are most of a new shape's one-off (cuDNN's plans), and threads
+    warming up different shapes do it in parallel. The capture mode is thread-local, so another thread's
+    launches meanwhile (warm-up calls, replays of the background edit beside the keyframe loop) neither
+    break it nor are refused."""
+    current = torch.cuda.current_stream(device)
+    side = torch.cuda.Stream(device)
+    side.wait_stream(current)
+    with torch.cuda.stream(side):
+        for _ in range(warmup_calls):
+            step()
+    current.wait_stream(side)
     with _CAPTURE_LOCK:
-        current = torch.cuda.current_stream(device)
-        side = torch.cuda.Stream(device)
-        side.wait_stream(current)
-        with torch.cuda.stream(side):
-            for _ in range(warmup_calls):
-                step()
-        current.wait_stream(side)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph, pool=pool, capture_error_mode="thread_local"):
             captured = step()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import torch
 from sv_engine.engine.backend import Backend, CompiledModel, ModelSource
@@ -43,6 +44,12 @@ def _capture(
     outs, replay = capture_cuda_graph(lambda: module(*args), device, warmup_calls, pool)
     outs = (outs,) if isinstance(outs, torch.Tensor) else outs
     return dict(zip(source.output_names, outs, strict=True)), replay
+
+
+@functools.cache
+def capture_ahead_executor() -> ThreadPoolExecutor:
+    """The one helper thread that captures graphs ahead of their first use (CudaGraphCache.prepare)."""
+    return ThreadPoolExecutor(max_workers=1, thread_name_prefix="sv-capture-ahead")
 
 
 class CudaGraphModel(CompiledModel):
@@ -89,6 +96,10 @@ class CudaGraphModel(CompiledModel):
         # Inference mode throughout, as TorchModel: the static buffers are inference tensors.
         with torch.inference_mode():
             return self._graphs()(inputs)
+
+    def _get_ready(self, inputs: dict[str, torch.Tensor]) -> None:
+        with torch.inference_mode():
+            self._graphs().prepare(inputs, capture_ahead_executor())
 
 
 class TorchBackend(Backend):

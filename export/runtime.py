@@ -108,17 +108,27 @@ def _thread_safe_as(model: CompiledModel, call: Callable) -> Callable:
 
 
 def _unet_controlnet_call(model: CompiledModel) -> Callable:
+    def inputs(
+        latent: torch.Tensor, t: torch.Tensor, emb: torch.Tensor, control: torch.Tensor, scale: float
+    ) -> dict[str, torch.Tensor]:
+        # The graph takes one timestep for the batch and the control scale as a runtime input.
+        return {
+            "sample": latent,
+            "timestep": t.reshape(-1)[:1].float(),
+            "encoder_hidden_states": emb,
+            "controlnet_cond": control,
+            "control_scale": torch.full((1,), float(scale), device=latent.device, dtype=torch.float32),
+        }
+
     def call(
         latent: torch.Tensor, t: torch.Tensor, emb: torch.Tensor, control: torch.Tensor, scale: float
     ) -> torch.Tensor:
-        # The graph takes one timestep for the batch and the control scale as a runtime input.
-        timestep = t.reshape(-1)[:1].float()
-        scale_t = torch.full((1,), float(scale), device=latent.device, dtype=torch.float32)
-        out = model(
-            sample=latent, timestep=timestep, encoder_hidden_states=emb, controlnet_cond=control, control_scale=scale_t
-        )
-        return out["noise_pred"].to(latent.dtype)
+        return model(**inputs(latent, t, emb, control, scale))["noise_pred"].to(latent.dtype)
 
+    def prepare(latent: torch.Tensor, t: torch.Tensor, emb: torch.Tensor, control: torch.Tensor, scale: float) -> None:
+        model.prepare(**inputs(latent, t, emb, control, scale))
+
+    call.prepare = prepare  # read by ControlledDenoiser.prepare
     return _thread_safe_as(model, call)
 
 

@@ -90,8 +90,11 @@ def edit_foreground(
     atlases: list[torch.Tensor] = []
     edits: list[np.ndarray] = []
     edit_tensors: list[torch.Tensor] = []
-    for i, (crop, grid) in enumerate(zip(crops, grids, strict=False)):
-        source = resize_image(tensor_to_image(crop.image), params.image_resolution)
+    sources = [resize_image(tensor_to_image(crop.image), params.image_resolution) for crop in crops]
+    sizes = [source.shape[:2] for source in sources]
+    # the later keyframes' new generation sizes get ready while the first ones are edited
+    denoiser.prepare(dict.fromkeys(size for size in sizes[1:] if size != sizes[0]))
+    for i, (crop, grid, source) in enumerate(zip(crops, grids, sources, strict=True)):
         height, width = source.shape[:2]
         control = canny_control(source, params.canny_low, params.canny_high)
         common = dict(

@@ -5,7 +5,9 @@ The real graphs are tested on the GPU (tests/test_engine_gpu.py)."""
 from __future__ import annotations
 
 import gc
+import threading
 import weakref
+from concurrent.futures import ThreadPoolExecutor
 from types import SimpleNamespace
 
 import pytest
@@ -22,10 +24,14 @@ class Double(torch.nn.Module):
 
 @pytest.fixture
 def fake_cuda(monkeypatch: pytest.MonkeyPatch) -> SimpleNamespace:
-    state = SimpleNamespace(stream=1, captures=[], pools=[])
+    state = SimpleNamespace(stream=1, captures=[], pools=[], threads=[], fail_next=False)
 
     def capture(step, device, warmup_calls, pool):
+        if state.fail_next:
+            state.fail_next = False
+            raise RuntimeError("capture failed")
         state.captures.append((state.stream, pool))
+        state.threads.append(threading.current_thread().name)
         out = step()
         return out, lambda: out.copy_(step())  # a replay writes the static outputs from the static inputs
 
@@ -85,3 +91,33 @@ def test_a_dropped_model_is_freed_without_the_cycle_collector(fake_cuda: SimpleN
         assert gone() is None and module() is None, "a reference cycle keeps the CUDA-graph model alive"
     finally:
         gc.enable()
+
+
+def test_a_shape_prepared_ahead_is_captured_on_the_helper_thread_for_the_callers_stream(
+    fake_cuda: SimpleNamespace, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    helper = ThreadPoolExecutor(1, thread_name_prefix="ahead")
+    monkeypatch.setattr(torch_backend, "capture_ahead_executor", lambda: helper)
+    model = _model()
+    model.prepare(x=torch.zeros(6))  # the values are not used: zeros, as ControlledDenoiser.prepare's
+    model.prepare(x=torch.zeros(6))  # once per shape
+    x = torch.arange(6.0)
+    assert torch.equal(model._run({"x": x})["y"], x * 2)
+    assert fake_cuda.threads == ["ahead_0"], "captured once, on the helper thread"
+    fake_cuda.stream = 2  # another stream's calls get their own graphs, not the prepared one
+    assert torch.equal(model._run({"x": x})["y"], x * 2) and len(fake_cuda.captures) == 2
+    fake_cuda.stream = 1
+    assert torch.equal(model._run({"x": torch.arange(3.0)})["y"], torch.arange(3.0) * 2)
+    assert fake_cuda.threads[1:] == [threading.current_thread().name] * 2, "unprepared: on first use"
+    assert fake_cuda.captures[0][1] is fake_cuda.captures[2][1], "the prepared graph is in the stream's pool"
+
+
+def test_a_failed_capture_ahead_is_redone_on_first_use(fake_cuda: SimpleNamespace, monkeypatch) -> None:
+    helper = ThreadPoolExecutor(1)
+    monkeypatch.setattr(torch_backend, "capture_ahead_executor", lambda: helper)
+    model = _model()
+    fake_cuda.fail_next = True
+    model.prepare(x=torch.zeros(5))
+    x = torch.arange(5.0)
+    assert torch.equal(model._run({"x": x})["y"], x * 2)
+    assert fake_cuda.threads == [threading.current_thread().name]

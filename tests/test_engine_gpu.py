@@ -132,6 +132,28 @@ def test_torch_cuda_graphs_on_two_streams_at_once(exported):
             assert compare(ref, out)["max_rel"] < 1e-5
 
 
+def test_a_shape_captured_ahead_replays_what_a_capture_on_first_use_does(exported):
+    """CudaGraphModel.prepare: the large shape's graph captured on the helper thread while this thread
+    warms up, captures and replays the small one (the keyframe chain's first keyframe); the prepared
+    graph's answers equal, bit for bit, those of a model that captured it on first use."""
+    from sv_engine.engine.registry import get_backend
+
+    specs, _ = exported
+    spec = specs["unet_controlnet_canny"]
+    small, large = spec.symbol_ranges()["h"][0], spec.symbol_ranges()["h"][2]
+    ahead, plain = (get_backend("torch", device="cuda", cuda_graphs=True).compile(spec.model_source()) for _ in "ab")
+    first = spec.sample_inputs("opt", seed=0, device="cuda", h=small)
+    later = [spec.sample_inputs("opt", seed=s, device="cuda", h=large) for s in (1, 2)]
+    ahead.prepare(**{n: torch.zeros_like(t) for n, t in later[0].items()})
+    for _ in range(3):
+        ahead(**first)
+    for x in later:
+        got, want = ahead(**x), plain(**x)
+        for key in spec.output_names():
+            assert torch.equal(got[key], want[key]), key
+    assert len(ahead._graphs()) == 2, "the prepared shape was not captured again"
+
+
 def test_ort_cuda_fused_attention_fp16(tmp_path):
     """The ORT attention form in fp16 on the CUDA EP (flash / memory-efficient MultiHeadAttention)
     keeps the fp32 reference's direction, as the per-component fp16 bound asks."""

@@ -162,3 +162,23 @@ def test_estimate_depth(tiny):
     assert wide.shape == (64, 128)
     with pytest.raises(SvEngineError):
         estimate_depth(tiny.depth_model, np.zeros((64, 64), np.uint8))
+
+
+def test_prepare_hands_the_engine_the_inputs_a_step_at_that_size_gives_it(tiny):
+    """The shapes and dtypes a CUDA-graph engine captures ahead are those of the real CFG steps."""
+    seen: dict[str, list] = {"prepare": [], "call": []}
+
+    def signature(*tensors: torch.Tensor) -> tuple:
+        return tuple((tuple(x.shape), x.dtype, x.device) for x in tensors)
+
+    def fake(latent_2b, t_2b, emb_2b, control_2b, scale):
+        seen["call"].append(signature(latent_2b, t_2b, emb_2b, control_2b))
+        return torch.zeros_like(latent_2b)
+
+    fake.prepare = lambda *args: seen["prepare"].append(signature(*args[:4]))
+    den = ControlledDenoiser(tiny, "canny", unet_controlnet=fake)
+    den.prepare([(64, 96)])
+    emb = den.encode_text("x")
+    den.eps(torch.zeros(1, 4, 8, 12), 51, emb, emb, torch.zeros(1, 3, 64, 96), 1.0, 9.0)
+    assert seen["prepare"] == seen["call"] and len(seen["call"]) == 1
+    ControlledDenoiser(tiny, "canny").prepare([(64, 96)])  # the torch modules: nothing to prepare

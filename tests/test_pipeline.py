@@ -27,10 +27,15 @@ def components():
 
 
 @pytest.fixture(scope="module")
-def edit(components) -> EditResult:
-    return StableVideoPipeline(components, torch.device("cpu")).edit(
-        demo_data_dir(), EditParams("a red toy", "snowy hills", **FAST)
-    )
+def pipeline(components) -> StableVideoPipeline:
+    """One pipeline for the module: its later edits reuse the opened demo clip (its maps take most of an
+    edit on the CPU)."""
+    return StableVideoPipeline(components, torch.device("cpu"))
+
+
+@pytest.fixture(scope="module")
+def edit(pipeline) -> EditResult:
+    return pipeline.edit(demo_data_dir(), EditParams("a red toy", "snowy hills", **FAST))
 
 
 def test_edit_shapes_and_timings(edit: EditResult) -> None:
@@ -245,3 +250,39 @@ def test_a_clip_given_to_the_build_opens_while_the_models_load(edit: EditResult,
     result = runtime.pipeline.edit(demo_data_dir(), EditParams("a red toy", "snowy hills", **FAST))
     assert len(reads) == 1
     assert np.array_equal(result.frames, edit.frames)
+
+
+def test_the_later_keyframes_new_sizes_are_prepared_before_the_first_step(pipeline, edit, monkeypatch) -> None:
+    """edit_foreground tells the denoiser the generation sizes of keyframes 2.. that differ from the first
+    one's before its first step (a CUDA-graph engine captures them meanwhile)."""
+    from sv_engine.stablevideo.models.diffusion import ControlledDenoiser
+
+    prepared: list[tuple[int, int, list]] = []
+    steps: list[tuple[int, tuple[int, int]]] = []
+    guided = ControlledDenoiser._guided
+
+    def record_step(self, latents, *args, **kwargs):
+        steps.append((id(self), tuple(s * self.latent_factor for s in latents.shape[-2:])))
+        return guided(self, latents, *args, **kwargs)
+
+    monkeypatch.setattr(ControlledDenoiser, "_guided", record_step)
+    # the demo's crops all come out square: the later keyframes generated at other sizes instead
+    from sv_engine.stablevideo import foreground as foreground_module
+
+    resized: list[int] = []
+    resize = foreground_module.resize_image
+
+    def sizes_by_keyframe(image, resolution):
+        resized.append(resolution)
+        return resize(image, (128, 192, 128)[len(resized) - 1])
+
+    monkeypatch.setattr(foreground_module, "resize_image", sizes_by_keyframe)
+    monkeypatch.setattr(
+        ControlledDenoiser, "prepare", lambda self, sizes: prepared.append((id(self), len(steps), list(sizes)))
+    )
+    params = EditParams("a red toy", "snowy hills", **{**FAST, "steps": 2})
+    pipeline.edit(demo_data_dir(), params)
+    [(fg, steps_before, sizes)] = prepared
+    fg_sizes = list(dict.fromkeys(size for who, size in steps if who == fg))
+    assert fg_sizes == [(128, 128), (192, 192)]
+    assert sizes == fg_sizes[1:] and not [s for who, s in steps[:steps_before] if who == fg]

@@ -34,12 +34,14 @@ Three sources, one result (:class:`~.components.SDComponents`):
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import os
 import re
 import zipfile
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -377,11 +379,8 @@ def _read_weights(files: list[Path], name: str, device: torch.device | None, dty
     return state
 
 
-def _load_pretrained(
-    cls: Any, folder: Path, name: str, dtype: torch.dtype | None, device: torch.device | None = None
-) -> torch.nn.Module:
-    """A model folder (``config.json`` + weights) as ``cls``, built on the meta device and given the file's
-    tensors: no random init, and with ``device`` the weights go from the file to the GPU directly."""
+def _model_folder(folder: Path, name: str) -> tuple[dict, list[Path]]:
+    """A model folder's ``config.json`` and weight files, checked."""
     config_path = folder / "config.json"
     if not config_path.is_file():
         raise SvEngineError(
@@ -394,14 +393,16 @@ def _load_pretrained(
             f"{folder} has no weights ({' / '.join(_WEIGHT_FILES)}).", f"Copy the {name} weights into {folder}."
         )
     try:
-        config = json.loads(config_path.read_text())
+        return json.loads(config_path.read_text()), files
     except (OSError, ValueError) as exc:
         raise SvEngineError(
             f"Cannot read {config_path} ({exc}).", f"Re-download or re-convert the {name} (corrupt config)."
         ) from exc
-    fix = f"Re-download or re-convert the {name} weights in {folder} (an SD 1.5-family {name} in its library's format)."
-    weights = _read_weights(files, name, device, dtype)
-    return _instantiate(lambda: cls.from_config(config), weights, name, str(folder), fix)
+
+
+#: Model folders whose weights are read at once (threads: the reads and host-to-GPU copies run without
+#: the GIL); the models are built one after another meanwhile, on the calling thread.
+READ_THREADS = 4
 
 
 def load_diffusers_folder(
@@ -442,18 +443,36 @@ def load_diffusers_folder(
     if "dpt" in need:
         required.add("depth_model")
     loaded: dict[str, torch.nn.Module | None] = {}
+    present: dict[str, tuple[dict, list[Path]]] = {}
     for field, sub in FOLDER_SUBDIRS.items():
-        folder = root / sub
-        if not folder.is_dir():
-            if field in required:
-                raise SvEngineError(
-                    f"Model folder {root} has no {sub}/ subfolder.",
-                    f"Add {sub}/ (config.json + weights) or convert the original checkpoints.",
-                )
+        if (root / sub).is_dir():
+            present[field] = _model_folder(root / sub, sub)
+        elif field in required:
+            raise SvEngineError(
+                f"Model folder {root} has no {sub}/ subfolder.",
+                f"Add {sub}/ (config.json + weights) or convert the original checkpoints.",
+            )
+        else:
             loaded[field] = None
-            continue
-        as_dtype = torch.float32 if field == "depth_model" and dtype else dtype  # see SDComponents.to
-        loaded[field] = _load_pretrained(classes[field], folder, sub, as_dtype, device)
+    with ThreadPoolExecutor(READ_THREADS, thread_name_prefix="sv-read-weights") as pool:
+        reads = {
+            field: pool.submit(
+                _read_weights,
+                files,
+                FOLDER_SUBDIRS[field],
+                device,
+                torch.float32 if field == "depth_model" and dtype else dtype,  # see SDComponents.to
+            )
+            for field, (_, files) in present.items()
+        }
+        for field, (config, _) in present.items():
+            sub = FOLDER_SUBDIRS[field]
+            fix = (
+                f"Re-download or re-convert the {sub} weights in {root / sub} "
+                f"(an SD 1.5-family {sub} in its library's format)."
+            )
+            build = functools.partial(classes[field].from_config, config)
+            loaded[field] = _instantiate(build, reads[field].result(), sub, str(root / sub), fix)
     tokenizer = load_clip_tokenizer(root / "tokenizer") if (root / "tokenizer").is_dir() else load_clip_tokenizer()
     return SDComponents(
         tokenizer=tokenizer,
