@@ -38,13 +38,16 @@ DENOISER_CALLS = ("unet_controlnet", "text_encode", "vae_encode", "vae_decode")
 
 def instrument_denoisers(pipeline: object, wrap: Callable[[str, Callable], Callable]) -> None:
     """Replaces each network call of the pipeline's fg and bg denoisers by ``wrap(name, call)`` (names
-    like ``"fg unet_controlnet"``); each wrapper keeps the ``thread_safe`` of the call it wraps, which
-    the pipeline reads before it runs the background beside the keyframe loop."""
+    like ``"fg unet_controlnet"``); each wrapper keeps what the pipeline reads off the call it wraps:
+    ``thread_safe`` (before it runs the background beside the keyframe loop) and ``prepare`` (the later
+    keyframes' sizes captured ahead, ControlledDenoiser.prepare)."""
     for side, denoiser in (("fg", pipeline.fg_denoiser), ("bg", pipeline.bg_denoiser)):  # type: ignore[attr-defined]
         for attr in DENOISER_CALLS:
             call = getattr(denoiser, attr)
             wrapped = wrap(f"{side} {attr}", call)
             wrapped.thread_safe = getattr(call, "thread_safe", True)  # type: ignore[attr-defined]
+            if hasattr(call, "prepare"):
+                wrapped.prepare = call.prepare  # type: ignore[attr-defined]
             setattr(denoiser, attr, wrapped)
 
 

@@ -680,3 +680,26 @@ def test_warm_edits_hand_over_each_variants_result_as_it_is_measured(tmp_path):
         None, tmp_path, torch.device("cpu"), ["a", "b"], deadline=-1.0, progress=lambda d: seen.append(list(d))
     )
     assert seen == [["a"], ["a", "b"]] and out == {v: {"status": "skipped", "reason": "time budget"} for v in "ab"}
+
+
+def test_instrumented_calls_keep_what_the_pipeline_reads_off_them():
+    """The timing wrappers keep ``thread_safe`` and ``prepare`` (the background overlap and the capture
+    ahead of the later keyframes' sizes would silently stop in an instrumented benchmark otherwise)."""
+    from types import SimpleNamespace
+
+    from sv_engine.benchmarks.timing import DENOISER_CALLS, instrument_denoisers
+
+    def call(*args):
+        return "out"
+
+    call.thread_safe, call.prepare = False, object()
+    plain = lambda *args: "plain"  # noqa: E731
+    denoisers = {side: SimpleNamespace(**{a: call if side == "f" else plain for a in DENOISER_CALLS}) for side in "fb"}
+    pipeline = SimpleNamespace(fg_denoiser=denoisers["f"], bg_denoiser=denoisers["b"])
+    seen = []
+    instrument_denoisers(pipeline, lambda name, fn: lambda *a: seen.append(name) or fn(*a))
+    first = getattr(pipeline.fg_denoiser, DENOISER_CALLS[0])
+    assert first() == "out" and seen == [f"fg {DENOISER_CALLS[0]}"]
+    assert first.thread_safe is False and first.prepare is call.prepare
+    other = getattr(pipeline.bg_denoiser, DENOISER_CALLS[0])
+    assert other.thread_safe is True and not hasattr(other, "prepare")
