@@ -88,13 +88,16 @@ case ${1:?phase: models, rest, e2e, attention, latency-cold, latency-warmup, lat
     LANE_TIMEOUT=320 lane 0 cold-start python3 -m sv_engine.benchmarks.cold_start --out "$OUT/cold-start.json" \
       --variant before=/tmp/v-before --variant after=/tmp/v-after --rounds 2 --budget-s 300 ;;
   latency-ahead)  # issue 16, one GPU: GPU tests, the loader's read threads, later keyframes' shapes captured ahead
-    # (first use), then the cold edit before/after (SV_BEFORE as latency-warmup)
-    LANE_TIMEOUT=150 lane 0 pytest-gpu python3 -m pytest -q -m gpu "$repo/tests" -p no:cacheprovider
-    LANE_TIMEOUT=150 lane 0 weights-load python3 -m sv_engine.benchmarks.weights_load --out "$OUT/weights-load.json"
-    LANE_TIMEOUT=150 lane 0 first-use python3 -m sv_engine.benchmarks.first_use --out "$OUT/first-use.json"
-    before_after
-    LANE_TIMEOUT=250 lane 0 cold-start python3 -m sv_engine.benchmarks.cold_start --out "$OUT/cold-start.json" \
-      --variant before=/tmp/v-before --variant after=/tmp/v-after --rounds 3 --budget-s 240 ;;
+    # (first use), then the cold edit before/after (SV_BEFORE as latency-warmup); AHEAD_PARTS picks the parts
+    parts=",${AHEAD_PARTS:-tests,load,first-use,cold},"
+    [[ $parts == *,tests,* ]] && LANE_TIMEOUT=150 lane 0 pytest-gpu python3 -m pytest -q -m gpu "$repo/tests" -p no:cacheprovider
+    [[ $parts == *,load,* ]] && LANE_TIMEOUT=150 lane 0 weights-load python3 -m sv_engine.benchmarks.weights_load --out "$OUT/weights-load.json"
+    [[ $parts == *,first-use,* ]] && LANE_TIMEOUT=150 lane 0 first-use python3 -m sv_engine.benchmarks.first_use --out "$OUT/first-use.json"
+    if [[ $parts == *,cold,* ]]; then
+      before_after
+      LANE_TIMEOUT=${COLD_TIMEOUT:-250} lane 0 cold-start python3 -m sv_engine.benchmarks.cold_start --out "$OUT/cold-start.json" \
+        --variant before=/tmp/v-before --variant after=/tmp/v-after --rounds "${COLD_ROUNDS:-3}" --budget-s $(( ${COLD_TIMEOUT:-250} - 10 ))
+    fi ;;
   latency-aoti)  # issue 16, one GPU: the AOTInductor build (dynamic h/w), its step, warm edit and cold edit
     LANE_TIMEOUT=580 lane 0 engines-aoti python3 -m sv_engine.benchmarks.engine_bench --out "$OUT/engines-aoti.json" \
       --parts "${AOTI_PARTS:-build,steps,aoti-warm,cold}" --budget-s 565 ${SV_WORK_DIR:+--work-dir "$SV_WORK_DIR"} ;;
