@@ -62,8 +62,10 @@ class CallTimes:
         self.rows: list[tuple[int, str, str, float]] = []
 
     def _sync(self) -> None:
+        # The calling thread's stream, not the device: a device-wide sync is refused while another thread
+        # captures a CUDA graph (the background's, or a later keyframe's captured ahead).
         if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
+            torch.cuda.current_stream(self.device).synchronize()
 
     def wrap(self, name: str, fn: Callable) -> Callable:
         def timed(*args: Any, **kwargs: Any) -> Any:
