@@ -396,7 +396,7 @@ def warm_edits(
                 models=spec.models,
                 options=make_options(backend, **dict(spec.options)) if spec.options else None,
             )
-            given = None
+            given = own = None
             if spec.library_models:
                 from sv_engine.benchmarks.library_models import as_library_models
                 from sv_engine.stablevideo.model_source import load_components
@@ -445,7 +445,7 @@ def warm_edits(
             log.info(
                 "warm %s: %s", variant, {k: v for k, v in out[variant].items() if k != "calls" and "timings" not in k}
             )
-            del pipeline, runtime, result, first, calls, given
+            del pipeline, runtime, result, first, calls, given, own  # own: the library twins' tensors
         except Exception as exc:  # noqa: BLE001
             out[variant] = _error(exc)
         torch.cuda.empty_cache()
