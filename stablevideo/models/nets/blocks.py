@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -537,6 +538,65 @@ class Transformer2DModel(nn.Module):
 # --------------------------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class ResnetSettings:
+    """What the ResNets of one block share (diffusers' per-block ``resnet_*`` arguments)."""
+
+    temb_channels: int | None
+    eps: float
+    groups: int
+    dropout: float
+    act: str
+    output_scale_factor: float
+
+    def block(self, in_channels: int, out_channels: int, groups_out: int | None = None) -> ResnetBlock2D:
+        return ResnetBlock2D(
+            in_channels=in_channels,
+            out_channels=out_channels,
+            temb_channels=self.temb_channels,
+            eps=self.eps,
+            groups=self.groups,
+            groups_out=groups_out,
+            dropout=self.dropout,
+            non_linearity=self.act,
+            output_scale_factor=self.output_scale_factor,
+        )
+
+
+@dataclass(frozen=True)
+class CrossAttentionSettings:
+    """What the Transformer2DModels of one block share."""
+
+    heads: int
+    cross_attention_dim: int
+    groups: int
+    use_linear_projection: bool
+    upcast_attention: bool
+
+    def block(self, channels: int, num_layers: int) -> Transformer2DModel:
+        return Transformer2DModel(
+            self.heads,
+            channels // self.heads,
+            in_channels=channels,
+            num_layers=num_layers,
+            cross_attention_dim=self.cross_attention_dim,
+            norm_num_groups=self.groups,
+            use_linear_projection=self.use_linear_projection,
+            upcast_attention=self.upcast_attention,
+        )
+
+
+def _up_in_channels(i: int, num_layers: int, in_channels: int, prev_output_channel: int, out_channels: int) -> int:
+    """An up block's ResNet ``i`` input: the previous layer's output (the block before's for the first)
+    concatenated with its skip connection (the down block's input for the last)."""
+    return (prev_output_channel if i == 0 else out_channels) + (in_channels if i == num_layers - 1 else out_channels)
+
+
+def per_layer(value: int | list[int], num_layers: int) -> list[int]:
+    """``transformer_layers_per_block``: one count for every layer, or one per layer."""
+    return [value] * num_layers if isinstance(value, int) else list(value)
+
+
 class CrossAttnDownBlock2D(nn.Module):
     """``num_layers`` × (ResNet, Transformer2DModel), then an optional stride-2 conv; returns the output and
     every layer's output (the UNet's skip connections / the ControlNet's residuals)."""
@@ -564,34 +624,15 @@ class CrossAttnDownBlock2D(nn.Module):
     ) -> None:
         super().__init__()
         self.num_attention_heads = num_attention_heads
-        if isinstance(transformer_layers_per_block, int):
-            transformer_layers_per_block = [transformer_layers_per_block] * num_layers
+        layers = per_layer(transformer_layers_per_block, num_layers)
+        resnet = ResnetSettings(temb_channels, resnet_eps, resnet_groups, dropout, resnet_act_fn, output_scale_factor)
+        attention = CrossAttentionSettings(
+            num_attention_heads, cross_attention_dim, resnet_groups, use_linear_projection, upcast_attention
+        )
         resnets, attentions = [], []
         for i in range(num_layers):  # construction order = diffusers' (RNG parity): resnet i, then attention i
-            resnets.append(
-                ResnetBlock2D(
-                    in_channels=in_channels if i == 0 else out_channels,
-                    out_channels=out_channels,
-                    temb_channels=temb_channels,
-                    eps=resnet_eps,
-                    groups=resnet_groups,
-                    dropout=dropout,
-                    non_linearity=resnet_act_fn,
-                    output_scale_factor=output_scale_factor,
-                )
-            )
-            attentions.append(
-                Transformer2DModel(
-                    num_attention_heads,
-                    out_channels // num_attention_heads,
-                    in_channels=out_channels,
-                    num_layers=transformer_layers_per_block[i],
-                    cross_attention_dim=cross_attention_dim,
-                    norm_num_groups=resnet_groups,
-                    use_linear_projection=use_linear_projection,
-                    upcast_attention=upcast_attention,
-                )
-            )
+            resnets.append(resnet.block(in_channels if i == 0 else out_channels, out_channels))
+            attentions.append(attention.block(out_channels, layers[i]))
         self.attentions = nn.ModuleList(attentions)
         self.resnets = nn.ModuleList(resnets)
         self.downsamplers = (
@@ -639,20 +680,9 @@ class DownBlock2D(nn.Module):
         downsample_padding: int = 1,
     ) -> None:
         super().__init__()
+        resnet = ResnetSettings(temb_channels, resnet_eps, resnet_groups, dropout, resnet_act_fn, output_scale_factor)
         self.resnets = nn.ModuleList(
-            [
-                ResnetBlock2D(
-                    in_channels=in_channels if i == 0 else out_channels,
-                    out_channels=out_channels,
-                    temb_channels=temb_channels,
-                    eps=resnet_eps,
-                    groups=resnet_groups,
-                    dropout=dropout,
-                    non_linearity=resnet_act_fn,
-                    output_scale_factor=output_scale_factor,
-                )
-                for i in range(num_layers)
-            ]
+            [resnet.block(in_channels if i == 0 else out_channels, out_channels) for i in range(num_layers)]
         )
         self.downsamplers = (
             nn.ModuleList(
@@ -704,49 +734,19 @@ class UNetMidBlock2DCrossAttn(nn.Module):
         self.in_channels = in_channels
         self.out_channels = out_channels
         self.num_attention_heads = num_attention_heads
-        if isinstance(transformer_layers_per_block, int):
-            transformer_layers_per_block = [transformer_layers_per_block] * num_layers
+        layers = per_layer(transformer_layers_per_block, num_layers)
         resnet_groups_out = resnet_groups_out or resnet_groups
-
-        resnets = [
-            ResnetBlock2D(
-                in_channels=in_channels,
-                out_channels=out_channels,
-                temb_channels=temb_channels,
-                eps=resnet_eps,
-                groups=resnet_groups,
-                groups_out=resnet_groups_out,
-                dropout=dropout,
-                non_linearity=resnet_act_fn,
-                output_scale_factor=output_scale_factor,
-            )
-        ]
-        attentions = []
+        resnet = ResnetSettings(
+            temb_channels, resnet_eps, resnet_groups_out, dropout, resnet_act_fn, output_scale_factor
+        )
+        first = replace(resnet, groups=resnet_groups).block(in_channels, out_channels, groups_out=resnet_groups_out)
+        attention = CrossAttentionSettings(
+            num_attention_heads, cross_attention_dim, resnet_groups_out, use_linear_projection, upcast_attention
+        )
+        resnets, attentions = [first], []
         for i in range(num_layers):
-            attentions.append(
-                Transformer2DModel(
-                    num_attention_heads,
-                    out_channels // num_attention_heads,
-                    in_channels=out_channels,
-                    num_layers=transformer_layers_per_block[i],
-                    cross_attention_dim=cross_attention_dim,
-                    norm_num_groups=resnet_groups_out,
-                    use_linear_projection=use_linear_projection,
-                    upcast_attention=upcast_attention,
-                )
-            )
-            resnets.append(
-                ResnetBlock2D(
-                    in_channels=out_channels,
-                    out_channels=out_channels,
-                    temb_channels=temb_channels,
-                    eps=resnet_eps,
-                    groups=resnet_groups_out,
-                    dropout=dropout,
-                    non_linearity=resnet_act_fn,
-                    output_scale_factor=output_scale_factor,
-                )
-            )
+            attentions.append(attention.block(out_channels, layers[i]))
+            resnets.append(resnet.block(out_channels, out_channels))
         self.attentions = nn.ModuleList(attentions)
         self.resnets = nn.ModuleList(resnets)
 
@@ -790,36 +790,19 @@ class CrossAttnUpBlock2D(nn.Module):
         super().__init__()
         self.num_attention_heads = num_attention_heads
         self.resolution_idx = resolution_idx
-        if isinstance(transformer_layers_per_block, int):
-            transformer_layers_per_block = [transformer_layers_per_block] * num_layers
+        layers = per_layer(transformer_layers_per_block, num_layers)
+        resnet = ResnetSettings(temb_channels, resnet_eps, resnet_groups, dropout, resnet_act_fn, output_scale_factor)
+        attention = CrossAttentionSettings(
+            num_attention_heads, cross_attention_dim, resnet_groups, use_linear_projection, upcast_attention
+        )
         resnets, attentions = [], []
         for i in range(num_layers):
-            res_skip_channels = in_channels if (i == num_layers - 1) else out_channels
-            resnet_in_channels = prev_output_channel if i == 0 else out_channels
             resnets.append(
-                ResnetBlock2D(
-                    in_channels=resnet_in_channels + res_skip_channels,
-                    out_channels=out_channels,
-                    temb_channels=temb_channels,
-                    eps=resnet_eps,
-                    groups=resnet_groups,
-                    dropout=dropout,
-                    non_linearity=resnet_act_fn,
-                    output_scale_factor=output_scale_factor,
+                resnet.block(
+                    _up_in_channels(i, num_layers, in_channels, prev_output_channel, out_channels), out_channels
                 )
             )
-            attentions.append(
-                Transformer2DModel(
-                    num_attention_heads,
-                    out_channels // num_attention_heads,
-                    in_channels=out_channels,
-                    num_layers=transformer_layers_per_block[i],
-                    cross_attention_dim=cross_attention_dim,
-                    norm_num_groups=resnet_groups,
-                    use_linear_projection=use_linear_projection,
-                    upcast_attention=upcast_attention,
-                )
-            )
+            attentions.append(attention.block(out_channels, layers[i]))
         self.attentions = nn.ModuleList(attentions)
         self.resnets = nn.ModuleList(resnets)
         self.upsamplers = (
@@ -869,18 +852,11 @@ class UpBlock2D(nn.Module):
     ) -> None:
         super().__init__()
         self.resolution_idx = resolution_idx
+        resnet = ResnetSettings(temb_channels, resnet_eps, resnet_groups, dropout, resnet_act_fn, output_scale_factor)
         self.resnets = nn.ModuleList(
             [
-                ResnetBlock2D(
-                    in_channels=(prev_output_channel if i == 0 else out_channels)
-                    + (in_channels if (i == num_layers - 1) else out_channels),
-                    out_channels=out_channels,
-                    temb_channels=temb_channels,
-                    eps=resnet_eps,
-                    groups=resnet_groups,
-                    dropout=dropout,
-                    non_linearity=resnet_act_fn,
-                    output_scale_factor=output_scale_factor,
+                resnet.block(
+                    _up_in_channels(i, num_layers, in_channels, prev_output_channel, out_channels), out_channels
                 )
                 for i in range(num_layers)
             ]
@@ -940,19 +916,8 @@ class UNetMidBlock2D(nn.Module):
         if attention_head_dim is None:
             attention_head_dim = in_channels
 
-        def resnet() -> ResnetBlock2D:
-            return ResnetBlock2D(
-                in_channels=in_channels,
-                out_channels=in_channels,
-                temb_channels=temb_channels,
-                eps=resnet_eps,
-                groups=resnet_groups,
-                dropout=dropout,
-                non_linearity=resnet_act_fn,
-                output_scale_factor=output_scale_factor,
-            )
-
-        resnets = [resnet()]
+        resnet = ResnetSettings(temb_channels, resnet_eps, resnet_groups, dropout, resnet_act_fn, output_scale_factor)
+        resnets = [resnet.block(in_channels, in_channels)]
         attentions: list[nn.Module | None] = []
         for _ in range(num_layers):
             if add_attention:
@@ -971,7 +936,7 @@ class UNetMidBlock2D(nn.Module):
                 )
             else:
                 attentions.append(None)
-            resnets.append(resnet())
+            resnets.append(resnet.block(in_channels, in_channels))
         self.attentions = nn.ModuleList(attentions)
         self.resnets = nn.ModuleList(resnets)
 
@@ -1001,20 +966,9 @@ class DownEncoderBlock2D(nn.Module):
         downsample_padding: int = 1,
     ) -> None:
         super().__init__()
+        resnet = ResnetSettings(None, resnet_eps, resnet_groups, dropout, resnet_act_fn, output_scale_factor)
         self.resnets = nn.ModuleList(
-            [
-                ResnetBlock2D(
-                    in_channels=in_channels if i == 0 else out_channels,
-                    out_channels=out_channels,
-                    temb_channels=None,
-                    eps=resnet_eps,
-                    groups=resnet_groups,
-                    dropout=dropout,
-                    non_linearity=resnet_act_fn,
-                    output_scale_factor=output_scale_factor,
-                )
-                for i in range(num_layers)
-            ]
+            [resnet.block(in_channels if i == 0 else out_channels, out_channels) for i in range(num_layers)]
         )
         self.downsamplers = (
             nn.ModuleList(
@@ -1052,20 +1006,9 @@ class UpDecoderBlock2D(nn.Module):
     ) -> None:
         super().__init__()
         self.resolution_idx = resolution_idx
+        resnet = ResnetSettings(temb_channels, resnet_eps, resnet_groups, dropout, resnet_act_fn, output_scale_factor)
         self.resnets = nn.ModuleList(
-            [
-                ResnetBlock2D(
-                    in_channels=in_channels if i == 0 else out_channels,
-                    out_channels=out_channels,
-                    temb_channels=temb_channels,
-                    eps=resnet_eps,
-                    groups=resnet_groups,
-                    dropout=dropout,
-                    non_linearity=resnet_act_fn,
-                    output_scale_factor=output_scale_factor,
-                )
-                for i in range(num_layers)
-            ]
+            [resnet.block(in_channels if i == 0 else out_channels, out_channels) for i in range(num_layers)]
         )
         self.upsamplers = (
             nn.ModuleList([Upsample2D(out_channels, use_conv=True, out_channels=out_channels)])
