@@ -32,7 +32,8 @@ def warm_gpu_libraries(device: torch.device, dtype: torch.dtype) -> dict[str, fl
     def part(name: str, op: Callable[[], object]) -> None:
         t0 = time.perf_counter()
         op()
-        torch.cuda.synchronize(device)
+        # this thread's stream: a device-wide sync would be refused while another thread captures a graph
+        torch.cuda.current_stream(device).synchronize()
         seconds[name] = round(time.perf_counter() - t0, 4)
 
     def tensor(*shape: int) -> torch.Tensor:

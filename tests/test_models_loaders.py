@@ -385,3 +385,34 @@ def test_load_weights_detects_layouts(tiny, tiny_configs, tmp_path):
         loaders.load_weights(tmp_path / "folder" / "tokenizer")
     with pytest.raises(SvEngineError, match="does not exist"):
         loaders.load_weights(tmp_path / "nothing")
+
+
+def test_no_init_skips_torch_init_and_always_restores_it():
+    """Models built for file weights skip torch.nn.init (on meta tensors it imports torch._dynamo), and
+    the process-wide patch is undone after every build, failing or concurrent ones included."""
+    import threading
+
+    originals = {n: getattr(torch.nn.init, n) for n in ("normal_", "kaiming_uniform_", "zeros_")}
+    with loaders._no_init():
+        weight = torch.full((3, 3), 7.0)
+        torch.nn.init.normal_(weight)
+        assert torch.equal(weight, torch.full((3, 3), 7.0)), "init ran"
+    with pytest.raises(ValueError), loaders._no_init():
+        raise ValueError("a build that fails")
+    errors: list[BaseException] = []
+
+    def build() -> None:
+        try:
+            for _ in range(20):
+                with loaders._no_init():
+                    torch.nn.Linear(4, 4, device="meta")
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=build) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert {n: getattr(torch.nn.init, n) for n in originals} == originals

@@ -39,6 +39,7 @@ import json
 import logging
 import os
 import re
+import threading
 import zipfile
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -133,20 +134,24 @@ _ORIGINAL_FILES_FIX = (
 )
 
 
+_NO_INIT_LOCK = threading.Lock()
+
+
 @contextlib.contextmanager
 def _no_init() -> Iterator[None]:
     """``torch.nn.init``'s functions as no-ops while a model is built on the meta device for weights that
     come from a file: initialising meta tensors runs torch's reference decompositions, whose first use
     imports torch._dynamo and sympy (seconds of a cold edit). As transformers' ``no_init_weights``."""
     names = [n for n in dir(torch.nn.init) if n.endswith("_") and not n.startswith("_")]
-    saved = {n: getattr(torch.nn.init, n) for n in names}
-    for name in names:
-        setattr(torch.nn.init, name, lambda tensor, *args, **kwargs: tensor)
-    try:
-        yield
-    finally:
-        for name, fn in saved.items():
-            setattr(torch.nn.init, name, fn)
+    with _NO_INIT_LOCK:  # the patch is process-wide: one build at a time under it
+        saved = {n: getattr(torch.nn.init, n) for n in names}
+        for name in names:
+            setattr(torch.nn.init, name, lambda tensor, *args, **kwargs: tensor)
+        try:
+            yield
+        finally:
+            for name, fn in saved.items():
+                setattr(torch.nn.init, name, fn)
 
 
 def _instantiate(
