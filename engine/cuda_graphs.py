@@ -8,6 +8,7 @@ outputs, which is also why the torch graphs may share one memory pool).
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import logging
 import threading
@@ -75,10 +76,13 @@ class CudaGraphCache:
             self._pending[key] = executor.submit(self._capture_ahead, key, static_in, caller)
 
     def _capture_ahead(self, key: tuple, static_in: Tensors, caller: torch.cuda.Stream | None) -> None:
-        if caller is not None:  # the static inputs were cloned on the caller's stream
-            torch.cuda.current_stream(caller.device).wait_stream(caller)
-        with torch.inference_mode():  # as the callers' replays: the static buffers are inference tensors
-            static_out, replay = self._capture()(static_in)
+        # On the caller's GPU (the helper thread's current device may be another one), after the static
+        # inputs' clones on the caller's stream, in inference mode as the callers' replays.
+        with torch.cuda.device(caller.device) if caller is not None else contextlib.nullcontext():
+            if caller is not None:
+                torch.cuda.current_stream(caller.device).wait_stream(caller)
+            with torch.inference_mode():
+                static_out, replay = self._capture()(static_in)
         with self._lock:
             self._store(key, (static_in, static_out, replay))
 

@@ -183,14 +183,13 @@ class ControlledDenoiser:
         prepare = getattr(self.unet_controlnet, "prepare", None)
         if prepare is None:
             return
-        config = self.components.unet.config
+        channels = self.components.unet.config.in_channels
+        embedding = self.components.text_encoder.config.hidden_size  # what encode_text hands the step
         f = self.latent_factor
         for height, width in image_sizes:
-            latent = torch.zeros(2, config.in_channels, height // f, width // f, device=self.device, dtype=self.dtype)
+            latent = torch.zeros(2, channels, height // f, width // f, device=self.device, dtype=self.dtype)
             t_2b = torch.zeros(2, device=self.device, dtype=torch.long)
-            emb = torch.zeros(
-                2, self.tokenizer.model_max_length, config.cross_attention_dim, device=self.device, dtype=self.dtype
-            )
+            emb = torch.zeros(2, self.tokenizer.model_max_length, embedding, device=self.device, dtype=self.dtype)
             control = torch.zeros(2, 3, height, width, device=self.device, dtype=self.dtype)
             prepare(latent, t_2b, emb, control, 1.0)
 
