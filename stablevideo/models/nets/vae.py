@@ -82,6 +82,20 @@ class DecoderOutput(NamedTuple):
     sample: torch.Tensor
 
 
+def _mid_block(channels: int, groups: int, act_fn: str, add_attention: bool) -> UNetMidBlock2D:
+    """The encoder's and decoder's middle: ResNet, single-head spatial self-attention, ResNet."""
+    return UNetMidBlock2D(
+        in_channels=channels,
+        resnet_eps=1e-6,
+        resnet_act_fn=act_fn,
+        output_scale_factor=1,
+        attention_head_dim=channels,
+        resnet_groups=groups,
+        temb_channels=None,
+        add_attention=add_attention,
+    )
+
+
 class Encoder(nn.Module):
     """conv_in -> DownEncoderBlock2D × N (the last without downsampling) -> mid block (with attention) ->
     GroupNorm -> SiLU -> conv_out to 2·latent channels (``double_z``)."""
@@ -117,16 +131,7 @@ class Encoder(nn.Module):
                     resnet_groups=norm_num_groups,
                 )
             )
-        self.mid_block = UNetMidBlock2D(
-            in_channels=block_out_channels[-1],
-            resnet_eps=1e-6,
-            resnet_act_fn=act_fn,
-            output_scale_factor=1,
-            attention_head_dim=block_out_channels[-1],
-            resnet_groups=norm_num_groups,
-            temb_channels=None,
-            add_attention=mid_block_add_attention,
-        )
+        self.mid_block = _mid_block(block_out_channels[-1], norm_num_groups, act_fn, mid_block_add_attention)
         self.conv_norm_out = nn.GroupNorm(num_channels=block_out_channels[-1], num_groups=norm_num_groups, eps=1e-6)
         self.conv_act = nn.SiLU()
         self.conv_out = nn.Conv2d(block_out_channels[-1], 2 * out_channels if double_z else out_channels, 3, padding=1)
@@ -159,16 +164,7 @@ class Decoder(nn.Module):
         self.conv_in = nn.Conv2d(in_channels, block_out_channels[-1], kernel_size=3, stride=1, padding=1)
         # Registered before mid_block (diffusers' state_dict order), filled after it (its RNG order).
         self.up_blocks = nn.ModuleList([])
-        self.mid_block = UNetMidBlock2D(
-            in_channels=block_out_channels[-1],
-            resnet_eps=1e-6,
-            resnet_act_fn=act_fn,
-            output_scale_factor=1,
-            attention_head_dim=block_out_channels[-1],
-            resnet_groups=norm_num_groups,
-            temb_channels=None,
-            add_attention=mid_block_add_attention,
-        )
+        self.mid_block = _mid_block(block_out_channels[-1], norm_num_groups, act_fn, mid_block_add_attention)
         reversed_channels = list(reversed(block_out_channels))
         output_channel = reversed_channels[0]
         for i, _ in enumerate(up_block_types):
