@@ -19,6 +19,62 @@ M = TypeVar("M", bound="ConfiguredModel")
 _SD15_FIX = "Use a Stable Diffusion 1.5-family checkpoint (the configs in sv_engine/stablevideo/assets/configs)."
 
 
+#: The fields every transformers config carries (metadata, loading options, the heads' and generation's
+#: options of its base class, in v4 and v5 files) that a network here neither needs nor refuses.
+TRANSFORMERS_METADATA: tuple[str, ...] = (
+    "architectures",
+    "model_type",
+    "torch_dtype",
+    "dtype",
+    "transformers_version",
+    "torchscript",
+    "use_bfloat16",
+    "tf_legacy_loss",
+    "chunk_size_feed_forward",
+    "is_encoder_decoder",
+    "is_decoder",
+    "add_cross_attention",
+    "cross_attention_hidden_size",
+    "tie_encoder_decoder",
+    "tie_word_embeddings",
+    "id2label",
+    "label2id",
+    "num_labels",
+    "problem_type",
+    "finetuning_task",
+    "task_specific_params",
+    "tokenizer_class",
+    "prefix",
+    "sep_token_id",
+    "decoder_start_token_id",
+    "output_scores",
+    "return_dict_in_generate",
+    "max_length",
+    "min_length",
+    "do_sample",
+    "early_stopping",
+    "num_beams",
+    "num_beam_groups",
+    "diversity_penalty",
+    "temperature",
+    "top_k",
+    "top_p",
+    "typical_p",
+    "repetition_penalty",
+    "length_penalty",
+    "no_repeat_ngram_size",
+    "encoder_no_repeat_ngram_size",
+    "bad_words_ids",
+    "num_return_sequences",
+    "forced_bos_token_id",
+    "forced_eos_token_id",
+    "remove_invalid_values",
+    "exponential_decay_length_penalty",
+    "suppress_tokens",
+    "begin_suppress_tokens",
+)
+
+
 class ModelConfig(dict):
     """A model's config: a dict (it is written back as ``config.json``) whose keys read as attributes."""
 

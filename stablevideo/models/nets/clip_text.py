@@ -18,7 +18,7 @@ from torch import nn
 
 from sv_engine.errors import SvEngineError
 
-from .base import _SD15_FIX, ConfiguredModel, ModelConfig
+from .base import _SD15_FIX, TRANSFORMERS_METADATA, ConfiguredModel, ModelConfig
 
 #: transformers' legacy ``eos_token_id`` (before transformers PR #24773): pool at the argmax of the ids.
 _LEGACY_EOS_TOKEN_ID = 2
@@ -179,63 +179,9 @@ class CLIPTextModel(ConfiguredModel):
     }
     #: Attention weights are never materialized (SDPA) and heads are never pruned.
     FIXED: ClassVar[tuple[str, ...]] = ("output_attentions", "pruned_heads")
-    #: Metadata, loading options, the heads' / generation's options of transformers' base config (v4 and
-    #: v5 configs carry them), and ``dropout``, an old CLIPTextConfig field transformers' maths never read.
-    IGNORED: ClassVar[tuple[str, ...]] = (
-        "architectures",
-        "model_type",
-        "torch_dtype",
-        "dtype",
-        "transformers_version",
-        "dropout",
-        "gradient_checkpointing",
-        "use_cache",
-        "torchscript",
-        "use_bfloat16",
-        "tf_legacy_loss",
-        "chunk_size_feed_forward",
-        "is_encoder_decoder",
-        "is_decoder",
-        "add_cross_attention",
-        "cross_attention_hidden_size",
-        "tie_encoder_decoder",
-        "tie_word_embeddings",
-        "id2label",
-        "label2id",
-        "num_labels",
-        "problem_type",
-        "finetuning_task",
-        "task_specific_params",
-        "tokenizer_class",
-        "prefix",
-        "sep_token_id",
-        "decoder_start_token_id",
-        "output_scores",
-        "return_dict_in_generate",
-        "max_length",
-        "min_length",
-        "do_sample",
-        "early_stopping",
-        "num_beams",
-        "num_beam_groups",
-        "diversity_penalty",
-        "temperature",
-        "top_k",
-        "top_p",
-        "typical_p",
-        "repetition_penalty",
-        "length_penalty",
-        "no_repeat_ngram_size",
-        "encoder_no_repeat_ngram_size",
-        "bad_words_ids",
-        "num_return_sequences",
-        "forced_bos_token_id",
-        "forced_eos_token_id",
-        "remove_invalid_values",
-        "exponential_decay_length_penalty",
-        "suppress_tokens",
-        "begin_suppress_tokens",
-    )
+    #: transformers' shared metadata, and ``dropout``, an old CLIPTextConfig field transformers' maths
+    #: never read, and two loading options.
+    IGNORED: ClassVar[tuple[str, ...]] = (*TRANSFORMERS_METADATA, "dropout", "gradient_checkpointing", "use_cache")
 
     def __init__(self, config: Mapping[str, Any]) -> None:
         super().__init__(config)

@@ -23,73 +23,24 @@ from torch import nn
 
 from sv_engine.errors import SvEngineError
 
-from .base import ConfiguredModel, ModelConfig
+from .base import TRANSFORMERS_METADATA, ConfiguredModel, ModelConfig
 
 _FIX = (
     "Use the MiDaS dpt_hybrid config (sv_engine/stablevideo/assets/configs/dpt_hybrid.json, as Intel/dpt-hybrid-midas)."
 )
 
-#: Keys a transformers ``config.json`` carries that describe neither architecture nor inference:
-#: serialization / generation metadata (v4 wrote the generation ones into every nested config too).
-_METADATA: tuple[str, ...] = (
-    "architectures",
-    "model_type",
-    "transformers_version",
-    "torch_dtype",
-    "dtype",
-    "id2label",
-    "label2id",
-    "num_labels",
-    "problem_type",
+#: Keys a transformers ``config.json`` carries that describe neither architecture nor inference: the
+#: shared metadata and the output / token options (v4 wrote the generation ones into every nested config).
+_METADATA = (
+    *TRANSFORMERS_METADATA,
     "output_hidden_states",
     "output_attentions",
     "return_dict",
-    "chunk_size_feed_forward",
-    "is_encoder_decoder",
     "name_or_path",
-    "torchscript",
-    "use_bfloat16",
-    "tf_legacy_loss",
     "pruned_heads",
-    "tie_word_embeddings",
-    "finetuning_task",
-    "task_specific_params",
-    "tokenizer_class",
-    "prefix",
-    "add_cross_attention",
-    "cross_attention_hidden_size",
-    "is_decoder",
-    "tie_encoder_decoder",
     "bos_token_id",
     "eos_token_id",
     "pad_token_id",
-    "sep_token_id",
-    "decoder_start_token_id",
-    "bad_words_ids",
-    "begin_suppress_tokens",
-    "suppress_tokens",
-    "forced_bos_token_id",
-    "forced_eos_token_id",
-    "max_length",
-    "min_length",
-    "do_sample",
-    "early_stopping",
-    "num_beams",
-    "num_beam_groups",
-    "diversity_penalty",
-    "temperature",
-    "top_k",
-    "top_p",
-    "typical_p",
-    "repetition_penalty",
-    "length_penalty",
-    "no_repeat_ngram_size",
-    "encoder_no_repeat_ngram_size",
-    "num_return_sequences",
-    "output_scores",
-    "return_dict_in_generate",
-    "remove_invalid_values",
-    "exponential_decay_length_penalty",
 )
 
 #: ``BitConfig``'s fields and defaults (transformers 5.24, ``configuration_bit.py``).
