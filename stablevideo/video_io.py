@@ -47,9 +47,10 @@ def check_writable(path: Path, force: bool, folder: bool = False, field: str = "
 
 
 #: x264's "veryfast" preset at imageio's quality 7 against imageio's defaults ("medium", quality 5), 70
-#: frames of a panned photo at 768x432 on a 2-core CPU (the bench's video_encode stage): 0.33 s against
-#: 0.72 s, 37.4 dB against 36.8 dB PSNR of the decoded frames, 1.5x the bytes. An edit's output is
-#: written once and watched: latency first, quality kept.
+#: frames of a panned photo at 768x432 on the 2-core CPU (the bench's video_encode stage,
+#: benchmarks/results/video-encode-cpu-2core-*-ea6d332.json): 0.35 s against 0.64 s, 37.4 dB against
+#: 36.8 dB PSNR of the decoded frames, 1.5x the bytes. An edit's output is written once and watched:
+#: latency first, quality kept.
 H264_OPTIONS: dict[str, object] = {"quality": 7, "output_params": ["-preset", "veryfast"]}
 
 
