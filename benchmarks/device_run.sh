@@ -32,7 +32,7 @@ bench_models() {  # GPU 0: the model stages at 512² on every backend that runs 
   lane 0 bench-models python3 -m sv_engine.benchmarks.bench --stages text_encoder,unet_step,vae_encode,vae_decode \
     --backends torch,torch-cuda-graph,torch-compile,ort --repeat 10 --json "$OUT/bench-models.json"
 }
-case ${1:?phase: models, rest, e2e, attention, latency-cold, latency-warmup, latency-shapes, latency-compile, latency-nets, latency-load, latency-ahead, latency-aoti or service} in
+case ${1:?phase: models, rest, e2e, attention, latency-cold, latency-warmup, latency-shapes, latency-compile, latency-nets, latency-load, latency-ahead, latency-norm, latency-aoti or service} in
   models)  # model stages on every backend, split over the two GPUs (torch.compile: ~94 s per UNet shape)
     bench_models &
     (  # GPU 1: the wide step and depth, then the whole edit warm + cold (the CLI on saved weights), then the GPU tests
@@ -93,6 +93,19 @@ case ${1:?phase: models, rest, e2e, attention, latency-cold, latency-warmup, lat
     [[ $parts == *,tests,* ]] && LANE_TIMEOUT=150 lane 0 pytest-gpu python3 -m pytest -q -m gpu "$repo/tests" -p no:cacheprovider
     [[ $parts == *,load,* ]] && LANE_TIMEOUT=150 lane 0 weights-load python3 -m sv_engine.benchmarks.weights_load --out "$OUT/weights-load.json"
     [[ $parts == *,first-use,* ]] && LANE_TIMEOUT=150 lane 0 first-use python3 -m sv_engine.benchmarks.first_use --out "$OUT/first-use.json"
+    if [[ $parts == *,cold,* ]]; then
+      before_after
+      LANE_TIMEOUT=${COLD_TIMEOUT:-250} lane 0 cold-start python3 -m sv_engine.benchmarks.cold_start --out "$OUT/cold-start.json" \
+        --variant before=/tmp/v-before --variant after=/tmp/v-after --rounds "${COLD_ROUNDS:-3}" --budget-s $(( ${COLD_TIMEOUT:-250} - 10 ))
+    fi ;;
+  latency-norm)  # issue 16, one GPU: the fused NHWC GroupNorm kernel's GPU tests, the step kernel by kernel with and
+    # without it, the warm edit side by side, the cold edit before/after (SV_BEFORE); NORM_PARTS picks the parts
+    parts=",${NORM_PARTS:-tests,step,warm,cold},"
+    [[ $parts == *,tests,* ]] && LANE_TIMEOUT=200 lane 0 pytest-gpu bash -c \
+      "cd '$repo' && python3 -m pytest -q -m gpu -p no:cacheprovider ${NORM_TESTS:-tests}"
+    [[ $parts == *,step,* ]] && LANE_TIMEOUT=200 lane 0 step-profile python3 -m sv_engine.benchmarks.step_profile --out "$OUT/step-profile.json"
+    [[ $parts == *,warm,* ]] && LANE_TIMEOUT=300 lane 0 engines-norm python3 -m sv_engine.benchmarks.engine_bench --out "$OUT/engines-norm.json" \
+      --parts warm --budget-s 290 --warm-variants "torch-cuda-graph, background stream;torch-cuda-graph, background stream, torch group norm"
     if [[ $parts == *,cold,* ]]; then
       before_after
       LANE_TIMEOUT=${COLD_TIMEOUT:-250} lane 0 cold-start python3 -m sv_engine.benchmarks.cold_start --out "$OUT/cold-start.json" \

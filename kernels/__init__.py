@@ -6,6 +6,8 @@ Public ops (CUDA kernel on CUDA tensors, the torch reference on CPU; ``backend="
 * :func:`warp_atlas` -- one atlas into K keyframe crops, with a validity mask (:func:`pad_grids`
   batches crops of different sizes).
 * :func:`splat_to_atlas` -- an edited keyframe back into atlas space (linear, griddata-like).
+* :func:`group_norm.group_norm` -- GroupNorm (+ SiLU) over channels-last fp16/bf16 activations in one pass (the
+  networks' norms; ``F.group_norm`` where it does not apply).
 
 Each ``*_reference`` function is the torch specification its kernel is tested against.
 """
@@ -13,13 +15,13 @@ Each ``*_reference`` function is the torch specification its kernel is tested ag
 from pathlib import Path
 
 import torch
-from sv_engine.kernels import render, splat, warp
+from sv_engine.kernels import group_norm, render, splat, warp
 from sv_engine.kernels.render import render_composite, render_composite_reference
 from sv_engine.kernels.splat import splat_to_atlas, splat_to_atlas_reference
 from sv_engine.kernels.warp import pad_grids, warp_atlas, warp_atlas_reference
 
 #: Every kernel's source: what :func:`precompile` builds.
-SOURCES = (render.SOURCE, splat.SOURCE, warp.SOURCE)
+SOURCES = (render.SOURCE, splat.SOURCE, warp.SOURCE, group_norm.SOURCE)
 
 
 def precompile(arch: str) -> list[Path]:

@@ -201,6 +201,9 @@ class KernelSource:
     filename: str
     options: tuple[str, ...] = ()
     includes: tuple[str, ...] = ()  # package files the source #includes, e.g. "sample.cuh"
+    #: Kernels :meth:`load` also looks up: a first lookup while another thread captures a CUDA graph
+    #: is a driver call inside the capture's window, so graph-captured ops resolve theirs up front.
+    kernels: tuple[str, ...] = ()
 
     @functools.cached_property
     def text(self) -> str:
@@ -239,6 +242,8 @@ class KernelSource:
     def load(self, device: torch.device) -> None:
         """The module loaded on ``device`` (compiled on first use) before any of its kernels is called."""
         _load_module(_device_index(device), self)
+        for kernel in self.kernels:
+            self.function(device, kernel)
 
     def function(self, device: torch.device, kernel: str):
         """The ``extern "C"`` kernel ``kernel`` loaded on ``device`` (compiled on first use)."""

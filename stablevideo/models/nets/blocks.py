@@ -27,6 +27,8 @@ from torch import nn
 
 from sv_engine.errors import SvEngineError
 
+from .norms import GroupNorm, is_silu
+
 #: The hint of every "unsupported option" error (the same as base.py's).
 SD15_HINT = "Use a Stable Diffusion 1.5-family checkpoint (the configs in sv_engine/stablevideo/assets/configs)."
 
@@ -183,10 +185,11 @@ class ResnetBlock2D(nn.Module):
         self.output_scale_factor = output_scale_factor
         groups_out = groups if groups_out is None else groups_out
 
-        self.norm1 = nn.GroupNorm(num_groups=groups, num_channels=in_channels, eps=eps, affine=True)
+        fuse = is_silu(non_linearity)  # act(norm(x)) in one pass (norms.GroupNorm)
+        self.norm1 = GroupNorm(groups, in_channels, eps=eps, silu=fuse)
         self.conv1 = nn.Conv2d(in_channels, out_channels, kernel_size=3, stride=1, padding=1)
         self.time_emb_proj = nn.Linear(temb_channels, out_channels) if temb_channels is not None else None
-        self.norm2 = nn.GroupNorm(num_groups=groups_out, num_channels=out_channels, eps=eps, affine=True)
+        self.norm2 = GroupNorm(groups_out, out_channels, eps=eps, silu=fuse)
         self.dropout = nn.Dropout(dropout)
         self.conv2 = nn.Conv2d(out_channels, out_channels, kernel_size=3, stride=1, padding=1)
         self.nonlinearity = get_activation(non_linearity)
@@ -198,11 +201,14 @@ class ResnetBlock2D(nn.Module):
                 in_channels, out_channels, kernel_size=1, stride=1, padding=0, bias=conv_shortcut_bias
             )
 
+    def _norm_act(self, norm: GroupNorm, x: torch.Tensor) -> torch.Tensor:
+        return norm(x) if norm.silu else self.nonlinearity(norm(x))
+
     def forward(self, input_tensor: torch.Tensor, temb: torch.Tensor | None = None) -> torch.Tensor:
-        hidden_states = self.conv1(self.nonlinearity(self.norm1(input_tensor)))
+        hidden_states = self.conv1(self._norm_act(self.norm1, input_tensor))
         if self.time_emb_proj is not None and temb is not None:
             hidden_states = hidden_states + self.time_emb_proj(self.nonlinearity(temb))[:, :, None, None]
-        hidden_states = self.nonlinearity(self.norm2(hidden_states))
+        hidden_states = self._norm_act(self.norm2, hidden_states)
         hidden_states = self.conv2(self.dropout(hidden_states))
         if self.conv_shortcut is not None:
             input_tensor = self.conv_shortcut(input_tensor)
@@ -316,11 +322,7 @@ class Attention(nn.Module):
         self.rescale_output_factor = rescale_output_factor
         self.residual_connection = residual_connection
 
-        self.group_norm = (
-            nn.GroupNorm(num_channels=query_dim, num_groups=norm_num_groups, eps=eps, affine=True)
-            if norm_num_groups is not None
-            else None
-        )
+        self.group_norm = GroupNorm(norm_num_groups, query_dim, eps=eps) if norm_num_groups is not None else None
         self.to_q = nn.Linear(query_dim, self.inner_dim, bias=bias)
         self.to_k = nn.Linear(self.cross_attention_dim, self.inner_dim, bias=bias)
         self.to_v = nn.Linear(self.cross_attention_dim, self.inner_dim, bias=bias)
@@ -481,7 +483,7 @@ class Transformer2DModel(nn.Module):
         self.in_channels = in_channels
         self.out_channels = in_channels if out_channels is None else out_channels
 
-        self.norm = nn.GroupNorm(num_groups=norm_num_groups, num_channels=in_channels, eps=1e-6, affine=True)
+        self.norm = GroupNorm(norm_num_groups, in_channels, eps=1e-6)
         if use_linear_projection:
             self.proj_in: nn.Module = nn.Linear(in_channels, self.inner_dim)
         else:

@@ -34,6 +34,7 @@ from .blocks import (
     per_block,
     require_supported,
 )
+from .norms import GroupNorm, is_silu
 
 logger = logging.getLogger(__name__)
 
@@ -367,10 +368,8 @@ class UNet2DConditionModel(ConfiguredModel):
                     )
                 )
 
-        self.conv_norm_out = nn.GroupNorm(
-            num_channels=block_out_channels[0], num_groups=c.norm_num_groups, eps=c.norm_eps
-        )
-        self.conv_act = get_activation(c.act_fn)
+        self.conv_norm_out = GroupNorm(c.norm_num_groups, block_out_channels[0], eps=c.norm_eps, silu=is_silu(c.act_fn))
+        self.conv_act = nn.Identity() if self.conv_norm_out.silu else get_activation(c.act_fn)
         self.conv_out = nn.Conv2d(
             block_out_channels[0], c.out_channels, kernel_size=c.conv_out_kernel, padding=(c.conv_out_kernel - 1) // 2
         )

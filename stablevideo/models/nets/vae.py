@@ -27,6 +27,7 @@ from .blocks import (
     UpDecoderBlock2D,
     require_supported,
 )
+from .norms import GroupNorm
 
 logger = logging.getLogger(__name__)
 
@@ -132,8 +133,7 @@ class Encoder(nn.Module):
                 )
             )
         self.mid_block = _mid_block(block_out_channels[-1], norm_num_groups, act_fn, mid_block_add_attention)
-        self.conv_norm_out = nn.GroupNorm(num_channels=block_out_channels[-1], num_groups=norm_num_groups, eps=1e-6)
-        self.conv_act = nn.SiLU()
+        self.conv_norm_out = GroupNorm(norm_num_groups, block_out_channels[-1], eps=1e-6, silu=True)
         self.conv_out = nn.Conv2d(block_out_channels[-1], 2 * out_channels if double_z else out_channels, 3, padding=1)
 
     def forward(self, sample: torch.Tensor) -> torch.Tensor:
@@ -141,7 +141,7 @@ class Encoder(nn.Module):
         for down_block in self.down_blocks:
             sample = down_block(sample)
         sample = self.mid_block(sample)
-        return self.conv_out(self.conv_act(self.conv_norm_out(sample)))
+        return self.conv_out(self.conv_norm_out(sample))
 
 
 class Decoder(nn.Module):
@@ -182,8 +182,7 @@ class Decoder(nn.Module):
                     temb_channels=None,
                 )
             )
-        self.conv_norm_out = nn.GroupNorm(num_channels=block_out_channels[0], num_groups=norm_num_groups, eps=1e-6)
-        self.conv_act = nn.SiLU()
+        self.conv_norm_out = GroupNorm(norm_num_groups, block_out_channels[0], eps=1e-6, silu=True)
         self.conv_out = nn.Conv2d(block_out_channels[0], out_channels, 3, padding=1)
 
     def forward(self, sample: torch.Tensor) -> torch.Tensor:
@@ -191,7 +190,7 @@ class Decoder(nn.Module):
         sample = self.mid_block(sample)
         for up_block in self.up_blocks:
             sample = up_block(sample)
-        return self.conv_out(self.conv_act(self.conv_norm_out(sample)))
+        return self.conv_out(self.conv_norm_out(sample))
 
 
 class AutoencoderKL(ConfiguredModel):

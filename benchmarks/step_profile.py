@@ -1,0 +1,112 @@
+"""Where one UNet+ControlNet CFG step's GPU time goes, kernel by kernel, per variant of the torch path.
+
+    python -m sv_engine.benchmarks.step_profile --out step-profile.json [--shapes 64x112,64x64]
+
+The full-size random fp16 UNet+canny ControlNet through the GPU default (channels-last weights): per
+latent shape, the step replayed from its CUDA graph (CUDA events, median of ``--repeat``), then a few
+eager steps under torch.profiler, grouped by kernel category (:mod:`.torch_profile`). The eager
+steps launch the same kernels a graph replays, so the categories say what a faster step must
+shrink. Variants run side by side in one process, so their ratios hold whatever the host.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+log = logging.getLogger(__name__)
+
+#: name -> the group-norm implementation the nets use (sv_engine.stablevideo.models.nets.norms).
+VARIANTS: dict[str, str] = {"torch group norm": "torch", "fused NHWC group norm (default)": "auto"}
+
+
+def parse_shapes(text: str) -> list[tuple[int, int]]:
+    """``"64x112,64x64"`` -> latent (h, w) pairs."""
+    return [tuple(int(v) for v in part.split("x")) for part in text.split(",") if part]  # type: ignore[misc]
+
+
+def _inputs(h: int, w: int, device: torch.device) -> tuple:
+    latent = torch.randn(2, 4, h, w, device=device, dtype=torch.float16)
+    control = torch.rand(2, 3, 8 * h, 8 * w, device=device, dtype=torch.float16)
+    emb = torch.randn(2, 77, 768, device=device, dtype=torch.float16)
+    t = torch.full((2,), 500, device=device, dtype=torch.long)
+    return latent, t, emb, control, 1.0
+
+
+def _step(components, device: torch.device, graphs: bool) -> Callable:  # noqa: ANN001
+    from sv_engine.engine.registry import TorchOptions
+    from sv_engine.export.runtime import accelerate
+
+    options = TorchOptions(channels_last=True, cuda_graphs=graphs)
+    models = ("unet_controlnet_canny",)
+    return accelerate(components, "torch", "fp16", device, models=models, options=options).unet_controlnet["canny"]
+
+
+def _rows(components, device: torch.device, shapes, repeat: int, profiled_steps: int, reference: dict) -> dict:  # noqa: ANN001
+    from sv_engine.benchmarks.timing import time_fn
+    from sv_engine.benchmarks.torch_profile import profile_call
+
+    graphed, eager = _step(components, device, True), _step(components, device, False)
+    rows = {}
+    with torch.inference_mode():
+        for h, w in shapes:
+            torch.manual_seed(0)
+            args = _inputs(h, w, device)
+            timing = time_fn(lambda args=args: graphed(*args), device, repeat, warmup=3)
+            result = eager(*args).float()
+            first = reference.setdefault((h, w), result)
+            for _ in range(2):
+                eager(*args)
+            profile = profile_call(lambda args=args: [eager(*args) for _ in range(profiled_steps)], device, top=25)
+            rows[f"{h}x{w}"] = {
+                "graph_step_ms": timing,
+                "max_abs_vs_first_variant": float((result - first).abs().max()),
+                "profile_of_eager_steps": {**profile, "steps": profiled_steps},
+            }
+            log.info("%dx%d: %.2f ms per step", h, w, timing["median_ms"])
+    return rows
+
+
+def run(shapes: list[tuple[int, int]], repeat: int, profiled_steps: int, variants: dict[str, str]) -> dict:
+    from sv_engine.stablevideo.model_source import to_edit_precision
+    from sv_engine.stablevideo.models.nets.norms import set_group_norm_backend
+    from sv_engine.stablevideo.models.tiny import build_random_components
+
+    device = torch.device("cuda")
+    components = to_edit_precision(build_random_components(0, device=device), device, torch.float16)
+    reference: dict[tuple[int, int], torch.Tensor] = {}
+    out: dict[str, dict] = {}
+    for name, backend in variants.items():
+        for module in components.modules().values():
+            set_group_norm_backend(module, backend)
+        log.info("variant %s", name)
+        out[name] = _rows(components, device, shapes, repeat, profiled_steps, reference)
+        torch.cuda.empty_cache()
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--shapes", default="64x112,64x64", help="latent h x w, comma separated")
+    parser.add_argument("--repeat", type=int, default=50)
+    parser.add_argument("--profiled-steps", type=int, default=3)
+    parser.add_argument("--variants", default=",".join(VARIANTS), help="comma list of: " + ", ".join(VARIANTS))
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    chosen = {n: VARIANTS[n] for n in args.variants.split(",") if n}
+    from sv_engine.benchmarks.timing import environment
+
+    record: dict = {"environment": environment("cuda"), "what": __doc__.splitlines()[0]}
+    record["variants"] = run(parse_shapes(args.shapes), args.repeat, args.profiled_steps, chosen)
+    args.out.write_text(json.dumps(record, indent=1))
+    log.info("wrote %s", args.out)
+
+
+if __name__ == "__main__":
+    main()
