@@ -98,14 +98,14 @@ case ${1:?phase: models, rest, e2e, attention, latency-cold, latency-warmup, lat
       LANE_TIMEOUT=${COLD_TIMEOUT:-250} lane 0 cold-start python3 -m sv_engine.benchmarks.cold_start --out "$OUT/cold-start.json" \
         --variant before=/tmp/v-before --variant after=/tmp/v-after --rounds "${COLD_ROUNDS:-3}" --budget-s $(( ${COLD_TIMEOUT:-250} - 10 ))
     fi ;;
-  latency-norm)  # issue 16, one GPU: the fused NHWC GroupNorm kernel's GPU tests, the step kernel by kernel with and
-    # without it, the warm edit side by side, the cold edit before/after (SV_BEFORE); NORM_PARTS picks the parts
+  latency-norm)  # issue 16, one GPU: the fused GroupNorm+SiLU and GEGLU kernels' GPU tests, the step kernel by kernel
+    # with and without them, the warm edit side by side, the cold edit before/after (SV_BEFORE); NORM_PARTS picks the parts
     parts=",${NORM_PARTS:-tests,step,warm,cold},"
     [[ $parts == *,tests,* ]] && LANE_TIMEOUT=200 lane 0 pytest-gpu bash -c \
       "cd '$repo' && python3 -m pytest -q -m gpu -p no:cacheprovider ${NORM_TESTS:-tests}"
     [[ $parts == *,step,* ]] && LANE_TIMEOUT=200 lane 0 step-profile python3 -m sv_engine.benchmarks.step_profile --out "$OUT/step-profile.json"
     [[ $parts == *,warm,* ]] && LANE_TIMEOUT=300 lane 0 engines-norm python3 -m sv_engine.benchmarks.engine_bench --out "$OUT/engines-norm.json" \
-      --parts warm --budget-s 290 --warm-variants "torch-cuda-graph, background stream;torch-cuda-graph, background stream, torch group norm"
+      --parts warm --budget-s 290 --warm-variants "torch-cuda-graph, background stream;torch-cuda-graph, background stream, torch norms"
     if [[ $parts == *,cold,* ]]; then
       before_after
       LANE_TIMEOUT=${COLD_TIMEOUT:-250} lane 0 cold-start python3 -m sv_engine.benchmarks.cold_start --out "$OUT/cold-start.json" \

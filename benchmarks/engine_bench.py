@@ -291,7 +291,7 @@ class WarmVariant(NamedTuple):
     switch_interval_s: float | None = None  # Python's thread switch interval during the edits
     options: tuple[tuple[str, object], ...] = ()  # the backend's options changed from its defaults
     library_models: bool = False  # the diffusers / transformers classes instead of the pipeline's own networks
-    group_norm: str = "auto"  # the networks' GroupNorm implementation (nets.norms.GroupNorm.backend)
+    fused_kernels: bool = True  # the networks' GroupNorm+SiLU and GEGLU kernels (False: torch's ops)
 
 
 #: Every model a pipeline calls, for the variants that put all of them on the backend.
@@ -306,8 +306,9 @@ WARM_VARIANTS = {
     "torch-cuda-graph, background stream": WarmVariant("torch", overlap=True),
     # The same weights in the classes the pipeline's own networks replaced (benchmarks/library_models.py).
     "torch-cuda-graph, background stream, diffusers models": WarmVariant("torch", overlap=True, library_models=True),
-    # torch's GroupNorm instead of the fused NHWC kernel: it copies channels-last input to NCHW and back.
-    "torch-cuda-graph, background stream, torch group norm": WarmVariant("torch", overlap=True, group_norm="torch"),
+    # torch's GroupNorm (it copies channels-last input to NCHW and back), SiLU and GEGLU instead of the
+    # fused kernels (sv_engine.kernels.group_norm, .geglu).
+    "torch-cuda-graph, background stream, torch norms": WarmVariant("torch", overlap=True, fused_kernels=False),
     "torch-eager, diffusers models": WarmVariant("torch", False, library_models=True),
     # The background's eager VAE and text-encoder calls beside the keyframe loop took 8-12x their
     # time alone (engines-*-6112e61): in graphs they are launched by the GPU, not one by one by Python.
@@ -324,18 +325,6 @@ WARM_VARIANTS = {
     # One graph over symbolic h, w instead of one compile per keyframe shape (issue 16 asks for its cost).
     "torch-compile, dynamic shapes": WarmVariant("torch-compile", options=(("dynamic", True),)),
 }
-
-
-@contextlib.contextmanager
-def _group_norm_backend(backend: str):  # noqa: ANN202
-    """Every network GroupNorm of the variant uses ``backend``."""
-    from sv_engine.stablevideo.models.nets.norms import GroupNorm
-
-    previous, GroupNorm.backend = GroupNorm.backend, backend
-    try:
-        yield
-    finally:
-        GroupNorm.backend = previous
 
 
 @contextlib.contextmanager
@@ -418,11 +407,10 @@ def warm_edits(
 
                 own = load_components(device, weights=weights, precision="fp16") if weights else None
                 given = as_library_models(own or _random_components(device))
-            with (
-                _as_before(spec.before),
-                _switch_interval(spec.switch_interval_s),
-                _group_norm_backend(spec.group_norm),
-            ):
+            from sv_engine.stablevideo.models.nets.fused import kernel_backends
+
+            norms = kernel_backends() if spec.fused_kernels else kernel_backends("torch", "torch")
+            with _as_before(spec.before), _switch_interval(spec.switch_interval_s), norms:
                 runtime = build_pipeline(config, components=given)
                 pipeline = runtime.pipeline
                 calls = CallLog()

@@ -21,8 +21,12 @@ import torch
 
 log = logging.getLogger(__name__)
 
-#: name -> the group-norm implementation the nets use (sv_engine.stablevideo.models.nets.norms).
-VARIANTS: dict[str, str] = {"torch group norm": "torch", "fused NHWC group norm (default)": "auto"}
+#: name -> the (GroupNorm, GEGLU) implementations the nets use (sv_engine.stablevideo.models.nets.fused).
+VARIANTS: dict[str, tuple[str, str]] = {
+    "torch ops": ("torch", "torch"),
+    "fused group norm": ("auto", "torch"),
+    "fused group norm and GEGLU (default)": ("auto", "auto"),
+}
 
 
 def parse_shapes(text: str) -> list[tuple[int, int]]:
@@ -47,6 +51,41 @@ def _step(components, device: torch.device, graphs: bool) -> Callable:  # noqa: 
     return accelerate(components, "torch", "fp16", device, models=models, options=options).unet_controlnet["canny"]
 
 
+#: Elementwise ops the census counts (their unfused kernels make up the step's "elementwise" time).
+_CENSUS_OPS = ("add", "mul", "div", "sub", "gelu", "silu", "copy_", "clone", "_to_copy", "cat")
+
+
+def _layout(t: object) -> str:
+    if not isinstance(t, torch.Tensor):
+        return type(t).__name__
+    if t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous():
+        kind = "NHWC"
+    else:
+        kind = "contiguous" if t.is_contiguous() else f"strides {t.stride()}"
+    return f"{list(t.shape)} {kind}"
+
+
+def elementwise_census(fn: Callable[[], object], top: int = 20) -> list[dict]:
+    """One call of ``fn`` under a dispatch mode: the elementwise ops it runs, by operand shapes and
+    layouts, most frequent first (which unfused passes a kernel could take over)."""
+    from collections import Counter
+
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    seen: Counter = Counter()
+
+    class Census(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204
+            name = func.overloadpacket.__name__
+            if name in _CENSUS_OPS:
+                seen[(name, tuple(_layout(a) for a in args[:2]))] += 1
+            return func(*args, **(kwargs or {}))
+
+    with Census():
+        fn()
+    return [{"op": op, "operands": list(operands), "calls": n} for (op, operands), n in seen.most_common(top)]
+
+
 def _rows(components, device: torch.device, shapes, repeat: int, profiled_steps: int, reference: dict) -> dict:  # noqa: ANN001
     from sv_engine.benchmarks.timing import time_fn
     from sv_engine.benchmarks.torch_profile import profile_call
@@ -65,6 +104,7 @@ def _rows(components, device: torch.device, shapes, repeat: int, profiled_steps:
             profile = profile_call(lambda args=args: [eager(*args) for _ in range(profiled_steps)], device, top=25)
             rows[f"{h}x{w}"] = {
                 "graph_step_ms": timing,
+                "elementwise_census": elementwise_census(lambda args=args: eager(*args)),
                 "max_abs_vs_first_variant": float((result - first).abs().max()),
                 "profile_of_eager_steps": {**profile, "steps": profiled_steps},
             }
@@ -72,20 +112,19 @@ def _rows(components, device: torch.device, shapes, repeat: int, profiled_steps:
     return rows
 
 
-def run(shapes: list[tuple[int, int]], repeat: int, profiled_steps: int, variants: dict[str, str]) -> dict:
+def run(shapes: list[tuple[int, int]], repeat: int, profiled_steps: int, variants: dict[str, tuple[str, str]]) -> dict:
     from sv_engine.stablevideo.model_source import to_edit_precision
-    from sv_engine.stablevideo.models.nets.norms import set_group_norm_backend
+    from sv_engine.stablevideo.models.nets.fused import kernel_backends
     from sv_engine.stablevideo.models.tiny import build_random_components
 
     device = torch.device("cuda")
     components = to_edit_precision(build_random_components(0, device=device), device, torch.float16)
     reference: dict[tuple[int, int], torch.Tensor] = {}
     out: dict[str, dict] = {}
-    for name, backend in variants.items():
-        for module in components.modules().values():
-            set_group_norm_backend(module, backend)
+    for name, backends in variants.items():
         log.info("variant %s", name)
-        out[name] = _rows(components, device, shapes, repeat, profiled_steps, reference)
+        with kernel_backends(*backends):
+            out[name] = _rows(components, device, shapes, repeat, profiled_steps, reference)
         torch.cuda.empty_cache()
     return out
 
@@ -96,10 +135,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--shapes", default="64x112,64x64", help="latent h x w, comma separated")
     parser.add_argument("--repeat", type=int, default=50)
     parser.add_argument("--profiled-steps", type=int, default=3)
-    parser.add_argument("--variants", default=",".join(VARIANTS), help="comma list of: " + ", ".join(VARIANTS))
+    parser.add_argument("--variants", default=";".join(VARIANTS), help="';' list of: " + "; ".join(VARIANTS))
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    chosen = {n: VARIANTS[n] for n in args.variants.split(",") if n}
+    chosen = {n: VARIANTS[n] for n in args.variants.split(";") if n}
     from sv_engine.benchmarks.timing import environment
 
     record: dict = {"environment": environment("cuda"), "what": __doc__.splitlines()[0]}

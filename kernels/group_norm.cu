@@ -5,7 +5,7 @@
 //            when |mean| >> std), the block merges its threads per group in a fixed order (Chan's
 //            formula) and writes (count, mean, M2) per (n, tile, group). No atomics: the result is
 //            the same bits on every run, which CUDA-graph replays and the parity tests rely on.
-//   finalize one warp per (n, group) merges the tiles in a fixed order, then writes each channel's
+//   finalize one block per (n, group) merges the tiles in a fixed order, then writes each channel's
 //            scale = rstd * gamma and shift = beta - mean * scale (ATen's fused form).
 //   apply    one thread per 8 channels of one pixel (16-byte loads and stores): x * scale + shift,
 //            then SiLU where asked, rounded once.
@@ -100,34 +100,43 @@ extern "C" __global__ void __launch_bounds__(SV_GN_MAX_THREADS)
     }
 }
 
-// grid (groups, N), block 32: merges the tiles' partials of one (n, group), writes its channels'
-// scale and shift (float, N x C).
-extern "C" __global__ void __launch_bounds__(32)
+// grid (groups, N), block a power of two <= 256: merges the tiles' partials of one (n, group) (each
+// thread a few, then a fixed tree: the same order every run), writes its channels' scale and shift
+// (float, N x C). A tile per thread keeps the loads independent: the loop over one warp's tiles was
+// bound by their latency.
+extern "C" __global__ void __launch_bounds__(SV_GN_MAX_THREADS)
     group_norm_nhwc_finalize(const float* __restrict__ partial, int tiles, int channels,
                              int channels_per_group, const unsigned short* __restrict__ gamma,
                              const unsigned short* __restrict__ beta, float eps, int bf16,
                              float* __restrict__ scale, float* __restrict__ shift) {
-    const int group = blockIdx.x, n = blockIdx.y, lane = threadIdx.x;
+    __shared__ float s_n[SV_GN_MAX_THREADS], s_mean[SV_GN_MAX_THREADS], s_m2[SV_GN_MAX_THREADS];
+    const int group = blockIdx.x, n = blockIdx.y, t = threadIdx.x;
     const int groups = gridDim.x;
     float gn = 0.f, gmean = 0.f, gm2 = 0.f;
-    for (int tile = lane; tile < tiles; tile += 32) {
+    for (int tile = t; tile < tiles; tile += blockDim.x) {
         const float* p = partial + (((long long)n * tiles + tile) * groups + group) * 3;
         sv_gn_merge(gn, gmean, gm2, p[0], p[1], p[2]);
     }
-    for (int offset = 16; offset > 0; offset >>= 1) {  // a fixed tree: the same order every run
-        const float on = __shfl_down_sync(0xffffffffu, gn, offset);
-        const float om = __shfl_down_sync(0xffffffffu, gmean, offset);
-        const float o2 = __shfl_down_sync(0xffffffffu, gm2, offset);
-        sv_gn_merge(gn, gmean, gm2, on, om, o2);
+    s_n[t] = gn;
+    s_mean[t] = gmean;
+    s_m2[t] = gm2;
+    __syncthreads();
+    for (int stride = blockDim.x / 2; stride > 0; stride >>= 1) {
+        if (t < stride) {
+            sv_gn_merge(gn, gmean, gm2, s_n[t + stride], s_mean[t + stride], s_m2[t + stride]);
+            s_n[t] = gn;
+            s_mean[t] = gmean;
+            s_m2[t] = gm2;
+        }
+        __syncthreads();
     }
-    gmean = __shfl_sync(0xffffffffu, gmean, 0);
-    const float var = __shfl_sync(0xffffffffu, gm2, 0) / __shfl_sync(0xffffffffu, gn, 0);
-    const float rstd = rsqrtf(fmaxf(var, 0.f) + eps);
-    for (int j = lane; j < channels_per_group; j += 32) {
+    const float mean = s_mean[0];
+    const float rstd = rsqrtf(fmaxf(s_m2[0] / s_n[0], 0.f) + eps);
+    for (int j = t; j < channels_per_group; j += blockDim.x) {
         const int c = group * channels_per_group + j;
         const float a = rstd * sv_gn_load(gamma[c], bf16);
         scale[(long long)n * channels + c] = a;
-        shift[(long long)n * channels + c] = sv_gn_load(beta[c], bf16) - gmean * a;
+        shift[(long long)n * channels + c] = sv_gn_load(beta[c], bf16) - mean * a;
     }
 }
 

@@ -112,6 +112,11 @@ def _launch_shape(channels: int, groups: int, pixels: int, batch: int) -> tuple[
     return per_block, lanes, tiles, pixels_per_tile
 
 
+def _finalize_threads(tiles: int) -> int:
+    """A power of two from 32 to 256, one thread per tile where it can (the finalize's fixed tree)."""
+    return min(_MAX_THREADS, max(32, 1 << (tiles - 1).bit_length()))
+
+
 def _group_norm_cuda(
     x: torch.Tensor, groups: int, weight: torch.Tensor, bias: torch.Tensor, eps: float, silu: bool
 ) -> torch.Tensor:
@@ -135,7 +140,7 @@ def _group_norm_cuda(
     launch(
         SOURCE.function(device, "group_norm_nhwc_finalize"),
         (groups, n, 1),
-        (32, 1, 1),
+        (_finalize_threads(tiles), 1, 1),
         [ptr(partial), ctypes.c_int(tiles), ctypes.c_int(c), ctypes.c_int(c // groups), ptr(weight), ptr(bias),
          ctypes.c_float(eps), bf16, ptr(scale), ptr(shift)],
         device,

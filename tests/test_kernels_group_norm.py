@@ -116,3 +116,21 @@ def test_inputs_it_does_not_take_run_torch():
     assert not fused_applies(odd, 4, torch.ones(36, device="cuda", dtype=torch.float16), None)
     with torch.autocast("cuda", dtype=torch.float16):
         assert not fused_applies(x, 32, weight, bias)
+
+
+def test_kernel_backends_reach_every_network_and_are_restored():
+    """Demanding the kernels on a CPU model fails inside the block (the switch reaches its modules) and
+    the torch path runs again after it."""
+    from sv_engine.stablevideo.models.nets.fused import kernel_backends
+    from sv_engine.stablevideo.models.tiny import build_tiny_components
+
+    vae = build_tiny_components(0).vae.eval()
+    image = torch.rand(1, 3, 32, 32) * 2 - 1
+    with torch.no_grad():
+        before = vae.encode(image).latent_dist.mean
+        with kernel_backends("cuda", "cuda"), pytest.raises(SvEngineError, match="fused group norm"):
+            vae.encode(image)
+        assert torch.equal(vae.encode(image).latent_dist.mean, before)
+    with pytest.raises(SvEngineError, match="geglu"):
+        with kernel_backends(geglu="fast"):
+            pass

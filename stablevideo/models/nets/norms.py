@@ -12,14 +12,10 @@ import torch
 from sv_engine.kernels.group_norm import group_norm
 from torch import nn
 
-#: The implementations :func:`set_group_norm_backend` takes (sv_engine.kernels.group_norm.group_norm).
-GROUP_NORM_BACKENDS = ("auto", "cuda", "torch")
-
 
 class GroupNorm(nn.GroupNorm):
     """``nn.GroupNorm``, followed by SiLU when ``silu``; ``backend`` picks the implementation
-    (``"auto"``: the fused kernel where it applies; set per module by :func:`set_group_norm_backend`,
-    or on the class for every module that was not)."""
+    (``"auto"``: the fused kernel where it applies; :func:`.fused.kernel_backends` sets it)."""
 
     backend: str = "auto"
 
@@ -34,17 +30,6 @@ class GroupNorm(nn.GroupNorm):
 
     def extra_repr(self) -> str:
         return super().extra_repr() + (", silu=True" if self.silu else "")
-
-
-def set_group_norm_backend(module: nn.Module, backend: str) -> int:
-    """Every :class:`GroupNorm` under ``module`` uses ``backend``; returns how many there are."""
-    from sv_engine.kernels._checks import check_choice
-
-    check_choice("backend", backend, GROUP_NORM_BACKENDS)
-    norms = [m for m in module.modules() if isinstance(m, GroupNorm)]
-    for norm in norms:
-        norm.backend = backend
-    return len(norms)
 
 
 def is_silu(name: str) -> bool:
