@@ -291,7 +291,8 @@ class WarmVariant(NamedTuple):
     switch_interval_s: float | None = None  # Python's thread switch interval during the edits
     options: tuple[tuple[str, object], ...] = ()  # the backend's options changed from its defaults
     library_models: bool = False  # the diffusers / transformers classes instead of the pipeline's own networks
-    fused_kernels: bool = True  # the networks' GroupNorm+SiLU and GEGLU kernels (False: torch's ops)
+    prioritize_foreground: bool = False  # the keyframe loop on a high-priority stream (with overlap)
+    fused_kernels: bool = True  # the networks' GroupNorm+SiLU, GEGLU and conv-bias kernels (False: torch's ops)
 
 
 #: Every model a pipeline calls, for the variants that put all of them on the backend.
@@ -306,9 +307,12 @@ WARM_VARIANTS = {
     "torch-cuda-graph, background stream": WarmVariant("torch", overlap=True),
     # The same weights in the classes the pipeline's own networks replaced (benchmarks/library_models.py).
     "torch-cuda-graph, background stream, diffusers models": WarmVariant("torch", overlap=True, library_models=True),
-    # torch's GroupNorm (it copies channels-last input to NCHW and back), SiLU and GEGLU instead of the
-    # fused kernels (sv_engine.kernels.group_norm, .geglu).
+    # torch's GroupNorm (it copies channels-last input to NCHW and back), SiLU, GEGLU and conv bias add
+    # instead of the fused kernels (sv_engine.kernels.group_norm, .geglu, .bias).
     "torch-cuda-graph, background stream, torch norms": WarmVariant("torch", overlap=True, fused_kernels=False),
+    "torch-cuda-graph, background stream, keyframes first": WarmVariant(
+        "torch", overlap=True, prioritize_foreground=True
+    ),
     "torch-eager, diffusers models": WarmVariant("torch", False, library_models=True),
     # The background's eager VAE and text-encoder calls beside the keyframe loop took 8-12x their
     # time alone (engines-*-6112e61): in graphs they are launched by the GPU, not one by one by Python.
@@ -409,10 +413,11 @@ def warm_edits(
                 given = as_library_models(own or _random_components(device))
             from sv_engine.stablevideo.models.nets.fused import kernel_backends
 
-            norms = kernel_backends() if spec.fused_kernels else kernel_backends("torch", "torch")
+            norms = kernel_backends() if spec.fused_kernels else kernel_backends("torch", "torch", "torch")
             with _as_before(spec.before), _switch_interval(spec.switch_interval_s), norms:
                 runtime = build_pipeline(config, components=given)
                 pipeline = runtime.pipeline
+                pipeline.prioritize_foreground = spec.prioritize_foreground
                 calls = CallLog()
                 if backend == "torch" and spec.cuda_graphs is None:
                     calls.instrument(pipeline)

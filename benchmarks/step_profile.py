@@ -21,11 +21,11 @@ import torch
 
 log = logging.getLogger(__name__)
 
-#: name -> the (GroupNorm, GEGLU) implementations the nets use (sv_engine.stablevideo.models.nets.fused).
-VARIANTS: dict[str, tuple[str, str]] = {
-    "torch ops": ("torch", "torch"),
-    "fused group norm": ("auto", "torch"),
-    "fused group norm and GEGLU (default)": ("auto", "auto"),
+#: name -> the (GroupNorm, GEGLU, conv bias) implementations the nets use (nets.fused.kernel_backends).
+VARIANTS: dict[str, tuple[str, str, str]] = {
+    "torch ops": ("torch", "torch", "torch"),
+    "fused group norm and GEGLU": ("auto", "auto", "torch"),
+    "fused group norm, GEGLU and conv bias (default)": ("auto", "auto", "auto"),
 }
 
 
@@ -112,7 +112,9 @@ def _rows(components, device: torch.device, shapes, repeat: int, profiled_steps:
     return rows
 
 
-def run(shapes: list[tuple[int, int]], repeat: int, profiled_steps: int, variants: dict[str, tuple[str, str]]) -> dict:
+def run(
+    shapes: list[tuple[int, int]], repeat: int, profiled_steps: int, variants: dict[str, tuple[str, str, str]]
+) -> dict:
     from sv_engine.stablevideo.model_source import to_edit_precision
     from sv_engine.stablevideo.models.nets.fused import kernel_backends
     from sv_engine.stablevideo.models.tiny import build_random_components

@@ -77,3 +77,9 @@ def aligned(t: torch.Tensor, nbytes: int = 16) -> torch.Tensor:
     Fresh torch allocations are always aligned; only views into the middle of a tensor are not.
     """
     return t if t.data_ptr() % nbytes == 0 else t.clone()
+
+
+def tracing() -> bool:
+    """Whether a graph is being traced (torch.compile, torch.export, ONNX export, TorchScript): the
+    fused ops then run their torch form, so exported graphs keep the standard operators."""
+    return torch.compiler.is_compiling() or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()

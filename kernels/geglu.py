@@ -53,7 +53,7 @@ def fused_applies(projected: torch.Tensor) -> bool:
     divisible by 16, 16-byte aligned, outside autocast and graph tracing."""
     if not (projected.is_cuda and projected.dtype in _DTYPES and projected.dim() >= 1):
         return False
-    if torch.compiler.is_compiling() or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
+    if _checks.tracing():
         return False
     if projected.shape[-1] % 16 or projected.numel() == 0 or torch.is_autocast_enabled("cuda"):
         return False

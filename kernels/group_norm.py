@@ -78,15 +78,11 @@ def group_norm_reference(
     return F.silu(out) if silu else out
 
 
-def _tracing() -> bool:
-    return torch.compiler.is_compiling() or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
-
-
 def fused_applies(x: torch.Tensor, num_groups: int, weight: torch.Tensor | None, bias: torch.Tensor | None) -> bool:
     """Whether :func:`group_norm` runs the kernel on ``x``: a channels-last fp16/bf16 CUDA (N, C, H, W)
     tensor, affine weights of its dtype, C divisible by 8 and by 2 * groups (at most 512 channels per
     group), outside autocast and graph tracing."""
-    if not (x.is_cuda and x.dtype in _DTYPES and x.dim() == 4) or _tracing():
+    if not (x.is_cuda and x.dtype in _DTYPES and x.dim() == 4) or _checks.tracing():
         return False
     n, c, h, w = x.shape
     if weight is None or bias is None or weight.dtype != x.dtype or bias.dtype != x.dtype:

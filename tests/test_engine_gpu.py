@@ -194,14 +194,14 @@ def test_edit_runs_torch_from_cuda_graphs_by_default_on_a_gpu():
 
 def test_the_gpu_warm_up_runs_each_op_family_and_loads_the_pipeline_kernels():
     """What a cold edit runs beside its model load (export.compose.warm_up_gpu): every op family in
-    fp16, synchronized, and the three NVRTC kernel modules loaded (then the edit's first calls only launch)."""
+    fp16, synchronized, and every NVRTC kernel module loaded (then the edit's first calls only launch)."""
     from sv_engine.engine.warmup import warm_gpu_libraries
     from sv_engine.export.compose import warm_up_gpu
-    from sv_engine.kernels import _nvrtc
+    from sv_engine.kernels import SOURCES, _nvrtc
 
     device = torch.device("cuda")
     seconds = warm_gpu_libraries(device, torch.float16)
     assert set(seconds) == {"context", "convolution", "group norm", "linear", "matmul", "attention"}
     _nvrtc._load_module.cache_clear()
     warm_up_gpu(device, torch.float16)
-    assert _nvrtc._load_module.cache_info().currsize == 3
+    assert _nvrtc._load_module.cache_info().currsize == len(SOURCES) == 6

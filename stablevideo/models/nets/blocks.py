@@ -28,6 +28,7 @@ from torch import nn
 
 from sv_engine.errors import SvEngineError
 
+from .conv import Conv2d
 from .norms import GroupNorm, is_silu
 
 #: The hint of every "unsupported option" error (the same as base.py's).
@@ -188,17 +189,17 @@ class ResnetBlock2D(nn.Module):
 
         fuse = is_silu(non_linearity)  # act(norm(x)) in one pass (norms.GroupNorm)
         self.norm1 = GroupNorm(groups, in_channels, eps=eps, silu=fuse)
-        self.conv1 = nn.Conv2d(in_channels, out_channels, kernel_size=3, stride=1, padding=1)
+        self.conv1 = Conv2d(in_channels, out_channels, kernel_size=3, stride=1, padding=1)
         self.time_emb_proj = nn.Linear(temb_channels, out_channels) if temb_channels is not None else None
         self.norm2 = GroupNorm(groups_out, out_channels, eps=eps, silu=fuse)
         self.dropout = nn.Dropout(dropout)
-        self.conv2 = nn.Conv2d(out_channels, out_channels, kernel_size=3, stride=1, padding=1)
+        self.conv2 = Conv2d(out_channels, out_channels, kernel_size=3, stride=1, padding=1)
         self.nonlinearity = get_activation(non_linearity)
 
         self.use_in_shortcut = in_channels != out_channels if use_in_shortcut is None else use_in_shortcut
         self.conv_shortcut = None
         if self.use_in_shortcut:
-            self.conv_shortcut = nn.Conv2d(
+            self.conv_shortcut = Conv2d(
                 in_channels, out_channels, kernel_size=1, stride=1, padding=0, bias=conv_shortcut_bias
             )
 
@@ -232,7 +233,7 @@ class Downsample2D(nn.Module):
         self.padding = padding
         if use_conv:
             # diffusers' blocks build it with name="op": the module is registered as ``conv`` only.
-            self.conv: nn.Module = nn.Conv2d(self.channels, self.out_channels, kernel_size=3, stride=2, padding=padding)
+            self.conv: nn.Module = Conv2d(self.channels, self.out_channels, kernel_size=3, stride=2, padding=padding)
         else:
             if self.channels != self.out_channels:
                 raise SvEngineError("Downsample2D by pooling cannot change the channel count.", SD15_HINT)
@@ -252,7 +253,7 @@ class Upsample2D(nn.Module):
         self.channels = channels
         self.out_channels = out_channels or channels
         self.use_conv = use_conv
-        self.conv = nn.Conv2d(self.channels, self.out_channels, kernel_size=3, padding=1) if use_conv else None
+        self.conv = Conv2d(self.channels, self.out_channels, kernel_size=3, padding=1) if use_conv else None
 
     def forward(self, hidden_states: torch.Tensor, output_size: Any = None) -> torch.Tensor:
         # Shape-only conditions, as diffusers: upsample_nearest2d fails for batches >= 64 on non-contiguous
@@ -490,7 +491,7 @@ class Transformer2DModel(nn.Module):
         if use_linear_projection:
             self.proj_in: nn.Module = nn.Linear(in_channels, self.inner_dim)
         else:
-            self.proj_in = nn.Conv2d(in_channels, self.inner_dim, kernel_size=1, stride=1, padding=0)
+            self.proj_in = Conv2d(in_channels, self.inner_dim, kernel_size=1, stride=1, padding=0)
         self.transformer_blocks = nn.ModuleList(
             [
                 BasicTransformerBlock(
@@ -510,7 +511,7 @@ class Transformer2DModel(nn.Module):
         if use_linear_projection:
             self.proj_out: nn.Module = nn.Linear(self.inner_dim, self.out_channels)
         else:
-            self.proj_out = nn.Conv2d(self.inner_dim, self.out_channels, kernel_size=1, stride=1, padding=0)
+            self.proj_out = Conv2d(self.inner_dim, self.out_channels, kernel_size=1, stride=1, padding=0)
 
     def forward(self, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None) -> torch.Tensor:
         batch, _, height, width = hidden_states.shape

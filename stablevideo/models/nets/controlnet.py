@@ -28,6 +28,7 @@ from .blocks import (
     per_block,
     require_supported,
 )
+from .conv import Conv2d
 from .unet import DOWN_BLOCK_TYPES, make_down_block, make_mid_block, transformer_layers
 
 logger = logging.getLogger(__name__)
@@ -58,14 +59,14 @@ class ControlNetConditioningEmbedding(nn.Module):
         block_out_channels: Sequence[int] = (16, 32, 96, 256),
     ) -> None:
         super().__init__()
-        self.conv_in = nn.Conv2d(conditioning_channels, block_out_channels[0], kernel_size=3, padding=1)
+        self.conv_in = Conv2d(conditioning_channels, block_out_channels[0], kernel_size=3, padding=1)
         self.blocks = nn.ModuleList([])
         for i in range(len(block_out_channels) - 1):
             channel_in, channel_out = block_out_channels[i], block_out_channels[i + 1]
-            self.blocks.append(nn.Conv2d(channel_in, channel_in, kernel_size=3, padding=1))
-            self.blocks.append(nn.Conv2d(channel_in, channel_out, kernel_size=3, padding=1, stride=2))
+            self.blocks.append(Conv2d(channel_in, channel_in, kernel_size=3, padding=1))
+            self.blocks.append(Conv2d(channel_in, channel_out, kernel_size=3, padding=1, stride=2))
         self.conv_out = zero_module(
-            nn.Conv2d(block_out_channels[-1], conditioning_embedding_channels, kernel_size=3, padding=1)
+            Conv2d(block_out_channels[-1], conditioning_embedding_channels, kernel_size=3, padding=1)
         )
 
     def forward(self, conditioning: torch.Tensor) -> torch.Tensor:
@@ -158,7 +159,7 @@ class ControlNetModel(ConfiguredModel):
         num_attention_heads = per_block(name, "num_attention_heads", c.num_attention_heads or c.attention_head_dim, n)
         transformer_layers_per_block = transformer_layers(name, c.transformer_layers_per_block, n)
 
-        self.conv_in = nn.Conv2d(c.in_channels, block_out_channels[0], kernel_size=3, padding=1)
+        self.conv_in = Conv2d(c.in_channels, block_out_channels[0], kernel_size=3, padding=1)
         time_embed_dim = block_out_channels[0] * 4
         self.time_proj = Timesteps(block_out_channels[0], c.flip_sin_to_cos, c.freq_shift)
         self.time_embedding = TimestepEmbedding(block_out_channels[0], time_embed_dim, act_fn=c.act_fn)
@@ -174,7 +175,7 @@ class ControlNetModel(ConfiguredModel):
         self.controlnet_down_blocks = nn.ModuleList([])
 
         def zero_conv(channels: int) -> nn.Module:
-            return zero_module(nn.Conv2d(channels, channels, kernel_size=1))
+            return zero_module(Conv2d(channels, channels, kernel_size=1))
 
         output_channel = block_out_channels[0]
         self.controlnet_down_blocks.append(zero_conv(output_channel))

@@ -9,18 +9,20 @@ from collections.abc import Iterator
 from sv_engine.kernels._checks import BACKENDS, check_choice
 
 from .blocks import GEGLU
+from .conv import Conv2d
 from .norms import GroupNorm
 
 
 @contextlib.contextmanager
-def kernel_backends(group_norm: str = "auto", geglu: str = "auto") -> Iterator[None]:
-    """Every network's GroupNorm (+ SiLU) and GEGLU use these backends inside the block (``"auto"``,
-    ``"cuda"`` or ``"torch"``: sv_engine.kernels.group_norm / .geglu), process-wide."""
-    check_choice("group_norm", group_norm, BACKENDS)
-    check_choice("geglu", geglu, BACKENDS)
-    previous = GroupNorm.backend, GEGLU.backend
-    GroupNorm.backend, GEGLU.backend = group_norm, geglu
+def kernel_backends(group_norm: str = "auto", geglu: str = "auto", conv_bias: str = "auto") -> Iterator[None]:
+    """Every network's GroupNorm (+ SiLU), GEGLU and convolution bias use these backends inside the
+    block (``"auto"``, ``"cuda"`` or ``"torch"``: sv_engine.kernels.group_norm, .geglu, .bias),
+    process-wide."""
+    for name, value in (("group_norm", group_norm), ("geglu", geglu), ("conv_bias", conv_bias)):
+        check_choice(name, value, BACKENDS)
+    previous = GroupNorm.backend, GEGLU.backend, Conv2d.backend
+    GroupNorm.backend, GEGLU.backend, Conv2d.backend = group_norm, geglu, conv_bias
     try:
         yield
     finally:
-        GroupNorm.backend, GEGLU.backend = previous
+        GroupNorm.backend, GEGLU.backend, Conv2d.backend = previous

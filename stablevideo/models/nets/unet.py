@@ -34,6 +34,7 @@ from .blocks import (
     per_block,
     require_supported,
 )
+from .conv import Conv2d
 from .norms import GroupNorm, is_silu
 
 logger = logging.getLogger(__name__)
@@ -273,7 +274,7 @@ class UNet2DConditionModel(ConfiguredModel):
         transformer_layers_per_block = transformer_layers(name, c.transformer_layers_per_block, n)
 
         self.sample_size = c.sample_size
-        self.conv_in = nn.Conv2d(
+        self.conv_in = Conv2d(
             c.in_channels, block_out_channels[0], kernel_size=c.conv_in_kernel, padding=(c.conv_in_kernel - 1) // 2
         )
         time_embed_dim = c.time_embedding_dim or block_out_channels[0] * 4
@@ -370,7 +371,7 @@ class UNet2DConditionModel(ConfiguredModel):
 
         self.conv_norm_out = GroupNorm(c.norm_num_groups, block_out_channels[0], eps=c.norm_eps, silu=is_silu(c.act_fn))
         self.conv_act = nn.Identity() if self.conv_norm_out.silu else get_activation(c.act_fn)
-        self.conv_out = nn.Conv2d(
+        self.conv_out = Conv2d(
             block_out_channels[0], c.out_channels, kernel_size=c.conv_out_kernel, padding=(c.conv_out_kernel - 1) // 2
         )
 

@@ -27,6 +27,7 @@ from .blocks import (
     UpDecoderBlock2D,
     require_supported,
 )
+from .conv import Conv2d
 from .norms import GroupNorm
 
 logger = logging.getLogger(__name__)
@@ -115,7 +116,7 @@ class Encoder(nn.Module):
     ) -> None:
         super().__init__()
         self.layers_per_block = layers_per_block
-        self.conv_in = nn.Conv2d(in_channels, block_out_channels[0], kernel_size=3, stride=1, padding=1)
+        self.conv_in = Conv2d(in_channels, block_out_channels[0], kernel_size=3, stride=1, padding=1)
         self.down_blocks = nn.ModuleList([])
         output_channel = block_out_channels[0]
         for i, _ in enumerate(down_block_types):
@@ -134,7 +135,7 @@ class Encoder(nn.Module):
             )
         self.mid_block = _mid_block(block_out_channels[-1], norm_num_groups, act_fn, mid_block_add_attention)
         self.conv_norm_out = GroupNorm(norm_num_groups, block_out_channels[-1], eps=1e-6, silu=True)
-        self.conv_out = nn.Conv2d(block_out_channels[-1], 2 * out_channels if double_z else out_channels, 3, padding=1)
+        self.conv_out = Conv2d(block_out_channels[-1], 2 * out_channels if double_z else out_channels, 3, padding=1)
 
     def forward(self, sample: torch.Tensor) -> torch.Tensor:
         sample = self.conv_in(sample)
@@ -161,7 +162,7 @@ class Decoder(nn.Module):
     ) -> None:
         super().__init__()
         self.layers_per_block = layers_per_block
-        self.conv_in = nn.Conv2d(in_channels, block_out_channels[-1], kernel_size=3, stride=1, padding=1)
+        self.conv_in = Conv2d(in_channels, block_out_channels[-1], kernel_size=3, stride=1, padding=1)
         # Registered before mid_block (diffusers' state_dict order), filled after it (its RNG order).
         self.up_blocks = nn.ModuleList([])
         self.mid_block = _mid_block(block_out_channels[-1], norm_num_groups, act_fn, mid_block_add_attention)
@@ -183,7 +184,7 @@ class Decoder(nn.Module):
                 )
             )
         self.conv_norm_out = GroupNorm(norm_num_groups, block_out_channels[0], eps=1e-6, silu=True)
-        self.conv_out = nn.Conv2d(block_out_channels[0], out_channels, 3, padding=1)
+        self.conv_out = Conv2d(block_out_channels[0], out_channels, 3, padding=1)
 
     def forward(self, sample: torch.Tensor) -> torch.Tensor:
         sample = self.conv_in(sample)
@@ -263,8 +264,8 @@ class AutoencoderKL(ConfiguredModel):
             mid_block_add_attention=c.mid_block_add_attention,
         )
         latent = c.latent_channels
-        self.quant_conv = nn.Conv2d(2 * latent, 2 * latent, 1) if c.use_quant_conv else None
-        self.post_quant_conv = nn.Conv2d(latent, latent, 1) if c.use_post_quant_conv else None
+        self.quant_conv = Conv2d(2 * latent, 2 * latent, 1) if c.use_quant_conv else None
+        self.post_quant_conv = Conv2d(latent, latent, 1) if c.use_post_quant_conv else None
         self.use_slicing = False
         self.use_tiling = False
 
