@@ -103,9 +103,11 @@ case ${1:?phase: models, rest, e2e, attention, latency-cold, latency-warmup, lat
     parts=",${NORM_PARTS:-tests,step,warm,cold},"
     [[ $parts == *,tests,* ]] && LANE_TIMEOUT=200 lane 0 pytest-gpu bash -c \
       "cd '$repo' && python3 -m pytest -q -m gpu -p no:cacheprovider ${NORM_TESTS:-tests}"
+    [[ $parts == *,bench,* ]] && LANE_TIMEOUT=150 lane 0 bench-step python3 -m sv_engine.benchmarks.bench --stages unet_step \
+      --backends torch-cuda-graph --repeat 20 --json "$OUT/bench-step.json"
     [[ $parts == *,step,* ]] && LANE_TIMEOUT=200 lane 0 step-profile python3 -m sv_engine.benchmarks.step_profile --out "$OUT/step-profile.json"
     [[ $parts == *,warm,* ]] && LANE_TIMEOUT=300 lane 0 engines-norm python3 -m sv_engine.benchmarks.engine_bench --out "$OUT/engines-norm.json" \
-      --parts warm --budget-s 290 --warm-variants "${NORM_WARM:-torch-cuda-graph, background stream;torch-cuda-graph, background stream, torch norms}"
+      --parts warm --budget-s 290 --warm-variants "${NORM_WARM:-torch-cuda-graph, background stream;torch-cuda-graph, background stream, torch norms;torch-cuda-graph, background stream, keyframes at its priority}"
     if [[ $parts == *,cold,* ]]; then
       before_after
       LANE_TIMEOUT=${COLD_TIMEOUT:-250} lane 0 cold-start python3 -m sv_engine.benchmarks.cold_start --out "$OUT/cold-start.json" \

@@ -291,7 +291,7 @@ class WarmVariant(NamedTuple):
     switch_interval_s: float | None = None  # Python's thread switch interval during the edits
     options: tuple[tuple[str, object], ...] = ()  # the backend's options changed from its defaults
     library_models: bool = False  # the diffusers / transformers classes instead of the pipeline's own networks
-    prioritize_foreground: bool = False  # the keyframe loop on a high-priority stream (with overlap)
+    prioritize_foreground: bool = True  # the keyframe loop on a high-priority stream (with overlap)
     fused_kernels: bool = True  # the networks' GroupNorm+SiLU, GEGLU and conv-bias kernels (False: torch's ops)
 
 
@@ -310,8 +310,9 @@ WARM_VARIANTS = {
     # torch's GroupNorm (it copies channels-last input to NCHW and back), SiLU, GEGLU and conv bias add
     # instead of the fused kernels (sv_engine.kernels.group_norm, .geglu, .bias).
     "torch-cuda-graph, background stream, torch norms": WarmVariant("torch", overlap=True, fused_kernels=False),
-    "torch-cuda-graph, background stream, keyframes first": WarmVariant(
-        "torch", overlap=True, prioritize_foreground=True
+    # The keyframe loop on the main stream, at the background's priority (the default before c850aa6).
+    "torch-cuda-graph, background stream, keyframes at its priority": WarmVariant(
+        "torch", overlap=True, prioritize_foreground=False
     ),
     "torch-eager, diffusers models": WarmVariant("torch", False, library_models=True),
     # The background's eager VAE and text-encoder calls beside the keyframe loop took 8-12x their

@@ -1,3 +1,3 @@
-from sv_engine.cli import main
+from sv_engine.cli import console_main
 
-main()
+console_main()

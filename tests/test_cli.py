@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import subprocess
 import sys
@@ -189,3 +190,28 @@ def test_force_never_replaces_a_folder_with_a_file(monkeypatch, caplog, tmp_path
     code, errors = run_cli(monkeypatch, caplog, *args, "--out", tmp_path / "o.mp4", "--frames-dir", a_file)
     assert code == 2 and f"Output {a_file} is a file" in errors
     assert (folder / "keep").is_dir() and a_file.read_text() == "notes" and not (tmp_path / "o.mp4").exists()
+
+
+def _console_main(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
+    """``console_main()`` (the script's entry) in a fresh process that prints TEARDOWN from atexit."""
+    argv = ["sv-engine", *map(str, args)]
+    script = (
+        "import atexit, sys\natexit.register(lambda: print('TEARDOWN', flush=True))\n"
+        f"sys.argv = {argv!r}\nfrom sv_engine.cli import console_main\nconsole_main()"
+    )
+    return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+
+
+def test_a_finished_edit_ends_its_process_at_once(tmp_path: Path, random_data_dir: Path) -> None:
+    """After ``edit`` wrote its outputs the script's process ends without the interpreter's teardown
+    (atexit handlers do not run), with exit code 0 and every output complete; a usage error still
+    exits normally with 2."""
+    out = tmp_path / "o.mp4"
+    done = _console_main(tmp_path, "edit", random_data_dir, "--fg-prompt", "a", "--bg-prompt", "b", "--tiny",
+                         "--device", "cpu", "--steps", "2", "--out", out)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "TEARDOWN" not in done.stdout and "done:" in done.stderr
+    report = json.loads(out.with_name("o_report.json").read_text())
+    assert out.stat().st_size > 0 and out.with_name("o_preview.png").is_file() and "seconds_per_phase" in report
+    bad = _console_main(tmp_path, "edit", random_data_dir, "--fg-prompt", "a")
+    assert bad.returncode == 2 and "TEARDOWN" in bad.stdout

@@ -205,3 +205,22 @@ def test_the_gpu_warm_up_runs_each_op_family_and_loads_the_pipeline_kernels():
     _nvrtc._load_module.cache_clear()
     warm_up_gpu(device, torch.float16)
     assert _nvrtc._load_module.cache_info().currsize == len(SOURCES) == 6
+
+
+def test_the_keyframe_loop_on_its_priority_stream_gives_the_same_frames():
+    """The GPU default runs the background beside the keyframe loop, and the loop on a high-priority
+    stream (StableVideoPipeline.prioritize_foreground): scheduling only, so the frames are the same
+    bits as with the loop on the main stream."""
+    import numpy as np
+    from sv_engine.export.compose import RuntimeConfig, build_pipeline
+    from sv_engine.stablevideo.demo import demo_data_dir
+    from sv_engine.stablevideo.params import EditParams
+
+    pipeline = build_pipeline(RuntimeConfig(tiny=True, device="cuda", backend="torch")).pipeline
+    assert pipeline.overlap_background and pipeline.prioritize_foreground
+    params = EditParams("a red toy", "snowy hills", steps=4, image_resolution=128, depth_resolution=128, seed=7)
+    first = pipeline.edit(demo_data_dir(), params)
+    assert pipeline._priority_stream is not None and pipeline._priority_stream.priority < 0
+    pipeline.prioritize_foreground = False
+    plain = pipeline.edit(demo_data_dir(), params)
+    assert np.array_equal(first.frames, plain.frames)

@@ -64,7 +64,7 @@ def test_edit_rejects_before_loading_models(
     def no_model_load(*args, **kwargs):
         raise AssertionError("models were loaded before the inputs were checked")
 
-    monkeypatch.setattr("sv_engine.stablevideo.model_source.load_components", no_model_load)
+    monkeypatch.setattr("sv_engine.export.compose.load_components", no_model_load)  # the binding the edit calls
     spec = job(**fields)
     args = ["edit", str(random_data_dir), "--fg-prompt", spec["fg_prompt"], "--bg-prompt", spec["bg_prompt"]]
     if "keyframes" in spec:

@@ -75,6 +75,28 @@ def flag_of(field: str) -> str:
     return "DATA_DIR" if field == "data" else as_flag(field)
 
 
+def console_main() -> None:
+    """The ``sv-engine`` script and ``python -m sv_engine``: :func:`main`; after a command that finished
+    its outputs and asked for it (:data:`~sv_engine.cli.app.END_AT_ONCE`), the process ends right away,
+    its streams and logs flushed. (Tests call :func:`main` in their own process: it never ends it.)"""
+    from sv_engine.cli.app import END_AT_ONCE
+
+    END_AT_ONCE.clear()
+    try:
+        main()
+        code: object = 0
+    except SystemExit as exc:
+        code = exc.code
+    if END_AT_ONCE.is_set() and (code is None or isinstance(code, int)):
+        import os
+
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code or 0)
+    sys.exit(code)
+
+
 def main() -> None:
     """Console entry point: runs the typer app, turning bad input into one clear line and exit code 2."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")

@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from sv_engine.cli.app import app
+from sv_engine.cli.app import END_AT_ONCE, app
 from sv_engine.cli.options import (
     CudaGraphs,
     DataDir,
@@ -102,11 +103,13 @@ def run_edit(
     timer = StageTimer(sync_cuda=False)
     with timer("edit"):
         result = runtime.pipeline.edit(data_dir, params)
-    with timer("write outputs"):
+    with timer("write outputs"), ThreadPoolExecutor(max_workers=1, thread_name_prefix="sv-preview") as pool:
+        # The preview's PNG is compressed while ffmpeg encodes the video (both mostly outside the GIL).
+        sheet = pool.submit(lambda: Image.fromarray(result.preview()).save(preview))
         write_mp4(out, result.frames)
-        Image.fromarray(result.preview()).save(preview)
         if frames_dir:
             write_png_frames(frames_dir, result.frames)
+        sheet.result()
     phases.update(timer.as_dict())
     report.write_text(
         json.dumps(
@@ -121,6 +124,7 @@ def run_edit(
         )
     )
     log.info("done: %s, preview %s, report %s", out, preview, report)
+    END_AT_ONCE.set()
 
 
 @app.command("edit")
