@@ -141,8 +141,9 @@ class StableVideoPipeline:
         self._side_stream = torch.cuda.Stream(device) if self.overlap_background and device.type == "cuda" else None
         #: With the background beside it, run the keyframe loop on a high-priority stream, so the GPU
         #: schedules its kernels ahead of the background's: the loop is the edit's critical path, and
-        #: its eager VAE calls were starved by the background's graph replays (a VAE encode 119 ms
-        #: against 35 ms; warm edit 1.196 s against 1.292 s, engines-norm-*-c850aa6).
+        #: the background's graph replays starved its eager VAE calls (an encode 109-119 ms against
+        #: 25-35 ms). The whole warm edit: 1.20 s against 1.29 s (engines-norm-*-c850aa6), 1.26 s
+        #: against 1.23 s (*-80d2604), within the spread of a variant's place in the run.
         self.prioritize_foreground = True
         self._priority_stream: torch.cuda.Stream | None = None
 
