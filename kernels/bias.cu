@@ -3,24 +3,9 @@
 // as ATen's add: the same bits. ATen adds the bias of a cuDNN convolution as a separate broadcast
 // add, which its elementwise loops run without vector loads (a (1, C, 1, 1) operand is not
 // contiguous with the output).
-// T is unsigned short holding fp16 or bf16 bits (NVRTC without the CUDA headers).
+// Values are fp16 or bf16 bits in unsigned shorts (half.cuh).
 
-__device__ __forceinline__ float sv_bias_load(unsigned short v, int bf16) {
-    if (bf16) return __uint_as_float(((unsigned int)v) << 16);
-    float f;
-    asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(v));
-    return f;
-}
-
-__device__ __forceinline__ unsigned short sv_bias_store(float f, int bf16) {
-    unsigned short h;
-    if (bf16) {
-        asm("cvt.rn.bf16.f32 %0, %1;" : "=h"(h) : "f"(f));
-    } else {
-        asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(f));
-    }
-    return h;
-}
+#include "half.cuh"
 
 extern "C" __global__ void __launch_bounds__(256)
     channel_bias_add(unsigned short* __restrict__ y, const unsigned short* __restrict__ bias,
@@ -36,9 +21,9 @@ extern "C" __global__ void __launch_bounds__(256)
     unsigned int o[4];
 #pragma unroll
     for (int k = 0; k < 4; ++k) {
-        const float lo = sv_bias_load(vs[k] & 0xffffu, bf16) + sv_bias_load(bs[k] & 0xffffu, bf16);
-        const float hi = sv_bias_load(vs[k] >> 16, bf16) + sv_bias_load(bs[k] >> 16, bf16);
-        o[k] = (unsigned int)sv_bias_store(lo, bf16) | ((unsigned int)sv_bias_store(hi, bf16) << 16);
+        const float lo = sv_half_load(vs[k] & 0xffffu, bf16) + sv_half_load(bs[k] & 0xffffu, bf16);
+        const float hi = sv_half_load(vs[k] >> 16, bf16) + sv_half_load(bs[k] >> 16, bf16);
+        o[k] = (unsigned int)sv_half_store(lo, bf16) | ((unsigned int)sv_half_store(hi, bf16) << 16);
     }
     *p = make_uint4(o[0], o[1], o[2], o[3]);
 }

@@ -14,7 +14,7 @@ import torch
 from sv_engine.kernels import _checks
 from sv_engine.kernels._nvrtc import KernelSource, launch, ptr
 
-SOURCE = KernelSource("bias.cu", kernels=("channel_bias_add",))
+SOURCE = KernelSource("bias.cu", includes=("half.cuh",), kernels=("channel_bias_add",))
 _DTYPES = {torch.float16: 0, torch.bfloat16: 1}
 _THREADS = 256
 

@@ -2,24 +2,9 @@
 // first half is the value and second half the gate; one thread per 8 outputs (16-byte loads and
 // stores), computed in float and rounded once. Unfused, torch reads the two halves as strided views
 // (its generic, unvectorised loops), writes GELU(gate), then reads it back for the product.
-// T is unsigned short holding fp16 or bf16 bits (NVRTC without the CUDA headers).
+// Values are fp16 or bf16 bits in unsigned shorts (half.cuh).
 
-__device__ __forceinline__ float sv_geglu_load(unsigned short v, int bf16) {
-    if (bf16) return __uint_as_float(((unsigned int)v) << 16);
-    float f;
-    asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(v));
-    return f;
-}
-
-__device__ __forceinline__ unsigned short sv_geglu_store(float f, int bf16) {
-    unsigned short h;
-    if (bf16) {
-        asm("cvt.rn.bf16.f32 %0, %1;" : "=h"(h) : "f"(f));
-    } else {
-        asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(f));
-    }
-    return h;
-}
+#include "half.cuh"
 
 extern "C" __global__ void __launch_bounds__(256)
     geglu(const unsigned short* __restrict__ projected, long long vectors, int inner, int bf16,
@@ -37,10 +22,10 @@ extern "C" __global__ void __launch_bounds__(256)
     unsigned int o[4];
 #pragma unroll
     for (int k = 0; k < 4; ++k) {
-        const float g0 = sv_geglu_load(g[k] & 0xffffu, bf16), g1 = sv_geglu_load(g[k] >> 16, bf16);
-        const float r0 = sv_geglu_load(v[k] & 0xffffu, bf16) * (0.5f * g0 * (1.f + erff(g0 * 0.70710678118654752f)));
-        const float r1 = sv_geglu_load(v[k] >> 16, bf16) * (0.5f * g1 * (1.f + erff(g1 * 0.70710678118654752f)));
-        o[k] = (unsigned int)sv_geglu_store(r0, bf16) | ((unsigned int)sv_geglu_store(r1, bf16) << 16);
+        const float g0 = sv_half_load(g[k] & 0xffffu, bf16), g1 = sv_half_load(g[k] >> 16, bf16);
+        const float r0 = sv_half_load(v[k] & 0xffffu, bf16) * (0.5f * g0 * (1.f + erff(g0 * 0.70710678118654752f)));
+        const float r1 = sv_half_load(v[k] >> 16, bf16) * (0.5f * g1 * (1.f + erff(g1 * 0.70710678118654752f)));
+        o[k] = (unsigned int)sv_half_store(r0, bf16) | ((unsigned int)sv_half_store(r1, bf16) << 16);
     }
     reinterpret_cast<uint4*>(out + row * inner + col)[0] = make_uint4(o[0], o[1], o[2], o[3]);
 }

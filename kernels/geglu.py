@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from sv_engine.kernels import _checks
 from sv_engine.kernels._nvrtc import KernelSource, launch, ptr
 
-SOURCE = KernelSource("geglu.cu", kernels=("geglu",))
+SOURCE = KernelSource("geglu.cu", includes=("half.cuh",), kernels=("geglu",))
 _DTYPES = {torch.float16: 0, torch.bfloat16: 1}
 _THREADS = 256
 

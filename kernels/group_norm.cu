@@ -12,26 +12,11 @@
 //
 // PyTorch's CUDA GroupNorm reads NCHW only: a channels-last input is copied to NCHW, normalised, and
 // the next channels-last convolution copies it back, with SiLU a fourth pass over the tensor.
-// Types: T is unsigned short holding fp16 or bf16 bits (NVRTC without the CUDA headers).
+// Values are fp16 or bf16 bits in unsigned shorts (half.cuh).
 
 #define SV_GN_MAX_THREADS 256
 
-__device__ __forceinline__ float sv_gn_load(unsigned short v, int bf16) {
-    if (bf16) return __uint_as_float(((unsigned int)v) << 16);
-    float f;
-    asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(v));
-    return f;
-}
-
-__device__ __forceinline__ unsigned short sv_gn_store(float f, int bf16) {
-    unsigned short h;
-    if (bf16) {
-        asm("cvt.rn.bf16.f32 %0, %1;" : "=h"(h) : "f"(f));
-    } else {
-        asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(f));
-    }
-    return h;
-}
+#include "half.cuh"
 
 // (count, mean, M2) of b merged into a: Chan et al.'s pairwise update.
 __device__ __forceinline__ void sv_gn_merge(float& n, float& mean, float& m2, float nb, float mb, float m2b) {
@@ -67,7 +52,7 @@ extern "C" __global__ void __launch_bounds__(SV_GN_MAX_THREADS)
     int count = 0;
     for (int p = begin + threadIdx.y; p < end; p += blockDim.y) {
         const unsigned int v = __ldg(row + (long long)p * pairs);
-        const float a = sv_gn_load(v & 0xffffu, bf16), b = sv_gn_load(v >> 16, bf16);
+        const float a = sv_half_load(v & 0xffffu, bf16), b = sv_half_load(v >> 16, bf16);
         if (count == 0) shift = a;
         const float da = a - shift, db = b - shift;
         sum += da + db;
@@ -134,9 +119,9 @@ extern "C" __global__ void __launch_bounds__(SV_GN_MAX_THREADS)
     const float rstd = rsqrtf(fmaxf(s_m2[0] / s_n[0], 0.f) + eps);
     for (int j = t; j < channels_per_group; j += blockDim.x) {
         const int c = group * channels_per_group + j;
-        const float a = rstd * sv_gn_load(gamma[c], bf16);
+        const float a = rstd * sv_half_load(gamma[c], bf16);
         scale[(long long)n * channels + c] = a;
-        shift[(long long)n * channels + c] = sv_gn_load(beta[c], bf16) - mean * a;
+        shift[(long long)n * channels + c] = sv_half_load(beta[c], bf16) - mean * a;
     }
 }
 
@@ -160,13 +145,13 @@ extern "C" __global__ void __launch_bounds__(256)
     unsigned int out[4];
 #pragma unroll
     for (int k = 0; k < 4; ++k) {
-        float lo = fmaf(sv_gn_load(words[k] & 0xffffu, bf16), a[2 * k], b[2 * k]);
-        float hi = fmaf(sv_gn_load(words[k] >> 16, bf16), a[2 * k + 1], b[2 * k + 1]);
+        float lo = fmaf(sv_half_load(words[k] & 0xffffu, bf16), a[2 * k], b[2 * k]);
+        float hi = fmaf(sv_half_load(words[k] >> 16, bf16), a[2 * k + 1], b[2 * k + 1]);
         if (silu) {
             lo = lo / (1.f + __expf(-lo));
             hi = hi / (1.f + __expf(-hi));
         }
-        out[k] = (unsigned int)sv_gn_store(lo, bf16) | ((unsigned int)sv_gn_store(hi, bf16) << 16);
+        out[k] = (unsigned int)sv_half_store(lo, bf16) | ((unsigned int)sv_half_store(hi, bf16) << 16);
     }
     reinterpret_cast<uint4*>(y)[i] = make_uint4(out[0], out[1], out[2], out[3]);
 }

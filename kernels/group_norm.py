@@ -24,7 +24,9 @@ from sv_engine.kernels import _checks
 from sv_engine.kernels._nvrtc import KernelSource, launch, ptr
 
 SOURCE = KernelSource(
-    "group_norm.cu", kernels=("group_norm_nhwc_stats", "group_norm_nhwc_finalize", "group_norm_nhwc_apply")
+    "group_norm.cu",
+    includes=("half.cuh",),
+    kernels=("group_norm_nhwc_stats", "group_norm_nhwc_finalize", "group_norm_nhwc_apply"),
 )
 _DTYPES = {torch.float16: 0, torch.bfloat16: 1}
 _MAX_THREADS = 256
