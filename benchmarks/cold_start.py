@@ -128,6 +128,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--rounds", type=int, default=1, help="cold edits per variant (time allowing)")
     ap.add_argument("--budget-s", type=float, default=120.0)
     ap.add_argument(
+        "--backend",
+        default="torch-cuda-graph",
+        help="the edits' --backend (auto: a user's default, with its backend choice)",
+    )
+    ap.add_argument(
         "--device",
         choices=("cuda", "cpu"),
         default="cuda",
@@ -155,6 +160,7 @@ def main(argv: list[str] | None = None) -> None:
             "models": "tiny random" if tiny else "full-size random",
         },
         "variants": {name: str(folder) for name, folder in variants.items()},
+        "backend": args.backend,
         "cold_edit": {name: [] for name in variants},
         "imports": {},
     }
@@ -186,7 +192,7 @@ def main(argv: list[str] | None = None) -> None:
                 steps,
                 0.8,
                 left - 5,
-                "torch" if tiny else "torch-cuda-graph",
+                "torch" if tiny else args.backend,
                 variant_env(variants[name]),
             )
             res.pop("command", None)

@@ -111,7 +111,8 @@ case ${1:?phase: models, rest, e2e, attention, latency-cold, latency-warmup, lat
     if [[ $parts == *,cold,* ]]; then
       before_after
       LANE_TIMEOUT=${COLD_TIMEOUT:-250} lane 0 cold-start python3 -m sv_engine.benchmarks.cold_start --out "$OUT/cold-start.json" \
-        --variant before=/tmp/v-before --variant after=/tmp/v-after --rounds "${COLD_ROUNDS:-3}" --budget-s $(( ${COLD_TIMEOUT:-250} - 10 ))
+        --variant before=/tmp/v-before --variant after=/tmp/v-after --rounds "${COLD_ROUNDS:-3}" --budget-s $(( ${COLD_TIMEOUT:-250} - 10 )) \
+        --backend "${COLD_BACKEND:-torch-cuda-graph}"
     fi ;;
   latency-aoti)  # issue 16, one GPU: the AOTInductor build (dynamic h/w), its step, warm edit and cold edit
     LANE_TIMEOUT=580 lane 0 engines-aoti python3 -m sv_engine.benchmarks.engine_bench --out "$OUT/engines-aoti.json" \

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from sv_engine.engine.registry import available_backends, backend_class
+from sv_engine.engine.registry import backend_class, is_available, ranked_backends
 
 from sv_engine.atomic_write import atomic_write_bytes
 from sv_engine.paths import cache_root
@@ -86,11 +86,15 @@ def verdict(backend: str, device: torch.device, probe: Probe) -> dict:
 
 
 def gated_default_backend(device: torch.device, probe: Probe, candidates: list[str] | None = None) -> str:
-    """The fastest available backend (``candidates``: default :func:`available_backends`, fastest
-    first) that passed its parity probe here; torch when none did."""
-    for name in candidates if candidates is not None else available_backends(device):
+    """The fastest available backend (``candidates``, fastest first: default every backend, by
+    :func:`ranked_backends`) that passed its parity probe here; torch when none did. Availability is
+    checked only for the candidates ranked before torch: the others' checks import their runtimes
+    (torch-compile's compiles a probe with inductor), which a cold edit does not need."""
+    for name in candidates if candidates is not None else ranked_backends(device):
         if name == "torch":
             return name
+        if candidates is None and not is_available(name, device):
+            continue
         found = verdict(name, device, probe)
         if found["passed"]:
             logger.info("backend: %s (passed its parity probe on this machine)", name)

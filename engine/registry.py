@@ -337,19 +337,25 @@ def _device(device: str | torch.device | None) -> torch.device:
     return torch.device(device) if device is not None else default_device()
 
 
+def ranked_backends(device: str | torch.device | None = None) -> list[str]:
+    """Every backend's name, the fastest whole edit on ``device``'s kind first; availability unchecked
+    (checking it may import a runtime or, for torch-compile, compile a probe)."""
+    col = 0 if _device(device).type == "cuda" else 1
+    return sorted(BACKENDS, key=lambda n: -BACKENDS[n].speed_rank[col])
+
+
+def is_available(name: str, device: str | torch.device | None = None) -> bool:
+    """Whether backend ``name`` runs on ``device``; a runtime that fails to import is unavailable."""
+    try:
+        ok, _ = backend_class(name).availability(_device(device))
+    except Exception:  # noqa: BLE001 - an optional runtime that fails to import is simply unavailable
+        ok = False
+    return ok
+
+
 def available_backends(device: str | torch.device | None = None) -> list[str]:
     """Names of the backends usable on ``device`` (default: cuda if present else cpu), fastest first."""
-    dev = _device(device)
-    names = []
-    for name in BACKENDS:
-        try:
-            ok, _ = backend_class(name).availability(dev)
-        except Exception:  # noqa: BLE001 - an optional runtime that fails to import is simply unavailable
-            ok = False
-        if ok:
-            names.append(name)
-    col = 0 if dev.type == "cuda" else 1
-    return sorted(names, key=lambda n: -BACKENDS[n].speed_rank[col])
+    return [name for name in ranked_backends(device) if is_available(name, device)]
 
 
 def backend_status(device: str | torch.device | None = None) -> dict[str, str]:

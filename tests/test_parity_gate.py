@@ -70,3 +70,22 @@ def test_the_real_probe_passes_onnx_runtime_on_the_cpu(isolated_cache) -> None: 
     passed, detail = parity_probe("ort", CPU)
     assert passed, detail
     assert "cosine" in detail
+
+
+@pytest.mark.parametrize(("device", "checked"), [("cuda", ["trt"]), ("cpu", ["ort"])])
+def test_the_default_checks_only_the_backends_ranked_before_torch(
+    isolated_cache, monkeypatch: pytest.MonkeyPatch, device: str, checked: list[str]
+) -> None:  # noqa: ANN001
+    """A cold GPU edit with ``--backend auto`` never checks torch-compile (its check compiles an
+    inductor probe) nor ORT (an import): only TensorRT ranks before torch on a GPU."""
+    from sv_engine.engine.registry import BACKENDS, backend_class
+
+    seen: list[str] = []
+    for name in BACKENDS:
+        monkeypatch.setattr(
+            backend_class(name),
+            "availability",
+            classmethod(lambda cls, device=None, n=name: seen.append(n) or (False, "off")),
+        )
+    assert gated_default_backend(torch.device(device), Probe({})) == "torch"
+    assert seen == checked
