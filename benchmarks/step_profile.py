@@ -26,6 +26,8 @@ VARIANTS: dict[str, tuple[str, str, str]] = {
     "torch ops": ("torch", "torch", "torch"),
     "fused group norm and GEGLU": ("auto", "auto", "torch"),
     "fused group norm, GEGLU and conv bias (default)": ("auto", "auto", "auto"),
+    # The same with PyTorch's FlashAttention-2 kernels instead of its default choice (cuDNN's on Hopper).
+    "default, FlashAttention-2": ("auto", "auto", "auto", "flash"),
 }
 
 
@@ -112,6 +114,17 @@ def _rows(components, device: torch.device, shapes, repeat: int, profiled_steps:
     return rows
 
 
+def _attention(kind: str | None):  # noqa: ANN202
+    """``scaled_dot_product_attention`` limited to one kernel family (None: PyTorch's own choice)."""
+    import contextlib
+
+    if kind is None:
+        return contextlib.nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return sdpa_kernel([{"flash": SDPBackend.FLASH_ATTENTION, "cudnn": SDPBackend.CUDNN_ATTENTION}[kind]])
+
+
 def run(
     shapes: list[tuple[int, int]], repeat: int, profiled_steps: int, variants: dict[str, tuple[str, str, str]]
 ) -> dict:
@@ -123,9 +136,9 @@ def run(
     components = to_edit_precision(build_random_components(0, device=device), device, torch.float16)
     reference: dict[tuple[int, int], torch.Tensor] = {}
     out: dict[str, dict] = {}
-    for name, backends in variants.items():
+    for name, (*backends, attention) in ((n, (*v, None)[:4]) for n, v in variants.items()):
         log.info("variant %s", name)
-        with kernel_backends(*backends):
+        with kernel_backends(*backends), _attention(attention):
             out[name] = _rows(components, device, shapes, repeat, profiled_steps, reference)
         torch.cuda.empty_cache()
     return out
