@@ -51,4 +51,4 @@ browser:
 	  else echo "browser test: sudo apt-get install chromium chromium-driver (it skips without them, fails with CI=true)"; fi; fi
 
 test: lint browser $(WHEELS)/.complete
-	SV_ENGINE_WHEELS=$(abspath $(WHEELS)) $(VENV)/bin/python -m pytest -q tests
+	SV_ENGINE_WHEELS=$(abspath $(WHEELS)) $(VENV)/bin/python -P -m pytest -q tests

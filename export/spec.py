@@ -65,11 +65,14 @@ TINY_SHAPES = ShapeRange(height=(64, 64, 128), width=(64, 64, 128), multiple=16)
 
 
 def _fp32_forward(norm: nn.Module):
-    """A forward computing GroupNorm/LayerNorm in fp32 and returning the input dtype."""
+    """A forward computing GroupNorm/LayerNorm in fp32 and returning the input dtype; a GroupNorm that
+    fuses its SiLU (nets.norms.GroupNorm) keeps it."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if isinstance(self, nn.GroupNorm):
             y = nn.functional.group_norm(x.float(), self.num_groups, self.weight, self.bias, self.eps)
+            if getattr(self, "silu", False):
+                y = nn.functional.silu(y)
         else:
             y = nn.functional.layer_norm(x.float(), self.normalized_shape, self.weight, self.bias, self.eps)
         return y.to(x.dtype)

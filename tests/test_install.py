@@ -37,9 +37,15 @@ for name in {SUBPACKAGES!r}:
     modules += [m.name for m in pkgutil.walk_packages(package.__path__, name + ".") if not m.name.endswith("__main__")]
 for name in modules:
     importlib.import_module(name)
+import importlib.metadata
+# Ours must not install those names; another distribution may (transformers >= 5.25 installs
+# Hugging Face's `kernels`): the check is sv-engine's own files and where each name resolves.
+files = [str(f) for f in importlib.metadata.files("sv-engine") or []]
+assert not [f for f in files if f.split("/")[0] in {FORBIDDEN_TOP_LEVEL!r}], f'top-level files: {{files}}'
 for name in {FORBIDDEN_TOP_LEVEL!r}:
     spec = importlib.util.find_spec(name)
-    assert spec is None or 'site-packages' not in str(spec.origin), f'{{name}} installed at top level: {{spec.origin}}'
+    origin = str(spec.origin) if spec is not None else ""
+    assert not origin.startswith({str(REPO)!r}), f'{{name}} resolves to the repo at top level: {{origin}}'
 import sv_engine.kernels
 assert (pathlib.Path(sv_engine.kernels.__file__).parent / 'render.cu').is_file(), 'kernel sources missing'
 print(len(modules), "modules")

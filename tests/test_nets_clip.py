@@ -9,13 +9,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from requires import import_or_skip
 from sv_engine.stablevideo.models.clip_tokenizer import CLIPTokenizer
 from sv_engine.stablevideo.models.nets.clip_text import CLIPTextModel
 from sv_engine.stablevideo.models.tiny import TINY_TEXT_CONFIG, load_config
 from sv_engine.stablevideo.models.tokenizer import _packaged_vocab, load_clip_tokenizer
 
 from sv_engine.errors import SvEngineError
-from tests.requires import import_or_skip
 
 transformers = import_or_skip("transformers")
 
