@@ -53,9 +53,8 @@ def group_norm(
             ``"cuda"`` (the kernel; an input it cannot take is an error) or ``"torch"``.
     """
     _checks.check_choice("backend", backend, _checks.BACKENDS)
-    if backend == "torch" or (backend == "auto" and not fused_applies(x, num_groups, weight, bias)):
-        return group_norm_reference(x, num_groups, weight, bias, eps, silu=silu)
-    if backend == "cuda" and not fused_applies(x, num_groups, weight, bias):
+    applies = backend != "torch" and fused_applies(x, num_groups, weight, bias)
+    if backend == "cuda" and not applies:
         from sv_engine.errors import SvEngineError
 
         raise SvEngineError(
@@ -63,6 +62,8 @@ def group_norm(
             "Pass a channels-last fp16/bf16 CUDA tensor with weight and bias of its dtype, C divisible "
             "by 8 and by 2 * num_groups, or use backend='auto'.",
         )
+    if not applies:
+        return group_norm_reference(x, num_groups, weight, bias, eps, silu=silu)
     return _group_norm_cuda(x, num_groups, weight, bias, eps, silu)
 
 
