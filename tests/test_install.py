@@ -45,7 +45,8 @@ assert not [f for f in files if f.split("/")[0] in {FORBIDDEN_TOP_LEVEL!r}], f't
 for name in {FORBIDDEN_TOP_LEVEL!r}:
     spec = importlib.util.find_spec(name)
     origin = str(spec.origin) if spec is not None else ""
-    assert not origin.startswith({str(REPO)!r}), f'{{name}} resolves to the repo at top level: {{origin}}'
+    ours = {str(REPO)!r} + '/' + name + '/'  # the repo's own folder (a venv inside the repo is not ours)
+    assert not origin.startswith(ours), f'{{name}} resolves to the repo at top level: {{origin}}'
 import sv_engine.kernels
 assert (pathlib.Path(sv_engine.kernels.__file__).parent / 'render.cu').is_file(), 'kernel sources missing'
 print(len(modules), "modules")
