@@ -105,6 +105,10 @@ case ${1:?phase: models, rest, e2e, attention, latency-cold, latency-warmup, lat
       "cd '$repo' && python3 -m pytest -q -m gpu -p no:cacheprovider ${NORM_TESTS:-tests}"
     [[ $parts == *,bench,* ]] && LANE_TIMEOUT=150 lane 0 bench-step python3 -m sv_engine.benchmarks.bench --stages unet_step \
       --backends torch-cuda-graph --repeat 20 --json "$OUT/bench-step.json"
+    [[ $parts == *,maps,* ]] && LANE_TIMEOUT=120 lane 0 engines-maps python3 -m sv_engine.benchmarks.engine_bench --out "$OUT/engines-maps.json" \
+      --parts maps --budget-s 110
+    [[ $parts == *,bench-maps,* ]] && LANE_TIMEOUT=150 lane 0 bench-maps python3 -m sv_engine.benchmarks.bench --stages nla_maps \
+      --backends torch --repeat 10 --json "$OUT/bench-maps.json"
     [[ $parts == *,step,* ]] && LANE_TIMEOUT=200 lane 0 step-profile python3 -m sv_engine.benchmarks.step_profile --out "$OUT/step-profile.json"
     [[ $parts == *,warm,* ]] && LANE_TIMEOUT=300 lane 0 engines-norm python3 -m sv_engine.benchmarks.engine_bench --out "$OUT/engines-norm.json" \
       --parts warm --budget-s 290 --warm-variants "${NORM_WARM:-torch-cuda-graph, background stream;torch-cuda-graph, background stream, torch norms;torch-cuda-graph, background stream, keyframes at its priority}"

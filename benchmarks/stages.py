@@ -459,6 +459,20 @@ def stage_depth(ctx: BenchContext) -> dict:
 # --------------------------------------------------------------------------------------------------
 
 
+def _fast_maps_variant(ctx: BenchContext, field, config, fused: bool | None) -> dict:  # noqa: ANN001
+    """FastMaps (what opening a video runs on a GPU) timed, with its largest error against fp32."""
+    from sv_engine.stablevideo.fast_maps import FastMaps
+    from sv_engine.stablevideo.maps import compute_maps
+
+    fast = FastMaps(field, fused=fused)
+    if fused is None and fast.fused is None:
+        return skipped("the fused kernels need compute capability 8.0+")
+    ref = compute_maps(field, config, ctx.device, chunk_size=ctx.sizes.nla_chunk, progress=False)
+    errors = [(a - b).abs().max().item() for a, b in zip(fast(config), (ref.fg_uv, ref.bg_uv, ref.alpha), strict=True)]
+    del ref
+    return {**ctx.time(lambda: fast(config)), "max_abs_err_fg_uv_bg_uv_alpha": [round(e, 6) for e in errors]}
+
+
 def stage_nla_maps(ctx: BenchContext) -> dict:
     from sv_engine.stablevideo.data import VideoConfig
     from sv_engine.stablevideo.maps import compute_maps
@@ -487,6 +501,11 @@ def stage_nla_maps(ctx: BenchContext) -> dict:
             run_variant(ctx, results, name, run(field, dtype))
         else:
             results[name] = skipped("autocast variants are timed on a GPU only")
+    for name, fused in (("fp16 GEMMs + CUDA graph", False), ("fused MLP kernels", None)):
+        if ctx.cuda:
+            run_variant(ctx, results, name, lambda fused=fused: _fast_maps_variant(ctx, field, config, fused))
+        else:
+            results[name] = skipped("FastMaps runs on a GPU only")
     for backend in ctx.backends:
         if backend in _EAGER_GPU:
             continue  # eager fp16 = the autocast variants above; the field's chunks leave nothing for a graph to save

@@ -10,6 +10,7 @@ Public ops (CUDA kernel on CUDA tensors, the torch reference on CPU; ``backend="
   networks' norms; ``F.group_norm`` where it does not apply).
 * :func:`geglu.geglu` -- the feed-forward's value * GELU(gate) in one pass.
 * :func:`bias.add_channel_bias_` -- a convolution's bias added to its channels-last output, vectorised.
+* :func:`nla_mlp.pixel_field` -- an NLA MLP over every pixel of a video, fully fused (the NLA maps).
 
 Each ``*_reference`` function is the torch specification its kernel is tested against.
 """
@@ -17,13 +18,13 @@ Each ``*_reference`` function is the torch specification its kernel is tested ag
 from pathlib import Path
 
 import torch
-from sv_engine.kernels import bias, geglu, group_norm, render, splat, warp
+from sv_engine.kernels import bias, geglu, group_norm, nla_mlp, render, splat, warp
 from sv_engine.kernels.render import render_composite, render_composite_reference
 from sv_engine.kernels.splat import splat_to_atlas, splat_to_atlas_reference
 from sv_engine.kernels.warp import pad_grids, warp_atlas, warp_atlas_reference
 
 #: Every kernel's source: what :func:`precompile` builds.
-SOURCES = (render.SOURCE, splat.SOURCE, warp.SOURCE, group_norm.SOURCE, geglu.SOURCE, bias.SOURCE)
+SOURCES = (render.SOURCE, splat.SOURCE, warp.SOURCE, group_norm.SOURCE, geglu.SOURCE, bias.SOURCE, nla_mlp.SOURCE)
 
 
 def precompile(arch: str) -> list[Path]:

@@ -265,18 +265,37 @@ def launch(
     block: tuple[int, int, int],
     args: list,
     device: torch.device,
+    shared_bytes: int = 0,
 ) -> None:
     """Launch ``func`` on ``torch.cuda.current_stream(device)``.
 
     ``args`` are ctypes values of the kernel's parameter types, in its order (``ctypes.c_int(n)``,
     :func:`ptr` for a tensor, a ``ctypes.Structure`` for a struct passed by value); the driver
-    copies each one from the address we pass.
+    copies each one from the address we pass. ``shared_bytes`` of dynamic shared memory (more than
+    48 KB is allowed per function first, once).
     """
     from cuda.bindings import driver
 
     index = device.index if device.index is not None else torch.cuda.current_device()
     _ensure_context(index)
+    if shared_bytes > 48 * 1024:
+        _allow_shared(func, shared_bytes)
     params = (ctypes.c_void_p * len(args))(*[ctypes.addressof(a) for a in args])
     stream = driver.CUstream(torch.cuda.current_stream(device).cuda_stream)
-    (err,) = driver.cuLaunchKernel(func, *grid, *block, 0, stream, ctypes.addressof(params), 0)
+    (err,) = driver.cuLaunchKernel(func, *grid, *block, shared_bytes, stream, ctypes.addressof(params), 0)
     _check_cu(err, "cuLaunchKernel")
+
+
+_SHARED_ALLOWED: dict[int, int] = {}
+
+
+def _allow_shared(func, shared_bytes: int) -> None:
+    """Raises ``func``'s dynamic shared memory limit to ``shared_bytes`` (the default cap is 48 KB)."""
+    from cuda.bindings import driver
+
+    key = int(func)
+    if _SHARED_ALLOWED.get(key, 0) >= shared_bytes:
+        return
+    attr = driver.CUfunction_attribute.CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES
+    _check_cu(driver.cuFuncSetAttribute(func, attr, shared_bytes)[0], "cuFuncSetAttribute")
+    _SHARED_ALLOWED[key] = shared_bytes

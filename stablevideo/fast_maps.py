@@ -12,11 +12,17 @@ Accuracy: the hidden layers run in fp16 with fp32 accumulation; the narrow outpu
 columns) and the positional encoding run in fp32. On the H200 (benchmarks/results/engines-*.json, the bundled
 clip's fitted NLA at 70x768x432): 227 ms against 1160 ms for the fp32 reference and 295 ms for bf16
 autocast; largest error against fp32 1e-4 in uv (bf16 autocast: 3.4e-3) and 0.008 in alpha.
+
+Where the GPU has fp16 mma.sync (compute capability 8.0+), each MLP instead runs as one fused kernel
+(``kernels/nla_mlp.cu``): a point's activations stay in registers from its coordinates to its outputs,
+so no activation makes the round trip through memory. The GEMM path stays for other GPUs and for
+networks the kernel does not take.
 """
 
 from __future__ import annotations
 
 import torch
+from sv_engine.kernels import nla_mlp
 from sv_engine.stablevideo.data import VideoConfig
 from sv_engine.stablevideo.nla import IMLP, NLAField, alpha_from_output, bg_uv, fg_uv, positional_encoding
 
@@ -50,14 +56,50 @@ class _HalfMLP:
         return torch.tanh(torch.addmm(b, h.float(), w))
 
 
-class FastMaps:
-    """``maps(config) -> (fg_uv, bg_uv, alpha)`` for every pixel of the video, on a CUDA device."""
+#: Each map's output as ``scale·tanh(out) + offset`` (:func:`fg_uv`, :func:`bg_uv`, :func:`alpha_from_output`).
+_FG_UV, _BG_UV, _ALPHA = (0.5, 0.5), (0.5, -0.5), (0.99 * 0.5, 0.99 * 0.5 + 0.001)
 
-    def __init__(self, field: NLAField, dtype: torch.dtype = torch.float16, chunk: int = CHUNK) -> None:
+
+def _linears(mlp: IMLP) -> list[nla_mlp.Linear]:
+    return [(layer.weight, layer.bias) for layer in mlp.hidden]
+
+
+class _FusedMaps:
+    """The three MLPs as fused kernels (:mod:`sv_engine.kernels.nla_mlp`), packed once."""
+
+    def __init__(self, field: NLAField) -> None:
+        self.fg, self.bg, self.alpha = (
+            nla_mlp.pack_mlp(_linears(m), m.positional_dim) for m in (field.fg_mapping, field.bg_mapping, field.alpha)
+        )
+
+    @staticmethod
+    def takes(field: NLAField) -> bool:
+        nets = (field.fg_mapping, field.bg_mapping, field.alpha)
+        return all(not m.skip_layers and nla_mlp.why_not_packable(_linears(m), m.positional_dim) is None for m in nets)
+
+    def __call__(self, config: VideoConfig) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        size = (config.resx, config.resy, config.num_frames)
+        t, h, w = config.num_frames, config.resy, config.resx
+        fg = nla_mlp.pixel_field(self.fg, *size, *_FG_UV).view(t, h, w, 2)
+        bg = nla_mlp.pixel_field(self.bg, *size, *_BG_UV).view(t, h, w, 2)
+        alpha = nla_mlp.pixel_field(self.alpha, *size, *_ALPHA).view(t, h, w)
+        return fg, bg, alpha
+
+
+class FastMaps:
+    """``maps(config) -> (fg_uv, bg_uv, alpha)`` for every pixel of the video, on a CUDA device.
+
+    ``fused``: ``None`` runs the fused kernels wherever they apply, ``False`` the fp16 GEMMs."""
+
+    def __init__(
+        self, field: NLAField, dtype: torch.dtype = torch.float16, chunk: int = CHUNK, fused: bool | None = None
+    ) -> None:
         self.fg, self.bg, self.alpha = (_HalfMLP(m, dtype) for m in (field.fg_mapping, field.bg_mapping, field.alpha))
         self.chunk = chunk
         self.device = next(field.parameters()).device
         self.graphs = self.device.type == "cuda"  # elsewhere (tests on the CPU) the chunks run directly
+        use_fused = fused is not False and dtype == torch.float16 and nla_mlp.fused_applies(self.device)
+        self.fused = _FusedMaps(field) if use_fused and _FusedMaps.takes(field) else None
 
     def _chunk(self, start: torch.Tensor, config: VideoConfig) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         w, h, t = config.resx, config.resy, config.num_frames
@@ -73,6 +115,8 @@ class FastMaps:
 
     @torch.no_grad()
     def __call__(self, config: VideoConfig) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        if self.fused is not None:
+            return self.fused(config)
         n = config.resx * config.resy * config.num_frames
         fg = torch.empty(n, 2, device=self.device)
         bg = torch.empty(n, 2, device=self.device)

@@ -204,7 +204,7 @@ def test_the_gpu_warm_up_runs_each_op_family_and_loads_the_pipeline_kernels():
     assert set(seconds) == {"context", "convolution", "group norm", "linear", "matmul", "attention"}
     _nvrtc._load_module.cache_clear()
     warm_up_gpu(device, torch.float16)
-    assert _nvrtc._load_module.cache_info().currsize == len(SOURCES) == 6
+    assert _nvrtc._load_module.cache_info().currsize == len(SOURCES) == 7
 
 
 def test_the_keyframe_loop_on_its_priority_stream_gives_the_same_frames():

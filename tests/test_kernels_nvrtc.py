@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 from requires import in_ci
-from sv_engine.kernels import bias, geglu, group_norm, render, splat, warp
+from sv_engine.kernels import bias, geglu, group_norm, nla_mlp, render, splat, warp
 from sv_engine.kernels._nvrtc import compile_cubin
 
 from sv_engine.errors import SvEngineError
@@ -26,7 +26,9 @@ pytestmark = pytest.mark.skipif(
 
 
 @pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
-@pytest.mark.parametrize("module", [render, warp, splat, group_norm, geglu, bias], ids=lambda m: m.SOURCE.filename)
+@pytest.mark.parametrize(
+    "module", [render, warp, splat, group_norm, geglu, bias, nla_mlp], ids=lambda m: m.SOURCE.filename
+)
 def test_kernels_compile(module, arch):
     cubin = module.SOURCE.compile(arch)
     assert cubin[:4] == b"\x7fELF"
@@ -125,7 +127,7 @@ def test_precompile_keeps_every_kernel_so_a_new_process_runs_no_nvrtc(tmp_path, 
 
     monkeypatch.setattr(_nvrtc, "compile_cubin", counted)
     paths = precompile("sm_90")
-    names = ["bias.cu", "geglu.cu", "group_norm.cu", "render.cu", "splat.cu", "warp.cu"]
+    names = ["bias.cu", "geglu.cu", "group_norm.cu", "nla_mlp.cu", "render.cu", "splat.cu", "warp.cu"]
     assert sorted(calls) == sorted(s.filename for s in SOURCES) == names
     assert all(p.read_bytes()[:4] == b"\x7fELF" and p.parent == tmp_path / "kernels" for p in paths)
-    assert precompile("sm_90") == paths and len(calls) == 6, "kept cubins are read, not compiled again"
+    assert precompile("sm_90") == paths and len(calls) == 7, "kept cubins are read, not compiled again"
