@@ -53,7 +53,7 @@ def check_same_size(what: str, sizes: dict[str, Sequence[int]]) -> None:
             )
 
 
-def check_choice(name: str, value: str, choices: Sequence[str]) -> None:
+def check_choice(name: str, value: object, choices: Sequence[object]) -> None:
     if value not in choices:
         raise SvEngineError(f"{name}={value!r} is not supported.", f"Use one of {', '.join(map(repr, choices))}.")
 

@@ -4,26 +4,26 @@
 // reach memory. Layer by layer through cuBLAS, each 256-wide activation is a round trip through HBM
 // (1 KB a point a layer): at 23 M points that traffic, not the FLOPs, set the time.
 //
-// Layout (mma.sync m16n8k16, fp16 in, fp32 accumulate): each warp owns 16 points and keeps their
-// activations in registers as the A fragments of the next layer: an m16n8 accumulator tile's C layout
-// for columns 16j..16j+15 is exactly the A layout of k-block j, so a layer's output becomes the next
-// layer's input without leaving the thread. The weights stream through shared memory in stages of 64
-// output columns (8 n-tiles, all k-blocks), double buffered with cp.async, shared by the block's
-// 8 warps. The host packs every stage in fragment order (nla_mlp.py): lane l's two B registers of
-// n-tile j, k-block k sit at [k][j][l], so each warp's load is one contiguous 256-byte row.
-// Biases and the narrow output layer (1-2 columns, CUDA cores, fp32 weights) stay in fp32.
+// Layout (mma.sync m16n8k16, fp16 in, fp32 accumulate): each warp owns 16 points and holds their
+// activations as the A fragments of the layer it computes, in registers. An m16n8 accumulator tile's
+// C layout for columns 16j..16j+15 is exactly the A layout of k-block j, so a layer's output becomes
+// the next layer's input without leaving the thread: each lane parks its next fragments in a slot of
+// shared memory only it reads (8 KB a warp), which frees the 64 registers a second set would take and
+// lets 16 warps share an SM. The weights stream through shared memory in stages of 64 output columns
+// (8 n-tiles, all k-blocks), double buffered with cp.async and shared by the block's warps. The host
+// packs every stage in fragment order (nla_mlp.py): lane l's two B registers of n-tile j, k-block k
+// sit at [k][j][l], so each warp's load is one contiguous 256-byte row. Biases and the narrow output
+// layer (1-2 columns, CUDA cores, fp32 weights) stay in fp32.
 
 #include "half.cuh"
 
-#define WARPS 8
-#define THREADS (WARPS * 32)
-#define ROWS (WARPS * 16)                            // points per block iteration
 #define WIDTH 256                                    // hidden width
 #define HIDDEN_KB (WIDTH / 16)                       // k-blocks of a hidden layer
 #define STAGE_NT 8                                   // n-tiles per stage: 64 output columns
 #define STAGES_PER_LAYER (WIDTH / 8 / STAGE_NT)      // 4
 #define HIDDEN_STAGE_U2 (HIDDEN_KB * STAGE_NT * 32)  // uint2 words of a hidden stage (32 KB)
 #define MAX_OUT 2
+#define NEXT_U4 (HIDDEN_KB * 32)                     // a warp's parked fragments: uint4 words (8 KB)
 
 __device__ __forceinline__ unsigned sv_pack_half2(float lo, float hi) {
     unsigned r;
@@ -49,7 +49,7 @@ __device__ __forceinline__ void sv_cp_wait_prior() { asm volatile("cp.async.wait
 
 // Stage s of the weights (the same for every tile): stages 0-3 are layer 0's (KB0 k-blocks each),
 // then 4 per hidden layer.
-template <int KB0>
+template <int KB0, int THREADS>
 __device__ __forceinline__ void sv_copy_stage(uint2* dst, const uint2* __restrict__ weights, int stage) {
     const int first = KB0 * STAGE_NT * 32;
     const uint2* src;
@@ -66,14 +66,14 @@ __device__ __forceinline__ void sv_copy_stage(uint2* dst, const uint2* __restric
 
 // Starts stage `stage` of this tile: queues the copy of the one after (the next tile's first when
 // this is the last), then waits until this stage's weights are in buffer q & 1 for every thread.
-template <int KB0>
+template <int KB0, int THREADS>
 __device__ __forceinline__ const uint2* sv_begin_stage(uint2* smem, const uint2* __restrict__ weights, int stage,
                                                        int stages, bool next_tile, int q) {
     uint2* next = smem + ((q + 1) & 1) * HIDDEN_STAGE_U2;
     if (stage + 1 < stages) {
-        sv_copy_stage<KB0>(next, weights, stage + 1);
+        sv_copy_stage<KB0, THREADS>(next, weights, stage + 1);
     } else if (next_tile) {
-        sv_copy_stage<KB0>(next, weights, 0);
+        sv_copy_stage<KB0, THREADS>(next, weights, 0);
     }
     sv_cp_commit();  // an empty group where nothing was queued keeps wait_group's count right
     sv_cp_wait_prior();
@@ -82,10 +82,11 @@ __device__ __forceinline__ const uint2* sv_begin_stage(uint2* smem, const uint2*
 }
 
 // One stage: 64 output columns (n-tiles 8c..8c+7) of a layer with KB k-blocks, bias added, ReLU,
-// rounded into the next layer's A fragments (k-blocks 4c..4c+3).
+// rounded into the next layer's A fragments (k-blocks 4c..4c+3), parked in this lane's slots of
+// `next` ([k-block][lane]).
 template <int KB>
 __device__ __forceinline__ void sv_stage(const unsigned (&a)[KB][4], const uint2* b, const float* __restrict__ bias,
-                                         int c, int lane, unsigned (&next)[HIDDEN_KB][4]) {
+                                         int c, int lane, uint4* next) {
     const int t = lane & 3;
     float acc[STAGE_NT][4];
 #pragma unroll
@@ -103,11 +104,11 @@ __device__ __forceinline__ void sv_stage(const unsigned (&a)[KB][4], const uint2
     for (int j = 0; j < STAGE_NT / 2; ++j) {
         const float* lo = acc[2 * j];
         const float* hi = acc[2 * j + 1];
-        unsigned* dst = next[c * (STAGE_NT / 2) + j];
-        dst[0] = sv_pack_half2(fmaxf(lo[0], 0.f), fmaxf(lo[1], 0.f));  // row g, columns 2t, 2t+1
-        dst[1] = sv_pack_half2(fmaxf(lo[2], 0.f), fmaxf(lo[3], 0.f));  // row g + 8
-        dst[2] = sv_pack_half2(fmaxf(hi[0], 0.f), fmaxf(hi[1], 0.f));  // row g, columns 8 + 2t, 9 + 2t
-        dst[3] = sv_pack_half2(fmaxf(hi[2], 0.f), fmaxf(hi[3], 0.f));  // row g + 8
+        next[(c * (STAGE_NT / 2) + j) * 32 + lane] =
+            make_uint4(sv_pack_half2(fmaxf(lo[0], 0.f), fmaxf(lo[1], 0.f)),   // row g, columns 2t, 2t+1
+                       sv_pack_half2(fmaxf(lo[2], 0.f), fmaxf(lo[3], 0.f)),   // row g + 8
+                       sv_pack_half2(fmaxf(hi[0], 0.f), fmaxf(hi[1], 0.f)),   // row g, columns 8 + 2t, 9 + 2t
+                       sv_pack_half2(fmaxf(hi[2], 0.f), fmaxf(hi[3], 0.f)));  // row g + 8
     }
 }
 
@@ -136,18 +137,28 @@ __device__ __forceinline__ void sv_point(long long p, int width, int height, int
     xyt[2] = (float)frame / (0.5f * (float)frames) - 1.f;
 }
 
-template <int KB0>
+__device__ __forceinline__ void sv_take(unsigned (&a)[HIDDEN_KB][4], const uint4* next, int lane) {
+#pragma unroll
+    for (int k = 0; k < HIDDEN_KB; ++k) {
+        const uint4 v = next[k * 32 + lane];
+        a[k][0] = v.x, a[k][1] = v.y, a[k][2] = v.z, a[k][3] = v.w;
+    }
+}
+
+template <int KB0, int WARPS>
 __device__ __forceinline__ void sv_mlp_field(const uint2* __restrict__ weights, const float* __restrict__ biases,
                                              int hidden_layers, const float* __restrict__ out_weight,
                                              const float* __restrict__ out_bias, int outputs, float out_scale,
                                              float out_offset, int freqs, int width, int height, int frames,
                                              long long n, float* __restrict__ out) {
-    extern __shared__ uint2 smem[];  // two stages
+    constexpr int THREADS = WARPS * 32, ROWS = WARPS * 16;  // ROWS: points per block iteration
+    extern __shared__ uint2 smem[];                          // two weight stages, then each warp's parked fragments
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
+    uint4* next = reinterpret_cast<uint4*>(smem + 2 * HIDDEN_STAGE_U2) + warp * NEXT_U4;
     const long long tiles = (n + ROWS - 1) / ROWS;
     const int stages = STAGES_PER_LAYER * (1 + hidden_layers);
     int q = 0;
-    if (blockIdx.x < tiles) sv_copy_stage<KB0>(smem, weights, 0);
+    if (blockIdx.x < tiles) sv_copy_stage<KB0, THREADS>(smem, weights, 0);
     sv_cp_commit();
     for (long long tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
         const bool next_tile = tile + gridDim.x < tiles;
@@ -164,26 +175,23 @@ __device__ __forceinline__ void sv_mlp_field(const uint2* __restrict__ weights, 
             a0[k][2] = sv_pack_half2(sv_feature(p0, j + 8, freqs), sv_feature(p0, j + 9, freqs));
             a0[k][3] = sv_pack_half2(sv_feature(p1, j + 8, freqs), sv_feature(p1, j + 9, freqs));
         }
-        unsigned a[HIDDEN_KB][4], next[HIDDEN_KB][4];
+        unsigned a[HIDDEN_KB][4];
 #pragma unroll
         for (int c = 0; c < STAGES_PER_LAYER; ++c) {
-            const uint2* b = sv_begin_stage<KB0>(smem, weights, c, stages, next_tile, q++);
-            sv_stage<KB0>(a0, b, biases, c, lane, a);
+            const uint2* b = sv_begin_stage<KB0, THREADS>(smem, weights, c, stages, next_tile, q++);
+            sv_stage<KB0>(a0, b, biases, c, lane, next);
             __syncthreads();  // every warp is done with this buffer before it is refilled
         }
+        sv_take(a, next, lane);  // a lane reads back only its own slots: program order suffices
         for (int layer = 0; layer < hidden_layers; ++layer) {
 #pragma unroll
             for (int c = 0; c < STAGES_PER_LAYER; ++c) {
                 const int stage = STAGES_PER_LAYER * (1 + layer) + c;
-                const uint2* b = sv_begin_stage<KB0>(smem, weights, stage, stages, next_tile, q++);
+                const uint2* b = sv_begin_stage<KB0, THREADS>(smem, weights, stage, stages, next_tile, q++);
                 sv_stage<HIDDEN_KB>(a, b, biases + (1 + layer) * WIDTH, c, lane, next);
                 __syncthreads();
             }
-#pragma unroll
-            for (int k = 0; k < HIDDEN_KB; ++k) {
-#pragma unroll
-                for (int r = 0; r < 4; ++r) a[k][r] = next[k][r];
-            }
+            sv_take(a, next, lane);
         }
         // The output layer on the CUDA cores: each lane holds 64 of a row's 256 activations; the four
         // lanes of a row group add their partial sums.
@@ -228,21 +236,19 @@ __device__ __forceinline__ void sv_mlp_field(const uint2* __restrict__ weights, 
     }
 }
 
-// Layer 0 takes (x, y, t) (one k-block, zero padded) or NLA's encoding of up to 5 frequencies (two).
-extern "C" __global__ void __launch_bounds__(THREADS, 1)
-    nla_mlp_k16(const uint2* __restrict__ weights, const float* __restrict__ biases, int hidden_layers,
-                const float* __restrict__ out_weight, const float* __restrict__ out_bias, int outputs,
-                float out_scale, float out_offset, int freqs, int width, int height, int frames, long long n,
-                float* __restrict__ out) {
-    sv_mlp_field<1>(weights, biases, hidden_layers, out_weight, out_bias, outputs, out_scale, out_offset, freqs,
-                    width, height, frames, n, out);
-}
+// Layer 0 takes (x, y, t) (one k-block, zero padded) or NLA's encoding of up to 5 frequencies (two);
+// 16 warps a block where the SM's shared memory holds their 192 KB (Hopper), else 8 (128 KB).
+#define SV_NLA_KERNEL(NAME, KB0, WARPS)                                                                           \
+    extern "C" __global__ void __launch_bounds__(WARPS * 32, 1)                                                    \
+        NAME(const uint2* __restrict__ weights, const float* __restrict__ biases, int hidden_layers,             \
+             const float* __restrict__ out_weight, const float* __restrict__ out_bias, int outputs,              \
+             float out_scale, float out_offset, int freqs, int width, int height, int frames, long long n,       \
+             float* __restrict__ out) {                                                                          \
+        sv_mlp_field<KB0, WARPS>(weights, biases, hidden_layers, out_weight, out_bias, outputs, out_scale,       \
+                                 out_offset, freqs, width, height, frames, n, out);                              \
+    }
 
-extern "C" __global__ void __launch_bounds__(THREADS, 1)
-    nla_mlp_k32(const uint2* __restrict__ weights, const float* __restrict__ biases, int hidden_layers,
-                const float* __restrict__ out_weight, const float* __restrict__ out_bias, int outputs,
-                float out_scale, float out_offset, int freqs, int width, int height, int frames, long long n,
-                float* __restrict__ out) {
-    sv_mlp_field<2>(weights, biases, hidden_layers, out_weight, out_bias, outputs, out_scale, out_offset, freqs,
-                    width, height, frames, n, out);
-}
+SV_NLA_KERNEL(nla_mlp_k16_w16, 1, 16)
+SV_NLA_KERNEL(nla_mlp_k32_w16, 2, 16)
+SV_NLA_KERNEL(nla_mlp_k16_w8, 1, 8)
+SV_NLA_KERNEL(nla_mlp_k32_w8, 2, 8)

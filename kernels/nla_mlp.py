@@ -21,12 +21,16 @@ from sv_engine.kernels._nvrtc import KernelSource, launch, ptr
 
 from sv_engine.errors import SvEngineError
 
-SOURCE = KernelSource("nla_mlp.cu", includes=("half.cuh",), kernels=("nla_mlp_k16", "nla_mlp_k32"))
+WARPS = (16, 8)  #: warps a block: 16 where the SM's shared memory holds them, else 8
+SOURCE = KernelSource(
+    "nla_mlp.cu",
+    includes=("half.cuh",),
+    kernels=tuple(f"nla_mlp_k{k}_w{w}" for w in WARPS for k in (16, 32)),
+)
 
 WIDTH = 256
-_ROWS = 128  # points per block iteration (8 warps of 16)
-_THREADS = 256
 _STAGE_BYTES = 32 * 1024  # one stage of hidden-layer weights; two are in flight
+_PARKED_BYTES = 8 * 1024  # a warp's next-layer fragments
 _MAX_OUTPUTS = 2
 _MAX_FEATURES = 32
 
@@ -139,11 +143,28 @@ def fused_applies(device: torch.device) -> bool:
     return device.type == "cuda" and torch.cuda.get_device_capability(device) >= (8, 0)
 
 
+def _shared_bytes(warps: int) -> int:
+    return 2 * _STAGE_BYTES + warps * _PARKED_BYTES
+
+
+def default_warps(device: torch.device) -> int:
+    """16 warps a block where a block may take their 192 KB of shared memory (Hopper: 227 KB), else 8."""
+    optin = getattr(torch.cuda.get_device_properties(device), "shared_memory_per_block_optin", 0)
+    return next(w for w in WARPS if w == WARPS[-1] or _shared_bytes(w) <= optin)
+
+
 def pixel_field(
-    mlp: PackedMLP, width: int, height: int, frames: int, scale: float = 1.0, offset: float = 0.0
+    mlp: PackedMLP,
+    width: int,
+    height: int,
+    frames: int,
+    scale: float = 1.0,
+    offset: float = 0.0,
+    warps: int | None = None,
 ) -> torch.Tensor:
     """``scale·tanh(mlp(p)) + offset`` for every pixel p = (x, y, t) of a video, (frames·height·width,
-    outputs) float32 in (t, y, x) order, on the CUDA device holding ``mlp``."""
+    outputs) float32 in (t, y, x) order, on the CUDA device holding ``mlp``. ``warps`` a block: one of
+    :data:`WARPS` (default: :func:`default_warps`)."""
     device = mlp.weights.device
     if not fused_applies(device):
         raise SvEngineError(
@@ -153,12 +174,14 @@ def pixel_field(
     for name, size in (("width", width), ("height", height), ("frames", frames)):
         if size < 1:
             raise SvEngineError(f"{name}={size} is not a video size.", "Pass positive sizes.")
+    warps = default_warps(device) if warps is None else warps
+    _checks.check_choice("warps", warps, WARPS)
     n = width * height * frames
     outputs = mlp.out_weight.shape[0]
     out = torch.empty(n, outputs, dtype=torch.float32, device=device)
-    tiles = -(-n // _ROWS)
+    tiles = -(-n // (16 * warps))
     grid = min(tiles, torch.cuda.get_device_properties(device).multi_processor_count)
-    kernel = "nla_mlp_k16" if mlp.input_blocks == 1 else "nla_mlp_k32"
+    kernel = f"nla_mlp_k{16 * mlp.input_blocks}_w{warps}"
     args = [
         ptr(mlp.weights),
         ptr(mlp.biases),
@@ -176,5 +199,5 @@ def pixel_field(
         ptr(out),
     ]
     _checks.check_tensor("weights", mlp.weights, (torch.float16,), (None,), device)
-    launch(SOURCE.function(device, kernel), (grid, 1, 1), (_THREADS, 1, 1), args, device, 2 * _STAGE_BYTES)
+    launch(SOURCE.function(device, kernel), (grid, 1, 1), (32 * warps, 1, 1), args, device, _shared_bytes(warps))
     return out
