@@ -79,8 +79,9 @@ def test_the_kernel_refuses_a_cpu_tensor():
 @pytest.mark.parametrize("warps", nla_mlp.WARPS)
 def test_kernel_matches_the_fp32_reference(name, size, warps):
     """37·23·3 points end in a partial tile; 96·64·9 give the H200's 132 blocks several tiles each
-    (at either block size). Tolerance: the hidden layers take fp16 inputs (2^-11 relative each) with fp32 accumulation, as the
-    GEMM path does; its measured error on the fitted NLA was 1e-4 in uv, 8e-3 in alpha."""
+    (at either block size). Tolerance: the hidden layers take fp16 inputs (2^-11 relative each) with
+    fp32 accumulation, as the GEMM path does; its measured error on the fitted NLA was 1e-4 in uv,
+    8e-3 in alpha."""
     nla = NLAModel.random(seed=2).to("cuda")
     net_name, scale, offset = MAPS[name]
     net = getattr(nla, net_name)
