@@ -164,11 +164,11 @@ def maps_variants(device: torch.device) -> dict:
         "fp32 reference (chunks of 2^18)": lambda: compute_maps(field, config, device, progress=False),
         "FastMaps: fp16 GEMMs + CUDA graph, chunks of 2^18": lambda: gemms(config),
         "FastMaps: fused MLP kernels (the default)": lambda: fused(config),
-        "FastMaps: fused MLP kernels, 8 warps a block": lambda: fused_8(config),
+        "FastMaps: fused MLP kernels, one tile a warp": lambda: fused_1(config),
     }
     gemms = FastMaps(field, torch.float16, 1 << 18, fused=False)
     fused = FastMaps(field)
-    fused_8 = FastMaps(field, warps=8)
+    fused_1 = FastMaps(field, m_tiles=1)
     for name, fn in variants.items():
         try:
             got = fn()

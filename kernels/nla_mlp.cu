@@ -4,16 +4,17 @@
 // reach memory. Layer by layer through cuBLAS, each 256-wide activation is a round trip through HBM
 // (1 KB a point a layer): at 23 M points that traffic, not the FLOPs, set the time.
 //
-// Layout (mma.sync m16n8k16, fp16 in, fp32 accumulate): each warp owns 16 points and holds their
-// activations as the A fragments of the layer it computes, in registers. An m16n8 accumulator tile's
-// C layout for columns 16j..16j+15 is exactly the A layout of k-block j, so a layer's output becomes
-// the next layer's input without leaving the thread: each lane parks its next fragments in a slot of
-// shared memory only it reads (8 KB a warp), which frees the 64 registers a second set would take and
-// lets 16 warps share an SM. The weights stream through shared memory in stages of 64 output columns
-// (8 n-tiles, all k-blocks), double buffered with cp.async and shared by the block's warps. The host
-// packs every stage in fragment order (nla_mlp.py): lane l's two B registers of n-tile j, k-block k
-// sit at [k][j][l], so each warp's load is one contiguous 256-byte row. Biases and the narrow output
-// layer (1-2 columns, CUDA cores, fp32 weights) stay in fp32.
+// Layout (mma.sync m16n8k16, fp16 in, fp32 accumulate): each of a block's 8 warps owns MT tiles of
+// 16 points and holds their activations as the A fragments of the layer it computes, in registers.
+// An m16n8 accumulator tile's C layout for columns 16j..16j+15 is exactly the A layout of k-block j,
+// so a layer's output becomes the next layer's input without leaving the thread: each lane parks its
+// next fragments in shared-memory slots only it reads (8 KB a tile), which frees the registers a
+// second set would take. The weights stream through shared memory in stages of 64 output columns
+// (8 n-tiles, all k-blocks), double buffered with cp.async and shared by the block's warps; with two
+// tiles a warp each weight fragment read feeds two mma's (on the H200 one tile a warp, or 16 warps of
+// one tile, were slower). The host packs every stage in fragment order (nla_mlp.py): lane l's two B
+// registers of n-tile j, k-block k sit at [k][j][l], so each warp's load is one contiguous 256-byte
+// row. Biases and the narrow output layer (1-2 columns, CUDA cores, fp32 weights) stay in fp32.
 
 #include "half.cuh"
 
@@ -81,34 +82,43 @@ __device__ __forceinline__ const uint2* sv_begin_stage(uint2* smem, const uint2*
     return smem + (q & 1) * HIDDEN_STAGE_U2;
 }
 
-// One stage: 64 output columns (n-tiles 8c..8c+7) of a layer with KB k-blocks, bias added, ReLU,
-// rounded into the next layer's A fragments (k-blocks 4c..4c+3), parked in this lane's slots of
-// `next` ([k-block][lane]).
-template <int KB>
-__device__ __forceinline__ void sv_stage(const unsigned (&a)[KB][4], const uint2* b, const float* __restrict__ bias,
-                                         int c, int lane, uint4* next) {
+// One stage for MT m-tiles of 16 points: 64 output columns (n-tiles 8c..8c+7) of a layer with KB
+// k-blocks, bias added, ReLU, rounded into the next layer's A fragments (k-blocks 4c..4c+3), parked in
+// this lane's slots of `next` ([m-tile][k-block][lane]). Each B fragment read from shared memory feeds
+// MT mma's.
+template <int KB, int MT>
+__device__ __forceinline__ void sv_stage(const unsigned (&a)[MT][KB][4], const uint2* b,
+                                         const float* __restrict__ bias, int c, int lane, uint4* next) {
     const int t = lane & 3;
-    float acc[STAGE_NT][4];
+    float acc[MT][STAGE_NT][4];
 #pragma unroll
     for (int j = 0; j < STAGE_NT; ++j) {
         const int col = c * 64 + j * 8 + t * 2;
-        acc[j][0] = acc[j][2] = __ldg(bias + col);
-        acc[j][1] = acc[j][3] = __ldg(bias + col + 1);
+        const float b0 = __ldg(bias + col), b1 = __ldg(bias + col + 1);
+#pragma unroll
+        for (int m = 0; m < MT; ++m) acc[m][j][0] = acc[m][j][2] = b0, acc[m][j][1] = acc[m][j][3] = b1;
     }
 #pragma unroll
     for (int k = 0; k < KB; ++k) {
 #pragma unroll
-        for (int j = 0; j < STAGE_NT; ++j) sv_mma(acc[j], a[k], b[(k * STAGE_NT + j) * 32 + lane]);
+        for (int j = 0; j < STAGE_NT; ++j) {
+            const uint2 w = b[(k * STAGE_NT + j) * 32 + lane];
+#pragma unroll
+            for (int m = 0; m < MT; ++m) sv_mma(acc[m][j], a[m][k], w);
+        }
     }
 #pragma unroll
-    for (int j = 0; j < STAGE_NT / 2; ++j) {
-        const float* lo = acc[2 * j];
-        const float* hi = acc[2 * j + 1];
-        next[(c * (STAGE_NT / 2) + j) * 32 + lane] =
-            make_uint4(sv_pack_half2(fmaxf(lo[0], 0.f), fmaxf(lo[1], 0.f)),   // row g, columns 2t, 2t+1
-                       sv_pack_half2(fmaxf(lo[2], 0.f), fmaxf(lo[3], 0.f)),   // row g + 8
-                       sv_pack_half2(fmaxf(hi[0], 0.f), fmaxf(hi[1], 0.f)),   // row g, columns 8 + 2t, 9 + 2t
-                       sv_pack_half2(fmaxf(hi[2], 0.f), fmaxf(hi[3], 0.f)));  // row g + 8
+    for (int m = 0; m < MT; ++m) {
+#pragma unroll
+        for (int j = 0; j < STAGE_NT / 2; ++j) {
+            const float* lo = acc[m][2 * j];
+            const float* hi = acc[m][2 * j + 1];
+            next[(m * HIDDEN_KB + c * (STAGE_NT / 2) + j) * 32 + lane] =
+                make_uint4(sv_pack_half2(fmaxf(lo[0], 0.f), fmaxf(lo[1], 0.f)),   // row g, columns 2t, 2t+1
+                           sv_pack_half2(fmaxf(lo[2], 0.f), fmaxf(lo[3], 0.f)),   // row g + 8
+                           sv_pack_half2(fmaxf(hi[0], 0.f), fmaxf(hi[1], 0.f)),   // row g, columns 8 + 2t, 9 + 2t
+                           sv_pack_half2(fmaxf(hi[2], 0.f), fmaxf(hi[3], 0.f)));  // row g + 8
+        }
     }
 }
 
@@ -137,24 +147,28 @@ __device__ __forceinline__ void sv_point(long long p, int width, int height, int
     xyt[2] = (float)frame / (0.5f * (float)frames) - 1.f;
 }
 
-__device__ __forceinline__ void sv_take(unsigned (&a)[HIDDEN_KB][4], const uint4* next, int lane) {
+template <int MT>
+__device__ __forceinline__ void sv_take(unsigned (&a)[MT][HIDDEN_KB][4], const uint4* next, int lane) {
 #pragma unroll
-    for (int k = 0; k < HIDDEN_KB; ++k) {
-        const uint4 v = next[k * 32 + lane];
-        a[k][0] = v.x, a[k][1] = v.y, a[k][2] = v.z, a[k][3] = v.w;
+    for (int m = 0; m < MT; ++m) {
+#pragma unroll
+        for (int k = 0; k < HIDDEN_KB; ++k) {
+            const uint4 v = next[(m * HIDDEN_KB + k) * 32 + lane];
+            a[m][k][0] = v.x, a[m][k][1] = v.y, a[m][k][2] = v.z, a[m][k][3] = v.w;
+        }
     }
 }
 
-template <int KB0, int WARPS>
+template <int KB0, int WARPS, int MT>
 __device__ __forceinline__ void sv_mlp_field(const uint2* __restrict__ weights, const float* __restrict__ biases,
                                              int hidden_layers, const float* __restrict__ out_weight,
                                              const float* __restrict__ out_bias, int outputs, float out_scale,
                                              float out_offset, int freqs, int width, int height, int frames,
                                              long long n, float* __restrict__ out) {
-    constexpr int THREADS = WARPS * 32, ROWS = WARPS * 16;  // ROWS: points per block iteration
-    extern __shared__ uint2 smem[];                          // two weight stages, then each warp's parked fragments
+    constexpr int THREADS = WARPS * 32, ROWS = WARPS * MT * 16;  // ROWS: points per block iteration
+    extern __shared__ uint2 smem[];  // two weight stages, then each warp's parked fragments
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
-    uint4* next = reinterpret_cast<uint4*>(smem + 2 * HIDDEN_STAGE_U2) + warp * NEXT_U4;
+    uint4* next = reinterpret_cast<uint4*>(smem + 2 * HIDDEN_STAGE_U2) + warp * MT * NEXT_U4;
     const long long tiles = (n + ROWS - 1) / ROWS;
     const int stages = STAGES_PER_LAYER * (1 + hidden_layers);
     int q = 0;
@@ -162,72 +176,79 @@ __device__ __forceinline__ void sv_mlp_field(const uint2* __restrict__ weights, 
     sv_cp_commit();
     for (long long tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
         const bool next_tile = tile + gridDim.x < tiles;
-        const long long row0 = tile * ROWS + warp * 16 + g;
-        float p0[3], p1[3];
-        sv_point(min(row0, n - 1), width, height, frames, p0);
-        sv_point(min(row0 + 8, n - 1), width, height, frames, p1);
-        unsigned a0[KB0][4];
+        const long long row0 = tile * ROWS + warp * MT * 16 + g;  // m-tile m: rows row0 + 16m (+ 8)
+        unsigned a0[MT][KB0][4];
 #pragma unroll
-        for (int k = 0; k < KB0; ++k) {
-            const int j = k * 16 + t * 2;
-            a0[k][0] = sv_pack_half2(sv_feature(p0, j, freqs), sv_feature(p0, j + 1, freqs));
-            a0[k][1] = sv_pack_half2(sv_feature(p1, j, freqs), sv_feature(p1, j + 1, freqs));
-            a0[k][2] = sv_pack_half2(sv_feature(p0, j + 8, freqs), sv_feature(p0, j + 9, freqs));
-            a0[k][3] = sv_pack_half2(sv_feature(p1, j + 8, freqs), sv_feature(p1, j + 9, freqs));
+        for (int m = 0; m < MT; ++m) {
+            float p0[3], p1[3];
+            sv_point(min(row0 + 16 * m, n - 1), width, height, frames, p0);
+            sv_point(min(row0 + 16 * m + 8, n - 1), width, height, frames, p1);
+#pragma unroll
+            for (int k = 0; k < KB0; ++k) {
+                const int j = k * 16 + t * 2;
+                a0[m][k][0] = sv_pack_half2(sv_feature(p0, j, freqs), sv_feature(p0, j + 1, freqs));
+                a0[m][k][1] = sv_pack_half2(sv_feature(p1, j, freqs), sv_feature(p1, j + 1, freqs));
+                a0[m][k][2] = sv_pack_half2(sv_feature(p0, j + 8, freqs), sv_feature(p0, j + 9, freqs));
+                a0[m][k][3] = sv_pack_half2(sv_feature(p1, j + 8, freqs), sv_feature(p1, j + 9, freqs));
+            }
         }
-        unsigned a[HIDDEN_KB][4];
+        unsigned a[MT][HIDDEN_KB][4];
 #pragma unroll
         for (int c = 0; c < STAGES_PER_LAYER; ++c) {
             const uint2* b = sv_begin_stage<KB0, THREADS>(smem, weights, c, stages, next_tile, q++);
-            sv_stage<KB0>(a0, b, biases, c, lane, next);
+            sv_stage<KB0, MT>(a0, b, biases, c, lane, next);
             __syncthreads();  // every warp is done with this buffer before it is refilled
         }
-        sv_take(a, next, lane);  // a lane reads back only its own slots: program order suffices
+        sv_take<MT>(a, next, lane);  // a lane reads back only its own slots: program order suffices
         for (int layer = 0; layer < hidden_layers; ++layer) {
 #pragma unroll
             for (int c = 0; c < STAGES_PER_LAYER; ++c) {
                 const int stage = STAGES_PER_LAYER * (1 + layer) + c;
                 const uint2* b = sv_begin_stage<KB0, THREADS>(smem, weights, stage, stages, next_tile, q++);
-                sv_stage<HIDDEN_KB>(a, b, biases + (1 + layer) * WIDTH, c, lane, next);
+                sv_stage<HIDDEN_KB, MT>(a, b, biases + (1 + layer) * WIDTH, c, lane, next);
                 __syncthreads();
             }
-            sv_take(a, next, lane);
+            sv_take<MT>(a, next, lane);
         }
         // The output layer on the CUDA cores: each lane holds 64 of a row's 256 activations; the four
         // lanes of a row group add their partial sums.
-        float sum[MAX_OUT][2] = {{0.f, 0.f}, {0.f, 0.f}};
 #pragma unroll
-        for (int k = 0; k < HIDDEN_KB; ++k) {
+        for (int m = 0; m < MT; ++m) {
+            float sum[MAX_OUT][2] = {{0.f, 0.f}, {0.f, 0.f}};
 #pragma unroll
-            for (int r = 0; r < 4; ++r) {
-                const int col = k * 16 + t * 2 + (r >> 1) * 8;
-                const float h0 = sv_half_load(a[k][r] & 0xffffu, 0), h1 = sv_half_load(a[k][r] >> 16, 0);
+            for (int k = 0; k < HIDDEN_KB; ++k) {
 #pragma unroll
-                for (int o = 0; o < MAX_OUT; ++o) {
-                    if (o < outputs) {
-                        sum[o][r & 1] += h0 * __ldg(out_weight + o * WIDTH + col) +
-                                         h1 * __ldg(out_weight + o * WIDTH + col + 1);
-                    }
-                }
-            }
-        }
-#pragma unroll
-        for (int o = 0; o < MAX_OUT; ++o) {
-#pragma unroll
-            for (int r = 0; r < 2; ++r) {
-                sum[o][r] += __shfl_xor_sync(0xffffffffu, sum[o][r], 1);
-                sum[o][r] += __shfl_xor_sync(0xffffffffu, sum[o][r], 2);
-            }
-        }
-        if (t == 0) {
-#pragma unroll
-            for (int r = 0; r < 2; ++r) {
-                const long long p = row0 + r * 8;
-                if (p < n) {
+                for (int r = 0; r < 4; ++r) {
+                    const int col = k * 16 + t * 2 + (r >> 1) * 8;
+                    const float h0 = sv_half_load(a[m][k][r] & 0xffffu, 0), h1 = sv_half_load(a[m][k][r] >> 16, 0);
 #pragma unroll
                     for (int o = 0; o < MAX_OUT; ++o) {
                         if (o < outputs) {
-                            out[p * outputs + o] = out_scale * tanhf(sum[o][r] + __ldg(out_bias + o)) + out_offset;
+                            sum[o][r & 1] += h0 * __ldg(out_weight + o * WIDTH + col) +
+                                             h1 * __ldg(out_weight + o * WIDTH + col + 1);
+                        }
+                    }
+                }
+            }
+#pragma unroll
+            for (int o = 0; o < MAX_OUT; ++o) {
+#pragma unroll
+                for (int r = 0; r < 2; ++r) {
+                    sum[o][r] += __shfl_xor_sync(0xffffffffu, sum[o][r], 1);
+                    sum[o][r] += __shfl_xor_sync(0xffffffffu, sum[o][r], 2);
+                }
+            }
+            if (t == 0) {
+#pragma unroll
+                for (int r = 0; r < 2; ++r) {
+                    const long long p = row0 + 16 * m + r * 8;
+                    if (p < n) {
+#pragma unroll
+                        for (int o = 0; o < MAX_OUT; ++o) {
+                            if (o < outputs) {
+                                out[p * outputs + o] =
+                                    out_scale * tanhf(sum[o][r] + __ldg(out_bias + o)) + out_offset;
+                            }
                         }
                     }
                 }
@@ -236,19 +257,20 @@ __device__ __forceinline__ void sv_mlp_field(const uint2* __restrict__ weights, 
     }
 }
 
-// Layer 0 takes (x, y, t) (one k-block, zero padded) or NLA's encoding of up to 5 frequencies (two);
-// 16 warps a block where the SM's shared memory holds their 192 KB (Hopper), else 8 (128 KB).
-#define SV_NLA_KERNEL(NAME, KB0, WARPS)                                                                           \
-    extern "C" __global__ void __launch_bounds__(WARPS * 32, 1)                                                    \
+// Layer 0 takes (x, y, t) (one k-block, zero padded) or NLA's encoding of up to 5 frequencies (two).
+// 8 warps a block, each with MT m-tiles: 2 where the SM's shared memory holds the 192 KB (Hopper),
+// else 1 (128 KB).
+#define SV_NLA_KERNEL(NAME, KB0, MT)                                                                              \
+    extern "C" __global__ void __launch_bounds__(256, 1)                                                           \
         NAME(const uint2* __restrict__ weights, const float* __restrict__ biases, int hidden_layers,             \
              const float* __restrict__ out_weight, const float* __restrict__ out_bias, int outputs,              \
              float out_scale, float out_offset, int freqs, int width, int height, int frames, long long n,       \
              float* __restrict__ out) {                                                                          \
-        sv_mlp_field<KB0, WARPS>(weights, biases, hidden_layers, out_weight, out_bias, outputs, out_scale,       \
+        sv_mlp_field<KB0, 8, MT>(weights, biases, hidden_layers, out_weight, out_bias, outputs, out_scale,       \
                                  out_offset, freqs, width, height, frames, n, out);                              \
     }
 
-SV_NLA_KERNEL(nla_mlp_k16_w16, 1, 16)
-SV_NLA_KERNEL(nla_mlp_k32_w16, 2, 16)
-SV_NLA_KERNEL(nla_mlp_k16_w8, 1, 8)
-SV_NLA_KERNEL(nla_mlp_k32_w8, 2, 8)
+SV_NLA_KERNEL(nla_mlp_k16_m2, 1, 2)
+SV_NLA_KERNEL(nla_mlp_k32_m2, 2, 2)
+SV_NLA_KERNEL(nla_mlp_k16_m1, 1, 1)
+SV_NLA_KERNEL(nla_mlp_k32_m1, 2, 1)

@@ -21,16 +21,17 @@ from sv_engine.kernels._nvrtc import KernelSource, launch, ptr
 
 from sv_engine.errors import SvEngineError
 
-WARPS = (16, 8)  #: warps a block: 16 where the SM's shared memory holds them, else 8
+M_TILES = (2, 1)  #: 16-point tiles a warp: 2 where the SM's shared memory holds them, else 1
 SOURCE = KernelSource(
     "nla_mlp.cu",
     includes=("half.cuh",),
-    kernels=tuple(f"nla_mlp_k{k}_w{w}" for w in WARPS for k in (16, 32)),
+    kernels=tuple(f"nla_mlp_k{k}_m{m}" for m in M_TILES for k in (16, 32)),
 )
+_WARPS = 8
 
 WIDTH = 256
 _STAGE_BYTES = 32 * 1024  # one stage of hidden-layer weights; two are in flight
-_PARKED_BYTES = 8 * 1024  # a warp's next-layer fragments
+_PARKED_BYTES = 8 * 1024  # a 16-point tile's next-layer fragments
 _MAX_OUTPUTS = 2
 _MAX_FEATURES = 32
 
@@ -143,14 +144,15 @@ def fused_applies(device: torch.device) -> bool:
     return device.type == "cuda" and torch.cuda.get_device_capability(device) >= (8, 0)
 
 
-def _shared_bytes(warps: int) -> int:
-    return 2 * _STAGE_BYTES + warps * _PARKED_BYTES
+def _shared_bytes(m_tiles: int) -> int:
+    return 2 * _STAGE_BYTES + _WARPS * m_tiles * _PARKED_BYTES
 
 
-def default_warps(device: torch.device) -> int:
-    """16 warps a block where a block may take their 192 KB of shared memory (Hopper: 227 KB), else 8."""
+def default_m_tiles(device: torch.device) -> int:
+    """2 tiles a warp where a block may take their 192 KB of shared memory (Hopper: 227 KB), else 1:
+    each weight fragment read from shared memory then feeds two mma's."""
     optin = getattr(torch.cuda.get_device_properties(device), "shared_memory_per_block_optin", 0)
-    return next(w for w in WARPS if w == WARPS[-1] or _shared_bytes(w) <= optin)
+    return next(m for m in M_TILES if m == M_TILES[-1] or _shared_bytes(m) <= optin)
 
 
 def pixel_field(
@@ -160,11 +162,11 @@ def pixel_field(
     frames: int,
     scale: float = 1.0,
     offset: float = 0.0,
-    warps: int | None = None,
+    m_tiles: int | None = None,
 ) -> torch.Tensor:
     """``scale·tanh(mlp(p)) + offset`` for every pixel p = (x, y, t) of a video, (frames·height·width,
-    outputs) float32 in (t, y, x) order, on the CUDA device holding ``mlp``. ``warps`` a block: one of
-    :data:`WARPS` (default: :func:`default_warps`)."""
+    outputs) float32 in (t, y, x) order, on the CUDA device holding ``mlp``. ``m_tiles``: 16-point
+    tiles a warp, one of :data:`M_TILES` (default: :func:`default_m_tiles`)."""
     device = mlp.weights.device
     if not fused_applies(device):
         raise SvEngineError(
@@ -174,14 +176,14 @@ def pixel_field(
     for name, size in (("width", width), ("height", height), ("frames", frames)):
         if size < 1:
             raise SvEngineError(f"{name}={size} is not a video size.", "Pass positive sizes.")
-    warps = default_warps(device) if warps is None else warps
-    _checks.check_choice("warps", warps, WARPS)
+    m_tiles = default_m_tiles(device) if m_tiles is None else m_tiles
+    _checks.check_choice("m_tiles", m_tiles, M_TILES)
     n = width * height * frames
     outputs = mlp.out_weight.shape[0]
     out = torch.empty(n, outputs, dtype=torch.float32, device=device)
-    tiles = -(-n // (16 * warps))
+    tiles = -(-n // (16 * _WARPS * m_tiles))
     grid = min(tiles, torch.cuda.get_device_properties(device).multi_processor_count)
-    kernel = f"nla_mlp_k{16 * mlp.input_blocks}_w{warps}"
+    kernel = f"nla_mlp_k{16 * mlp.input_blocks}_m{m_tiles}"
     args = [
         ptr(mlp.weights),
         ptr(mlp.biases),
@@ -199,5 +201,5 @@ def pixel_field(
         ptr(out),
     ]
     _checks.check_tensor("weights", mlp.weights, (torch.float16,), (None,), device)
-    launch(SOURCE.function(device, kernel), (grid, 1, 1), (32 * warps, 1, 1), args, device, _shared_bytes(warps))
+    launch(SOURCE.function(device, kernel), (grid, 1, 1), (32 * _WARPS, 1, 1), args, device, _shared_bytes(m_tiles))
     return out

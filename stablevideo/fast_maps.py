@@ -67,8 +67,8 @@ def _linears(mlp: IMLP) -> list[nla_mlp.Linear]:
 class _FusedMaps:
     """The three MLPs as fused kernels (:mod:`sv_engine.kernels.nla_mlp`), packed once."""
 
-    def __init__(self, field: NLAField, warps: int | None = None) -> None:
-        self.warps = warps
+    def __init__(self, field: NLAField, m_tiles: int | None = None) -> None:
+        self.m_tiles = m_tiles
         self.fg, self.bg, self.alpha = (
             nla_mlp.pack_mlp(_linears(m), m.positional_dim) for m in (field.fg_mapping, field.bg_mapping, field.alpha)
         )
@@ -81,17 +81,17 @@ class _FusedMaps:
     def __call__(self, config: VideoConfig) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         size = (config.resx, config.resy, config.num_frames)
         t, h, w = config.num_frames, config.resy, config.resx
-        fg = nla_mlp.pixel_field(self.fg, *size, *_FG_UV, warps=self.warps).view(t, h, w, 2)
-        bg = nla_mlp.pixel_field(self.bg, *size, *_BG_UV, warps=self.warps).view(t, h, w, 2)
-        alpha = nla_mlp.pixel_field(self.alpha, *size, *_ALPHA, warps=self.warps).view(t, h, w)
+        fg = nla_mlp.pixel_field(self.fg, *size, *_FG_UV, m_tiles=self.m_tiles).view(t, h, w, 2)
+        bg = nla_mlp.pixel_field(self.bg, *size, *_BG_UV, m_tiles=self.m_tiles).view(t, h, w, 2)
+        alpha = nla_mlp.pixel_field(self.alpha, *size, *_ALPHA, m_tiles=self.m_tiles).view(t, h, w)
         return fg, bg, alpha
 
 
 class FastMaps:
     """``maps(config) -> (fg_uv, bg_uv, alpha)`` for every pixel of the video, on a CUDA device.
 
-    ``fused``: ``None`` runs the fused kernels wherever they apply, ``False`` the fp16 GEMMs; ``warps``
-    a block of the fused kernels (default: as many as the GPU's shared memory holds)."""
+    ``fused``: ``None`` runs the fused kernels wherever they apply, ``False`` the fp16 GEMMs; ``m_tiles``:
+    16-point tiles a warp of the fused kernels (default: as many as the GPU's shared memory holds)."""
 
     def __init__(
         self,
@@ -99,14 +99,14 @@ class FastMaps:
         dtype: torch.dtype = torch.float16,
         chunk: int = CHUNK,
         fused: bool | None = None,
-        warps: int | None = None,
+        m_tiles: int | None = None,
     ) -> None:
         self.fg, self.bg, self.alpha = (_HalfMLP(m, dtype) for m in (field.fg_mapping, field.bg_mapping, field.alpha))
         self.chunk = chunk
         self.device = next(field.parameters()).device
         self.graphs = self.device.type == "cuda"  # elsewhere (tests on the CPU) the chunks run directly
         use_fused = fused is not False and dtype == torch.float16 and nla_mlp.fused_applies(self.device)
-        self.fused = _FusedMaps(field, warps) if use_fused and _FusedMaps.takes(field) else None
+        self.fused = _FusedMaps(field, m_tiles) if use_fused and _FusedMaps.takes(field) else None
 
     def _chunk(self, start: torch.Tensor, config: VideoConfig) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         w, h, t = config.resx, config.resy, config.num_frames

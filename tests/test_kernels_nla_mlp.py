@@ -76,19 +76,19 @@ def test_the_kernel_refuses_a_cpu_tensor():
 @gpu
 @pytest.mark.parametrize("name", list(MAPS))
 @pytest.mark.parametrize("size", [(37, 23, 3), (96, 64, 9)], ids=["partial-tile", "tiles-per-block"])
-@pytest.mark.parametrize("warps", nla_mlp.WARPS)
-def test_kernel_matches_the_fp32_reference(name, size, warps):
+@pytest.mark.parametrize("m_tiles", nla_mlp.M_TILES)
+def test_kernel_matches_the_fp32_reference(name, size, m_tiles):
     """37·23·3 points end in a partial tile; 96·64·9 give the H200's 132 blocks several tiles each
-    (at either block size). Tolerance: the hidden layers take fp16 inputs (2^-11 relative each) with
+    (at either tile count). Tolerance: the hidden layers take fp16 inputs (2^-11 relative each) with
     fp32 accumulation, as the GEMM path does; its measured error on the fitted NLA was 1e-4 in uv,
     8e-3 in alpha."""
     nla = NLAModel.random(seed=2).to("cuda")
     net_name, scale, offset = MAPS[name]
     net = getattr(nla, net_name)
     layers = _layers(net)
-    if nla_mlp.default_warps(torch.device("cuda")) < warps:
-        pytest.skip(f"this GPU's shared memory does not hold {warps} warps a block")
-    got = nla_mlp.pixel_field(nla_mlp.pack_mlp(layers, net.positional_dim), *size, scale, offset, warps=warps)
+    if nla_mlp.default_m_tiles(torch.device("cuda")) < m_tiles:
+        pytest.skip(f"this GPU's shared memory does not hold {m_tiles} tiles a warp")
+    got = nla_mlp.pixel_field(nla_mlp.pack_mlp(layers, net.positional_dim), *size, scale, offset, m_tiles=m_tiles)
     want = nla_mlp.pixel_field_reference(layers, net.positional_dim, *size, scale, offset)
     assert got.shape == want.shape and got.dtype == torch.float32
     err = (got - want).abs().max().item()
