@@ -10,11 +10,11 @@
 // so a layer's output becomes the next layer's input without leaving the thread: each lane parks its
 // next fragments in shared-memory slots only it reads (8 KB a tile), which frees the registers a
 // second set would take. The weights stream through shared memory in stages of 64 output columns
-// (8 n-tiles, all k-blocks), double buffered with cp.async and shared by the block's warps; with two
+// (8 n-tiles, all k-blocks), triple buffered with cp.async and shared by the block's warps; with two
 // tiles a warp each weight fragment read feeds two mma's (on the H200 one tile a warp, or 16 warps of
-// one tile, were slower). The host packs every stage in fragment order (nla_mlp.py): lane l's two B
-// registers of n-tile j, k-block k sit at [k][j][l], so each warp's load is one contiguous 256-byte
-// row. Biases and the narrow output layer (1-2 columns, CUDA cores, fp32 weights) stay in fp32.
+// one tile, were slower). The host packs every stage in fragment order (nla_mlp.py): lane l's B
+// registers of n-tiles 2i and 2i+1, k-block k sit at [k][i][l], so each warp's load is one contiguous
+// 512-byte row of 16-byte words. Biases and the narrow output layer (1-2 columns, CUDA cores, fp32 weights) stay in fp32.
 
 #include "half.cuh"
 
@@ -24,6 +24,7 @@
 #define STAGES_PER_LAYER (WIDTH / 8 / STAGE_NT)      // 4
 #define HIDDEN_STAGE_U2 (HIDDEN_KB * STAGE_NT * 32)  // uint2 words of a hidden stage (32 KB)
 #define MAX_OUT 2
+#define STAGE_BUFFERS 3
 #define NEXT_U4 (HIDDEN_KB * 32)                     // a warp's parked fragments: uint4 words (8 KB)
 
 __device__ __forceinline__ unsigned sv_pack_half2(float lo, float hi) {
@@ -65,21 +66,23 @@ __device__ __forceinline__ void sv_copy_stage(uint2* dst, const uint2* __restric
     for (int i = threadIdx.x * 2; i < count; i += THREADS * 2) sv_cp_async16(dst + i, src + i);
 }
 
-// Starts stage `stage` of this tile: queues the copy of the one after (the next tile's first when
-// this is the last), then waits until this stage's weights are in buffer q & 1 for every thread.
+// Starts stage `stage` of this tile: waits until its weights are in buffer q % 3 for every thread,
+// then queues the copy of the stage two ahead (into the next tile's first stages near the end). Three
+// buffers let one barrier a stage do: the buffer refilled was last read in stage q - 1, which every
+// warp has finished once it passes this stage's barrier.
 template <int KB0, int THREADS>
 __device__ __forceinline__ const uint2* sv_begin_stage(uint2* smem, const uint2* __restrict__ weights, int stage,
                                                        int stages, bool next_tile, int q) {
-    uint2* next = smem + ((q + 1) & 1) * HIDDEN_STAGE_U2;
-    if (stage + 1 < stages) {
-        sv_copy_stage<KB0, THREADS>(next, weights, stage + 1);
-    } else if (next_tile) {
-        sv_copy_stage<KB0, THREADS>(next, weights, 0);
-    }
-    sv_cp_commit();  // an empty group where nothing was queued keeps wait_group's count right
     sv_cp_wait_prior();
     __syncthreads();
-    return smem + (q & 1) * HIDDEN_STAGE_U2;
+    uint2* ahead = smem + ((q + 2) % STAGE_BUFFERS) * HIDDEN_STAGE_U2;
+    if (stage + 2 < stages) {
+        sv_copy_stage<KB0, THREADS>(ahead, weights, stage + 2);
+    } else if (next_tile) {
+        sv_copy_stage<KB0, THREADS>(ahead, weights, stage + 2 - stages);
+    }
+    sv_cp_commit();  // an empty group where nothing was queued keeps wait_group's count right
+    return smem + (q % STAGE_BUFFERS) * HIDDEN_STAGE_U2;
 }
 
 // One stage for MT m-tiles of 16 points: 64 output columns (n-tiles 8c..8c+7) of a layer with KB
@@ -98,13 +101,17 @@ __device__ __forceinline__ void sv_stage(const unsigned (&a)[MT][KB][4], const u
 #pragma unroll
         for (int m = 0; m < MT; ++m) acc[m][j][0] = acc[m][j][2] = b0, acc[m][j][1] = acc[m][j][3] = b1;
     }
+    const uint4* pairs = reinterpret_cast<const uint4*>(b);  // n-tiles 2i and 2i + 1 in one 16-byte load
 #pragma unroll
     for (int k = 0; k < KB; ++k) {
 #pragma unroll
-        for (int j = 0; j < STAGE_NT; ++j) {
-            const uint2 w = b[(k * STAGE_NT + j) * 32 + lane];
+        for (int i = 0; i < STAGE_NT / 2; ++i) {
+            const uint4 w = pairs[(k * (STAGE_NT / 2) + i) * 32 + lane];
 #pragma unroll
-            for (int m = 0; m < MT; ++m) sv_mma(acc[m][j], a[m][k], w);
+            for (int m = 0; m < MT; ++m) {
+                sv_mma(acc[m][2 * i], a[m][k], make_uint2(w.x, w.y));
+                sv_mma(acc[m][2 * i + 1], a[m][k], make_uint2(w.z, w.w));
+            }
         }
     }
 #pragma unroll
@@ -132,7 +139,7 @@ __device__ __forceinline__ float sv_feature(const float (&xyt)[3], int j, int fr
     if (freqs == 0) return j < 3 ? sv_pick(xyt, j) : 0.f;
     if (j >= 6 * freqs) return 0.f;
     const int f = j / 6, c = j - 6 * f;
-    const float freq = (float)((double)(1 << f) * 3.14159265358979323846);
+    const float freq = (float)(1 << f) * 3.14159265358979323846f;  // = fp32 of 2^f·π: scaling by 2^f is exact
     const float v = sv_pick(xyt, c < 3 ? c : c - 3) * freq;
     return c < 3 ? sinf(v) : cosf(v);
 }
@@ -168,12 +175,14 @@ __device__ __forceinline__ void sv_mlp_field(const uint2* __restrict__ weights, 
     constexpr int THREADS = WARPS * 32, ROWS = WARPS * MT * 16;  // ROWS: points per block iteration
     extern __shared__ uint2 smem[];  // two weight stages, then each warp's parked fragments
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
-    uint4* next = reinterpret_cast<uint4*>(smem + 2 * HIDDEN_STAGE_U2) + warp * MT * NEXT_U4;
+    uint4* next = reinterpret_cast<uint4*>(smem + STAGE_BUFFERS * HIDDEN_STAGE_U2) + warp * MT * NEXT_U4;
     const long long tiles = (n + ROWS - 1) / ROWS;
     const int stages = STAGES_PER_LAYER * (1 + hidden_layers);
     int q = 0;
-    if (blockIdx.x < tiles) sv_copy_stage<KB0, THREADS>(smem, weights, 0);
-    sv_cp_commit();
+    for (int stage = 0; stage < 2; ++stage) {  // the first two stages in flight (a tile has at least 4)
+        if (blockIdx.x < tiles) sv_copy_stage<KB0, THREADS>(smem + stage * HIDDEN_STAGE_U2, weights, stage);
+        sv_cp_commit();
+    }
     for (long long tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
         const bool next_tile = tile + gridDim.x < tiles;
         const long long row0 = tile * ROWS + warp * MT * 16 + g;  // m-tile m: rows row0 + 16m (+ 8)
@@ -197,7 +206,6 @@ __device__ __forceinline__ void sv_mlp_field(const uint2* __restrict__ weights, 
         for (int c = 0; c < STAGES_PER_LAYER; ++c) {
             const uint2* b = sv_begin_stage<KB0, THREADS>(smem, weights, c, stages, next_tile, q++);
             sv_stage<KB0, MT>(a0, b, biases, c, lane, next);
-            __syncthreads();  // every warp is done with this buffer before it is refilled
         }
         sv_take<MT>(a, next, lane);  // a lane reads back only its own slots: program order suffices
         for (int layer = 0; layer < hidden_layers; ++layer) {
@@ -206,7 +214,6 @@ __device__ __forceinline__ void sv_mlp_field(const uint2* __restrict__ weights, 
                 const int stage = STAGES_PER_LAYER * (1 + layer) + c;
                 const uint2* b = sv_begin_stage<KB0, THREADS>(smem, weights, stage, stages, next_tile, q++);
                 sv_stage<HIDDEN_KB, MT>(a, b, biases + (1 + layer) * WIDTH, c, lane, next);
-                __syncthreads();
             }
             sv_take<MT>(a, next, lane);
         }
@@ -258,8 +265,8 @@ __device__ __forceinline__ void sv_mlp_field(const uint2* __restrict__ weights, 
 }
 
 // Layer 0 takes (x, y, t) (one k-block, zero padded) or NLA's encoding of up to 5 frequencies (two).
-// 8 warps a block, each with MT m-tiles: 2 where the SM's shared memory holds the 192 KB (Hopper),
-// else 1 (128 KB).
+// 8 warps a block, each with MT m-tiles: 2 where the SM's shared memory holds the 224 KB (Hopper),
+// else 1 (160 KB).
 #define SV_NLA_KERNEL(NAME, KB0, MT)                                                                              \
     extern "C" __global__ void __launch_bounds__(256, 1)                                                           \
         NAME(const uint2* __restrict__ weights, const float* __restrict__ biases, int hidden_layers,             \

@@ -30,7 +30,8 @@ SOURCE = KernelSource(
 _WARPS = 8
 
 WIDTH = 256
-_STAGE_BYTES = 32 * 1024  # one stage of hidden-layer weights; two are in flight
+_STAGE_BYTES = 32 * 1024  # one stage of hidden-layer weights
+_STAGE_BUFFERS = 3
 _PARKED_BYTES = 8 * 1024  # a 16-point tile's next-layer fragments
 _MAX_OUTPUTS = 2
 _MAX_FEATURES = 32
@@ -79,10 +80,10 @@ def why_not_packable(layers: Sequence[Linear], freqs: int) -> str | None:
 
 
 def _fragment_order(weight: torch.Tensor, blocks: int) -> torch.Tensor:
-    """(256, 16·blocks) -> the kernel's order: stage c (64 outputs), k-block, n-tile, lane (g, t),
-    then the lane's two registers' halves, (k 2t, 2t+1) and (k 8+2t, 9+2t)."""
-    w = weight.reshape(4, 8, 8, blocks, 2, 4, 2)  # n = (c, n-tile, g), k = (k-block, half, t, pair)
-    return w.permute(0, 3, 1, 2, 5, 4, 6).reshape(-1)
+    """(256, 16·blocks) -> the kernel's order: stage c (64 outputs), k-block, n-tile pair i, lane
+    (g, t), then n-tile 2i and 2i+1's two registers each, of halves (k 2t, 2t+1) and (k 8+2t, 9+2t)."""
+    w = weight.reshape(4, 4, 2, 8, blocks, 2, 4, 2)  # n = (c, i, odd, g), k = (k-block, half, t, pair)
+    return w.permute(0, 4, 1, 3, 6, 2, 5, 7).reshape(-1)
 
 
 def pack_mlp(layers: Sequence[Linear], freqs: int = 0) -> PackedMLP:
@@ -145,11 +146,11 @@ def fused_applies(device: torch.device) -> bool:
 
 
 def _shared_bytes(m_tiles: int) -> int:
-    return 2 * _STAGE_BYTES + _WARPS * m_tiles * _PARKED_BYTES
+    return _STAGE_BUFFERS * _STAGE_BYTES + _WARPS * m_tiles * _PARKED_BYTES
 
 
 def default_m_tiles(device: torch.device) -> int:
-    """2 tiles a warp where a block may take their 192 KB of shared memory (Hopper: 227 KB), else 1:
+    """2 tiles a warp where a block may take their 224 KB of shared memory (Hopper: 227 KB), else 1:
     each weight fragment read from shared memory then feeds two mma's."""
     optin = getattr(torch.cuda.get_device_properties(device), "shared_memory_per_block_optin", 0)
     return next(m for m in M_TILES if m == M_TILES[-1] or _shared_bytes(m) <= optin)

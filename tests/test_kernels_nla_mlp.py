@@ -24,14 +24,16 @@ def _layers(net) -> list[nla_mlp.Linear]:  # noqa: ANN001
 
 def test_packed_weights_sit_where_each_lane_reads_its_b_fragment():
     """mma.m16n8k16's B fragment: lane l = 4g + t holds W[n][k], W[n][k+1] and W[n][k+8], W[n][k+9]
-    with n = n-tile·8 + g and k = k-block·16 + 2t; the kernel reads stage c's word [k-block][n-tile][l]."""
+    with n = n-tile·8 + g and k = k-block·16 + 2t; the kernel reads n-tiles 2i and 2i+1 of stage c
+    as one word [k-block][i][l]."""
     weight = torch.randn(256, 32).to(torch.float16)
-    packed = nla_mlp._fragment_order(weight, blocks=2).view(4, 2, 8, 32, 4)  # stage, k-block, n-tile, lane, 4 halves
-    for c, kb, nt, lane in itertools.product(range(4), range(2), range(8), (0, 5, 31)):
+    # stage, k-block, n-tile pair, lane, n-tile of the pair, 4 halves
+    packed = nla_mlp._fragment_order(weight, blocks=2).view(4, 2, 4, 32, 2, 4)
+    for c, kb, i, lane, odd in itertools.product(range(4), range(2), range(4), (0, 5, 31), range(2)):
         g, t = divmod(lane, 4)
-        n, k = c * 64 + nt * 8 + g, kb * 16 + 2 * t
+        n, k = c * 64 + (2 * i + odd) * 8 + g, kb * 16 + 2 * t
         want = weight[n, [k, k + 1, k + 8, k + 9]]
-        assert torch.equal(packed[c, kb, nt, lane], want), (c, kb, nt, lane)
+        assert torch.equal(packed[c, kb, i, lane, odd], want), (c, kb, i, lane, odd)
 
 
 @pytest.mark.parametrize("name", list(MAPS))
